@@ -1,0 +1,469 @@
+//! The evaluation engine: pure functions from plain data and a `now` to a check result.
+//! No clock reads, no I/O. The cache layer gathers the inputs; this decides.
+//!
+//! Rule order (first match wins): global override → company override → plan entitlement →
+//! company-override-usage-exceeded → plan-entitlement-usage-exceeded → standard rules by
+//! ascending priority → the flag's default. Across the base plan, add-ons and an override the
+//! most generous entitlement applies, except that a boolean `false` override always wins.
+
+pub mod period;
+pub mod rules;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use period::{MetricPeriod, MonthReset};
+pub use rules::{Condition, Rule, RuleKind};
+
+pub type Traits = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureType {
+    Boolean,
+    Event,
+    Trait,
+}
+
+impl FeatureType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeatureType::Boolean => "boolean",
+            FeatureType::Event => "event",
+            FeatureType::Trait => "trait",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "boolean" => FeatureType::Boolean,
+            "event" => FeatureType::Event,
+            "trait" => FeatureType::Trait,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feature {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub feature_type: FeatureType,
+    pub event_subtype: Option<String>,
+    pub trait_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flag {
+    pub id: String,
+    pub key: String,
+    pub default_value: bool,
+    pub feature: Option<Feature>,
+    /// Sorted by ascending priority.
+    pub rules: Vec<Rule>,
+}
+
+/// An entitlement's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Bool(bool),
+    Numeric(i64),
+    Unlimited,
+    /// Allocation read from the company's numeric trait of this name.
+    Trait(String),
+    Credit { credit_id: String, rate: f64 },
+}
+
+impl Value {
+    pub fn type_str(&self) -> &'static str {
+        match self {
+            Value::Bool(_) => "boolean",
+            Value::Numeric(_) => "numeric",
+            Value::Unlimited => "unlimited",
+            Value::Trait(_) => "trait",
+            Value::Credit { .. } => "credit",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Plan { entitlement_id: String },
+    Override { override_id: String },
+}
+
+/// One entitlement that may apply to the flag's feature: from one of the company's plans or
+/// from a company override.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub source: Source,
+    /// For reasons: `"Pro: api-calls"`.
+    pub label: String,
+    pub value: Value,
+    pub metric_period: Option<MetricPeriod>,
+    pub month_reset: MonthReset,
+    /// `price_behavior = pay_in_advance`: the allocation is this subscribed quantity.
+    pub pay_in_advance_quantity: Option<i64>,
+    /// An override stops applying at this instant, whether or not the expiry job has run.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A usage counter for one event in one window, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageCounter {
+    pub event: String,
+    pub period: MetricPeriod,
+    pub month_reset: MonthReset,
+    pub window_start: DateTime<Utc>,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CreditBalance {
+    pub total: f64,
+    pub used: f64,
+    pub remaining: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CompanyContext {
+    pub id: String,
+    pub traits: Traits,
+    pub base_plan_id: Option<String>,
+    /// The base plan (or the fallback plan) and every add-on.
+    pub plan_ids: Vec<String>,
+    /// The subscription's current period start, for `billing_cycle` resets.
+    pub billing_anchor: Option<DateTime<Utc>>,
+    pub usage: Vec<UsageCounter>,
+    pub credits: HashMap<String, CreditBalance>,
+}
+
+impl CompanyContext {
+    /// Usage of `event` in the window of `period` containing `now`; a counter from an earlier
+    /// window counts as zero, so resets need no job.
+    pub fn usage_of(
+        &self,
+        event: &str,
+        period: MetricPeriod,
+        reset: MonthReset,
+        now: DateTime<Utc>,
+    ) -> i64 {
+        let reset = if period == MetricPeriod::CurrentMonth {
+            reset
+        } else {
+            MonthReset::FirstOfMonth
+        };
+        let win = period::window(period, reset, self.billing_anchor, now);
+        self.usage
+            .iter()
+            .filter(|c| {
+                c.event == event
+                    && c.period == period
+                    && c.month_reset == reset
+                    && c.window_start == win.start
+            })
+            .map(|c| c.count)
+            .sum()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UserContext {
+    pub id: String,
+    pub traits: Traits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleType {
+    GlobalOverride,
+    CompanyOverride,
+    PlanEntitlement,
+    CompanyOverrideUsageExceeded,
+    PlanEntitlementUsageExceeded,
+    Standard,
+    Default,
+}
+
+impl RuleType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleType::GlobalOverride => "global_override",
+            RuleType::CompanyOverride => "company_override",
+            RuleType::PlanEntitlement => "plan_entitlement",
+            RuleType::CompanyOverrideUsageExceeded => "company_override_usage_exceeded",
+            RuleType::PlanEntitlementUsageExceeded => "plan_entitlement_usage_exceeded",
+            RuleType::Standard => "standard",
+            RuleType::Default => "default",
+        }
+    }
+}
+
+/// The entitlement behind an answer, for the check response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntitlementReport {
+    pub feature_id: String,
+    pub feature_key: String,
+    pub value_type: &'static str,
+    /// `None` for unlimited and boolean entitlements.
+    pub allocation: Option<i64>,
+    pub usage: Option<i64>,
+    pub event_name: Option<String>,
+    pub metric_period: Option<MetricPeriod>,
+    pub metric_reset_at: Option<DateTime<Utc>>,
+    pub credit_id: Option<String>,
+    pub credit: Option<CreditBalance>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub value: bool,
+    pub reason: String,
+    pub rule_type: RuleType,
+    pub rule_id: Option<String>,
+    pub entitlement: Option<EntitlementReport>,
+}
+
+/// Evaluates `flag` for a company and user (either may be unknown) at `now`.
+/// `candidates` are the entitlements of the company's plans and its override for the flag's
+/// feature; candidates are ignored without a feature.
+pub fn evaluate(
+    flag: &Flag,
+    company: Option<&CompanyContext>,
+    user: Option<&UserContext>,
+    candidates: &[Candidate],
+    now: DateTime<Utc>,
+) -> Evaluation {
+    let facts = rules::Facts { company, user, now };
+
+    for rule in flag
+        .rules
+        .iter()
+        .filter(|r| r.kind == RuleKind::GlobalOverride)
+    {
+        if rule.matches(&facts) {
+            return Evaluation {
+                value: rule.value,
+                reason: format!("Matched global override rule \"{}\" ({})", rule.name, rule.id),
+                rule_type: RuleType::GlobalOverride,
+                rule_id: Some(rule.id.clone()),
+                entitlement: None,
+            };
+        }
+    }
+
+    if let (Some(feature), Some(company)) = (&flag.feature, company) {
+        if let Some(eval) = entitlement_answer(feature, company, candidates, now) {
+            return eval;
+        }
+    }
+
+    for rule in flag.rules.iter().filter(|r| r.kind == RuleKind::Standard) {
+        if rule.matches(&facts) {
+            return Evaluation {
+                value: rule.value,
+                reason: format!("Matched standard rule \"{}\" ({})", rule.name, rule.id),
+                rule_type: RuleType::Standard,
+                rule_id: Some(rule.id.clone()),
+                entitlement: None,
+            };
+        }
+    }
+
+    Evaluation {
+        value: flag.default_value,
+        reason: "No rules matched; returned the flag's default value".into(),
+        rule_type: RuleType::Default,
+        rule_id: None,
+        entitlement: None,
+    }
+}
+
+/// How much a candidate allows, for ranking: a denial, a limit, or no limit.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+enum Generosity {
+    Denied,
+    Limited(f64),
+    Unlimited,
+}
+
+/// A candidate resolved against the company's usage, traits and credits.
+struct Resolved<'c> {
+    candidate: &'c Candidate,
+    allowed: bool,
+    generosity: Generosity,
+    report: EntitlementReport,
+}
+
+fn resolve<'c>(
+    feature: &Feature,
+    company: &CompanyContext,
+    c: &'c Candidate,
+    now: DateTime<Utc>,
+) -> Resolved<'c> {
+    let period = c.metric_period.unwrap_or(MetricPeriod::AllTime);
+    let month_reset = if period == MetricPeriod::CurrentMonth {
+        c.month_reset
+    } else {
+        MonthReset::FirstOfMonth
+    };
+    // What the feature measures: events counted in the window, or a numeric trait.
+    let (usage, event_name, reset_at) = match feature.feature_type {
+        FeatureType::Event => {
+            let event = feature.event_subtype.clone().unwrap_or_default();
+            let used = company.usage_of(&event, period, month_reset, now);
+            let win = period::window(period, month_reset, company.billing_anchor, now);
+            (Some(used), Some(event), win.end)
+        }
+        FeatureType::Trait => {
+            let name = feature.trait_id.as_deref().unwrap_or("");
+            let used = company
+                .traits
+                .get(name)
+                .and_then(rules::trait_as_number)
+                .unwrap_or(0.0);
+            (Some(used.floor() as i64), None, None)
+        }
+        FeatureType::Boolean => (None, None, None),
+    };
+    let used = usage.unwrap_or(0) as f64;
+
+    let mut report = EntitlementReport {
+        feature_id: feature.id.clone(),
+        feature_key: feature.key.clone(),
+        value_type: c.value.type_str(),
+        allocation: None,
+        usage,
+        event_name,
+        metric_period: c.metric_period,
+        metric_reset_at: reset_at,
+        credit_id: None,
+        credit: None,
+    };
+
+    let limited = |allocation: f64, report: &mut EntitlementReport| {
+        report.allocation = Some(allocation.floor() as i64);
+        (used < allocation, Generosity::Limited(allocation))
+    };
+    let (allowed, generosity) = match (&c.value, c.pay_in_advance_quantity) {
+        (Value::Bool(true), _) => (true, Generosity::Unlimited),
+        (Value::Bool(false), _) => (false, Generosity::Denied),
+        (Value::Unlimited, _) => (true, Generosity::Unlimited),
+        (Value::Numeric(_), Some(quantity)) => limited(quantity as f64, &mut report),
+        (Value::Numeric(n), None) => limited(*n as f64, &mut report),
+        (Value::Trait(name), _) => {
+            let allocation = company
+                .traits
+                .get(name)
+                .and_then(rules::trait_as_number)
+                .unwrap_or(0.0);
+            limited(allocation, &mut report)
+        }
+        (Value::Credit { credit_id, rate }, _) => {
+            let balance = company.credits.get(credit_id).copied().unwrap_or_default();
+            report.credit_id = Some(credit_id.clone());
+            report.credit = Some(balance);
+            let units = if *rate > 0.0 {
+                balance.remaining / rate
+            } else {
+                0.0
+            };
+            (balance.remaining >= *rate, Generosity::Limited(units))
+        }
+    };
+    Resolved {
+        candidate: c,
+        allowed,
+        generosity,
+        report,
+    }
+}
+
+/// The entitlement part of the rule order, or `None` when no entitlement applies.
+fn entitlement_answer(
+    feature: &Feature,
+    company: &CompanyContext,
+    candidates: &[Candidate],
+    now: DateTime<Utc>,
+) -> Option<Evaluation> {
+    let live = candidates
+        .iter()
+        .filter(|c| c.expires_at.is_none_or(|exp| now < exp));
+
+    let mut best: Option<Resolved<'_>> = None;
+    for c in live {
+        let r = resolve(feature, company, c, now);
+        let is_override = matches!(c.source, Source::Override { .. });
+        // A boolean `false` override is a deliberate denial: it wins over everything.
+        if is_override && c.value == Value::Bool(false) {
+            best = Some(r);
+            break;
+        }
+        let better = match &best {
+            None => true,
+            Some(b) => {
+                let key = |x: &Resolved<'_>| (x.allowed, x.generosity);
+                match key(&r).partial_cmp(&key(b)) {
+                    Some(std::cmp::Ordering::Greater) => true,
+                    // Equal generosity: the explicit override is the one to report.
+                    Some(std::cmp::Ordering::Equal) => {
+                        is_override && !matches!(b.candidate.source, Source::Override { .. })
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if better {
+            best = Some(r);
+        }
+    }
+    let best = best?;
+
+    let (id, is_override) = match &best.candidate.source {
+        Source::Plan { entitlement_id } => (entitlement_id.clone(), false),
+        Source::Override { override_id } => (override_id.clone(), true),
+    };
+    let exceeded = !best.allowed && best.generosity != Generosity::Denied;
+    let rule_type = match (is_override, exceeded) {
+        (true, false) => RuleType::CompanyOverride,
+        (false, false) => RuleType::PlanEntitlement,
+        (true, true) => RuleType::CompanyOverrideUsageExceeded,
+        (false, true) => RuleType::PlanEntitlementUsageExceeded,
+    };
+    let kind = if is_override {
+        "company override"
+    } else {
+        "plan entitlement"
+    };
+    let reason = if exceeded {
+        let r = &best.report;
+        match (&r.credit, r.usage, r.allocation) {
+            (Some(balance), _, _) => format!(
+                "Credit balance too low for {kind} rule \"{}\" ({id}): {} remaining",
+                best.candidate.label, balance.remaining
+            ),
+            (None, Some(u), Some(a)) => format!(
+                "Usage exceeded for {kind} rule \"{}\" ({id}): {u} of {a} used",
+                best.candidate.label
+            ),
+            _ => format!(
+                "Usage exceeded for {kind} rule \"{}\" ({id})",
+                best.candidate.label
+            ),
+        }
+    } else {
+        format!("Matched {kind} rule \"{}\" ({id})", best.candidate.label)
+    };
+    Some(Evaluation {
+        value: best.allowed,
+        reason,
+        rule_type,
+        rule_id: Some(id),
+        entitlement: Some(best.report),
+    })
+}
+
+#[cfg(test)]
+mod tests;

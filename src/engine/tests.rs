@@ -1,0 +1,350 @@
+use super::*;
+use proptest::prelude::*;
+use rules::{ConditionType, Operator};
+
+fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-18T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn feature(ft: FeatureType) -> Feature {
+    Feature {
+        id: "feat_1".into(),
+        key: "api-calls".into(),
+        name: "API calls".into(),
+        feature_type: ft,
+        event_subtype: (ft == FeatureType::Event).then(|| "api_call".into()),
+        trait_id: (ft == FeatureType::Trait).then(|| "seats_used".into()),
+    }
+}
+
+fn flag(ft: FeatureType) -> Flag {
+    Flag {
+        id: "flag_1".into(),
+        key: "api-calls".into(),
+        default_value: false,
+        feature: Some(feature(ft)),
+        rules: vec![],
+    }
+}
+
+fn plan(id: &str, value: Value) -> Candidate {
+    Candidate {
+        source: Source::Plan {
+            entitlement_id: id.into(),
+        },
+        label: format!("{id}: api-calls"),
+        value,
+        metric_period: Some(MetricPeriod::CurrentMonth),
+        month_reset: MonthReset::FirstOfMonth,
+        pay_in_advance_quantity: None,
+        expires_at: None,
+    }
+}
+
+fn over(value: Value) -> Candidate {
+    Candidate {
+        source: Source::Override {
+            override_id: "cmov_1".into(),
+        },
+        label: "api-calls".into(),
+        ..plan("x", value)
+    }
+}
+
+fn company_with_usage(n: i64) -> CompanyContext {
+    CompanyContext {
+        id: "comp_1".into(),
+        usage: vec![UsageCounter {
+            event: "api_call".into(),
+            period: MetricPeriod::CurrentMonth,
+            month_reset: MonthReset::FirstOfMonth,
+            window_start: period::window(
+                MetricPeriod::CurrentMonth,
+                MonthReset::FirstOfMonth,
+                None,
+                now(),
+            )
+            .start,
+            count: n,
+        }],
+        ..Default::default()
+    }
+}
+
+fn rule(id: &str, kind: RuleKind, priority: i32, value: bool, conds: Vec<Condition>) -> Rule {
+    Rule {
+        id: id.into(),
+        name: id.into(),
+        kind,
+        priority,
+        value,
+        conditions: conds,
+        condition_groups: vec![],
+    }
+}
+
+fn cond(t: ConditionType, op: Operator, ids: &[&str]) -> Condition {
+    Condition {
+        condition_type: t,
+        operator: op,
+        resource_ids: ids.iter().map(|s| s.to_string()).collect(),
+        trait_id: None,
+        trait_value: None,
+        trait_entity_type: None,
+        event_subtype: None,
+        metric_value: None,
+        metric_period: None,
+        metric_period_month_reset: None,
+    }
+}
+
+#[test]
+fn rule_order_table() {
+    let c = company_with_usage(5);
+    // (name, rules, candidates, expected value, expected rule type, expected rule id)
+    let global = rule("rule_g", RuleKind::GlobalOverride, 0, false, vec![]);
+    let std_true = rule("rule_s", RuleKind::Standard, 1, true, vec![]);
+    type Case = (&'static str, Vec<Rule>, Vec<Candidate>, bool, RuleType, Option<&'static str>);
+    let cases: Vec<Case> = vec![
+        ("default", vec![], vec![], false, RuleType::Default, None),
+        ("standard", vec![std_true.clone()], vec![], true, RuleType::Standard, Some("rule_s")),
+        ("global beats all", vec![global.clone(), std_true.clone()], vec![plan("pltl_a", Value::Unlimited)], false, RuleType::GlobalOverride, Some("rule_g")),
+        ("plan beats standard", vec![rule("rule_s", RuleKind::Standard, 1, false, vec![])], vec![plan("pltl_a", Value::Numeric(10))], true, RuleType::PlanEntitlement, Some("pltl_a")),
+        ("override numeric", vec![], vec![over(Value::Numeric(10))], true, RuleType::CompanyOverride, Some("cmov_1")),
+        ("plan usage exceeded", vec![std_true.clone()], vec![plan("pltl_a", Value::Numeric(5))], false, RuleType::PlanEntitlementUsageExceeded, Some("pltl_a")),
+        ("override usage exceeded", vec![], vec![over(Value::Numeric(3))], false, RuleType::CompanyOverrideUsageExceeded, Some("cmov_1")),
+        ("exceeded override loses to allowing plan", vec![], vec![over(Value::Numeric(3)), plan("pltl_a", Value::Numeric(100))], true, RuleType::PlanEntitlement, Some("pltl_a")),
+        ("plan's 1000 beats override's 500", vec![], vec![plan("pltl_a", Value::Numeric(1000)), over(Value::Numeric(500))], true, RuleType::PlanEntitlement, Some("pltl_a")),
+        ("unlimited beats any number", vec![], vec![plan("pltl_a", Value::Numeric(1_000_000)), plan("pltl_b", Value::Unlimited)], true, RuleType::PlanEntitlement, Some("pltl_b")),
+        ("false override always wins", vec![], vec![plan("pltl_a", Value::Unlimited), over(Value::Bool(false))], false, RuleType::CompanyOverride, Some("cmov_1")),
+        ("false plan loses to true add-on", vec![], vec![plan("pltl_a", Value::Bool(false)), plan("pltl_b", Value::Bool(true))], true, RuleType::PlanEntitlement, Some("pltl_b")),
+        ("false plan alone denies", vec![std_true.clone()], vec![plan("pltl_a", Value::Bool(false))], false, RuleType::PlanEntitlement, Some("pltl_a")),
+    ];
+    for (name, rules, cands, value, rule_type, rule_id) in cases {
+        let mut f = flag(FeatureType::Event);
+        f.rules = rules;
+        let e = evaluate(&f, Some(&c), None, &cands, now());
+        assert_eq!((e.value, e.rule_type, e.rule_id.as_deref()), (value, rule_type, rule_id), "{name}: {}", e.reason);
+        assert!(!e.reason.is_empty());
+    }
+}
+
+#[test]
+fn reasons_name_the_rule() {
+    let c = company_with_usage(0);
+    let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[plan("pltl_9", Value::Numeric(10))], now());
+    assert_eq!(e.reason, "Matched plan entitlement rule \"pltl_9: api-calls\" (pltl_9)");
+    let ent = e.entitlement.unwrap();
+    assert_eq!((ent.allocation, ent.usage, ent.event_name.as_deref()), (Some(10), Some(0), Some("api_call")));
+    assert_eq!(ent.metric_reset_at.unwrap().to_rfc3339(), "2026-12-01T00:00:00+00:00");
+}
+
+#[test]
+fn expired_override_is_ignored_at_read_time() {
+    let c = company_with_usage(0);
+    let mut o = over(Value::Bool(false));
+    o.expires_at = Some(now());
+    let e = evaluate(&flag(FeatureType::Boolean), Some(&c), None, &[o.clone(), plan("pltl_a", Value::Bool(true))], now());
+    assert_eq!((e.value, e.rule_type), (true, RuleType::PlanEntitlement));
+    o.expires_at = Some(now() + chrono::Duration::seconds(1));
+    let e = evaluate(&flag(FeatureType::Boolean), Some(&c), None, &[o, plan("pltl_a", Value::Bool(true))], now());
+    assert_eq!((e.value, e.rule_type), (false, RuleType::CompanyOverride));
+}
+
+#[test]
+fn expired_numeric_override_keeps_usage() {
+    // Usage earned under a larger override stays: after it expires, the plan's limit applies.
+    let c = company_with_usage(150);
+    let mut o = over(Value::Numeric(200));
+    o.expires_at = Some(now() - chrono::Duration::seconds(1));
+    let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[o, plan("pltl_a", Value::Numeric(100))], now());
+    assert_eq!((e.value, e.rule_type), (false, RuleType::PlanEntitlementUsageExceeded));
+}
+
+#[test]
+fn trait_features_and_trait_allocations() {
+    let mut c = CompanyContext { id: "comp_1".into(), ..Default::default() };
+    c.traits.insert("seats_used".into(), serde_json::json!(4));
+    c.traits.insert("seats_bought".into(), serde_json::json!("5"));
+    let f = flag(FeatureType::Trait);
+    let e = evaluate(&f, Some(&c), None, &[plan("pltl_a", Value::Trait("seats_bought".into()))], now());
+    assert!(e.value, "{}", e.reason);
+    assert_eq!(e.entitlement.as_ref().unwrap().allocation, Some(5));
+    assert_eq!(e.entitlement.as_ref().unwrap().usage, Some(4));
+    c.traits.insert("seats_used".into(), serde_json::json!(5));
+    let e = evaluate(&f, Some(&c), None, &[plan("pltl_a", Value::Numeric(5))], now());
+    assert_eq!((e.value, e.rule_type), (false, RuleType::PlanEntitlementUsageExceeded));
+}
+
+#[test]
+fn pay_in_advance_uses_quantity() {
+    let c = company_with_usage(7);
+    let mut p = plan("pltl_a", Value::Numeric(1));
+    p.pay_in_advance_quantity = Some(8);
+    let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[p], now());
+    assert!(e.value);
+    assert_eq!(e.entitlement.unwrap().allocation, Some(8));
+}
+
+#[test]
+fn credit_entitlements_use_balance() {
+    let mut c = company_with_usage(0);
+    let credit = Value::Credit { credit_id: "bcrd_1".into(), rate: 2.0 };
+    c.credits.insert("bcrd_1".into(), CreditBalance { total: 10.0, used: 9.0, remaining: 1.0 });
+    let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[plan("pltl_a", credit.clone())], now());
+    assert_eq!((e.value, e.rule_type), (false, RuleType::PlanEntitlementUsageExceeded));
+    c.credits.insert("bcrd_1".into(), CreditBalance { total: 10.0, used: 8.0, remaining: 2.0 });
+    let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[plan("pltl_a", credit)], now());
+    assert!(e.value);
+    assert_eq!(e.entitlement.unwrap().credit.unwrap().remaining, 2.0);
+}
+
+#[test]
+fn usage_from_an_earlier_window_is_zero() {
+    let mut c = company_with_usage(50);
+    c.usage[0].window_start -= chrono::Duration::days(31);
+    let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[plan("pltl_a", Value::Numeric(10))], now());
+    assert!(e.value);
+    assert_eq!(e.entitlement.unwrap().usage, Some(0));
+}
+
+#[test]
+fn unknown_company_sees_only_global_and_standard_rules() {
+    let mut f = flag(FeatureType::Boolean);
+    f.rules = vec![
+        rule("rule_c", RuleKind::Standard, 0, true, vec![cond(ConditionType::Company, Operator::Eq, &["comp_1"])]),
+        rule("rule_all", RuleKind::Standard, 5, true, vec![]),
+    ];
+    let e = evaluate(&f, None, None, &[plan("pltl_a", Value::Bool(false))], now());
+    assert_eq!((e.value, e.rule_id.as_deref()), (true, Some("rule_all")));
+}
+
+#[test]
+fn conditions_over_plans_users_traits_and_metrics() {
+    let mut c = company_with_usage(12);
+    c.plan_ids = vec!["plan_pro".into(), "plan_addon".into()];
+    c.base_plan_id = Some("plan_pro".into());
+    c.traits.insert("tier".into(), serde_json::json!("gold"));
+    let u = UserContext { id: "user_1".into(), traits: Default::default() };
+    let metric = Condition {
+        event_subtype: Some("api_call".into()),
+        metric_value: Some(10),
+        metric_period: Some(MetricPeriod::CurrentMonth),
+        ..cond(ConditionType::Metric, Operator::Gt, &[])
+    };
+    let tier = Condition {
+        trait_id: Some("tier".into()),
+        trait_value: Some("gold".into()),
+        ..cond(ConditionType::Trait, Operator::Eq, &[])
+    };
+    let cases = [
+        (cond(ConditionType::Plan, Operator::Eq, &["plan_addon"]), true),
+        (cond(ConditionType::BasePlan, Operator::Eq, &["plan_addon"]), false),
+        (cond(ConditionType::BasePlan, Operator::Ne, &["plan_addon"]), true),
+        (cond(ConditionType::User, Operator::Eq, &["user_1"]), true),
+        (cond(ConditionType::Company, Operator::Ne, &["comp_1"]), false),
+        (metric.clone(), true),
+        (Condition { metric_value: Some(12), ..metric }, false),
+        (tier, true),
+    ];
+    for (cnd, want) in cases {
+        let mut f = flag(FeatureType::Boolean);
+        f.rules = vec![rule("rule_x", RuleKind::Standard, 0, true, vec![cnd.clone()])];
+        let e = evaluate(&f, Some(&c), Some(&u), &[], now());
+        assert_eq!(e.value, want, "{cnd:?}");
+    }
+    // Rules are ANDed within, first match by priority wins.
+    let mut f = flag(FeatureType::Boolean);
+    f.rules = vec![
+        rule("rule_a", RuleKind::Standard, 1, true, vec![cond(ConditionType::Plan, Operator::Eq, &["plan_pro"]), cond(ConditionType::User, Operator::Eq, &["user_2"])]),
+        rule("rule_b", RuleKind::Standard, 2, true, vec![cond(ConditionType::Plan, Operator::Eq, &["plan_pro"])]),
+    ];
+    let e = evaluate(&f, Some(&c), Some(&u), &[], now());
+    assert_eq!(e.rule_id.as_deref(), Some("rule_b"));
+}
+
+fn arb_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<bool>().prop_map(Value::Bool),
+        (0i64..50).prop_map(Value::Numeric),
+        Just(Value::Unlimited),
+        Just(Value::Trait("seats_bought".into())),
+    ]
+}
+
+fn arb_company() -> impl Strategy<Value = CompanyContext> {
+    (0i64..60, 0i64..60, 0i64..60).prop_map(|(usage, seats_used, seats_bought)| {
+        let mut c = company_with_usage(usage);
+        c.traits.insert("seats_used".into(), serde_json::json!(seats_used));
+        c.traits.insert("seats_bought".into(), serde_json::json!(seats_bought));
+        c
+    })
+}
+
+fn arb_feature_type() -> impl Strategy<Value = FeatureType> {
+    prop_oneof![Just(FeatureType::Boolean), Just(FeatureType::Event), Just(FeatureType::Trait)]
+}
+
+proptest! {
+    #[test]
+    fn adding_an_add_on_never_reduces_access(
+        ft in arb_feature_type(),
+        company in arb_company(),
+        base in proptest::collection::vec(arb_value(), 0..3),
+        add_on in arb_value(),
+        override_value in proptest::option::of(arb_value()),
+        default_value in any::<bool>(),
+    ) {
+        let mut f = flag(ft);
+        f.default_value = default_value;
+        let mut cands: Vec<Candidate> = base.into_iter().enumerate().map(|(i, v)| plan(&format!("pltl_{i}"), v)).collect();
+        if let Some(v) = override_value { cands.push(over(v)); }
+        let before = evaluate(&f, Some(&company), None, &cands, now());
+        cands.push(plan("pltl_addon", add_on));
+        let after = evaluate(&f, Some(&company), None, &cands, now());
+        // Only the entitlement layer can deny; if access was granted before, it still is,
+        // unless no entitlement applied before and the default answered.
+        if before.value && before.rule_type != RuleType::Default {
+            prop_assert!(after.value, "before: {} / after: {}", before.reason, after.reason);
+        }
+    }
+
+    #[test]
+    fn a_false_override_always_denies(
+        ft in arb_feature_type(),
+        company in arb_company(),
+        plans in proptest::collection::vec(arb_value(), 0..4),
+        default_value in any::<bool>(),
+        std_value in any::<bool>(),
+    ) {
+        let mut f = flag(ft);
+        f.default_value = default_value;
+        f.rules = vec![rule("rule_s", RuleKind::Standard, 0, std_value, vec![])];
+        let mut cands: Vec<Candidate> = plans.into_iter().enumerate().map(|(i, v)| plan(&format!("pltl_{i}"), v)).collect();
+        cands.insert(0, over(Value::Bool(false)));
+        let e = evaluate(&f, Some(&company), None, &cands, now());
+        prop_assert!(!e.value);
+        prop_assert_eq!(e.rule_type, RuleType::CompanyOverride);
+    }
+
+    #[test]
+    fn candidate_order_does_not_matter(
+        ft in arb_feature_type(),
+        company in arb_company(),
+        values in proptest::collection::vec(arb_value(), 1..5),
+        seed in any::<u64>(),
+    ) {
+        let f = flag(ft);
+        let cands: Vec<Candidate> = values.into_iter().enumerate().map(|(i, v)| plan(&format!("pltl_{i}"), v)).collect();
+        let mut shuffled = cands.clone();
+        let n = shuffled.len();
+        shuffled.rotate_left((seed as usize) % n);
+        let a = evaluate(&f, Some(&company), None, &cands, now());
+        let b = evaluate(&f, Some(&company), None, &shuffled, now());
+        prop_assert_eq!(a.value, b.value);
+        prop_assert_eq!(a.rule_type, b.rule_type);
+        prop_assert_eq!(a.entitlement.as_ref().map(|e| e.allocation), b.entitlement.as_ref().map(|e| e.allocation));
+    }
+}
