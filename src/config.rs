@@ -145,12 +145,13 @@ impl Config {
         file: Option<(&str, &str)>,
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let defaults: toml::Table = DEFAULT_TOML.parse().map_err(|e: toml::de::Error| {
-            ConfigError::Parse {
-                path: "<embedded defaults>".into(),
-                message: e.to_string(),
-            }
-        })?;
+        let defaults: toml::Table =
+            DEFAULT_TOML
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: "<embedded defaults>".into(),
+                    message: e.to_string(),
+                })?;
         // Every environment a user declares starts from the default environment's values.
         let env_template = defaults
             .get("environments")
@@ -162,12 +163,12 @@ impl Config {
 
         let mut merged = defaults;
         if let Some((path, text)) = file {
-            let mut layer: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-                ConfigError::Parse {
-                    path: path.into(),
-                    message: e.to_string(),
-                }
-            })?;
+            let mut layer: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        path: path.into(),
+                        message: e.to_string(),
+                    })?;
             if let Some(toml::Value::Array(envs)) = layer.get_mut("environments") {
                 for item in envs.iter_mut() {
                     if let toml::Value::Table(t) = item {
@@ -193,9 +194,9 @@ impl Config {
             if path.len() < 2 || path.iter().any(|s| s.is_empty()) {
                 continue;
             }
-            set_path(&mut merged, &path, parse_env_value(value), &env_template).map_err(
-                |msg| ConfigError::Invalid(format!("environment variable {name}: {msg}")),
-            )?;
+            set_path(&mut merged, &path, parse_env_value(value), &env_template).map_err(|msg| {
+                ConfigError::Invalid(format!("environment variable {name}: {msg}"))
+            })?;
         }
         if let Some(url) = database_url {
             if let Some(toml::Value::Table(db)) = merged.get_mut("database") {
@@ -301,7 +302,9 @@ fn parse_env_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match doc.parse::<toml::Table>() {
         Ok(mut t) => match t.remove("v") {
-            Some(v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)))
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)),
+            )
             | Some(v @ toml::Value::Array(_)) => v,
             Some(toml::Value::String(s)) => toml::Value::String(s),
             _ => toml::Value::String(raw.to_string()),
@@ -370,7 +373,10 @@ mod tests {
         assert_eq!(c.server.body_limit_bytes, 1_048_576);
         assert_eq!(c.environments.len(), 1);
         assert_eq!(c.environments[0].key, "development");
-        assert_eq!(c.environments[0].stripe_customer_metadata_keys, ["company_id"]);
+        assert_eq!(
+            c.environments[0].stripe_customer_metadata_keys,
+            ["company_id"]
+        );
         assert_eq!(c.schedule.expire_overrides, "*/10 * * * * *");
     }
 
@@ -394,7 +400,10 @@ mod tests {
             &env(&[
                 ("ENTITLED_SERVER__LISTEN", "127.0.0.1:7000"),
                 ("ENTITLED_DATABASE__MAX_CONNECTIONS", "7"),
-                ("ENTITLED_ENVIRONMENTS__1__STRIPE_WEBHOOK_SECRETS", r#"["whsec_a","whsec_b"]"#),
+                (
+                    "ENTITLED_ENVIRONMENTS__1__STRIPE_WEBHOOK_SECRETS",
+                    r#"["whsec_a","whsec_b"]"#,
+                ),
                 ("ENTITLED_SCHEDULE__RECONCILE", ""),
                 ("DATABASE_URL", "postgres://env/db"),
                 ("UNRELATED", "x"),
@@ -402,7 +411,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:7000");
-        assert_eq!(c.server.body_limit_bytes, 1_048_576, "untouched defaults survive");
+        assert_eq!(
+            c.server.body_limit_bytes, 1_048_576,
+            "untouched defaults survive"
+        );
         assert_eq!(c.database.max_connections, 7);
         assert_eq!(c.database.url.expose(), "postgres://env/db");
         assert_eq!(c.environments.len(), 2);
@@ -418,8 +430,8 @@ mod tests {
     fn errors_name_the_key() {
         let err = Config::from_layers(Some(("x.toml", "[server]\nlisten = 5")), &[]).unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
-        let err = Config::from_layers(Some(("x.toml", "[server]\nlisten = \"nope\"")), &[])
-            .unwrap_err();
+        let err =
+            Config::from_layers(Some(("x.toml", "[server]\nlisten = \"nope\"")), &[]).unwrap_err();
         assert!(err.to_string().contains("server.listen"), "{err}");
         let err =
             Config::from_layers(Some(("x.toml", "[server]\nlistn = \"a\"")), &[]).unwrap_err();

@@ -73,7 +73,10 @@ pub enum Value {
     Unlimited,
     /// Allocation read from the company's numeric trait of this name.
     Trait(String),
-    Credit { credit_id: String, rate: f64 },
+    Credit {
+        credit_id: String,
+        rate: f64,
+    },
 }
 
 impl Value {
@@ -246,7 +249,10 @@ pub fn evaluate(
         if rule.matches(&facts) {
             return Evaluation {
                 value: rule.value,
-                reason: format!("Matched global override rule \"{}\" ({})", rule.name, rule.id),
+                reason: format!(
+                    "Matched global override rule \"{}\" ({})",
+                    rule.name, rule.id
+                ),
                 rule_type: RuleType::GlobalOverride,
                 rule_id: Some(rule.id.clone()),
                 entitlement: None,

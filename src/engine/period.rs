@@ -188,39 +188,175 @@ mod tests {
         use MonthReset::*;
         let cases = [
             // day: midnight UTC, including the last second of the day
-            (CurrentDay, FirstOfMonth, None, "2026-03-14T23:59:59Z", "2026-03-14T00:00:00+00:00", "2026-03-15T00:00:00+00:00"),
-            (CurrentDay, FirstOfMonth, None, "2026-03-15T00:00:00Z", "2026-03-15T00:00:00+00:00", "2026-03-16T00:00:00+00:00"),
+            (
+                CurrentDay,
+                FirstOfMonth,
+                None,
+                "2026-03-14T23:59:59Z",
+                "2026-03-14T00:00:00+00:00",
+                "2026-03-15T00:00:00+00:00",
+            ),
+            (
+                CurrentDay,
+                FirstOfMonth,
+                None,
+                "2026-03-15T00:00:00Z",
+                "2026-03-15T00:00:00+00:00",
+                "2026-03-16T00:00:00+00:00",
+            ),
             // week: Sunday 00:00 UTC. 2026-11-22 is a Sunday.
-            (CurrentWeek, FirstOfMonth, None, "2026-11-22T00:00:00Z", "2026-11-22T00:00:00+00:00", "2026-11-29T00:00:00+00:00"),
-            (CurrentWeek, FirstOfMonth, None, "2026-11-21T23:59:59Z", "2026-11-15T00:00:00+00:00", "2026-11-22T00:00:00+00:00"),
+            (
+                CurrentWeek,
+                FirstOfMonth,
+                None,
+                "2026-11-22T00:00:00Z",
+                "2026-11-22T00:00:00+00:00",
+                "2026-11-29T00:00:00+00:00",
+            ),
+            (
+                CurrentWeek,
+                FirstOfMonth,
+                None,
+                "2026-11-21T23:59:59Z",
+                "2026-11-15T00:00:00+00:00",
+                "2026-11-22T00:00:00+00:00",
+            ),
             // week across a year boundary
-            (CurrentWeek, FirstOfMonth, None, "2027-01-01T12:00:00Z", "2026-12-27T00:00:00+00:00", "2027-01-03T00:00:00+00:00"),
+            (
+                CurrentWeek,
+                FirstOfMonth,
+                None,
+                "2027-01-01T12:00:00Z",
+                "2026-12-27T00:00:00+00:00",
+                "2027-01-03T00:00:00+00:00",
+            ),
             // calendar month, end of month and December
-            (CurrentMonth, FirstOfMonth, None, "2026-01-31T23:59:59Z", "2026-01-01T00:00:00+00:00", "2026-02-01T00:00:00+00:00"),
-            (CurrentMonth, FirstOfMonth, None, "2026-12-31T10:00:00Z", "2026-12-01T00:00:00+00:00", "2027-01-01T00:00:00+00:00"),
+            (
+                CurrentMonth,
+                FirstOfMonth,
+                None,
+                "2026-01-31T23:59:59Z",
+                "2026-01-01T00:00:00+00:00",
+                "2026-02-01T00:00:00+00:00",
+            ),
+            (
+                CurrentMonth,
+                FirstOfMonth,
+                None,
+                "2026-12-31T10:00:00Z",
+                "2026-12-01T00:00:00+00:00",
+                "2027-01-01T00:00:00+00:00",
+            ),
             // leap day
-            (CurrentMonth, FirstOfMonth, None, "2028-02-29T12:00:00Z", "2028-02-01T00:00:00+00:00", "2028-03-01T00:00:00+00:00"),
-            (CurrentDay, FirstOfMonth, None, "2028-02-29T12:00:00Z", "2028-02-29T00:00:00+00:00", "2028-03-01T00:00:00+00:00"),
+            (
+                CurrentMonth,
+                FirstOfMonth,
+                None,
+                "2028-02-29T12:00:00Z",
+                "2028-02-01T00:00:00+00:00",
+                "2028-03-01T00:00:00+00:00",
+            ),
+            (
+                CurrentDay,
+                FirstOfMonth,
+                None,
+                "2028-02-29T12:00:00Z",
+                "2028-02-29T00:00:00+00:00",
+                "2028-03-01T00:00:00+00:00",
+            ),
             // billing cycle without a subscription: calendar month
-            (CurrentMonth, BillingCycle, None, "2026-05-10T00:00:00Z", "2026-05-01T00:00:00+00:00", "2026-06-01T00:00:00+00:00"),
+            (
+                CurrentMonth,
+                BillingCycle,
+                None,
+                "2026-05-10T00:00:00Z",
+                "2026-05-01T00:00:00+00:00",
+                "2026-06-01T00:00:00+00:00",
+            ),
             // billing cycle anchored on the 31st: clamps to Feb 28, back to Mar 31
-            (CurrentMonth, BillingCycle, Some("2026-01-31T09:30:00Z"), "2026-02-15T00:00:00Z", "2026-01-31T09:30:00+00:00", "2026-02-28T09:30:00+00:00"),
-            (CurrentMonth, BillingCycle, Some("2026-01-31T09:30:00Z"), "2026-03-01T00:00:00Z", "2026-02-28T09:30:00+00:00", "2026-03-31T09:30:00+00:00"),
-            (CurrentMonth, BillingCycle, Some("2026-01-31T09:30:00Z"), "2026-03-31T09:30:00Z", "2026-03-31T09:30:00+00:00", "2026-04-30T09:30:00+00:00"),
+            (
+                CurrentMonth,
+                BillingCycle,
+                Some("2026-01-31T09:30:00Z"),
+                "2026-02-15T00:00:00Z",
+                "2026-01-31T09:30:00+00:00",
+                "2026-02-28T09:30:00+00:00",
+            ),
+            (
+                CurrentMonth,
+                BillingCycle,
+                Some("2026-01-31T09:30:00Z"),
+                "2026-03-01T00:00:00Z",
+                "2026-02-28T09:30:00+00:00",
+                "2026-03-31T09:30:00+00:00",
+            ),
+            (
+                CurrentMonth,
+                BillingCycle,
+                Some("2026-01-31T09:30:00Z"),
+                "2026-03-31T09:30:00Z",
+                "2026-03-31T09:30:00+00:00",
+                "2026-04-30T09:30:00+00:00",
+            ),
             // anchor on the 31st in a leap year
-            (CurrentMonth, BillingCycle, Some("2027-12-31T00:00:00Z"), "2028-02-28T23:00:00Z", "2028-01-31T00:00:00+00:00", "2028-02-29T00:00:00+00:00"),
-            (CurrentMonth, BillingCycle, Some("2027-12-31T00:00:00Z"), "2028-02-29T23:00:00Z", "2028-02-29T00:00:00+00:00", "2028-03-31T00:00:00+00:00"),
-            (CurrentMonth, BillingCycle, Some("2027-12-31T00:00:00Z"), "2028-03-01T00:00:00Z", "2028-02-29T00:00:00+00:00", "2028-03-31T00:00:00+00:00"),
+            (
+                CurrentMonth,
+                BillingCycle,
+                Some("2027-12-31T00:00:00Z"),
+                "2028-02-28T23:00:00Z",
+                "2028-01-31T00:00:00+00:00",
+                "2028-02-29T00:00:00+00:00",
+            ),
+            (
+                CurrentMonth,
+                BillingCycle,
+                Some("2027-12-31T00:00:00Z"),
+                "2028-02-29T23:00:00Z",
+                "2028-02-29T00:00:00+00:00",
+                "2028-03-31T00:00:00+00:00",
+            ),
+            (
+                CurrentMonth,
+                BillingCycle,
+                Some("2027-12-31T00:00:00Z"),
+                "2028-03-01T00:00:00Z",
+                "2028-02-29T00:00:00+00:00",
+                "2028-03-31T00:00:00+00:00",
+            ),
             // anchor mid-month, just before the anniversary instant
-            (CurrentMonth, BillingCycle, Some("2026-06-15T12:00:00Z"), "2026-08-15T11:59:59Z", "2026-07-15T12:00:00+00:00", "2026-08-15T12:00:00+00:00"),
+            (
+                CurrentMonth,
+                BillingCycle,
+                Some("2026-06-15T12:00:00Z"),
+                "2026-08-15T11:59:59Z",
+                "2026-07-15T12:00:00+00:00",
+                "2026-08-15T12:00:00+00:00",
+            ),
             // anniversary across the year boundary
-            (CurrentMonth, BillingCycle, Some("2026-06-20T00:00:00Z"), "2027-01-05T00:00:00Z", "2026-12-20T00:00:00+00:00", "2027-01-20T00:00:00+00:00"),
+            (
+                CurrentMonth,
+                BillingCycle,
+                Some("2026-06-20T00:00:00Z"),
+                "2027-01-05T00:00:00Z",
+                "2026-12-20T00:00:00+00:00",
+                "2027-01-20T00:00:00+00:00",
+            ),
         ];
         for (p, r, anchor, now, start, end) in cases {
-            assert_eq!(w(p, r, anchor, now), (start.to_string(), end.to_string()), "{p:?} {r:?} {anchor:?} {now}");
+            assert_eq!(
+                w(p, r, anchor, now),
+                (start.to_string(), end.to_string()),
+                "{p:?} {r:?} {anchor:?} {now}"
+            );
         }
         let all = window(AllTime, FirstOfMonth, None, t("2026-01-01T00:00:00Z"));
-        assert_eq!(all, Window { start: epoch(), end: None });
+        assert_eq!(
+            all,
+            Window {
+                start: epoch(),
+                end: None
+            }
+        );
     }
 
     proptest! {

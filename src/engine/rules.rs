@@ -285,7 +285,11 @@ mod tests {
             (Gt, Some("b"), "a", true),
         ];
         for (op, actual, expected, want) in cases {
-            assert_eq!(compare(op, actual, expected), want, "{op:?} {actual:?} {expected}");
+            assert_eq!(
+                compare(op, actual, expected),
+                want,
+                "{op:?} {actual:?} {expected}"
+            );
         }
     }
 

@@ -106,27 +106,132 @@ fn rule_order_table() {
     // (name, rules, candidates, expected value, expected rule type, expected rule id)
     let global = rule("rule_g", RuleKind::GlobalOverride, 0, false, vec![]);
     let std_true = rule("rule_s", RuleKind::Standard, 1, true, vec![]);
-    type Case = (&'static str, Vec<Rule>, Vec<Candidate>, bool, RuleType, Option<&'static str>);
+    type Case = (
+        &'static str,
+        Vec<Rule>,
+        Vec<Candidate>,
+        bool,
+        RuleType,
+        Option<&'static str>,
+    );
     let cases: Vec<Case> = vec![
         ("default", vec![], vec![], false, RuleType::Default, None),
-        ("standard", vec![std_true.clone()], vec![], true, RuleType::Standard, Some("rule_s")),
-        ("global beats all", vec![global.clone(), std_true.clone()], vec![plan("pltl_a", Value::Unlimited)], false, RuleType::GlobalOverride, Some("rule_g")),
-        ("plan beats standard", vec![rule("rule_s", RuleKind::Standard, 1, false, vec![])], vec![plan("pltl_a", Value::Numeric(10))], true, RuleType::PlanEntitlement, Some("pltl_a")),
-        ("override numeric", vec![], vec![over(Value::Numeric(10))], true, RuleType::CompanyOverride, Some("cmov_1")),
-        ("plan usage exceeded", vec![std_true.clone()], vec![plan("pltl_a", Value::Numeric(5))], false, RuleType::PlanEntitlementUsageExceeded, Some("pltl_a")),
-        ("override usage exceeded", vec![], vec![over(Value::Numeric(3))], false, RuleType::CompanyOverrideUsageExceeded, Some("cmov_1")),
-        ("exceeded override loses to allowing plan", vec![], vec![over(Value::Numeric(3)), plan("pltl_a", Value::Numeric(100))], true, RuleType::PlanEntitlement, Some("pltl_a")),
-        ("plan's 1000 beats override's 500", vec![], vec![plan("pltl_a", Value::Numeric(1000)), over(Value::Numeric(500))], true, RuleType::PlanEntitlement, Some("pltl_a")),
-        ("unlimited beats any number", vec![], vec![plan("pltl_a", Value::Numeric(1_000_000)), plan("pltl_b", Value::Unlimited)], true, RuleType::PlanEntitlement, Some("pltl_b")),
-        ("false override always wins", vec![], vec![plan("pltl_a", Value::Unlimited), over(Value::Bool(false))], false, RuleType::CompanyOverride, Some("cmov_1")),
-        ("false plan loses to true add-on", vec![], vec![plan("pltl_a", Value::Bool(false)), plan("pltl_b", Value::Bool(true))], true, RuleType::PlanEntitlement, Some("pltl_b")),
-        ("false plan alone denies", vec![std_true.clone()], vec![plan("pltl_a", Value::Bool(false))], false, RuleType::PlanEntitlement, Some("pltl_a")),
+        (
+            "standard",
+            vec![std_true.clone()],
+            vec![],
+            true,
+            RuleType::Standard,
+            Some("rule_s"),
+        ),
+        (
+            "global beats all",
+            vec![global.clone(), std_true.clone()],
+            vec![plan("pltl_a", Value::Unlimited)],
+            false,
+            RuleType::GlobalOverride,
+            Some("rule_g"),
+        ),
+        (
+            "plan beats standard",
+            vec![rule("rule_s", RuleKind::Standard, 1, false, vec![])],
+            vec![plan("pltl_a", Value::Numeric(10))],
+            true,
+            RuleType::PlanEntitlement,
+            Some("pltl_a"),
+        ),
+        (
+            "override numeric",
+            vec![],
+            vec![over(Value::Numeric(10))],
+            true,
+            RuleType::CompanyOverride,
+            Some("cmov_1"),
+        ),
+        (
+            "plan usage exceeded",
+            vec![std_true.clone()],
+            vec![plan("pltl_a", Value::Numeric(5))],
+            false,
+            RuleType::PlanEntitlementUsageExceeded,
+            Some("pltl_a"),
+        ),
+        (
+            "override usage exceeded",
+            vec![],
+            vec![over(Value::Numeric(3))],
+            false,
+            RuleType::CompanyOverrideUsageExceeded,
+            Some("cmov_1"),
+        ),
+        (
+            "exceeded override loses to allowing plan",
+            vec![],
+            vec![over(Value::Numeric(3)), plan("pltl_a", Value::Numeric(100))],
+            true,
+            RuleType::PlanEntitlement,
+            Some("pltl_a"),
+        ),
+        (
+            "plan's 1000 beats override's 500",
+            vec![],
+            vec![
+                plan("pltl_a", Value::Numeric(1000)),
+                over(Value::Numeric(500)),
+            ],
+            true,
+            RuleType::PlanEntitlement,
+            Some("pltl_a"),
+        ),
+        (
+            "unlimited beats any number",
+            vec![],
+            vec![
+                plan("pltl_a", Value::Numeric(1_000_000)),
+                plan("pltl_b", Value::Unlimited),
+            ],
+            true,
+            RuleType::PlanEntitlement,
+            Some("pltl_b"),
+        ),
+        (
+            "false override always wins",
+            vec![],
+            vec![plan("pltl_a", Value::Unlimited), over(Value::Bool(false))],
+            false,
+            RuleType::CompanyOverride,
+            Some("cmov_1"),
+        ),
+        (
+            "false plan loses to true add-on",
+            vec![],
+            vec![
+                plan("pltl_a", Value::Bool(false)),
+                plan("pltl_b", Value::Bool(true)),
+            ],
+            true,
+            RuleType::PlanEntitlement,
+            Some("pltl_b"),
+        ),
+        (
+            "false plan alone denies",
+            vec![std_true.clone()],
+            vec![plan("pltl_a", Value::Bool(false))],
+            false,
+            RuleType::PlanEntitlement,
+            Some("pltl_a"),
+        ),
     ];
     for (name, rules, cands, value, rule_type, rule_id) in cases {
         let mut f = flag(FeatureType::Event);
         f.rules = rules;
         let e = evaluate(&f, Some(&c), None, &cands, now());
-        assert_eq!((e.value, e.rule_type, e.rule_id.as_deref()), (value, rule_type, rule_id), "{name}: {}", e.reason);
+        assert_eq!(
+            (e.value, e.rule_type, e.rule_id.as_deref()),
+            (value, rule_type, rule_id),
+            "{name}: {}",
+            e.reason
+        );
         assert!(!e.reason.is_empty());
     }
 }
@@ -134,11 +239,26 @@ fn rule_order_table() {
 #[test]
 fn reasons_name_the_rule() {
     let c = company_with_usage(0);
-    let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[plan("pltl_9", Value::Numeric(10))], now());
-    assert_eq!(e.reason, "Matched plan entitlement rule \"pltl_9: api-calls\" (pltl_9)");
+    let e = evaluate(
+        &flag(FeatureType::Event),
+        Some(&c),
+        None,
+        &[plan("pltl_9", Value::Numeric(10))],
+        now(),
+    );
+    assert_eq!(
+        e.reason,
+        "Matched plan entitlement rule \"pltl_9: api-calls\" (pltl_9)"
+    );
     let ent = e.entitlement.unwrap();
-    assert_eq!((ent.allocation, ent.usage, ent.event_name.as_deref()), (Some(10), Some(0), Some("api_call")));
-    assert_eq!(ent.metric_reset_at.unwrap().to_rfc3339(), "2026-12-01T00:00:00+00:00");
+    assert_eq!(
+        (ent.allocation, ent.usage, ent.event_name.as_deref()),
+        (Some(10), Some(0), Some("api_call"))
+    );
+    assert_eq!(
+        ent.metric_reset_at.unwrap().to_rfc3339(),
+        "2026-12-01T00:00:00+00:00"
+    );
 }
 
 #[test]
@@ -146,10 +266,22 @@ fn expired_override_is_ignored_at_read_time() {
     let c = company_with_usage(0);
     let mut o = over(Value::Bool(false));
     o.expires_at = Some(now());
-    let e = evaluate(&flag(FeatureType::Boolean), Some(&c), None, &[o.clone(), plan("pltl_a", Value::Bool(true))], now());
+    let e = evaluate(
+        &flag(FeatureType::Boolean),
+        Some(&c),
+        None,
+        &[o.clone(), plan("pltl_a", Value::Bool(true))],
+        now(),
+    );
     assert_eq!((e.value, e.rule_type), (true, RuleType::PlanEntitlement));
     o.expires_at = Some(now() + chrono::Duration::seconds(1));
-    let e = evaluate(&flag(FeatureType::Boolean), Some(&c), None, &[o, plan("pltl_a", Value::Bool(true))], now());
+    let e = evaluate(
+        &flag(FeatureType::Boolean),
+        Some(&c),
+        None,
+        &[o, plan("pltl_a", Value::Bool(true))],
+        now(),
+    );
     assert_eq!((e.value, e.rule_type), (false, RuleType::CompanyOverride));
 }
 
@@ -159,23 +291,51 @@ fn expired_numeric_override_keeps_usage() {
     let c = company_with_usage(150);
     let mut o = over(Value::Numeric(200));
     o.expires_at = Some(now() - chrono::Duration::seconds(1));
-    let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[o, plan("pltl_a", Value::Numeric(100))], now());
-    assert_eq!((e.value, e.rule_type), (false, RuleType::PlanEntitlementUsageExceeded));
+    let e = evaluate(
+        &flag(FeatureType::Event),
+        Some(&c),
+        None,
+        &[o, plan("pltl_a", Value::Numeric(100))],
+        now(),
+    );
+    assert_eq!(
+        (e.value, e.rule_type),
+        (false, RuleType::PlanEntitlementUsageExceeded)
+    );
 }
 
 #[test]
 fn trait_features_and_trait_allocations() {
-    let mut c = CompanyContext { id: "comp_1".into(), ..Default::default() };
+    let mut c = CompanyContext {
+        id: "comp_1".into(),
+        ..Default::default()
+    };
     c.traits.insert("seats_used".into(), serde_json::json!(4));
-    c.traits.insert("seats_bought".into(), serde_json::json!("5"));
+    c.traits
+        .insert("seats_bought".into(), serde_json::json!("5"));
     let f = flag(FeatureType::Trait);
-    let e = evaluate(&f, Some(&c), None, &[plan("pltl_a", Value::Trait("seats_bought".into()))], now());
+    let e = evaluate(
+        &f,
+        Some(&c),
+        None,
+        &[plan("pltl_a", Value::Trait("seats_bought".into()))],
+        now(),
+    );
     assert!(e.value, "{}", e.reason);
     assert_eq!(e.entitlement.as_ref().unwrap().allocation, Some(5));
     assert_eq!(e.entitlement.as_ref().unwrap().usage, Some(4));
     c.traits.insert("seats_used".into(), serde_json::json!(5));
-    let e = evaluate(&f, Some(&c), None, &[plan("pltl_a", Value::Numeric(5))], now());
-    assert_eq!((e.value, e.rule_type), (false, RuleType::PlanEntitlementUsageExceeded));
+    let e = evaluate(
+        &f,
+        Some(&c),
+        None,
+        &[plan("pltl_a", Value::Numeric(5))],
+        now(),
+    );
+    assert_eq!(
+        (e.value, e.rule_type),
+        (false, RuleType::PlanEntitlementUsageExceeded)
+    );
 }
 
 #[test]
@@ -191,12 +351,44 @@ fn pay_in_advance_uses_quantity() {
 #[test]
 fn credit_entitlements_use_balance() {
     let mut c = company_with_usage(0);
-    let credit = Value::Credit { credit_id: "bcrd_1".into(), rate: 2.0 };
-    c.credits.insert("bcrd_1".into(), CreditBalance { total: 10.0, used: 9.0, remaining: 1.0 });
-    let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[plan("pltl_a", credit.clone())], now());
-    assert_eq!((e.value, e.rule_type), (false, RuleType::PlanEntitlementUsageExceeded));
-    c.credits.insert("bcrd_1".into(), CreditBalance { total: 10.0, used: 8.0, remaining: 2.0 });
-    let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[plan("pltl_a", credit)], now());
+    let credit = Value::Credit {
+        credit_id: "bcrd_1".into(),
+        rate: 2.0,
+    };
+    c.credits.insert(
+        "bcrd_1".into(),
+        CreditBalance {
+            total: 10.0,
+            used: 9.0,
+            remaining: 1.0,
+        },
+    );
+    let e = evaluate(
+        &flag(FeatureType::Event),
+        Some(&c),
+        None,
+        &[plan("pltl_a", credit.clone())],
+        now(),
+    );
+    assert_eq!(
+        (e.value, e.rule_type),
+        (false, RuleType::PlanEntitlementUsageExceeded)
+    );
+    c.credits.insert(
+        "bcrd_1".into(),
+        CreditBalance {
+            total: 10.0,
+            used: 8.0,
+            remaining: 2.0,
+        },
+    );
+    let e = evaluate(
+        &flag(FeatureType::Event),
+        Some(&c),
+        None,
+        &[plan("pltl_a", credit)],
+        now(),
+    );
     assert!(e.value);
     assert_eq!(e.entitlement.unwrap().credit.unwrap().remaining, 2.0);
 }
@@ -205,7 +397,13 @@ fn credit_entitlements_use_balance() {
 fn usage_from_an_earlier_window_is_zero() {
     let mut c = company_with_usage(50);
     c.usage[0].window_start -= chrono::Duration::days(31);
-    let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[plan("pltl_a", Value::Numeric(10))], now());
+    let e = evaluate(
+        &flag(FeatureType::Event),
+        Some(&c),
+        None,
+        &[plan("pltl_a", Value::Numeric(10))],
+        now(),
+    );
     assert!(e.value);
     assert_eq!(e.entitlement.unwrap().usage, Some(0));
 }
@@ -214,7 +412,13 @@ fn usage_from_an_earlier_window_is_zero() {
 fn unknown_company_sees_only_global_and_standard_rules() {
     let mut f = flag(FeatureType::Boolean);
     f.rules = vec![
-        rule("rule_c", RuleKind::Standard, 0, true, vec![cond(ConditionType::Company, Operator::Eq, &["comp_1"])]),
+        rule(
+            "rule_c",
+            RuleKind::Standard,
+            0,
+            true,
+            vec![cond(ConditionType::Company, Operator::Eq, &["comp_1"])],
+        ),
         rule("rule_all", RuleKind::Standard, 5, true, vec![]),
     ];
     let e = evaluate(&f, None, None, &[plan("pltl_a", Value::Bool(false))], now());
@@ -227,7 +431,10 @@ fn conditions_over_plans_users_traits_and_metrics() {
     c.plan_ids = vec!["plan_pro".into(), "plan_addon".into()];
     c.base_plan_id = Some("plan_pro".into());
     c.traits.insert("tier".into(), serde_json::json!("gold"));
-    let u = UserContext { id: "user_1".into(), traits: Default::default() };
+    let u = UserContext {
+        id: "user_1".into(),
+        traits: Default::default(),
+    };
     let metric = Condition {
         event_subtype: Some("api_call".into()),
         metric_value: Some(10),
@@ -240,26 +447,65 @@ fn conditions_over_plans_users_traits_and_metrics() {
         ..cond(ConditionType::Trait, Operator::Eq, &[])
     };
     let cases = [
-        (cond(ConditionType::Plan, Operator::Eq, &["plan_addon"]), true),
-        (cond(ConditionType::BasePlan, Operator::Eq, &["plan_addon"]), false),
-        (cond(ConditionType::BasePlan, Operator::Ne, &["plan_addon"]), true),
+        (
+            cond(ConditionType::Plan, Operator::Eq, &["plan_addon"]),
+            true,
+        ),
+        (
+            cond(ConditionType::BasePlan, Operator::Eq, &["plan_addon"]),
+            false,
+        ),
+        (
+            cond(ConditionType::BasePlan, Operator::Ne, &["plan_addon"]),
+            true,
+        ),
         (cond(ConditionType::User, Operator::Eq, &["user_1"]), true),
-        (cond(ConditionType::Company, Operator::Ne, &["comp_1"]), false),
+        (
+            cond(ConditionType::Company, Operator::Ne, &["comp_1"]),
+            false,
+        ),
         (metric.clone(), true),
-        (Condition { metric_value: Some(12), ..metric }, false),
+        (
+            Condition {
+                metric_value: Some(12),
+                ..metric
+            },
+            false,
+        ),
         (tier, true),
     ];
     for (cnd, want) in cases {
         let mut f = flag(FeatureType::Boolean);
-        f.rules = vec![rule("rule_x", RuleKind::Standard, 0, true, vec![cnd.clone()])];
+        f.rules = vec![rule(
+            "rule_x",
+            RuleKind::Standard,
+            0,
+            true,
+            vec![cnd.clone()],
+        )];
         let e = evaluate(&f, Some(&c), Some(&u), &[], now());
         assert_eq!(e.value, want, "{cnd:?}");
     }
     // Rules are ANDed within, first match by priority wins.
     let mut f = flag(FeatureType::Boolean);
     f.rules = vec![
-        rule("rule_a", RuleKind::Standard, 1, true, vec![cond(ConditionType::Plan, Operator::Eq, &["plan_pro"]), cond(ConditionType::User, Operator::Eq, &["user_2"])]),
-        rule("rule_b", RuleKind::Standard, 2, true, vec![cond(ConditionType::Plan, Operator::Eq, &["plan_pro"])]),
+        rule(
+            "rule_a",
+            RuleKind::Standard,
+            1,
+            true,
+            vec![
+                cond(ConditionType::Plan, Operator::Eq, &["plan_pro"]),
+                cond(ConditionType::User, Operator::Eq, &["user_2"]),
+            ],
+        ),
+        rule(
+            "rule_b",
+            RuleKind::Standard,
+            2,
+            true,
+            vec![cond(ConditionType::Plan, Operator::Eq, &["plan_pro"])],
+        ),
     ];
     let e = evaluate(&f, Some(&c), Some(&u), &[], now());
     assert_eq!(e.rule_id.as_deref(), Some("rule_b"));
@@ -277,14 +523,20 @@ fn arb_value() -> impl Strategy<Value = Value> {
 fn arb_company() -> impl Strategy<Value = CompanyContext> {
     (0i64..60, 0i64..60, 0i64..60).prop_map(|(usage, seats_used, seats_bought)| {
         let mut c = company_with_usage(usage);
-        c.traits.insert("seats_used".into(), serde_json::json!(seats_used));
-        c.traits.insert("seats_bought".into(), serde_json::json!(seats_bought));
+        c.traits
+            .insert("seats_used".into(), serde_json::json!(seats_used));
+        c.traits
+            .insert("seats_bought".into(), serde_json::json!(seats_bought));
         c
     })
 }
 
 fn arb_feature_type() -> impl Strategy<Value = FeatureType> {
-    prop_oneof![Just(FeatureType::Boolean), Just(FeatureType::Event), Just(FeatureType::Trait)]
+    prop_oneof![
+        Just(FeatureType::Boolean),
+        Just(FeatureType::Event),
+        Just(FeatureType::Trait)
+    ]
 }
 
 proptest! {

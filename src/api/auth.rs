@@ -1,0 +1,63 @@
+//! API key authentication as an extractor: a handler that takes `Auth` cannot forget it.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use crate::app::AppState;
+use crate::cache::EnvCache;
+use crate::error::AppError;
+
+pub const API_KEY_HEADER: &str = "x-schematic-api-key";
+
+/// The caller's environment and permissions.
+#[derive(Clone)]
+pub struct Auth {
+    pub env: Arc<EnvCache>,
+    pub key_id: String,
+    pub readonly: bool,
+}
+
+impl Auth {
+    pub fn env_id(&self) -> &str {
+        &self.env.environment.id
+    }
+
+    /// Every write, events included, needs a non-readonly key.
+    pub fn require_write(&self) -> Result<(), AppError> {
+        if self.readonly {
+            Err(AppError::Forbidden(
+                "this API key is readonly: it may only check flags and read".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The secret from `X-Schematic-Api-Key` or `Authorization: Bearer`.
+pub fn secret_from(parts: &Parts) -> Option<&str> {
+    if let Some(v) = parts.headers.get(API_KEY_HEADER) {
+        return v.to_str().ok().map(str::trim).filter(|s| !s.is_empty());
+    }
+    let auth = parts.headers.get(axum::http::header::AUTHORIZATION)?;
+    let auth = auth.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|s| !s.is_empty())
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let secret = secret_from(parts).ok_or(AppError::Unauthorized)?;
+        state.authenticate(secret).ok_or(AppError::Unauthorized)
+    }
+}

@@ -1,0 +1,427 @@
+//! `/companies`, `/company-traits`.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sqlx::PgConnection;
+
+use super::auth::Auth;
+use super::envelope;
+use super::extract::{Json, Path, Query};
+use super::views::{self, EntitlementView, KeyView, TraitView};
+use crate::app::AppState;
+use crate::cache::Change;
+use crate::error::{AppError, AppResult};
+use crate::store::companies::{self as store, UpsertCompany};
+
+/// `CompanyPlanWithBillingSubView`.
+#[derive(Debug, Serialize)]
+pub struct PlanRef {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub billing_product_id: Option<String>,
+    pub added_on: DateTime<Utc>,
+    pub included_credit_grants: Vec<Value>,
+    /// `manual` (set through the API) or `stripe`.
+    pub source: String,
+    pub quantity: i64,
+}
+
+/// `GenericPreviewObject`.
+#[derive(Debug, Serialize)]
+pub struct Preview {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+}
+
+/// `CompanyDetailResponseData`.
+#[derive(Debug, Serialize)]
+pub struct CompanyView {
+    pub id: String,
+    pub environment_id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub keys: Vec<KeyView>,
+    pub traits: Map<String, Value>,
+    pub entity_traits: Vec<TraitView>,
+    pub plan: Option<PlanRef>,
+    pub add_ons: Vec<PlanRef>,
+    pub plans: Vec<Preview>,
+    pub entitlements: Vec<EntitlementView>,
+    pub user_count: i64,
+    pub metrics: Vec<Value>,
+    pub rules: Vec<Value>,
+    pub billing_subscriptions: Vec<Value>,
+    pub custom_plan_billings: Vec<Value>,
+    pub payment_methods: Vec<Value>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CompanyRow {
+    id: String,
+    name: String,
+    traits: sqlx::types::Json<Map<String, Value>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct PlanRow {
+    company_id: String,
+    plan_id: String,
+    is_base: bool,
+    source: String,
+    quantity: i64,
+    started_at: DateTime<Utc>,
+    name: String,
+    description: String,
+    billing_product_id: Option<String>,
+}
+
+/// Full views of `ids`, in that order (ids not found are skipped).
+pub async fn details(
+    conn: &mut PgConnection,
+    state: &AppState,
+    auth: &Auth,
+    ids: &[String],
+) -> AppResult<Vec<CompanyView>> {
+    let env_id = auth.env_id();
+    let rows: Vec<CompanyRow> = sqlx::query_as(
+        "SELECT id, name, traits, created_at, updated_at FROM companies
+         WHERE environment_id = $1 AND id = ANY($2)",
+    )
+    .bind(env_id)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let keys: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT company_id, key, value, created_at FROM company_keys
+         WHERE company_id = ANY($1) ORDER BY created_at, key",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let plans: Vec<PlanRow> = sqlx::query_as(
+        "SELECT cp.company_id, cp.plan_id, cp.is_base, cp.source, cp.quantity, cp.started_at,
+                p.name, p.description, p.billing_product_id
+         FROM company_plans cp JOIN plans p ON p.id = cp.plan_id
+         WHERE cp.company_id = ANY($1) AND cp.ended_at IS NULL ORDER BY cp.started_at",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let user_counts: HashMap<String, i64> = sqlx::query_as(
+        "SELECT company_id, count(*) FROM company_memberships WHERE company_id = ANY($1) GROUP BY 1",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+
+    let mut by_id: HashMap<String, CompanyView> = rows
+        .into_iter()
+        .map(|r| {
+            let view = CompanyView {
+                entity_traits: views::trait_views(
+                    "company",
+                    &r.id,
+                    env_id,
+                    &r.traits.0,
+                    r.updated_at,
+                ),
+                id: r.id.clone(),
+                environment_id: env_id.to_string(),
+                name: r.name,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+                last_seen_at: None,
+                keys: Vec::new(),
+                traits: r.traits.0,
+                plan: None,
+                add_ons: Vec::new(),
+                plans: Vec::new(),
+                entitlements: entitlements(state, auth, &r.id),
+                user_count: user_counts.get(&r.id).copied().unwrap_or(0),
+                metrics: Vec::new(),
+                rules: Vec::new(),
+                billing_subscriptions: Vec::new(),
+                custom_plan_billings: Vec::new(),
+                payment_methods: Vec::new(),
+            };
+            (r.id, view)
+        })
+        .collect();
+    for (company_id, key, value, created_at) in keys {
+        if let Some(v) = by_id.get_mut(&company_id) {
+            v.keys.push(KeyView::new(
+                "company",
+                &company_id,
+                env_id,
+                key,
+                value,
+                created_at,
+            ));
+        }
+    }
+    for p in plans {
+        if let Some(v) = by_id.get_mut(&p.company_id) {
+            v.plans.push(Preview {
+                id: p.plan_id.clone(),
+                name: p.name.clone(),
+                description: p.description.clone(),
+            });
+            let plan = PlanRef {
+                id: p.plan_id,
+                name: p.name,
+                description: p.description,
+                billing_product_id: p.billing_product_id,
+                added_on: p.started_at,
+                included_credit_grants: Vec::new(),
+                source: p.source,
+                quantity: p.quantity,
+            };
+            if p.is_base {
+                v.plan = Some(plan);
+            } else {
+                v.add_ons.push(plan);
+            }
+        }
+    }
+    Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+}
+
+/// Every feature the company has an entitlement for, evaluated now from the snapshot.
+fn entitlements(state: &AppState, auth: &Auth, company_id: &str) -> Vec<EntitlementView> {
+    let Some(company) = auth.env.company(company_id) else {
+        return Vec::new();
+    };
+    let catalog = state.cache.catalog();
+    let now = Utc::now();
+    let mut out: Vec<EntitlementView> = catalog
+        .flags_by_key
+        .values()
+        .filter(|f| f.feature.is_some())
+        .filter_map(|flag| {
+            let outcome = auth.env.check_resolved(
+                &catalog,
+                flag,
+                Some((company_id.to_string(), company.clone())),
+                None,
+                now,
+            );
+            outcome
+                .evaluation
+                .entitlement
+                .as_ref()
+                .map(EntitlementView::from)
+        })
+        .collect();
+    out.sort_by(|a, b| a.feature_key.cmp(&b.feature_key));
+    out
+}
+
+async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<CompanyView> {
+    let mut conn = state.pool.acquire().await?;
+    details(&mut conn, state, auth, &[id.to_string()])
+        .await?
+        .pop()
+        .ok_or_else(|| AppError::not_found("company", id))
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
+    let page = query.page()?;
+    let ids_filter = query.get_all("ids");
+    let plan_ids = {
+        let mut p = query.get_all("plan_ids");
+        p.extend(query.get("plan_id").map(str::to_string));
+        p
+    };
+    let q = query
+        .get("q")
+        .map(|s| format!("%{}%", s.replace('%', "\\%").replace('_', "\\_")));
+    let without_plan = query.bool("without_plan")?.unwrap_or(false);
+    let mut conn = state.pool.acquire().await?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT c.id FROM companies c
+         WHERE c.environment_id = $1
+           AND (cardinality($2::text[]) = 0 OR c.id = ANY($2))
+           AND (cardinality($3::text[]) = 0 OR EXISTS (SELECT 1 FROM company_plans cp
+                WHERE cp.company_id = c.id AND cp.ended_at IS NULL AND cp.plan_id = ANY($3)))
+           AND ($4::text IS NULL OR c.name ILIKE $4 OR EXISTS (SELECT 1 FROM company_keys k
+                WHERE k.company_id = c.id AND k.value ILIKE $4))
+           AND (NOT $5 OR NOT EXISTS (SELECT 1 FROM company_plans cp
+                WHERE cp.company_id = c.id AND cp.ended_at IS NULL))
+         ORDER BY c.created_at DESC, c.id DESC LIMIT $6 OFFSET $7",
+    )
+    .bind(auth.env_id())
+    .bind(&ids_filter)
+    .bind(&plan_ids)
+    .bind(&q)
+    .bind(without_plan)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(&mut *conn)
+    .await?;
+    let data = details(&mut conn, &state, &auth, &ids).await?;
+    Ok(envelope::ok(data, query.params(Some(page))))
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, company_id = %id))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn lookup(
+    State(state): State<AppState>,
+    auth: Auth,
+    query: Query,
+) -> AppResult<Response> {
+    let keys = query.key_map("keys")?;
+    store::validate_keys("keys", &keys)?;
+    let mut conn = state.pool.acquire().await?;
+    let id = store::find_by_keys(&mut conn, auth.env_id(), &keys)
+        .await?
+        .ok_or_else(|| AppError::NotFound("no company has these keys".into()))?;
+    let view = details(&mut conn, &state, &auth, &[id.clone()])
+        .await?
+        .pop()
+        .ok_or_else(|| AppError::not_found("company", &id))?;
+    Ok(envelope::ok(view, query.params(None)))
+}
+
+#[derive(Deserialize)]
+pub struct UpsertBody {
+    keys: Map<String, Value>,
+    name: Option<String>,
+    traits: Option<Map<String, Value>>,
+    base_plan_id: Option<String>,
+    add_on_ids: Option<Vec<String>>,
+    #[serde(default)]
+    update_only: Option<bool>,
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn upsert(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<UpsertBody>,
+) -> AppResult<Response> {
+    auth.require_write()?;
+    let req = UpsertCompany {
+        keys: views::key_pairs("keys", &body.keys)?,
+        name: body.name,
+        traits: body.traits,
+        base_plan_id: body.base_plan_id.filter(|s| !s.is_empty()),
+        add_on_ids: body.add_on_ids,
+        update_only: body.update_only.unwrap_or(false),
+    };
+    let mut tx = state.pool.begin().await?;
+    let (id, created) = store::upsert(&mut tx, auth.env_id(), &req).await?;
+    state
+        .commit(
+            tx,
+            &[Change::Company {
+                environment_id: auth.env_id().into(),
+                id: id.clone(),
+            }],
+        )
+        .await?;
+    crate::metrics::WRITES.inc("companies");
+    tracing::info!(company_id = %id, created, "company upserted");
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, company_id = %id))]
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
+    auth.require_write()?;
+    let mut tx = state.pool.begin().await?;
+    let n = sqlx::query("DELETE FROM companies WHERE environment_id = $1 AND id = $2")
+        .bind(auth.env_id())
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(AppError::not_found("company", &id));
+    }
+    state
+        .commit(
+            tx,
+            &[Change::Company {
+                environment_id: auth.env_id().into(),
+                id: id.clone(),
+            }],
+        )
+        .await?;
+    crate::metrics::WRITES.inc("companies");
+    tracing::info!("company deleted");
+    Ok(envelope::deleted())
+}
+
+#[derive(Deserialize)]
+pub struct TraitBody {
+    keys: Map<String, Value>,
+    #[serde(rename = "trait")]
+    name: String,
+    set: Option<Value>,
+    incr: Option<f64>,
+    update_only: Option<bool>,
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn upsert_trait(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<TraitBody>,
+) -> AppResult<Response> {
+    auth.require_write()?;
+    if body.name.is_empty() {
+        return Err(AppError::bad_request("trait: must not be empty"));
+    }
+    if let Some(Value::Object(_) | Value::Array(_)) = &body.set {
+        return Err(AppError::bad_request(
+            "set: must be a string, number or boolean",
+        ));
+    }
+    if body.incr.is_some_and(|i| !i.is_finite()) {
+        return Err(AppError::bad_request("incr: must be a finite number"));
+    }
+    let req = UpsertCompany {
+        keys: views::key_pairs("keys", &body.keys)?,
+        update_only: body.update_only.unwrap_or(false),
+        ..Default::default()
+    };
+    let mut tx = state.pool.begin().await?;
+    let (id, _) = store::upsert(&mut tx, auth.env_id(), &req).await?;
+    store::update_trait(&mut tx, &id, &body.name, body.set.as_ref(), body.incr).await?;
+    state
+        .commit(
+            tx,
+            &[Change::Company {
+                environment_id: auth.env_id().into(),
+                id: id.clone(),
+            }],
+        )
+        .await?;
+    crate::metrics::WRITES.inc("company_traits");
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}

@@ -1,0 +1,72 @@
+//! `/health`, `/ready`, `/metrics`: no API key needed.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::db;
+
+/// The process is up.
+pub async fn health() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+/// The database is reachable and every migration is applied.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    match db::migrations_applied(&state.pool).await {
+        Ok(true) => axum::Json(json!({"status": "ready"})).into_response(),
+        Ok(false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": "migrations are pending; run `entitled migrate`"})),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": "database unreachable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let pool_size = state.pool.size() as f64;
+    let idle = state.pool.num_idle() as f64;
+    let companies: usize = state
+        .config
+        .environments
+        .iter()
+        .filter_map(|e| state.cache.env_by_key(&e.key))
+        .map(|e| e.company_count())
+        .sum();
+    let body = crate::metrics::render(&[
+        (
+            "entitled_db_pool_connections",
+            "Open database connections.",
+            pool_size,
+        ),
+        ("entitled_db_pool_idle", "Idle database connections.", idle),
+        (
+            "entitled_db_pool_max",
+            "Configured maximum database connections.",
+            state.config.database.max_connections as f64,
+        ),
+        (
+            "entitled_cache_companies",
+            "Companies in the check snapshot.",
+            companies as f64,
+        ),
+    ]);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

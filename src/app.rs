@@ -1,0 +1,96 @@
+//! Application state, the router and the server's lifecycle.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::auth::Auth;
+use crate::cache::{self, Cache, Change};
+use crate::config::Config;
+use crate::{db, error::AppResult};
+
+/// Shared by every handler through `State`.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub cache: Arc<Cache>,
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    /// Resolves an API key secret from the snapshot (no database on the hot path).
+    pub fn authenticate(&self, secret: &str) -> Option<Auth> {
+        let info = self.cache.api_key(&cache::hash_key(secret))?;
+        let env = self.cache.env(&info.environment_id)?.clone();
+        Some(Auth {
+            env,
+            key_id: info.id,
+            readonly: info.readonly,
+        })
+    }
+
+    /// Commits `tx` and refreshes this process's snapshot; other replicas hear of it through
+    /// the notifications queued in the transaction.
+    pub async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        changes: &[Change],
+    ) -> AppResult<()> {
+        for change in changes {
+            cache::notify(&mut tx, self.cache.origin(), change).await?;
+        }
+        tx.commit().await?;
+        self.cache.after_commit(changes).await;
+        Ok(())
+    }
+}
+
+/// Connects, migrates (unless disabled), syncs environments and loads the snapshot.
+pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::postgres::PgListener)> {
+    let pool = db::pool(&config)?;
+    if config.database.migrate_on_start {
+        db::migrate(&pool).await?;
+    }
+    let envs = db::sync_environments(&pool, &config.environments).await?;
+    let listener = cache::subscribe(&pool).await?;
+    let pairs: Vec<_> = envs
+        .into_iter()
+        .zip(config.environments.iter().cloned())
+        .collect();
+    let cache = Cache::load(pool.clone(), &pairs).await?;
+    Ok((
+        AppState {
+            pool,
+            cache,
+            config: Arc::new(config),
+        },
+        listener,
+    ))
+}
+
+/// Serves until `shutdown` is cancelled, then waits for background tasks.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (state, pg_listener) = build_state(config).await?;
+    let tracker = TaskTracker::new();
+    cache::spawn_listener(state.cache.clone(), pg_listener, shutdown.clone(), &tracker);
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "entitled listening");
+    let app = crate::api::router(state.clone());
+    let token = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await?;
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    state.pool.close().await;
+    tracing::info!("entitled stopped");
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Applies other replicas' changes to this process's snapshot via `LISTEN`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Cache, Change, CHANNEL};
+
+/// Subscribes before the snapshot is loaded, so no change falls between load and listen.
+pub async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+pub fn spawn_listener(
+    cache: Arc<Cache>,
+    mut listener: PgListener,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    tracker.spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = listener.try_recv() => next,
+            };
+            match next {
+                Ok(Some(notification)) => {
+                    let Some((origin, change)) = Change::decode(notification.payload()) else {
+                        tracing::warn!(payload = notification.payload(), "unknown cache notification");
+                        continue;
+                    };
+                    if origin == cache.origin() {
+                        continue; // refreshed synchronously after our own commit
+                    }
+                    if let Err(e) = cache.reload(&change).await {
+                        tracing::warn!(error = %e, ?change, "cache reload failed; reloading everything");
+                        reload_all_until_ok(&cache, &shutdown).await;
+                    }
+                }
+                Ok(None) => {
+                    // The connection dropped: notifications may have been missed. The next
+                    // try_recv reconnects and re-listens; reload everything once it is back.
+                    tracing::warn!("cache listener lost its connection; reconnecting");
+                    crate::metrics::CACHE_LISTENER_RECONNECTS.inc();
+                    reconnect_and_reload(&cache, &mut listener, &shutdown).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache listener error; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    reconnect_and_reload(&cache, &mut listener, &shutdown).await;
+                }
+            }
+        }
+    });
+}
+
+async fn reconnect_and_reload(
+    cache: &Cache,
+    listener: &mut PgListener,
+    shutdown: &CancellationToken,
+) {
+    // Re-listen first (a no-op if already connected), then reload, so nothing falls between.
+    loop {
+        match listener.listen(CHANNEL).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache listener cannot reconnect yet");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    reload_all_until_ok(cache, shutdown).await;
+}
+
+async fn reload_all_until_ok(cache: &Cache, shutdown: &CancellationToken) {
+    loop {
+        match cache.reload_all().await {
+            Ok(()) => {
+                tracing::info!("cache reloaded");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "full cache reload failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}

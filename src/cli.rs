@@ -1,0 +1,187 @@
+//! The command line: `entitled [--config FILE] <command>`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Change;
+use crate::config::{Config, LogFormat};
+use crate::{app, cache, db, seed, store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "entitled",
+    version,
+    about = "Self-hosted entitlements: Stripe in, feature checks out."
+)]
+pub struct Cli {
+    /// A TOML file layered over the built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (runs pending migrations first unless disabled).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(name = "api-key", subcommand)]
+    ApiKey(ApiKeyCommand),
+    /// Load a catalog (features, plans, entitlements) from a JSON or TOML file, idempotently.
+    Seed {
+        /// The catalog file, e.g. fixtures/demo-catalog.toml.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key; the secret is printed as the last line of stdout.
+    Create {
+        #[arg(long)]
+        environment: String,
+        #[arg(long)]
+        name: String,
+        /// The key may only check flags and read.
+        #[arg(long)]
+        readonly: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("entitled: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("entitled: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("entitled: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(config.listen_addr())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+            let shutdown = CancellationToken::new();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                token.cancel();
+            });
+            app::run(config, listener, shutdown).await
+        }
+        Command::Migrate => {
+            let pool = db::pool(&config)?;
+            db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::ApiKey(ApiKeyCommand::Create {
+            environment,
+            name,
+            readonly,
+        }) => {
+            if config.environment(&environment).is_none() {
+                let known: Vec<_> = config.environments.iter().map(|e| e.key.as_str()).collect();
+                anyhow::bail!(
+                    "--environment {environment:?} is not configured (known: {})",
+                    known.join(", ")
+                );
+            }
+            if name.trim().is_empty() {
+                anyhow::bail!("--name must not be empty");
+            }
+            let pool = db::pool(&config)?;
+            if config.database.migrate_on_start {
+                db::migrate(&pool).await?;
+            }
+            let envs = db::sync_environments(&pool, &config.environments).await?;
+            let env = envs
+                .iter()
+                .find(|e| e.key == environment)
+                .ok_or_else(|| anyhow::anyhow!("environment {environment:?} missing after sync"))?;
+            let mut tx = pool.begin().await?;
+            let (id, secret) =
+                store::api_keys::create(&mut tx, &env.id, name.trim(), readonly).await?;
+            cache::notify(&mut tx, "cli", &Change::ApiKeys).await?;
+            tx.commit().await?;
+            println!(
+                "created API key {id} for environment {environment}{}",
+                if readonly { " (readonly)" } else { "" }
+            );
+            println!("{secret}");
+            Ok(())
+        }
+        Command::Seed { file } => {
+            let pool = db::pool(&config)?;
+            if config.database.migrate_on_start {
+                db::migrate(&pool).await?;
+            }
+            let summary = seed::seed_file(&pool, &file).await?;
+            println!("{summary}");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,314 @@
+//! Companies: upsert by keys, traits, plan memberships. Every function takes the caller's
+//! connection or transaction; the caller owns the boundary.
+
+use serde_json::{Map, Value};
+use sqlx::PgConnection;
+
+use crate::error::{sqlstate, violated_constraint, AppError};
+use crate::ids;
+
+/// What `POST /companies` (and identify/track) asks for.
+#[derive(Debug, Default, Clone)]
+pub struct UpsertCompany {
+    pub keys: Vec<(String, String)>,
+    pub name: Option<String>,
+    pub traits: Option<Map<String, Value>>,
+    pub base_plan_id: Option<String>,
+    pub add_on_ids: Option<Vec<String>>,
+    /// Fail with 404 instead of creating.
+    pub update_only: bool,
+}
+
+pub fn validate_keys(field: &str, keys: &[(String, String)]) -> Result<(), AppError> {
+    if keys.is_empty() {
+        return Err(AppError::bad_request(format!(
+            "{field}: at least one key is required, e.g. {{\"id\": \"acme\"}}"
+        )));
+    }
+    for (k, v) in keys {
+        if k.is_empty() || k.len() > 255 {
+            return Err(AppError::bad_request(format!(
+                "{field}: key names must be 1 to 255 characters"
+            )));
+        }
+        if v.is_empty() || v.len() > 1024 {
+            return Err(AppError::bad_request(format!(
+                "{field}.{k}: value must be 1 to 1024 characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Serialises concurrent upserts touching the same keys for the rest of the transaction, so
+/// two requests creating the same new company cannot both create it.
+pub async fn lock_keys(
+    conn: &mut PgConnection,
+    scope: &str,
+    env_id: &str,
+    keys: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    let mut names: Vec<String> = keys
+        .iter()
+        .map(|(k, v)| format!("{scope}\u{1f}{env_id}\u{1f}{k}\u{1f}{v}"))
+        .collect();
+    names.sort();
+    for n in names {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(n)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The distinct companies any of `keys` identifies.
+pub async fn ids_by_keys(
+    conn: &mut PgConnection,
+    env_id: &str,
+    keys: &[(String, String)],
+) -> Result<Vec<String>, sqlx::Error> {
+    let (names, values): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    sqlx::query_scalar(
+        "SELECT DISTINCT company_id FROM company_keys
+         WHERE environment_id = $1 AND (key, value) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+    )
+    .bind(env_id)
+    .bind(&names)
+    .bind(&values)
+    .fetch_all(conn)
+    .await
+}
+
+/// One company by keys; `Conflict` when they name several.
+pub async fn find_by_keys(
+    conn: &mut PgConnection,
+    env_id: &str,
+    keys: &[(String, String)],
+) -> Result<Option<String>, AppError> {
+    let ids = ids_by_keys(conn, env_id, keys).await?;
+    match ids.len() {
+        0 => Ok(None),
+        1 => Ok(ids.into_iter().next()),
+        _ => Err(AppError::Conflict(format!(
+            "keys identify more than one company ({}); send keys of one company",
+            ids.join(", ")
+        ))),
+    }
+}
+
+/// Creates or updates the company `keys` identify. Returns its id and whether it was created.
+pub async fn upsert(
+    conn: &mut PgConnection,
+    env_id: &str,
+    req: &UpsertCompany,
+) -> Result<(String, bool), AppError> {
+    validate_keys("keys", &req.keys)?;
+    lock_keys(conn, "company", env_id, &req.keys).await?;
+    let existing = find_by_keys(conn, env_id, &req.keys).await?;
+    let (id, created) = match existing {
+        Some(id) => (id, false),
+        None if req.update_only => {
+            return Err(AppError::NotFound(
+                "no company has these keys (update_only is set)".into(),
+            ))
+        }
+        None => {
+            let id = ids::new_id(ids::prefix::COMPANY);
+            sqlx::query("INSERT INTO companies (id, environment_id, name) VALUES ($1, $2, '')")
+                .bind(&id)
+                .bind(env_id)
+                .execute(&mut *conn)
+                .await?;
+            (id, true)
+        }
+    };
+    put_keys(conn, env_id, &id, &req.keys).await?;
+    if req.name.is_some() || req.traits.is_some() {
+        sqlx::query(
+            "UPDATE companies SET name = COALESCE($2, name),
+                 traits = jsonb_strip_nulls(traits || $3), updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(&req.name)
+        .bind(sqlx::types::Json(req.traits.clone().unwrap_or_default()))
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let Some(plan_id) = &req.base_plan_id {
+        set_base_plan(conn, env_id, &id, plan_id).await?;
+    }
+    if let Some(add_ons) = &req.add_on_ids {
+        set_add_ons(conn, env_id, &id, add_ons).await?;
+    }
+    Ok((id, created))
+}
+
+/// Adds keys to a company, replacing the value of a key name it already has.
+pub async fn put_keys(
+    conn: &mut PgConnection,
+    env_id: &str,
+    company_id: &str,
+    keys: &[(String, String)],
+) -> Result<(), AppError> {
+    for (k, v) in keys {
+        let res = sqlx::query(
+            "INSERT INTO company_keys (environment_id, company_id, key, value) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (company_id, key) DO UPDATE SET value = EXCLUDED.value
+             WHERE company_keys.value IS DISTINCT FROM EXCLUDED.value",
+        )
+        .bind(env_id)
+        .bind(company_id)
+        .bind(k)
+        .bind(v)
+        .execute(&mut *conn)
+        .await;
+        if let Err(e) = res {
+            if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION).is_some() {
+                return Err(AppError::Conflict(format!(
+                    "key {k}={v:?} already belongs to another company"
+                )));
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+/// The plan's type, or 404 naming the field that referenced it.
+pub async fn plan_type(
+    conn: &mut PgConnection,
+    field: &str,
+    plan_id: &str,
+) -> Result<String, AppError> {
+    sqlx::query_scalar("SELECT plan_type FROM plans WHERE id = $1")
+        .bind(plan_id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("{field}: plan {plan_id:?} not found")))
+}
+
+/// Makes `plan_id` the company's base plan (ending a different current one).
+pub async fn set_base_plan(
+    conn: &mut PgConnection,
+    env_id: &str,
+    company_id: &str,
+    plan_id: &str,
+) -> Result<(), AppError> {
+    if plan_type(conn, "base_plan_id", plan_id).await? != "plan" {
+        return Err(AppError::bad_request(format!(
+            "base_plan_id: {plan_id:?} is an add-on; use add_on_ids"
+        )));
+    }
+    let current: Option<String> = sqlx::query_scalar(
+        "SELECT plan_id FROM company_plans WHERE company_id = $1 AND is_base AND ended_at IS NULL",
+    )
+    .bind(company_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if current.as_deref() == Some(plan_id) {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE company_plans SET ended_at = now(), updated_at = now()
+         WHERE company_id = $1 AND is_base AND ended_at IS NULL",
+    )
+    .bind(company_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO company_plans (id, environment_id, company_id, plan_id, is_base, source)
+         VALUES ($1, $2, $3, $4, true, 'manual')",
+    )
+    .bind(ids::new_id(ids::prefix::COMPANY_PLAN))
+    .bind(env_id)
+    .bind(company_id)
+    .bind(plan_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Makes the company's manual add-ons exactly `plan_ids`.
+pub async fn set_add_ons(
+    conn: &mut PgConnection,
+    env_id: &str,
+    company_id: &str,
+    plan_ids: &[String],
+) -> Result<(), AppError> {
+    for (i, plan_id) in plan_ids.iter().enumerate() {
+        let field = format!("add_on_ids[{i}]");
+        if plan_type(conn, &field, plan_id).await? != "add_on" {
+            return Err(AppError::bad_request(format!(
+                "{field}: {plan_id:?} is a base plan; use base_plan_id"
+            )));
+        }
+    }
+    sqlx::query(
+        "UPDATE company_plans SET ended_at = now(), updated_at = now()
+         WHERE company_id = $1 AND NOT is_base AND source = 'manual' AND ended_at IS NULL
+           AND plan_id <> ALL($2)",
+    )
+    .bind(company_id)
+    .bind(plan_ids)
+    .execute(&mut *conn)
+    .await?;
+    for plan_id in plan_ids {
+        sqlx::query(
+            "INSERT INTO company_plans (id, environment_id, company_id, plan_id, is_base, source)
+             VALUES ($1, $2, $3, $4, false, 'manual')
+             ON CONFLICT (company_id, plan_id) WHERE ended_at IS NULL DO NOTHING",
+        )
+        .bind(ids::new_id(ids::prefix::COMPANY_PLAN))
+        .bind(env_id)
+        .bind(company_id)
+        .bind(plan_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sets or increments one trait. `incr` on a non-numeric trait is a 400.
+pub async fn update_trait(
+    conn: &mut PgConnection,
+    company_id: &str,
+    name: &str,
+    set: Option<&Value>,
+    incr: Option<f64>,
+) -> Result<(), AppError> {
+    let res = match (set, incr) {
+        (Some(v), None) => {
+            sqlx::query(
+                "UPDATE companies SET traits = jsonb_set(traits, ARRAY[$2], $3), updated_at = now()
+                 WHERE id = $1",
+            )
+            .bind(company_id)
+            .bind(name)
+            .bind(sqlx::types::Json(v))
+            .execute(&mut *conn)
+            .await
+        }
+        (None, Some(by)) => {
+            sqlx::query(
+                "UPDATE companies SET traits = jsonb_set(traits, ARRAY[$2],
+                     to_jsonb(COALESCE((traits ->> $2)::numeric, 0) + $3::numeric)), updated_at = now()
+                 WHERE id = $1",
+            )
+            .bind(company_id)
+            .bind(name)
+            .bind(by)
+            .execute(&mut *conn)
+            .await
+        }
+        _ => return Err(AppError::bad_request("send exactly one of set or incr")),
+    };
+    match res {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("22P02") => Err(
+            AppError::bad_request(format!("incr: trait {name:?} is not a number")),
+        ),
+        Err(e) => Err(e.into()),
+    }
+}

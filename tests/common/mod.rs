@@ -1,0 +1,256 @@
+//! Test harness: a fresh Postgres database per test, the real server on port 0, and an HTTP
+//! client. Postgres comes from `ENTITLED_TEST_DATABASE_URL` (default: the local cluster).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use entitled::config::Config;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub fn server_url() -> String {
+    std::env::var("ENTITLED_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Creates an empty database and returns its URL and name.
+pub async fn fresh_database() -> (String, String) {
+    let name = format!(
+        "entitled_test_{}",
+        entitled::ids::new_id("db").to_lowercase()
+    );
+    let admin = format!("{}/postgres", server_url());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .expect("connect to the test Postgres (set ENTITLED_TEST_DATABASE_URL)");
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    (format!("{}/{name}", server_url()), name)
+}
+
+fn drop_database(name: String) {
+    // Best effort, from a thread of its own: Drop cannot await.
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        if let Ok(rt) = rt {
+            rt.block_on(async {
+                let admin = format!("{}/postgres", server_url());
+                if let Ok(mut conn) =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
+                {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        }
+    })
+    .join();
+}
+
+/// A config for tests: defaults, then `extra` TOML, pointed at `db_url`, listening on port 0.
+pub fn test_config(db_url: &str, extra: &str) -> Config {
+    let vars = vec![
+        ("DATABASE_URL".to_string(), db_url.to_string()),
+        (
+            "ENTITLED_SERVER__LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+        (
+            "ENTITLED_DATABASE__MAX_CONNECTIONS".to_string(),
+            "5".to_string(),
+        ),
+    ];
+    Config::from_layers(Some(("test.toml", extra)), &vars).expect("valid test config")
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub db_url: String,
+    pub db_name: String,
+    /// A read-write key for the default environment.
+    pub key: String,
+    pub readonly_key: String,
+    pub client: reqwest::Client,
+    pub pool: sqlx::PgPool,
+    pub config: Config,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    owns_db: bool,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with("").await
+}
+
+/// Spawns a server with `extra` configuration TOML on a fresh database.
+pub async fn spawn_app_with(extra: &str) -> TestApp {
+    let (db_url, db_name) = fresh_database().await;
+    let mut app = spawn_on(&db_url, extra).await;
+    app.db_name = db_name;
+    app.owns_db = true;
+    app
+}
+
+/// Spawns a server on an existing database (a second replica, say).
+pub async fn spawn_on(db_url: &str, extra: &str) -> TestApp {
+    let config = test_config(db_url, extra);
+    let pool = entitled::db::pool(&config).unwrap();
+    entitled::db::migrate(&pool).await.unwrap();
+    let envs = entitled::db::sync_environments(&pool, &config.environments)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let (_, key) = entitled::store::api_keys::create(&mut conn, &envs[0].id, "test", false)
+        .await
+        .unwrap();
+    let (_, readonly_key) =
+        entitled::store::api_keys::create(&mut conn, &envs[0].id, "test-ro", true)
+            .await
+            .unwrap();
+    drop(conn);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(entitled::app::run(
+        config.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    let app = TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        db_url: db_url.to_string(),
+        db_name: String::new(),
+        key,
+        readonly_key,
+        client: reqwest::Client::new(),
+        pool,
+        config,
+        shutdown,
+        handle: Some(handle),
+        owns_db: false,
+    };
+    app.wait_ready().await;
+    app
+}
+
+impl TestApp {
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.client.get(format!("{}/ready", self.base)).send().await {
+                if r.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a request with `key` (or none) and returns the status and JSON body.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.header("X-Schematic-Api-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Method::GET, path, None, Some(&self.key)).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(Method::POST, path, Some(&body), Some(&self.key))
+            .await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(Method::PUT, path, Some(&body), Some(&self.key))
+            .await
+    }
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Method::DELETE, path, None, Some(&self.key)).await
+    }
+
+    /// POST that must succeed; returns `data`.
+    pub async fn create(&self, path: &str, body: Value) -> Value {
+        let (status, json) = self.post(path, body.clone()).await;
+        assert!(status.is_success(), "POST {path} {body} → {status}: {json}");
+        json["data"].clone()
+    }
+
+    /// Checks a flag for company keys and returns the check result.
+    pub async fn check(&self, flag: &str, company: Value) -> Value {
+        let (status, json) = self
+            .post(
+                &format!("/flags/{flag}/check"),
+                serde_json::json!({"company": company, "user": null}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "check {flag}: {json}");
+        json["data"].clone()
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+        if self.owns_db {
+            drop_database(std::mem::take(&mut self.db_name));
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
