@@ -80,6 +80,52 @@ impl LabeledCounter {
     }
 }
 
+/// A counter over a fixed label set, lock-free: for hot paths.
+pub struct FixedCounter<const N: usize> {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    labels: [&'static str; N],
+    values: [AtomicU64; N],
+}
+
+impl<const N: usize> FixedCounter<N> {
+    pub const fn new(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        labels: [&'static str; N],
+    ) -> Self {
+        FixedCounter {
+            name,
+            help,
+            label,
+            labels,
+            values: [const { AtomicU64::new(0) }; N],
+        }
+    }
+    /// Counts one for `label`; unknown labels count under the last one.
+    pub fn inc(&self, label: &str) {
+        let i = self.labels.iter().position(|l| *l == label).unwrap_or(N - 1);
+        self.values[i].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self, label: &str) -> u64 {
+        self.labels
+            .iter()
+            .position(|l| *l == label)
+            .map(|i| self.values[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} counter", self.name);
+        for (l, v) in self.labels.iter().zip(&self.values) {
+            let n = v.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{}{{{}=\"{}\"}} {}", self.name, self.label, l, n);
+        }
+    }
+}
+
 /// A latency histogram in seconds with fixed buckets.
 pub struct Histogram {
     name: &'static str,
@@ -142,19 +188,21 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub static CHECKS: LabeledCounter = LabeledCounter::new(
+pub static CHECKS: FixedCounter<3> = FixedCounter::new(
     "entitled_checks_total",
-    "Flag checks answered, by outcome (true, false, not_found).",
+    "Flag checks answered, by outcome.",
     "outcome",
+    ["true", "false", "not_found"],
 );
 pub static CHECK_SECONDS: Histogram = Histogram::latency(
     "entitled_check_duration_seconds",
     "Time to evaluate one flag check, excluding the network.",
 );
-pub static HTTP_RESPONSES: LabeledCounter = LabeledCounter::new(
+pub static HTTP_RESPONSES: FixedCounter<4> = FixedCounter::new(
     "entitled_http_responses_total",
     "HTTP responses by status class.",
     "status",
+    ["2xx", "4xx", "5xx", "other"],
 );
 pub static CACHE_RELOADS: Counter = Counter::new(
     "entitled_cache_reloads_total",

@@ -17,6 +17,7 @@ use crate::app::AppState;
 use crate::cache::Change;
 use crate::error::{AppError, AppResult};
 use crate::store::companies::{self as store, UpsertCompany};
+use crate::store::keys::{self, Entity};
 
 /// `CompanyPlanWithBillingSubView`.
 #[derive(Debug, Serialize)]
@@ -292,9 +293,9 @@ pub async fn lookup(
     query: Query,
 ) -> AppResult<Response> {
     let keys = query.key_map("keys")?;
-    store::validate_keys("keys", &keys)?;
+    keys::validate("keys", &keys)?;
     let mut conn = state.pool.acquire().await?;
-    let id = store::find_by_keys(&mut conn, auth.env_id(), &keys)
+    let id = keys::find(&mut conn, Entity::Company, auth.env_id(), &keys)
         .await?
         .ok_or_else(|| AppError::NotFound("no company has these keys".into()))?;
     let view = details(&mut conn, &state, &auth, &[id.clone()])

@@ -109,11 +109,7 @@ async fn observe(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let span = tracing::debug_span!("request", %method, route = %route);
     let started = std::time::Instant::now();
-    let response = {
-        let _enter = span.enter();
-        drop(_enter);
-        tracing::Instrument::instrument(next.run(req), span.clone()).await
-    };
+    let response = tracing::Instrument::instrument(next.run(req), span).await;
     let status = response.status();
     crate::metrics::HTTP_RESPONSES.inc(match status.as_u16() {
         200..=299 => "2xx",

@@ -4,7 +4,8 @@
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
-use crate::error::{sqlstate, violated_constraint, AppError};
+use super::keys::{self, Entity};
+use crate::error::AppError;
 use crate::ids;
 
 /// What `POST /companies` (and identify/track) asks for.
@@ -19,93 +20,15 @@ pub struct UpsertCompany {
     pub update_only: bool,
 }
 
-pub fn validate_keys(field: &str, keys: &[(String, String)]) -> Result<(), AppError> {
-    if keys.is_empty() {
-        return Err(AppError::bad_request(format!(
-            "{field}: at least one key is required, e.g. {{\"id\": \"acme\"}}"
-        )));
-    }
-    for (k, v) in keys {
-        if k.is_empty() || k.len() > 255 {
-            return Err(AppError::bad_request(format!(
-                "{field}: key names must be 1 to 255 characters"
-            )));
-        }
-        if v.is_empty() || v.len() > 1024 {
-            return Err(AppError::bad_request(format!(
-                "{field}.{k}: value must be 1 to 1024 characters"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Serialises concurrent upserts touching the same keys for the rest of the transaction, so
-/// two requests creating the same new company cannot both create it.
-pub async fn lock_keys(
-    conn: &mut PgConnection,
-    scope: &str,
-    env_id: &str,
-    keys: &[(String, String)],
-) -> Result<(), sqlx::Error> {
-    let mut names: Vec<String> = keys
-        .iter()
-        .map(|(k, v)| format!("{scope}\u{1f}{env_id}\u{1f}{k}\u{1f}{v}"))
-        .collect();
-    names.sort();
-    for n in names {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(n)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// The distinct companies any of `keys` identifies.
-pub async fn ids_by_keys(
-    conn: &mut PgConnection,
-    env_id: &str,
-    keys: &[(String, String)],
-) -> Result<Vec<String>, sqlx::Error> {
-    let (names, values): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
-    sqlx::query_scalar(
-        "SELECT DISTINCT company_id FROM company_keys
-         WHERE environment_id = $1 AND (key, value) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
-    )
-    .bind(env_id)
-    .bind(&names)
-    .bind(&values)
-    .fetch_all(conn)
-    .await
-}
-
-/// One company by keys; `Conflict` when they name several.
-pub async fn find_by_keys(
-    conn: &mut PgConnection,
-    env_id: &str,
-    keys: &[(String, String)],
-) -> Result<Option<String>, AppError> {
-    let ids = ids_by_keys(conn, env_id, keys).await?;
-    match ids.len() {
-        0 => Ok(None),
-        1 => Ok(ids.into_iter().next()),
-        _ => Err(AppError::Conflict(format!(
-            "keys identify more than one company ({}); send keys of one company",
-            ids.join(", ")
-        ))),
-    }
-}
-
 /// Creates or updates the company `keys` identify. Returns its id and whether it was created.
 pub async fn upsert(
     conn: &mut PgConnection,
     env_id: &str,
     req: &UpsertCompany,
 ) -> Result<(String, bool), AppError> {
-    validate_keys("keys", &req.keys)?;
-    lock_keys(conn, "company", env_id, &req.keys).await?;
-    let existing = find_by_keys(conn, env_id, &req.keys).await?;
+    keys::validate("keys", &req.keys)?;
+    keys::lock(conn, Entity::Company, env_id, &req.keys).await?;
+    let existing = keys::find(conn, Entity::Company, env_id, &req.keys).await?;
     let (id, created) = match existing {
         Some(id) => (id, false),
         None if req.update_only => {
@@ -123,7 +46,7 @@ pub async fn upsert(
             (id, true)
         }
     };
-    put_keys(conn, env_id, &id, &req.keys).await?;
+    keys::put(conn, Entity::Company, env_id, &id, &req.keys).await?;
     if req.name.is_some() || req.traits.is_some() {
         sqlx::query(
             "UPDATE companies SET name = COALESCE($2, name),
@@ -143,37 +66,6 @@ pub async fn upsert(
         set_add_ons(conn, env_id, &id, add_ons).await?;
     }
     Ok((id, created))
-}
-
-/// Adds keys to a company, replacing the value of a key name it already has.
-pub async fn put_keys(
-    conn: &mut PgConnection,
-    env_id: &str,
-    company_id: &str,
-    keys: &[(String, String)],
-) -> Result<(), AppError> {
-    for (k, v) in keys {
-        let res = sqlx::query(
-            "INSERT INTO company_keys (environment_id, company_id, key, value) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (company_id, key) DO UPDATE SET value = EXCLUDED.value
-             WHERE company_keys.value IS DISTINCT FROM EXCLUDED.value",
-        )
-        .bind(env_id)
-        .bind(company_id)
-        .bind(k)
-        .bind(v)
-        .execute(&mut *conn)
-        .await;
-        if let Err(e) = res {
-            if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION).is_some() {
-                return Err(AppError::Conflict(format!(
-                    "key {k}={v:?} already belongs to another company"
-                )));
-            }
-            return Err(e.into());
-        }
-    }
-    Ok(())
 }
 
 /// The plan's type, or 404 naming the field that referenced it.

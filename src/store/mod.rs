@@ -2,5 +2,10 @@
 //! the transaction boundary.
 
 pub mod api_keys;
+pub mod catalog;
 pub mod companies;
+pub mod keys;
+pub mod overrides;
+pub mod plans;
+pub mod users;
 pub mod values;

@@ -1,0 +1,143 @@
+//! Identifying keys (`{"stripe_customer_id": "cus_1"}`) of companies and users: each key
+//! value identifies at most one entity per environment.
+
+use sqlx::PgConnection;
+
+use crate::error::{sqlstate, violated_constraint, AppError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    Company,
+    User,
+}
+
+impl Entity {
+    pub fn noun(self) -> &'static str {
+        match self {
+            Entity::Company => "company",
+            Entity::User => "user",
+        }
+    }
+    fn table(self) -> &'static str {
+        match self {
+            Entity::Company => "company_keys",
+            Entity::User => "user_keys",
+        }
+    }
+    fn column(self) -> &'static str {
+        match self {
+            Entity::Company => "company_id",
+            Entity::User => "user_id",
+        }
+    }
+}
+
+pub fn validate(field: &str, keys: &[(String, String)]) -> Result<(), AppError> {
+    if keys.is_empty() {
+        return Err(AppError::bad_request(format!(
+            "{field}: at least one key is required, e.g. {{\"id\": \"acme\"}}"
+        )));
+    }
+    for (k, v) in keys {
+        if k.is_empty() || k.len() > 255 {
+            return Err(AppError::bad_request(format!(
+                "{field}: key names must be 1 to 255 characters"
+            )));
+        }
+        if v.is_empty() || v.len() > 1024 {
+            return Err(AppError::bad_request(format!(
+                "{field}.{k}: value must be 1 to 1024 characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Serialises concurrent upserts touching the same keys for the rest of the transaction, so
+/// two requests creating the same new entity cannot both create it.
+pub async fn lock(
+    conn: &mut PgConnection,
+    entity: Entity,
+    env_id: &str,
+    keys: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    let mut names: Vec<String> = keys
+        .iter()
+        .map(|(k, v)| format!("{}\u{1f}{env_id}\u{1f}{k}\u{1f}{v}", entity.noun()))
+        .collect();
+    names.sort();
+    for n in names {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(n)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The one entity `keys` identify; `Conflict` when they name several.
+pub async fn find(
+    conn: &mut PgConnection,
+    entity: Entity,
+    env_id: &str,
+    keys: &[(String, String)],
+) -> Result<Option<String>, AppError> {
+    let (names, values): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let ids: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT DISTINCT {col} FROM {table}
+         WHERE environment_id = $1 AND (key, value) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+        col = entity.column(),
+        table = entity.table()
+    ))
+    .bind(env_id)
+    .bind(&names)
+    .bind(&values)
+    .fetch_all(conn)
+    .await?;
+    match ids.len() {
+        0 => Ok(None),
+        1 => Ok(ids.into_iter().next()),
+        _ => Err(AppError::Conflict(format!(
+            "keys identify more than one {} ({}); send keys of one {}",
+            entity.noun(),
+            ids.join(", "),
+            entity.noun()
+        ))),
+    }
+}
+
+/// Adds keys, replacing the value of a key name the entity already has.
+pub async fn put(
+    conn: &mut PgConnection,
+    entity: Entity,
+    env_id: &str,
+    id: &str,
+    keys: &[(String, String)],
+) -> Result<(), AppError> {
+    let sql = format!(
+        "INSERT INTO {table} (environment_id, {col}, key, value) VALUES ($1, $2, $3, $4)
+         ON CONFLICT ({col}, key) DO UPDATE SET value = EXCLUDED.value
+         WHERE {table}.value IS DISTINCT FROM EXCLUDED.value",
+        col = entity.column(),
+        table = entity.table()
+    );
+    for (k, v) in keys {
+        let res = sqlx::query(&sql)
+            .bind(env_id)
+            .bind(id)
+            .bind(k)
+            .bind(v)
+            .execute(&mut *conn)
+            .await;
+        if let Err(e) = res {
+            if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION).is_some() {
+                return Err(AppError::Conflict(format!(
+                    "key {k}={v:?} already belongs to another {}",
+                    entity.noun()
+                )));
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Company overrides: one live override per company and feature. Every function takes the
+//! caller's connection or transaction; the caller owns the boundary.
+//!
+//! "Live" means `expired_at IS NULL` (the unique index `company_overrides_live`). An override
+//! stops applying at its `expiration_date` whether or not `expired_at` has been set yet.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use crate::error::{sqlstate, violated_constraint, AppError};
+use crate::ids;
+use crate::store::values::EntitlementValues;
+
+/// A `company_overrides` row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OverrideRow {
+    pub id: String,
+    pub company_id: String,
+    pub feature_id: String,
+    #[sqlx(flatten)]
+    pub values: EntitlementValues,
+    pub expiration_date: Option<DateTime<Utc>>,
+    pub note: String,
+    pub expired_at: Option<DateTime<Utc>>,
+}
+
+impl OverrideRow {
+    pub fn has_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expired_at.is_some() || self.expiration_date.is_some_and(|d| d <= now)
+    }
+}
+
+/// What a new override holds, already validated.
+#[derive(Debug, Clone)]
+pub struct NewOverride {
+    pub company_id: String,
+    pub feature_id: String,
+    pub values: EntitlementValues,
+    pub expiration_date: Option<DateTime<Utc>>,
+    pub note: String,
+}
+
+/// 404 naming `field` unless the company belongs to the environment.
+pub async fn require_company(
+    conn: &mut PgConnection,
+    env_id: &str,
+    field: &str,
+    company_id: &str,
+) -> Result<(), AppError> {
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM companies WHERE environment_id = $1 AND id = $2")
+            .bind(env_id)
+            .bind(company_id)
+            .fetch_optional(conn)
+            .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| AppError::NotFound(format!("{field}: company {company_id:?} not found")))
+}
+
+/// Makes room for a new live override of (company, feature): a live one that has already
+/// lapsed is marked expired; one still in force is a 409 naming it.
+pub async fn retire_lapsed(
+    conn: &mut PgConnection,
+    company_id: &str,
+    feature_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
+    let live: Option<(String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT id, expiration_date FROM company_overrides
+         WHERE company_id = $1 AND feature_id = $2 AND expired_at IS NULL FOR UPDATE",
+    )
+    .bind(company_id)
+    .bind(feature_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match live {
+        None => Ok(()),
+        Some((id, Some(expires))) if expires <= now => {
+            sqlx::query(
+                "UPDATE company_overrides SET expired_at = $2, updated_at = $2 WHERE id = $1",
+            )
+            .bind(&id)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            tracing::info!(override_id = %id, "lapsed override marked expired");
+            Ok(())
+        }
+        Some((id, _)) => Err(live_conflict(&id)),
+    }
+}
+
+fn live_conflict(id: &str) -> AppError {
+    AppError::Conflict(format!(
+        "feature_id: the company already has an override for this feature ({id}); update or delete it"
+    ))
+}
+
+pub async fn insert(
+    conn: &mut PgConnection,
+    env_id: &str,
+    new: &NewOverride,
+) -> Result<String, AppError> {
+    let id = ids::new_id(ids::prefix::OVERRIDE);
+    let v = &new.values;
+    let res = sqlx::query(
+        "INSERT INTO company_overrides (id, environment_id, company_id, feature_id, value_type,
+             value_bool, value_numeric, value_trait_id, value_credit_id, credit_consumption_rate,
+             metric_period, metric_period_month_reset, expiration_date, note)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(&id)
+    .bind(env_id)
+    .bind(&new.company_id)
+    .bind(&new.feature_id)
+    .bind(&v.value_type)
+    .bind(v.value_bool)
+    .bind(v.value_numeric)
+    .bind(&v.value_trait_id)
+    .bind(&v.value_credit_id)
+    .bind(v.credit_consumption_rate)
+    .bind(&v.metric_period)
+    .bind(&v.metric_period_month_reset)
+    .bind(new.expiration_date)
+    .bind(&new.note)
+    .execute(&mut *conn)
+    .await;
+    match res {
+        Ok(_) => Ok(id),
+        // A concurrent create won the race (the transaction is aborted now: no more queries).
+        Err(e)
+            if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION)
+                == Some("company_overrides_live") =>
+        {
+            Err(AppError::Conflict(
+                "feature_id: the company already has an override for this feature (created concurrently); update or delete it".into(),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The override, if it belongs to the environment, locked for the rest of the transaction.
+pub async fn get_for_update(
+    conn: &mut PgConnection,
+    env_id: &str,
+    id: &str,
+) -> Result<Option<OverrideRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, company_id, feature_id, value_type, value_bool, value_numeric, value_trait_id,
+                value_credit_id, credit_consumption_rate, metric_period, metric_period_month_reset,
+                expiration_date, note, expired_at
+         FROM company_overrides WHERE environment_id = $1 AND id = $2 FOR UPDATE",
+    )
+    .bind(env_id)
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn update(
+    conn: &mut PgConnection,
+    id: &str,
+    values: &EntitlementValues,
+    expiration_date: Option<DateTime<Utc>>,
+    note: &str,
+) -> Result<(), AppError> {
+    sqlx::query(
+        "UPDATE company_overrides SET value_type = $2, value_bool = $3, value_numeric = $4,
+             value_trait_id = $5, value_credit_id = $6, credit_consumption_rate = $7,
+             metric_period = $8, metric_period_month_reset = $9, expiration_date = $10,
+             note = $11, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&values.value_type)
+    .bind(values.value_bool)
+    .bind(values.value_numeric)
+    .bind(&values.value_trait_id)
+    .bind(&values.value_credit_id)
+    .bind(values.credit_consumption_rate)
+    .bind(&values.metric_period)
+    .bind(&values.metric_period_month_reset)
+    .bind(expiration_date)
+    .bind(note)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the override; returns its company id, or `None` when the environment has no such
+/// override.
+pub async fn delete(
+    conn: &mut PgConnection,
+    env_id: &str,
+    id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "DELETE FROM company_overrides WHERE environment_id = $1 AND id = $2 RETURNING company_id",
+    )
+    .bind(env_id)
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}

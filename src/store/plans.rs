@@ -1,0 +1,364 @@
+//! Plans and their entitlements: the catalog's plan aggregate. Every function takes the
+//! caller's connection or transaction; the caller owns the boundary.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use crate::engine::FeatureType;
+use crate::error::{sqlstate, violated_constraint, AppError};
+use crate::ids;
+use crate::store::values::EntitlementValues;
+
+/// A `plans` row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PlanRow {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub plan_type: String,
+    pub billing_product_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const PLAN_COLUMNS: &str =
+    "id, key, name, description, plan_type, billing_product_id, created_at, updated_at";
+
+/// The writable fields of a plan, already validated.
+#[derive(Debug, Clone)]
+pub struct PlanFields {
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub plan_type: String,
+    pub billing_product_id: Option<String>,
+}
+
+pub fn validate_plan_type(plan_type: &str) -> Result<(), AppError> {
+    match plan_type {
+        "plan" | "add_on" => Ok(()),
+        other => Err(AppError::bad_request(format!(
+            "plan_type: {other:?} is not one of plan, add_on"
+        ))),
+    }
+}
+
+pub fn validate_name(name: &str) -> Result<(), AppError> {
+    if name.trim().is_empty() || name.chars().count() > 255 {
+        return Err(AppError::bad_request("name: must be 1 to 255 characters"));
+    }
+    Ok(())
+}
+
+/// Keys follow the schema's pattern: `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`.
+pub fn validate_key(key: &str) -> Result<(), AppError> {
+    let mut chars = key.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
+    if !first_ok || !rest_ok || key.len() > 128 {
+        return Err(AppError::bad_request(format!(
+            "key: {key:?} must be 1 to 128 letters, digits, '_', '.', ':' or '-', starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_billing_product_id(id: &str) -> Result<(), AppError> {
+    if id.len() > 255 || id.chars().any(char::is_whitespace) {
+        return Err(AppError::bad_request(format!(
+            "billing_product_id: {id:?} is not a Stripe product id (e.g. prod_…)"
+        )));
+    }
+    Ok(())
+}
+
+/// A key derived from a name: lowercase ASCII letters and digits, every other run of
+/// characters one `-`. `"Pro Plan (2024)"` → `"pro-plan-2024"`. Empty names give `"plan"`.
+pub fn slugify(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    // Room for a `-NN` suffix within the 128-character limit.
+    out.truncate(120);
+    let out = out.trim_end_matches('-');
+    if out.is_empty() {
+        "plan".into()
+    } else {
+        out.to_string()
+    }
+}
+
+/// `base`, or `base-2`, `base-3`, … whichever no plan has yet.
+pub async fn free_key(conn: &mut PgConnection, base: &str) -> Result<String, sqlx::Error> {
+    // `base` comes from `slugify`: no LIKE wildcards in it.
+    let taken: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM plans WHERE key = $1 OR key LIKE $1 || '-%'")
+            .bind(base)
+            .fetch_all(conn)
+            .await?;
+    if !taken.iter().any(|k| k == base) {
+        return Ok(base.to_string());
+    }
+    Ok((2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|k| !taken.contains(k))
+        .unwrap_or_else(|| base.to_string()))
+}
+
+/// Unique violations on plans, as 409s naming the field.
+fn plan_conflict(err: sqlx::Error, fields: &PlanFields) -> AppError {
+    match violated_constraint(&err, sqlstate::UNIQUE_VIOLATION) {
+        Some("plans_key_key") => AppError::Conflict(format!(
+            "key: a plan with key {:?} already exists",
+            fields.key
+        )),
+        Some("plans_billing_product_id_key") => AppError::Conflict(format!(
+            "billing_product_id: another plan is already linked to {:?}",
+            fields.billing_product_id.as_deref().unwrap_or("")
+        )),
+        _ => err.into(),
+    }
+}
+
+pub async fn insert(conn: &mut PgConnection, fields: &PlanFields) -> Result<PlanRow, AppError> {
+    sqlx::query_as(&format!(
+        "INSERT INTO plans (id, key, name, description, plan_type, billing_product_id)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {PLAN_COLUMNS}"
+    ))
+    .bind(ids::new_id(ids::prefix::PLAN))
+    .bind(&fields.key)
+    .bind(&fields.name)
+    .bind(&fields.description)
+    .bind(&fields.plan_type)
+    .bind(&fields.billing_product_id)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| plan_conflict(e, fields))
+}
+
+/// The plan, locked for the rest of the transaction.
+pub async fn get_for_update(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<PlanRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {PLAN_COLUMNS} FROM plans WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn update(
+    conn: &mut PgConnection,
+    id: &str,
+    fields: &PlanFields,
+) -> Result<PlanRow, AppError> {
+    sqlx::query_as(&format!(
+        "UPDATE plans SET key = $2, name = $3, description = $4, plan_type = $5,
+             billing_product_id = $6, updated_at = now()
+         WHERE id = $1 RETURNING {PLAN_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&fields.key)
+    .bind(&fields.name)
+    .bind(&fields.description)
+    .bind(&fields.plan_type)
+    .bind(&fields.billing_product_id)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| plan_conflict(e, fields))
+}
+
+/// Companies currently on the plan, in every environment.
+pub async fn active_companies(conn: &mut PgConnection, plan_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT company_id) FROM company_plans WHERE plan_id = $1 AND ended_at IS NULL",
+    )
+    .bind(plan_id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Deletes the plan with its entitlements and ended memberships. False when there was none.
+pub async fn delete(conn: &mut PgConnection, id: &str) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM plans WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?
+        .rows_affected()
+        > 0)
+}
+
+/// The feature's type, or 404 naming the field that referenced it.
+pub async fn feature_type(
+    conn: &mut PgConnection,
+    field: &str,
+    feature_id: &str,
+) -> Result<FeatureType, AppError> {
+    let t: Option<String> = sqlx::query_scalar("SELECT feature_type FROM features WHERE id = $1")
+        .bind(feature_id)
+        .fetch_optional(conn)
+        .await?;
+    t.as_deref()
+        .and_then(FeatureType::parse)
+        .ok_or_else(|| AppError::NotFound(format!("{field}: feature {feature_id:?} not found")))
+}
+
+pub fn validate_price_behavior(pb: &str) -> Result<(), AppError> {
+    match pb {
+        "pay_in_advance" | "pay_as_you_go" | "overage" | "credit_burndown" | "tier" => Ok(()),
+        other => Err(AppError::bad_request(format!(
+            "price_behavior: {other:?} is not one of pay_in_advance, pay_as_you_go, overage, credit_burndown, tier"
+        ))),
+    }
+}
+
+/// A `plan_entitlements` row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EntitlementRow {
+    pub id: String,
+    pub plan_id: String,
+    pub feature_id: String,
+    pub price_behavior: Option<String>,
+    #[sqlx(flatten)]
+    pub values: EntitlementValues,
+}
+
+/// Creates an entitlement; one per plan and feature (409 otherwise).
+pub async fn insert_entitlement(
+    conn: &mut PgConnection,
+    plan_id: &str,
+    feature_id: &str,
+    values: &EntitlementValues,
+    price_behavior: Option<&str>,
+) -> Result<String, AppError> {
+    let id = ids::new_id(ids::prefix::PLAN_ENTITLEMENT);
+    let res = sqlx::query(
+        "INSERT INTO plan_entitlements (id, plan_id, feature_id, value_type, value_bool,
+             value_numeric, value_trait_id, value_credit_id, credit_consumption_rate,
+             metric_period, metric_period_month_reset, price_behavior)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&id)
+    .bind(plan_id)
+    .bind(feature_id)
+    .bind(&values.value_type)
+    .bind(values.value_bool)
+    .bind(values.value_numeric)
+    .bind(&values.value_trait_id)
+    .bind(&values.value_credit_id)
+    .bind(values.credit_consumption_rate)
+    .bind(&values.metric_period)
+    .bind(&values.metric_period_month_reset)
+    .bind(price_behavior)
+    .execute(&mut *conn)
+    .await;
+    match res {
+        Ok(_) => Ok(id),
+        Err(e)
+            if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION)
+                == Some("plan_entitlements_plan_feature") =>
+        {
+            Err(AppError::Conflict(format!(
+                "feature_id: plan {plan_id:?} already has an entitlement for feature {feature_id:?}; update that one"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The entitlement, locked for the rest of the transaction.
+pub async fn entitlement_for_update(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<EntitlementRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, plan_id, feature_id, price_behavior, value_type, value_bool, value_numeric,
+                value_trait_id, value_credit_id, credit_consumption_rate, metric_period,
+                metric_period_month_reset
+         FROM plan_entitlements WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn update_entitlement(
+    conn: &mut PgConnection,
+    id: &str,
+    values: &EntitlementValues,
+    price_behavior: Option<&str>,
+) -> Result<(), AppError> {
+    sqlx::query(
+        "UPDATE plan_entitlements SET value_type = $2, value_bool = $3, value_numeric = $4,
+             value_trait_id = $5, value_credit_id = $6, credit_consumption_rate = $7,
+             metric_period = $8, metric_period_month_reset = $9, price_behavior = $10,
+             updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&values.value_type)
+    .bind(values.value_bool)
+    .bind(values.value_numeric)
+    .bind(&values.value_trait_id)
+    .bind(&values.value_credit_id)
+    .bind(values.credit_consumption_rate)
+    .bind(&values.metric_period)
+    .bind(&values.metric_period_month_reset)
+    .bind(price_behavior)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// False when there was none.
+pub async fn delete_entitlement(conn: &mut PgConnection, id: &str) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM plan_entitlements WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?
+        .rows_affected()
+        > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_valid_keys() {
+        for (name, slug) in [
+            ("Pro", "pro"),
+            ("Pro Plan (2024)", "pro-plan-2024"),
+            ("  Team -- Annual ", "team-annual"),
+            ("Über", "ber"),
+            ("!!!", "plan"),
+        ] {
+            assert_eq!(slugify(name), slug);
+            validate_key(&slugify(name)).unwrap();
+        }
+        let long = "x".repeat(300);
+        assert!(slugify(&long).len() <= 120);
+    }
+
+    #[test]
+    fn keys_follow_the_schema() {
+        for ok in ["pro", "Pro_2024", "a.b:c-d"] {
+            validate_key(ok).unwrap();
+        }
+        for bad in ["", "-pro", "pro plan", "pró"] {
+            assert!(validate_key(bad).unwrap_err().to_string().starts_with("key:"));
+        }
+        assert!(validate_plan_type("bundle")
+            .unwrap_err()
+            .to_string()
+            .starts_with("plan_type:"));
+    }
+}
