@@ -106,7 +106,11 @@ impl<const N: usize> FixedCounter<N> {
     }
     /// Counts one for `label`; unknown labels count under the last one.
     pub fn inc(&self, label: &str) {
-        let i = self.labels.iter().position(|l| *l == label).unwrap_or(N - 1);
+        let i = self
+            .labels
+            .iter()
+            .position(|l| *l == label)
+            .unwrap_or(N - 1);
         self.values[i].fetch_add(1, Ordering::Relaxed);
     }
     pub fn get(&self, label: &str) -> u64 {

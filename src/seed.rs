@@ -101,9 +101,8 @@ pub async fn seed_file(pool: &PgPool, path: &Path) -> anyhow::Result<Summary> {
             .map_err(|e| anyhow::anyhow!("{} is not a valid catalog: {e}", path.display()))?,
         Some("json") => {
             let de = &mut serde_json::Deserializer::from_str(&text);
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                anyhow::anyhow!("{} is not a valid catalog: {e}", path.display())
-            })?
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| anyhow::anyhow!("{} is not a valid catalog: {e}", path.display()))?
         }
         _ => anyhow::bail!("{}: use a .json or .toml file", path.display()),
     };
@@ -160,7 +159,10 @@ fn outcome(row: &Upserted) -> usize {
 
 async fn upsert_feature(conn: &mut PgConnection, f: &SeedFeature) -> anyhow::Result<usize> {
     let ft = FeatureType::parse(&f.feature_type).ok_or_else(|| {
-        anyhow::anyhow!("feature_type {:?} is not boolean, event or trait", f.feature_type)
+        anyhow::anyhow!(
+            "feature_type {:?} is not boolean, event or trait",
+            f.feature_type
+        )
     })?;
     let event_subtype = f.event_subtype.clone().filter(|_| ft == FeatureType::Event);
     let trait_id = f.trait_id.clone().filter(|_| ft == FeatureType::Trait);
@@ -247,7 +249,10 @@ async fn upsert_entitlement(conn: &mut PgConnection, e: &SeedEntitlement) -> any
             .await?
             .ok_or_else(|| anyhow::anyhow!("feature {:?} is not in the catalog", e.feature))?;
     let ft = FeatureType::parse(&feature_type).unwrap_or(FeatureType::Boolean);
-    let v = e.value.resolve(None, ft).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let v = e
+        .value
+        .resolve(None, ft)
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
     let row: Upserted = sqlx::query_as(
         "INSERT INTO plan_entitlements (id, plan_id, feature_id, value_type, value_bool, value_numeric,
              value_trait_id, value_credit_id, credit_consumption_rate, metric_period,

@@ -74,10 +74,19 @@ async fn plans_add_ons_and_traits_decide_checks() {
     assert_eq!(c["value"], true);
     assert_eq!(c["rule_type"], "plan_entitlement");
     assert_eq!(c["company_id"], company["id"]);
-    assert!(c["reason"].as_str().unwrap().contains("Pro: custom-branding"), "{c}");
+    assert!(
+        c["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Pro: custom-branding"),
+        "{c}"
+    );
     // A boolean no plan grants: the default.
     let c = app.check("sso", acme.clone()).await;
-    assert_eq!((c["value"].clone(), c["rule_type"].clone()), (json!(false), json!("default")));
+    assert_eq!(
+        (c["value"].clone(), c["rule_type"].clone()),
+        (json!(false), json!("default"))
+    );
     // An event feature: within the monthly allocation, with the entitlement described.
     let c = app.check("api-calls", acme.clone()).await;
     assert_eq!(c["value"], true);
@@ -89,7 +98,14 @@ async fn plans_add_ons_and_traits_decide_checks() {
     assert!(c["feature_usage_reset_at"].is_string());
     // A trait feature: 4 projects used of 10.
     let c = app.check("projects", acme.clone()).await;
-    assert_eq!((c["value"].clone(), c["feature_usage"].clone(), c["feature_allocation"].clone()), (json!(true), json!(4), json!(10)));
+    assert_eq!(
+        (
+            c["value"].clone(),
+            c["feature_usage"].clone(),
+            c["feature_allocation"].clone()
+        ),
+        (json!(true), json!(4), json!(10))
+    );
     // Pay in advance: seats allocation is the subscribed quantity (1 for a manual membership).
     let c = app.check("seats", acme.clone()).await;
     assert_eq!(c["value"], false, "{c}");
@@ -97,40 +113,83 @@ async fn plans_add_ons_and_traits_decide_checks() {
     assert_eq!(c["feature_allocation"], 1);
 
     // The trait moves past the limit → denied, within a second (here: immediately).
-    app.create("/company-traits", json!({"keys": {"id": "acme"}, "trait": "projects_count", "set": 10})).await;
+    app.create(
+        "/company-traits",
+        json!({"keys": {"id": "acme"}, "trait": "projects_count", "set": 10}),
+    )
+    .await;
     let c = app.check("projects", acme.clone()).await;
-    assert_eq!((c["value"].clone(), c["rule_type"].clone()), (json!(false), json!("plan_entitlement_usage_exceeded")));
+    assert_eq!(
+        (c["value"].clone(), c["rule_type"].clone()),
+        (json!(false), json!("plan_entitlement_usage_exceeded"))
+    );
 
     // An add-on adds audit-log access it already had, and unlimited reports.
-    app.create("/companies", json!({"keys": {"id": "acme"}, "add_on_ids": [analytics]})).await;
+    app.create(
+        "/companies",
+        json!({"keys": {"id": "acme"}, "add_on_ids": [analytics]}),
+    )
+    .await;
     let c = app.check("reports", acme.clone()).await;
     assert_eq!(c["value"], true);
-    assert!(c["reason"].as_str().unwrap().contains("Analytics add-on: reports"), "{c}");
-    assert_eq!(c["feature_allocation"], Value::Null, "unlimited has no allocation");
+    assert!(
+        c["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Analytics add-on: reports"),
+        "{c}"
+    );
+    assert_eq!(
+        c["feature_allocation"],
+        Value::Null,
+        "unlimited has no allocation"
+    );
 
     // Enterprise: the projects allocation comes from a company trait.
     app.create("/companies", json!({"keys": {"id": "acme"}, "base_plan_id": enterprise, "traits": {"projects_limit": 50}})).await;
     let c = app.check("projects", acme.clone()).await;
-    assert_eq!((c["value"].clone(), c["feature_allocation"].clone()), (json!(true), json!(50)));
+    assert_eq!(
+        (c["value"].clone(), c["feature_allocation"].clone()),
+        (json!(true), json!(50))
+    );
     let c = app.check("sso", acme.clone()).await;
     assert_eq!(c["value"], true);
 
     // Company detail lists the entitlements checks use.
-    let (_, detail) = app.get(&format!("/companies/{}", company["id"].as_str().unwrap())).await;
+    let (_, detail) = app
+        .get(&format!("/companies/{}", company["id"].as_str().unwrap()))
+        .await;
     assert_eq!(detail["data"]["plan"]["id"], enterprise);
     assert_eq!(detail["data"]["add_ons"][0]["id"], analytics);
-    let keys: Vec<&str> = detail["data"]["entitlements"].as_array().unwrap().iter().map(|e| e["feature_key"].as_str().unwrap()).collect();
-    assert!(keys.contains(&"sso") && keys.contains(&"reports"), "{keys:?}");
+    let keys: Vec<&str> = detail["data"]["entitlements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["feature_key"].as_str().unwrap())
+        .collect();
+    assert!(
+        keys.contains(&"sso") && keys.contains(&"reports"),
+        "{keys:?}"
+    );
 }
 
 #[tokio::test]
 async fn overrides_are_most_generous_except_false() {
     let app = seeded("").await;
     let free = plan_id(&app, "free").await;
-    let company = app.create("/companies", json!({"keys": {"id": "o"}, "base_plan_id": free, "traits": {"projects_count": 1}})).await;
+    let company = app
+        .create(
+            "/companies",
+            json!({"keys": {"id": "o"}, "base_plan_id": free, "traits": {"projects_count": 1}}),
+        )
+        .await;
     let cid = company["id"].as_str().unwrap().to_string();
     let o = json!({"id": "o"});
-    assert_eq!(app.check("projects", o.clone()).await["value"], false, "free allows 1 project");
+    assert_eq!(
+        app.check("projects", o.clone()).await["value"],
+        false,
+        "free allows 1 project"
+    );
 
     // A numeric override of 5 beats the plan's 1.
     let projects = feature_id(&app, "projects").await;
@@ -138,57 +197,106 @@ async fn overrides_are_most_generous_except_false() {
         .create("/company-overrides", json!({"company_id": cid, "feature_id": projects, "value_type": "numeric", "value_numeric": 5}))
         .await;
     let c = app.check("projects", o.clone()).await;
-    assert_eq!((c["value"].clone(), c["rule_type"].clone(), c["rule_id"].clone()), (json!(true), json!("company_override"), ov["id"].clone()));
+    assert_eq!(
+        (
+            c["value"].clone(),
+            c["rule_type"].clone(),
+            c["rule_id"].clone()
+        ),
+        (json!(true), json!("company_override"), ov["id"].clone())
+    );
 
     // A boolean false override denies even what the plan grants.
     let seats = feature_id(&app, "seats").await;
     assert_eq!(app.check("seats", o.clone()).await["value"], true);
     let sso = feature_id(&app, "sso").await;
-    app.create("/company-overrides", json!({"company_id": cid, "feature_id": sso, "value_type": "boolean", "value_bool": true})).await;
+    app.create(
+        "/company-overrides",
+        json!({"company_id": cid, "feature_id": sso, "value_type": "boolean", "value_bool": true}),
+    )
+    .await;
     assert_eq!(app.check("sso", o.clone()).await["value"], true);
     app.create("/company-overrides", json!({"company_id": cid, "feature_id": seats, "value_type": "boolean", "value_bool": false})).await;
     let c = app.check("seats", o.clone()).await;
-    assert_eq!((c["value"].clone(), c["rule_type"].clone()), (json!(false), json!("company_override")), "{c}");
+    assert_eq!(
+        (c["value"].clone(), c["rule_type"].clone()),
+        (json!(false), json!("company_override")),
+        "{c}"
+    );
 }
 
 #[tokio::test]
 async fn unknown_flags_404_and_unknown_companies_use_defaults() {
     let app = seeded("").await;
-    let (s, body) = app.post("/flags/nope/check", json!({"company": {"id": "x"}})).await;
+    let (s, body) = app
+        .post("/flags/nope/check", json!({"company": {"id": "x"}}))
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(body["error"].as_str().unwrap().contains("nope"));
     let c = app.check("audit-log", json!({"id": "nobody"})).await;
-    assert_eq!((c["value"].clone(), c["rule_type"].clone(), c["company_id"].clone()), (json!(false), json!("default"), Value::Null));
+    assert_eq!(
+        (
+            c["value"].clone(),
+            c["rule_type"].clone(),
+            c["company_id"].clone()
+        ),
+        (json!(false), json!("default"), Value::Null)
+    );
     // An empty body is "no company".
-    let (s, body) = app.send(Method::POST, "/flags/sso/check", None, Some(&app.key)).await;
+    let (s, body) = app
+        .send(Method::POST, "/flags/sso/check", None, Some(&app.key))
+        .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     // Readonly keys may check.
-    let (s, _) = app.send(Method::POST, "/flags/sso/check", Some(&json!({"company": {"id": "x"}})), Some(&app.readonly_key)).await;
+    let (s, _) = app
+        .send(
+            Method::POST,
+            "/flags/sso/check",
+            Some(&json!({"company": {"id": "x"}})),
+            Some(&app.readonly_key),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     // Bad company keys are named.
-    let (s, body) = app.post("/flags/sso/check", json!({"company": {"id": [1]}})).await;
+    let (s, body) = app
+        .post("/flags/sso/check", json!({"company": {"id": [1]}}))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(body["error"].as_str().unwrap().contains("company.id"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("company.id"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn check_all_flags_has_sdk_shape() {
     let app = seeded("").await;
-    let (s, body) = app.post("/flags/check", json!({"company": {"id": "x"}})).await;
+    let (s, body) = app
+        .post("/flags/check", json!({"company": {"id": "x"}}))
+        .await;
     assert_eq!(s, StatusCode::OK);
     let flags = body["data"]["flags"].as_array().unwrap();
     assert_eq!(flags.len(), 9);
-    assert!(flags.iter().all(|f| f["value"].is_boolean() && f["reason"].is_string()));
+    assert!(flags
+        .iter()
+        .all(|f| f["value"].is_boolean() && f["reason"].is_string()));
     assert_eq!(body["data"]["credit_spend_policies"], json!([]));
 }
 
 #[tokio::test]
 async fn fallback_plan_applies_without_a_base_plan() {
     let app = seeded("[[environments]]\nkey = \"development\"\nname = \"Development\"\nfallback_plan = \"free\"\n").await;
-    app.create("/companies", json!({"keys": {"id": "nf"}, "traits": {"projects_count": 0}})).await;
+    app.create(
+        "/companies",
+        json!({"keys": {"id": "nf"}, "traits": {"projects_count": 0}}),
+    )
+    .await;
     let c = app.check("projects", json!({"id": "nf"})).await;
     assert_eq!(c["value"], true, "{c}");
-    assert!(c["reason"].as_str().unwrap().contains("Free: projects"), "{c}");
+    assert!(
+        c["reason"].as_str().unwrap().contains("Free: projects"),
+        "{c}"
+    );
 }
 
 #[tokio::test]
@@ -197,18 +305,33 @@ async fn a_second_server_sees_writes_within_a_second() {
     let b = common::spawn_on(&a.db_url, "").await;
     let pro = plan_id(&a, "pro").await;
     // Write through A; B answers from its own snapshot.
-    a.create("/companies", json!({"keys": {"id": "two"}, "base_plan_id": pro})).await;
+    a.create(
+        "/companies",
+        json!({"keys": {"id": "two"}, "base_plan_id": pro}),
+    )
+    .await;
     let started = std::time::Instant::now();
     common::eventually(Duration::from_secs(1), || async {
-        let (s, body) = b.post("/flags/custom-branding/check", json!({"company": {"id": "two"}})).await;
+        let (s, body) = b
+            .post(
+                "/flags/custom-branding/check",
+                json!({"company": {"id": "two"}}),
+            )
+            .await;
         (s == StatusCode::OK && body["data"]["value"] == true).then_some(())
     })
     .await;
     // And catalog changes travel too: B learns a new plan entitlement.
     let sso = feature_id(&a, "sso").await;
-    a.create("/plan-entitlements", json!({"plan_id": pro, "feature_id": sso, "value_type": "boolean", "value_bool": true})).await;
+    a.create(
+        "/plan-entitlements",
+        json!({"plan_id": pro, "feature_id": sso, "value_type": "boolean", "value_bool": true}),
+    )
+    .await;
     common::eventually(Duration::from_secs(1), || async {
-        let (_, body) = b.post("/flags/sso/check", json!({"company": {"id": "two"}})).await;
+        let (_, body) = b
+            .post("/flags/sso/check", json!({"company": {"id": "two"}}))
+            .await;
         (body["data"]["value"] == true).then_some(())
     })
     .await;

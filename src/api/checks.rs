@@ -109,7 +109,11 @@ pub async fn check_one(
         return Err(AppError::NotFound(format!("flag {key:?} not found")));
     };
     let outcome = auth.env.check(&catalog, flag, &company, &user, Utc::now());
-    metrics::CHECKS.inc(if outcome.evaluation.value { "true" } else { "false" });
+    metrics::CHECKS.inc(if outcome.evaluation.value {
+        "true"
+    } else {
+        "false"
+    });
     metrics::CHECK_SECONDS.observe(started.elapsed().as_secs_f64());
     Ok(axum::Json(Envelope {
         data: CheckView::from(outcome),

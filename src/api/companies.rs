@@ -298,7 +298,7 @@ pub async fn lookup(
     let id = keys::find(&mut conn, Entity::Company, auth.env_id(), &keys)
         .await?
         .ok_or_else(|| AppError::NotFound("no company has these keys".into()))?;
-    let view = details(&mut conn, &state, &auth, &[id.clone()])
+    let view = details(&mut conn, &state, &auth, std::slice::from_ref(&id))
         .await?
         .pop()
         .ok_or_else(|| AppError::not_found("company", &id))?;

@@ -1,18 +1,430 @@
-//! Placeholder: being written.
-use crate::error::{AppError, AppResult};
+//! `/company-overrides`: a company's own entitlement for one feature, optionally expiring.
+//! Overrides belong to the company's environment; every write invalidates that company.
+//!
+//! An override stops applying at its `expiration_date`; the `expire_overrides` job (or the
+//! next create for the same company and feature) marks it with `expired_at`. Expired
+//! overrides stay readable by id and drop out of `without_expired=true` lists. They are
+//! history: to extend one, update it before it lapses (send a later `expiration_date`), or
+//! create a new one afterwards.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
 use axum::response::Response;
-pub async fn list() -> AppResult<Response> {
-    Err(AppError::NotFound("not yet".into()))
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+
+use super::auth::Auth;
+use super::companies;
+use super::envelope;
+use super::extract::{Json, Page, Path, Query};
+use super::plan_entitlements::FeatureView;
+use crate::app::AppState;
+use crate::cache::Change;
+use crate::error::{AppError, AppResult};
+use crate::store::catalog::contains_pattern;
+use crate::store::overrides::{self as store, NewOverride};
+use crate::store::plans::feature_type;
+use crate::store::values::{EntitlementValues, ValueInput};
+
+/// `CompanyOverrideNoteResponseData`. entitled keeps one note per override.
+#[derive(Debug, Serialize)]
+pub struct NoteView {
+    pub id: String,
+    pub note: String,
+    pub external_user_id: String,
+    pub external_user_name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
-pub async fn create() -> AppResult<Response> {
-    Err(AppError::NotFound("not yet".into()))
+
+/// `CompanyOverrideResponseData`.
+#[derive(Debug, Serialize)]
+pub struct OverrideView {
+    pub id: String,
+    pub environment_id: String,
+    pub company_id: String,
+    pub feature_id: String,
+    /// Checks name this id as the matching rule.
+    pub rule_id: String,
+    #[serde(flatten)]
+    pub values: EntitlementValues,
+    /// The SDK's name for `credit_consumption_rate`.
+    pub consumption_rate: Option<f64>,
+    pub expiration_date: Option<DateTime<Utc>>,
+    /// When the override was marked expired; `null` while live.
+    pub expired_at: Option<DateTime<Utc>>,
+    pub note: String,
+    pub notes: Vec<NoteView>,
+    /// `CompanyDetailResponseData`, as `GET /companies/{id}` returns it.
+    pub company: Option<serde_json::Value>,
+    pub feature: FeatureView,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
-pub async fn get() -> AppResult<Response> {
-    Err(AppError::NotFound("not yet".into()))
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    company_id: String,
+    feature_id: String,
+    #[sqlx(flatten)]
+    values: EntitlementValues,
+    expiration_date: Option<DateTime<Utc>>,
+    expired_at: Option<DateTime<Utc>>,
+    note: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    f_key: String,
+    f_name: String,
+    f_description: String,
+    f_feature_type: String,
+    f_event_subtype: Option<String>,
+    f_trait_id: Option<String>,
+    f_created_at: DateTime<Utc>,
+    f_updated_at: DateTime<Utc>,
 }
-pub async fn update() -> AppResult<Response> {
-    Err(AppError::NotFound("not yet".into()))
+
+/// Which overrides of the caller's environment to read. Empty lists do not filter.
+#[derive(Debug, Default)]
+struct Filter {
+    ids: Vec<String>,
+    company_ids: Vec<String>,
+    feature_ids: Vec<String>,
+    /// Leave out overrides that are marked expired or past their `expiration_date`.
+    without_expired: bool,
+    /// Matches the feature's name or key, or the note.
+    q: Option<String>,
+    page: Option<Page>,
 }
-pub async fn delete() -> AppResult<Response> {
-    Err(AppError::NotFound("not yet".into()))
+
+/// Overrides with their company and feature, newest first.
+async fn fetch(
+    conn: &mut PgConnection,
+    state: &AppState,
+    auth: &Auth,
+    filter: &Filter,
+    now: DateTime<Utc>,
+) -> AppResult<Vec<OverrideView>> {
+    let env_id = auth.env_id();
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT o.id, o.company_id, o.feature_id, o.value_type, o.value_bool, o.value_numeric,
+                o.value_trait_id, o.value_credit_id, o.credit_consumption_rate, o.metric_period,
+                o.metric_period_month_reset, o.expiration_date, o.expired_at, o.note,
+                o.created_at, o.updated_at,
+                f.key AS f_key, f.name AS f_name, f.description AS f_description,
+                f.feature_type AS f_feature_type, f.event_subtype AS f_event_subtype,
+                f.trait_id AS f_trait_id, f.created_at AS f_created_at,
+                f.updated_at AS f_updated_at
+         FROM company_overrides o JOIN features f ON f.id = o.feature_id
+         WHERE o.environment_id = $1
+           AND (cardinality($2::text[]) = 0 OR o.id = ANY($2))
+           AND (cardinality($3::text[]) = 0 OR o.company_id = ANY($3))
+           AND (cardinality($4::text[]) = 0 OR o.feature_id = ANY($4))
+           AND (NOT $5 OR (o.expired_at IS NULL
+                AND (o.expiration_date IS NULL OR o.expiration_date > $6)))
+           AND ($7::text IS NULL OR f.name ILIKE $7 OR f.key ILIKE $7 OR o.note ILIKE $7)
+         ORDER BY o.created_at DESC, o.id DESC
+         LIMIT $8 OFFSET $9",
+    )
+    .bind(env_id)
+    .bind(&filter.ids)
+    .bind(&filter.company_ids)
+    .bind(&filter.feature_ids)
+    .bind(filter.without_expired)
+    .bind(now)
+    .bind(filter.q.as_deref().map(contains_pattern))
+    .bind(filter.page.map(|p| p.limit))
+    .bind(filter.page.map_or(0, |p| p.offset))
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let mut company_ids: Vec<String> = rows.iter().map(|r| r.company_id.clone()).collect();
+    company_ids.sort();
+    company_ids.dedup();
+    // Serialised once per company: several overrides may share one.
+    let mut companies: HashMap<String, serde_json::Value> = HashMap::new();
+    for c in companies::details(conn, state, auth, &company_ids).await? {
+        let id = c.id.clone();
+        let json = serde_json::to_value(c).map_err(anyhow::Error::from)?;
+        companies.insert(id, json);
+    }
+
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let notes = if r.note.is_empty() {
+                Vec::new()
+            } else {
+                vec![NoteView {
+                    id: r.id.clone(),
+                    note: r.note.clone(),
+                    external_user_id: String::new(),
+                    external_user_name: String::new(),
+                    created_at: r.created_at,
+                    updated_at: r.updated_at,
+                }]
+            };
+            OverrideView {
+                environment_id: env_id.to_string(),
+                rule_id: r.id.clone(),
+                consumption_rate: r.values.credit_consumption_rate,
+                notes,
+                company: companies.get(&r.company_id).cloned(),
+                feature: FeatureView {
+                    id: r.feature_id.clone(),
+                    key: r.f_key,
+                    name: r.f_name,
+                    description: r.f_description,
+                    event_source: "track",
+                    feature_type: r.f_feature_type,
+                    event_subtype: r.f_event_subtype,
+                    trait_id: r.f_trait_id,
+                    icon: "",
+                    created_at: r.f_created_at,
+                    updated_at: r.f_updated_at,
+                },
+                id: r.id,
+                company_id: r.company_id,
+                feature_id: r.feature_id,
+                values: r.values,
+                expiration_date: r.expiration_date,
+                expired_at: r.expired_at,
+                note: r.note,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            }
+        })
+        .collect())
+}
+
+async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<OverrideView> {
+    let mut conn = state.pool.acquire().await?;
+    let filter = Filter {
+        ids: vec![id.to_string()],
+        ..Default::default()
+    };
+    fetch(&mut conn, state, auth, &filter, Utc::now())
+        .await?
+        .pop()
+        .ok_or_else(|| AppError::not_found("company override", id))
+}
+
+/// `name` and `names`, together.
+fn ids_param(query: &Query, one: &str, many: &str) -> Vec<String> {
+    let mut ids = query.get_all(many);
+    ids.extend(query.get(one).filter(|s| !s.is_empty()).map(str::to_string));
+    ids
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
+    let page = query.page()?;
+    let filter = Filter {
+        ids: query.get_all("ids"),
+        company_ids: ids_param(&query, "company_id", "company_ids"),
+        feature_ids: ids_param(&query, "feature_id", "feature_ids"),
+        without_expired: query.bool("without_expired")?.unwrap_or(false),
+        q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
+        page: Some(page),
+    };
+    let mut conn = state.pool.acquire().await?;
+    let data = fetch(&mut conn, &state, &auth, &filter, Utc::now()).await?;
+    Ok(envelope::ok(data, query.params(Some(page))))
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, override_id = %id))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+/// The value fields, spelled out (not flattened) so a wrong type names its field.
+#[derive(Deserialize)]
+pub struct CreateBody {
+    company_id: String,
+    feature_id: String,
+    value_type: Option<String>,
+    value_bool: Option<bool>,
+    value_numeric: Option<i64>,
+    value_trait_id: Option<String>,
+    value_credit_id: Option<String>,
+    credit_consumption_rate: Option<f64>,
+    metric_period: Option<String>,
+    metric_period_month_reset: Option<String>,
+    /// RFC 3339; must be in the future.
+    expiration_date: Option<DateTime<Utc>>,
+    note: Option<String>,
+}
+
+fn future(expiration_date: DateTime<Utc>, now: DateTime<Utc>) -> AppResult<DateTime<Utc>> {
+    if expiration_date <= now {
+        return Err(AppError::bad_request(format!(
+            "expiration_date: {} is not in the future",
+            expiration_date.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
+    Ok(expiration_date)
+}
+
+fn valid_note(note: String) -> AppResult<String> {
+    if note.chars().count() > 10_000 {
+        return Err(AppError::bad_request(
+            "note: must be at most 10000 characters",
+        ));
+    }
+    Ok(note)
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<CreateBody>,
+) -> AppResult<Response> {
+    auth.require_write()?;
+    let now = Utc::now();
+    let input = ValueInput {
+        value_type: body.value_type,
+        value_bool: body.value_bool,
+        value_numeric: body.value_numeric,
+        value_trait_id: body.value_trait_id,
+        value_credit_id: body.value_credit_id,
+        credit_consumption_rate: body.credit_consumption_rate,
+        metric_period: body.metric_period,
+        metric_period_month_reset: body.metric_period_month_reset,
+    };
+    let expiration_date = body.expiration_date.map(|d| future(d, now)).transpose()?;
+    let note = valid_note(body.note.unwrap_or_default())?;
+    let env_id = auth.env_id();
+    let mut tx = state.pool.begin().await?;
+    store::require_company(&mut tx, env_id, "company_id", &body.company_id).await?;
+    let feature_type = feature_type(&mut tx, "feature_id", &body.feature_id).await?;
+    let values = input.resolve(None, feature_type)?;
+    store::retire_lapsed(&mut tx, &body.company_id, &body.feature_id, now).await?;
+    let id = store::insert(
+        &mut tx,
+        env_id,
+        &NewOverride {
+            company_id: body.company_id.clone(),
+            feature_id: body.feature_id.clone(),
+            values,
+            expiration_date,
+            note,
+        },
+    )
+    .await?;
+    state
+        .commit(
+            tx,
+            &[Change::Company {
+                environment_id: env_id.into(),
+                id: body.company_id.clone(),
+            }],
+        )
+        .await?;
+    crate::metrics::WRITES.inc("company_overrides");
+    tracing::info!(override_id = %id, company_id = %body.company_id, feature_id = %body.feature_id, "company override created");
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+/// Absent or `null` fields keep their value (so `expiration_date: null` does not clear it:
+/// send a later date to extend); `note: ""` clears the note.
+#[derive(Deserialize)]
+pub struct UpdateBody {
+    value_type: Option<String>,
+    value_bool: Option<bool>,
+    value_numeric: Option<i64>,
+    value_trait_id: Option<String>,
+    value_credit_id: Option<String>,
+    credit_consumption_rate: Option<f64>,
+    metric_period: Option<String>,
+    metric_period_month_reset: Option<String>,
+    expiration_date: Option<DateTime<Utc>>,
+    note: Option<String>,
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, override_id = %id))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateBody>,
+) -> AppResult<Response> {
+    auth.require_write()?;
+    let now = Utc::now();
+    let input = ValueInput {
+        value_type: body.value_type,
+        value_bool: body.value_bool,
+        value_numeric: body.value_numeric,
+        value_trait_id: body.value_trait_id,
+        value_credit_id: body.value_credit_id,
+        credit_consumption_rate: body.credit_consumption_rate,
+        metric_period: body.metric_period,
+        metric_period_month_reset: body.metric_period_month_reset,
+    };
+    let expiration_date = body.expiration_date.map(|d| future(d, now)).transpose()?;
+    let note = body.note.map(valid_note).transpose()?;
+    let env_id = auth.env_id();
+    let mut tx = state.pool.begin().await?;
+    let current = store::get_for_update(&mut tx, env_id, &id)
+        .await?
+        .ok_or_else(|| AppError::not_found("company override", &id))?;
+    if current.has_expired(now) {
+        return Err(AppError::Conflict(format!(
+            "company override {id:?} has expired and can no longer change; create a new one"
+        )));
+    }
+    let feature_type = feature_type(&mut tx, "feature_id", &current.feature_id).await?;
+    let values = input.resolve(Some(&current.values), feature_type)?;
+    store::update(
+        &mut tx,
+        &id,
+        &values,
+        expiration_date.or(current.expiration_date),
+        note.as_deref().unwrap_or(&current.note),
+    )
+    .await?;
+    state
+        .commit(
+            tx,
+            &[Change::Company {
+                environment_id: env_id.into(),
+                id: current.company_id.clone(),
+            }],
+        )
+        .await?;
+    crate::metrics::WRITES.inc("company_overrides");
+    tracing::info!(company_id = %current.company_id, "company override updated");
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, override_id = %id))]
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
+    auth.require_write()?;
+    let env_id = auth.env_id();
+    let mut tx = state.pool.begin().await?;
+    let company_id = store::delete(&mut tx, env_id, &id)
+        .await?
+        .ok_or_else(|| AppError::not_found("company override", &id))?;
+    state
+        .commit(
+            tx,
+            &[Change::Company {
+                environment_id: env_id.into(),
+                id: company_id.clone(),
+            }],
+        )
+        .await?;
+    crate::metrics::WRITES.inc("company_overrides");
+    tracing::info!(%company_id, "company override deleted");
+    Ok(envelope::deleted())
 }

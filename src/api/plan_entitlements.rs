@@ -1,18 +1,358 @@
-//! Placeholder: being written.
-use crate::error::{AppError, AppResult};
+//! `/plan-entitlements`: what a plan grants for one feature. Catalog objects, shared by every
+//! environment; every write invalidates the catalog snapshot.
+
+use axum::extract::State;
 use axum::response::Response;
-pub async fn list() -> AppResult<Response> {
-    Err(AppError::NotFound("not yet".into()))
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use super::auth::Auth;
+use super::envelope;
+use super::extract::{Json, Page, Path, Query};
+use crate::app::AppState;
+use crate::cache::Change;
+use crate::error::{AppError, AppResult};
+use crate::store::catalog::contains_pattern;
+use crate::store::companies::plan_type;
+use crate::store::plans as store;
+use crate::store::values::{EntitlementValues, ValueInput};
+
+/// `FeatureResponseData`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeatureView {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub feature_type: String,
+    /// Usage of event features comes from tracked events.
+    pub event_source: &'static str,
+    pub event_subtype: Option<String>,
+    pub trait_id: Option<String>,
+    pub icon: &'static str,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
-pub async fn create() -> AppResult<Response> {
-    Err(AppError::NotFound("not yet".into()))
+
+/// `PlanResponseData`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanSummary {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub plan_type: String,
+    pub icon: &'static str,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
-pub async fn get() -> AppResult<Response> {
-    Err(AppError::NotFound("not yet".into()))
+
+/// `PlanEntitlementResponseData`.
+#[derive(Debug, Serialize)]
+pub struct PlanEntitlementView {
+    pub id: String,
+    pub plan_id: String,
+    pub feature_id: String,
+    pub environment_id: String,
+    /// Checks name this id as the matching rule.
+    pub rule_id: String,
+    #[serde(flatten)]
+    pub values: EntitlementValues,
+    /// The SDK's name for `credit_consumption_rate`.
+    pub consumption_rate: Option<f64>,
+    pub price_behavior: Option<String>,
+    pub feature: FeatureView,
+    pub plan: PlanSummary,
+    pub currency_prices: Vec<Value>,
+    pub warning_tiers: Vec<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
-pub async fn update() -> AppResult<Response> {
-    Err(AppError::NotFound("not yet".into()))
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    plan_id: String,
+    feature_id: String,
+    price_behavior: Option<String>,
+    #[sqlx(flatten)]
+    values: EntitlementValues,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    f_key: String,
+    f_name: String,
+    f_description: String,
+    f_feature_type: String,
+    f_event_subtype: Option<String>,
+    f_trait_id: Option<String>,
+    f_created_at: DateTime<Utc>,
+    f_updated_at: DateTime<Utc>,
+    p_key: String,
+    p_name: String,
+    p_description: String,
+    p_plan_type: String,
+    p_created_at: DateTime<Utc>,
+    p_updated_at: DateTime<Utc>,
 }
-pub async fn delete() -> AppResult<Response> {
-    Err(AppError::NotFound("not yet".into()))
+
+/// Which entitlements to read. Empty lists do not filter.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub ids: Vec<String>,
+    pub plan_ids: Vec<String>,
+    pub feature_ids: Vec<String>,
+    /// Matches the feature's or plan's name or key.
+    pub q: Option<String>,
+    /// `None`: all of them.
+    pub page: Option<Page>,
+}
+
+/// Entitlements with their feature and plan, newest first.
+pub async fn fetch(
+    conn: &mut PgConnection,
+    env_id: &str,
+    filter: &Filter,
+) -> AppResult<Vec<PlanEntitlementView>> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT e.id, e.plan_id, e.feature_id, e.price_behavior, e.value_type, e.value_bool,
+                e.value_numeric, e.value_trait_id, e.value_credit_id, e.credit_consumption_rate,
+                e.metric_period, e.metric_period_month_reset, e.created_at, e.updated_at,
+                f.key AS f_key, f.name AS f_name, f.description AS f_description,
+                f.feature_type AS f_feature_type, f.event_subtype AS f_event_subtype,
+                f.trait_id AS f_trait_id, f.created_at AS f_created_at,
+                f.updated_at AS f_updated_at,
+                p.key AS p_key, p.name AS p_name, p.description AS p_description,
+                p.plan_type AS p_plan_type, p.created_at AS p_created_at,
+                p.updated_at AS p_updated_at
+         FROM plan_entitlements e
+         JOIN features f ON f.id = e.feature_id
+         JOIN plans p ON p.id = e.plan_id
+         WHERE (cardinality($1::text[]) = 0 OR e.id = ANY($1))
+           AND (cardinality($2::text[]) = 0 OR e.plan_id = ANY($2))
+           AND (cardinality($3::text[]) = 0 OR e.feature_id = ANY($3))
+           AND ($4::text IS NULL OR f.name ILIKE $4 OR f.key ILIKE $4
+                OR p.name ILIKE $4 OR p.key ILIKE $4)
+         ORDER BY e.created_at DESC, e.id DESC
+         LIMIT $5 OFFSET $6",
+    )
+    .bind(&filter.ids)
+    .bind(&filter.plan_ids)
+    .bind(&filter.feature_ids)
+    .bind(filter.q.as_deref().map(contains_pattern))
+    .bind(filter.page.map(|p| p.limit))
+    .bind(filter.page.map_or(0, |p| p.offset))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| PlanEntitlementView {
+            environment_id: env_id.to_string(),
+            rule_id: r.id.clone(),
+            consumption_rate: r.values.credit_consumption_rate,
+            feature: FeatureView {
+                id: r.feature_id.clone(),
+                key: r.f_key,
+                name: r.f_name,
+                description: r.f_description,
+                event_source: "track",
+                feature_type: r.f_feature_type,
+                event_subtype: r.f_event_subtype,
+                trait_id: r.f_trait_id,
+                icon: "",
+                created_at: r.f_created_at,
+                updated_at: r.f_updated_at,
+            },
+            plan: PlanSummary {
+                id: r.plan_id.clone(),
+                key: r.p_key,
+                name: r.p_name,
+                description: r.p_description,
+                plan_type: r.p_plan_type,
+                icon: "",
+                created_at: r.p_created_at,
+                updated_at: r.p_updated_at,
+            },
+            id: r.id,
+            plan_id: r.plan_id,
+            feature_id: r.feature_id,
+            values: r.values,
+            price_behavior: r.price_behavior,
+            currency_prices: Vec::new(),
+            warning_tiers: Vec::new(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+        .collect())
+}
+
+async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<PlanEntitlementView> {
+    let mut conn = state.pool.acquire().await?;
+    let filter = Filter {
+        ids: vec![id.to_string()],
+        ..Default::default()
+    };
+    fetch(&mut conn, auth.env_id(), &filter)
+        .await?
+        .pop()
+        .ok_or_else(|| AppError::not_found("plan entitlement", id))
+}
+
+/// `name` and `names`, together.
+fn ids_param(query: &Query, one: &str, many: &str) -> Vec<String> {
+    let mut ids = query.get_all(many);
+    ids.extend(query.get(one).filter(|s| !s.is_empty()).map(str::to_string));
+    ids
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
+    let page = query.page()?;
+    let filter = Filter {
+        ids: query.get_all("ids"),
+        plan_ids: ids_param(&query, "plan_id", "plan_ids"),
+        feature_ids: ids_param(&query, "feature_id", "feature_ids"),
+        q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
+        page: Some(page),
+    };
+    let mut conn = state.pool.acquire().await?;
+    let data = fetch(&mut conn, auth.env_id(), &filter).await?;
+    Ok(envelope::ok(data, query.params(Some(page))))
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, entitlement_id = %id))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+/// The value fields, spelled out (not flattened) so a wrong type names its field.
+#[derive(Deserialize)]
+pub struct CreateBody {
+    plan_id: String,
+    feature_id: String,
+    value_type: Option<String>,
+    value_bool: Option<bool>,
+    value_numeric: Option<i64>,
+    value_trait_id: Option<String>,
+    value_credit_id: Option<String>,
+    credit_consumption_rate: Option<f64>,
+    metric_period: Option<String>,
+    metric_period_month_reset: Option<String>,
+    price_behavior: Option<String>,
+}
+
+/// `price_behavior`: absent or `null` keeps the current one; `""` clears it.
+fn price_behavior(new: Option<String>, current: Option<String>) -> AppResult<Option<String>> {
+    match new {
+        None => Ok(current),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => {
+            store::validate_price_behavior(&s)?;
+            Ok(Some(s))
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<CreateBody>,
+) -> AppResult<Response> {
+    auth.require_write()?;
+    let input = ValueInput {
+        value_type: body.value_type,
+        value_bool: body.value_bool,
+        value_numeric: body.value_numeric,
+        value_trait_id: body.value_trait_id,
+        value_credit_id: body.value_credit_id,
+        credit_consumption_rate: body.credit_consumption_rate,
+        metric_period: body.metric_period,
+        metric_period_month_reset: body.metric_period_month_reset,
+    };
+    let price_behavior = price_behavior(body.price_behavior, None)?;
+    let mut tx = state.pool.begin().await?;
+    plan_type(&mut tx, "plan_id", &body.plan_id).await?;
+    let feature_type = store::feature_type(&mut tx, "feature_id", &body.feature_id).await?;
+    let values = input.resolve(None, feature_type)?;
+    let id = store::insert_entitlement(
+        &mut tx,
+        &body.plan_id,
+        &body.feature_id,
+        &values,
+        price_behavior.as_deref(),
+    )
+    .await?;
+    state.commit(tx, &[Change::Catalog]).await?;
+    crate::metrics::WRITES.inc("plan_entitlements");
+    tracing::info!(entitlement_id = %id, plan_id = %body.plan_id, feature_id = %body.feature_id, "plan entitlement created");
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+/// Absent or `null` fields keep their current value.
+#[derive(Deserialize)]
+pub struct UpdateBody {
+    value_type: Option<String>,
+    value_bool: Option<bool>,
+    value_numeric: Option<i64>,
+    value_trait_id: Option<String>,
+    value_credit_id: Option<String>,
+    credit_consumption_rate: Option<f64>,
+    metric_period: Option<String>,
+    metric_period_month_reset: Option<String>,
+    price_behavior: Option<String>,
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, entitlement_id = %id))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateBody>,
+) -> AppResult<Response> {
+    auth.require_write()?;
+    let input = ValueInput {
+        value_type: body.value_type,
+        value_bool: body.value_bool,
+        value_numeric: body.value_numeric,
+        value_trait_id: body.value_trait_id,
+        value_credit_id: body.value_credit_id,
+        credit_consumption_rate: body.credit_consumption_rate,
+        metric_period: body.metric_period,
+        metric_period_month_reset: body.metric_period_month_reset,
+    };
+    let mut tx = state.pool.begin().await?;
+    let current = store::entitlement_for_update(&mut tx, &id)
+        .await?
+        .ok_or_else(|| AppError::not_found("plan entitlement", &id))?;
+    let feature_type = store::feature_type(&mut tx, "feature_id", &current.feature_id).await?;
+    let values = input.resolve(Some(&current.values), feature_type)?;
+    let price_behavior = price_behavior(body.price_behavior, current.price_behavior)?;
+    store::update_entitlement(&mut tx, &id, &values, price_behavior.as_deref()).await?;
+    state.commit(tx, &[Change::Catalog]).await?;
+    crate::metrics::WRITES.inc("plan_entitlements");
+    tracing::info!("plan entitlement updated");
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, entitlement_id = %id))]
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
+    auth.require_write()?;
+    let mut tx = state.pool.begin().await?;
+    if !store::delete_entitlement(&mut tx, &id).await? {
+        return Err(AppError::not_found("plan entitlement", &id));
+    }
+    state.commit(tx, &[Change::Catalog]).await?;
+    crate::metrics::WRITES.inc("plan_entitlements");
+    tracing::info!("plan entitlement deleted");
+    Ok(envelope::deleted())
 }

@@ -74,7 +74,11 @@ struct MembershipRow {
     company_updated_at: DateTime<Utc>,
 }
 
-async fn details(conn: &mut PgConnection, env_id: &str, ids: &[String]) -> AppResult<Vec<UserView>> {
+async fn details(
+    conn: &mut PgConnection,
+    env_id: &str,
+    ids: &[String],
+) -> AppResult<Vec<UserView>> {
     let rows: Vec<UserRow> = sqlx::query_as(
         "SELECT id, name, traits, created_at, updated_at FROM users WHERE environment_id = $1 AND id = ANY($2)",
     )
@@ -117,7 +121,9 @@ async fn details(conn: &mut PgConnection, env_id: &str, ids: &[String]) -> AppRe
         .collect();
     for (user_id, key, value, created_at) in keys {
         if let Some(v) = by_id.get_mut(&user_id) {
-            v.keys.push(KeyView::new("user", &user_id, env_id, key, value, created_at));
+            v.keys.push(KeyView::new(
+                "user", &user_id, env_id, key, value, created_at,
+            ));
         }
     }
     for m in memberships {
@@ -154,7 +160,9 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     let page = query.page()?;
     let ids_filter = query.get_all("ids");
     let company_id = query.get("company_id").map(str::to_string);
-    let q = query.get("q").map(|s| format!("%{}%", s.replace('%', "\\%").replace('_', "\\_")));
+    let q = query
+        .get("q")
+        .map(|s| format!("%{}%", s.replace('%', "\\%").replace('_', "\\_")));
     let mut conn = state.pool.acquire().await?;
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT u.id FROM users u
@@ -179,19 +187,27 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
 }
 
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, user_id = %id))]
-pub async fn get(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> AppResult<Response> {
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
 }
 
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
-pub async fn lookup(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
+pub async fn lookup(
+    State(state): State<AppState>,
+    auth: Auth,
+    query: Query,
+) -> AppResult<Response> {
     let keys = query.key_map("keys")?;
     keys::validate("keys", &keys)?;
     let mut conn = state.pool.acquire().await?;
     let id = keys::find(&mut conn, Entity::User, auth.env_id(), &keys)
         .await?
         .ok_or_else(|| AppError::NotFound("no user has these keys".into()))?;
-    let view = details(&mut conn, auth.env_id(), &[id.clone()])
+    let view = details(&mut conn, auth.env_id(), std::slice::from_ref(&id))
         .await?
         .pop()
         .ok_or_else(|| AppError::not_found("user", &id))?;
@@ -211,7 +227,11 @@ pub struct UpsertBody {
 }
 
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
-pub async fn upsert(State(state): State<AppState>, auth: Auth, Json(body): Json<UpsertBody>) -> AppResult<Response> {
+pub async fn upsert(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<UpsertBody>,
+) -> AppResult<Response> {
     auth.require_write()?;
     let mut company_keys = Vec::new();
     if let Some(c) = &body.company {
@@ -233,8 +253,14 @@ pub async fn upsert(State(state): State<AppState>, auth: Auth, Json(body): Json<
     let mut tx = state.pool.begin().await?;
     let done = store::upsert(&mut tx, auth.env_id(), &req).await?;
     let env_id = auth.env_id().to_string();
-    let mut changes = vec![Change::User { environment_id: env_id.clone(), id: done.id.clone() }];
-    changes.extend(done.companies.iter().map(|c| Change::Company { environment_id: env_id.clone(), id: c.clone() }));
+    let mut changes = vec![Change::User {
+        environment_id: env_id.clone(),
+        id: done.id.clone(),
+    }];
+    changes.extend(done.companies.iter().map(|c| Change::Company {
+        environment_id: env_id.clone(),
+        id: c.clone(),
+    }));
     state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("users");
     tracing::info!(user_id = %done.id, created = done.created, "user upserted");
@@ -242,7 +268,11 @@ pub async fn upsert(State(state): State<AppState>, auth: Auth, Json(body): Json<
 }
 
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, user_id = %id))]
-pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> AppResult<Response> {
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let n = sqlx::query("DELETE FROM users WHERE environment_id = $1 AND id = $2")
@@ -255,7 +285,13 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         return Err(AppError::not_found("user", &id));
     }
     state
-        .commit(tx, &[Change::User { environment_id: auth.env_id().into(), id: id.clone() }])
+        .commit(
+            tx,
+            &[Change::User {
+                environment_id: auth.env_id().into(),
+                id: id.clone(),
+            }],
+        )
         .await?;
     crate::metrics::WRITES.inc("users");
     Ok(envelope::deleted())

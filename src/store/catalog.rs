@@ -110,7 +110,10 @@ const FLAG_COLUMNS: &str =
     "id, key, name, description, flag_type, default_value, feature_id, created_at, updated_at";
 
 /// The features with these ids, in no particular order.
-pub async fn features(conn: &mut PgConnection, ids: &[String]) -> Result<Vec<FeatureRow>, sqlx::Error> {
+pub async fn features(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<Vec<FeatureRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {FEATURE_COLUMNS} FROM features WHERE id = ANY($1)"
     ))
@@ -134,10 +137,12 @@ pub async fn feature_for_update(
 
 /// The flags with these ids, in no particular order.
 pub async fn flags(conn: &mut PgConnection, ids: &[String]) -> Result<Vec<FlagRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {FLAG_COLUMNS} FROM flags WHERE id = ANY($1)"))
-        .bind(ids)
-        .fetch_all(conn)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {FLAG_COLUMNS} FROM flags WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await
 }
 
 /// One flag, locked for the rest of the transaction.
@@ -240,7 +245,9 @@ fn catalog_error(err: sqlx::Error, key: &str, feature_id: Option<&str>) -> AppEr
     if let Some(c) = violated_constraint(&err, sqlstate::UNIQUE_VIOLATION) {
         match c {
             "features_key_key" => {
-                return AppError::Conflict(format!("key: a feature with key {key:?} already exists"))
+                return AppError::Conflict(format!(
+                    "key: a feature with key {key:?} already exists"
+                ))
             }
             "flags_key_key" => {
                 return AppError::Conflict(format!("key: a flag with key {key:?} already exists"))
@@ -253,8 +260,7 @@ fn catalog_error(err: sqlx::Error, key: &str, feature_id: Option<&str>) -> AppEr
             _ => {}
         }
     }
-    if violated_constraint(&err, sqlstate::FOREIGN_KEY_VIOLATION) == Some("flags_feature_id_fkey")
-    {
+    if violated_constraint(&err, sqlstate::FOREIGN_KEY_VIOLATION) == Some("flags_feature_id_fkey") {
         return AppError::NotFound(format!("feature_id: feature {feature:?} not found"));
     }
     err.into()

@@ -7,6 +7,7 @@ use sqlx::PgConnection;
 use crate::engine::FeatureType;
 use crate::error::{sqlstate, violated_constraint, AppError};
 use crate::ids;
+use crate::store::catalog;
 use crate::store::values::EntitlementValues;
 
 /// A `plans` row.
@@ -44,26 +45,6 @@ pub fn validate_plan_type(plan_type: &str) -> Result<(), AppError> {
     }
 }
 
-pub fn validate_name(name: &str) -> Result<(), AppError> {
-    if name.trim().is_empty() || name.chars().count() > 255 {
-        return Err(AppError::bad_request("name: must be 1 to 255 characters"));
-    }
-    Ok(())
-}
-
-/// Keys follow the schema's pattern: `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`.
-pub fn validate_key(key: &str) -> Result<(), AppError> {
-    let mut chars = key.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
-    if !first_ok || !rest_ok || key.len() > 128 {
-        return Err(AppError::bad_request(format!(
-            "key: {key:?} must be 1 to 128 letters, digits, '_', '.', ':' or '-', starting with a letter or digit"
-        )));
-    }
-    Ok(())
-}
-
 pub fn validate_billing_product_id(id: &str) -> Result<(), AppError> {
     if id.len() > 255 || id.chars().any(char::is_whitespace) {
         return Err(AppError::bad_request(format!(
@@ -73,30 +54,22 @@ pub fn validate_billing_product_id(id: &str) -> Result<(), AppError> {
     Ok(())
 }
 
-/// A key derived from a name: lowercase ASCII letters and digits, every other run of
-/// characters one `-`. `"Pro Plan (2024)"` → `"pro-plan-2024"`. Empty names give `"plan"`.
-pub fn slugify(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        if c.is_ascii_alphanumeric() {
-            out.push(c.to_ascii_lowercase());
-        } else if !out.is_empty() && !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    // Room for a `-NN` suffix within the 128-character limit.
-    out.truncate(120);
-    let out = out.trim_end_matches('-');
-    if out.is_empty() {
+/// The key for a plan created without one: its name slugified (`"Pro Plan"` → `"pro-plan"`),
+/// with room left for a `-N` suffix; `"plan"` when nothing of the name is usable.
+pub fn key_from_name(name: &str) -> String {
+    let mut slug = catalog::slugify(name);
+    slug.truncate(120);
+    let slug = slug.trim_end_matches('-');
+    if slug.is_empty() {
         "plan".into()
     } else {
-        out.to_string()
+        slug.to_string()
     }
 }
 
 /// `base`, or `base-2`, `base-3`, … whichever no plan has yet.
 pub async fn free_key(conn: &mut PgConnection, base: &str) -> Result<String, sqlx::Error> {
-    // `base` comes from `slugify`: no LIKE wildcards in it.
+    // `base` comes from `key_from_name`: no LIKE wildcards in it.
     let taken: Vec<String> =
         sqlx::query_scalar("SELECT key FROM plans WHERE key = $1 OR key LIKE $1 || '-%'")
             .bind(base)
@@ -333,32 +306,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slugs_are_valid_keys() {
-        for (name, slug) in [
+    fn keys_from_names_are_valid_keys() {
+        for (name, key) in [
             ("Pro", "pro"),
             ("Pro Plan (2024)", "pro-plan-2024"),
             ("  Team -- Annual ", "team-annual"),
-            ("Über", "ber"),
             ("!!!", "plan"),
         ] {
-            assert_eq!(slugify(name), slug);
-            validate_key(&slugify(name)).unwrap();
+            assert_eq!(key_from_name(name), key);
+            catalog::validate_key("key", &key_from_name(name)).unwrap();
         }
-        let long = "x".repeat(300);
-        assert!(slugify(&long).len() <= 120);
-    }
-
-    #[test]
-    fn keys_follow_the_schema() {
-        for ok in ["pro", "Pro_2024", "a.b:c-d"] {
-            validate_key(ok).unwrap();
-        }
-        for bad in ["", "-pro", "pro plan", "pró"] {
-            assert!(validate_key(bad).unwrap_err().to_string().starts_with("key:"));
-        }
+        assert!(key_from_name(&"x".repeat(300)).len() <= 120);
         assert!(validate_plan_type("bundle")
             .unwrap_err()
             .to_string()
             .starts_with("plan_type:"));
+        assert!(validate_price_behavior("free")
+            .unwrap_err()
+            .to_string()
+            .starts_with("price_behavior:"));
     }
 }

@@ -1,0 +1,52 @@
+//! The official `schematichq` Python SDK against a live server: upserts, lookups and
+//! `check_flag` for plan, add-on and override cases. `scripts/test.sh` installs the SDK and
+//! sets `ENTITLED_SDK_PYTHON`; without it this test uses `python3`, which must have it.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+#[tokio::test]
+async fn python_sdk_checks_flags_and_upserts_companies() {
+    let app = common::spawn_app().await;
+    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
+        .await
+        .unwrap();
+    common::eventually(Duration::from_secs(2), || async {
+        let (s, _) = app.post("/flags/sso/check", serde_json::json!({})).await;
+        s.is_success().then_some(())
+    })
+    .await;
+    let id = |sql: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let pro = id("SELECT id FROM plans WHERE key = 'pro'").await;
+    let analytics = id("SELECT id FROM plans WHERE key = 'analytics'").await;
+    let audit_log = id("SELECT id FROM features WHERE key = 'audit-log'").await;
+
+    let python = std::env::var("ENTITLED_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let base = app.base.clone();
+    let key = app.key.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg("tests/sdk/python_sdk.py")
+            .args([&base, &key, &pro, &analytics, &audit_log])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run python (set ENTITLED_SDK_PYTHON or run scripts/test.sh)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("OK"),
+        "SDK script failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+}
