@@ -101,13 +101,13 @@ async fn method_not_allowed() -> Response {
 
 /// One span per request with the route; a metric per status class.
 async fn observe(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route
+        .as_ref()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
     let method = req.method().clone();
-    let span = tracing::debug_span!("request", %method, route = %route);
+    let span = tracing::debug_span!("request", %method, route);
     let started = std::time::Instant::now();
     let response = tracing::Instrument::instrument(next.run(req), span).await;
     let status = response.status();
@@ -118,9 +118,9 @@ async fn observe(req: Request, next: Next) -> Response {
         _ => "other",
     });
     if status.is_server_error() {
-        tracing::warn!(%method, %route, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request failed");
+        tracing::warn!(%method, route, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request failed");
     } else {
-        tracing::debug!(%method, %route, status = status.as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+        tracing::debug!(%method, route, status = status.as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     }
     response
 }

@@ -34,7 +34,7 @@ pub async fn fresh_database() -> (String, String) {
     (format!("{}/{name}", server_url()), name)
 }
 
-fn drop_database(name: String) {
+pub fn drop_database(name: String) {
     // Best effort, from a thread of its own: Drop cannot await.
     let _ = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,0 +1,124 @@
+//! Postgres going away: checks keep answering from the snapshot, writes answer 503 within
+//! 5 s, /ready answers 503 and /health 200; when it comes back, so does everything else.
+//! The outage is a TCP proxy between the server and Postgres that we cut.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Forwards connections to Postgres until `up` is false; then drops every connection and
+/// refuses new ones.
+async fn proxy(up: Arc<AtomicBool>, cut: watch::Receiver<u64>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            if !up.load(Ordering::SeqCst) {
+                drop(client);
+                continue;
+            }
+            let mut cut = cut.clone();
+            cut.borrow_and_update(); // only a cut after this connection opened ends it
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect("127.0.0.1:5432").await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cut.changed() => {}
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn checks_survive_a_database_outage() {
+    let (db_url, db_name) = common::fresh_database().await;
+    let up = Arc::new(AtomicBool::new(true));
+    let (cut_tx, cut_rx) = watch::channel(0u64);
+    let port = proxy(up.clone(), cut_rx).await;
+    let proxied = db_url.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+    assert_ne!(
+        proxied, db_url,
+        "test database URL must point at 127.0.0.1:5432"
+    );
+    let app = common::spawn_on(&proxied, "").await;
+    entitled::seed::seed_file(
+        &app.pool,
+        std::path::Path::new("fixtures/demo-catalog.toml"),
+    )
+    .await
+    .unwrap();
+    let pro: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'pro'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    common::eventually(Duration::from_secs(2), || async {
+        let (s, _) = app.post("/flags/custom-branding/check", json!({})).await;
+        s.is_success().then_some(())
+    })
+    .await;
+    app.create(
+        "/companies",
+        json!({"keys": {"id": "o"}, "base_plan_id": pro}),
+    )
+    .await;
+    assert_eq!(
+        app.check("custom-branding", json!({"id": "o"})).await["value"],
+        true
+    );
+
+    // Postgres goes away.
+    up.store(false, Ordering::SeqCst);
+    cut_tx.send(1).unwrap();
+    app.pool.close().await; // the test's own pool goes through the proxy too
+
+    // Checks keep answering from the snapshot.
+    for _ in 0..20 {
+        let c = app.check("custom-branding", json!({"id": "o"})).await;
+        assert_eq!(c["value"], true);
+    }
+    // Writes answer 503 within 5 s, with our error body.
+    let started = Instant::now();
+    let (s, body) = app.post("/companies", json!({"keys": {"id": "new"}})).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("database"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (s, _) = app.send(Method::GET, "/ready", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, _) = app.send(Method::GET, "/health", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // It comes back: writes work again and the listener catches up.
+    up.store(true, Ordering::SeqCst);
+    common::eventually(Duration::from_secs(10), || async {
+        let (s, _) = app
+            .post("/companies", json!({"keys": {"id": "back"}}))
+            .await;
+        s.is_success().then_some(())
+    })
+    .await;
+    let (s, _) = app.send(Method::GET, "/ready", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    app.stop().await;
+    common::drop_database(db_name);
+}
