@@ -39,9 +39,7 @@ impl AppState {
         mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
         changes: &[Change],
     ) -> AppResult<()> {
-        for change in changes {
-            cache::notify(&mut tx, self.cache.origin(), change).await?;
-        }
+        cache::notify_all(&mut tx, self.cache.origin(), changes).await?;
         tx.commit().await?;
         self.cache.after_commit(changes).await;
         Ok(())

@@ -22,6 +22,9 @@ impl Counter {
     pub fn inc(&self) {
         self.value.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn inc_by(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
     }
@@ -222,6 +225,15 @@ pub static WRITES: LabeledCounter = LabeledCounter::new(
     "resource",
 );
 
+pub static EVENTS_INGESTED: Counter = Counter::new(
+    "entitled_events_ingested_total",
+    "Track and identify events stored.",
+);
+pub static EVENTS_DUPLICATE: Counter = Counter::new(
+    "entitled_events_duplicate_total",
+    "Events dropped because their idempotency key was seen in the last 24 hours.",
+);
+
 /// Everything, in the Prometheus text exposition format. `gauges` are point-in-time values
 /// the caller reads (pool use, cache sizes).
 pub fn render(gauges: &[(&str, &str, f64)]) -> String {
@@ -232,6 +244,8 @@ pub fn render(gauges: &[(&str, &str, f64)]) -> String {
     CACHE_RELOADS.render(&mut out);
     CACHE_LISTENER_RECONNECTS.render(&mut out);
     WRITES.render(&mut out);
+    EVENTS_INGESTED.render(&mut out);
+    EVENTS_DUPLICATE.render(&mut out);
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");

@@ -31,13 +31,49 @@ async fn python_sdk_checks_flags_and_upserts_companies() {
     let analytics = id("SELECT id FROM plans WHERE key = 'analytics'").await;
     let audit_log = id("SELECT id FROM features WHERE key = 'audit-log'").await;
 
+    run_script(
+        &app,
+        "tests/sdk/python_sdk.py",
+        &[pro, analytics, audit_log],
+    )
+    .await;
+}
+
+/// `track()` events flushed through the SDK's buffer to `/batch` move usage, and
+/// `check_flag` flips to false at the limit.
+#[tokio::test]
+async fn python_sdk_track_buffer_moves_usage() {
+    let app = common::spawn_app().await;
+    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
+        .await
+        .unwrap();
+    let free: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'free'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    common::eventually(Duration::from_secs(2), || async {
+        let (s, _) = app
+            .post("/flags/reports/check", serde_json::json!({}))
+            .await;
+        s.is_success().then_some(())
+    })
+    .await;
+    app.create(
+        "/companies",
+        serde_json::json!({"keys": {"id": "sdk-track"}, "base_plan_id": free}),
+    )
+    .await;
+    run_script(&app, "tests/sdk/python_track.py", &[]).await;
+}
+
+async fn run_script(app: &common::TestApp, script: &'static str, extra: &[String]) {
     let python = std::env::var("ENTITLED_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let base = app.base.clone();
-    let key = app.key.clone();
+    let mut args = vec![app.base.clone(), app.key.clone()];
+    args.extend_from_slice(extra);
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(&python)
-            .arg("tests/sdk/python_sdk.py")
-            .args([&base, &key, &pro, &analytics, &audit_log])
+            .arg(script)
+            .args(&args)
             .output()
     })
     .await
@@ -47,6 +83,6 @@ async fn python_sdk_checks_flags_and_upserts_companies() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success() && stdout.contains("OK"),
-        "SDK script failed:\nstdout: {stdout}\nstderr: {stderr}"
+        "{script} failed:\nstdout: {stdout}\nstderr: {stderr}"
     );
 }

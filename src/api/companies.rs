@@ -33,6 +33,60 @@ pub struct PlanRef {
     pub quantity: i64,
 }
 
+/// `CompanyEventPeriodMetricsResponseData`: one usage counter's current window.
+#[derive(Debug, Serialize)]
+pub struct MetricView {
+    pub account_id: String,
+    pub company_id: String,
+    pub environment_id: String,
+    pub event_subtype: String,
+    pub period: &'static str,
+    pub month_reset: &'static str,
+    pub value: i64,
+    pub captured_at_min: DateTime<Utc>,
+    pub captured_at_max: DateTime<Utc>,
+    pub valid_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The company's counters whose window is current.
+fn metrics(auth: &Auth, company_id: &str) -> Vec<MetricView> {
+    let Some(company) = auth.env.company(company_id) else {
+        return Vec::new();
+    };
+    let now = Utc::now();
+    let ctx = &company.context;
+    let mut out: Vec<MetricView> = ctx
+        .usage
+        .iter()
+        .filter_map(|c| {
+            let win =
+                crate::engine::period::window(c.period, c.month_reset, ctx.billing_anchor, now);
+            (win.start == c.window_start).then(|| MetricView {
+                account_id: String::new(),
+                company_id: company_id.to_string(),
+                environment_id: auth.env_id().to_string(),
+                event_subtype: c.event.clone(),
+                period: c.period.as_str(),
+                month_reset: c.month_reset.as_str(),
+                value: c.count,
+                captured_at_min: c.window_start,
+                captured_at_max: now,
+                valid_until: win.end,
+                created_at: c.window_start,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.event_subtype, a.period, a.month_reset).cmp(&(
+            &b.event_subtype,
+            b.period,
+            b.month_reset,
+        ))
+    });
+    out
+}
+
 /// `GenericPreviewObject`.
 #[derive(Debug, Serialize)]
 pub struct Preview {
@@ -57,8 +111,11 @@ pub struct CompanyView {
     pub add_ons: Vec<PlanRef>,
     pub plans: Vec<Preview>,
     pub entitlements: Vec<EntitlementView>,
+    /// Per feature: access, allocation and usage, as `GET /feature-usage` reports it.
+    pub usage: Vec<super::feature_usage::FeatureUsageView>,
     pub user_count: i64,
-    pub metrics: Vec<Value>,
+    /// Usage counters of the current windows (`CompanyEventPeriodMetricsResponseData`).
+    pub metrics: Vec<MetricView>,
     pub rules: Vec<Value>,
     pub billing_subscriptions: Vec<Value>,
     pub custom_plan_billings: Vec<Value>,
@@ -151,8 +208,9 @@ pub async fn details(
                 add_ons: Vec::new(),
                 plans: Vec::new(),
                 entitlements: entitlements(state, auth, &r.id),
+                usage: super::feature_usage::usage_of(state, auth, &r.id),
                 user_count: user_counts.get(&r.id).copied().unwrap_or(0),
-                metrics: Vec::new(),
+                metrics: metrics(auth, &r.id),
                 rules: Vec::new(),
                 billing_subscriptions: Vec::new(),
                 custom_plan_billings: Vec::new(),

@@ -4,7 +4,9 @@ pub mod auth;
 pub mod checks;
 pub mod companies;
 pub mod envelope;
+pub mod events;
 pub mod extract;
+pub mod feature_usage;
 pub mod features;
 pub mod flags;
 pub mod health;
@@ -37,6 +39,11 @@ pub fn router(state: AppState) -> Router {
             get(companies::get).delete(companies::delete),
         )
         .route("/company-traits", post(companies::upsert_trait))
+        .route("/events", get(events::list).post(events::create))
+        .route("/events/{id}", get(events::get))
+        .route("/event-batch", post(events::create_batch))
+        .route("/feature-usage", get(feature_usage::list))
+        .route("/batch", post(events::capture))
         .route("/users", get(users::list).post(users::upsert))
         .route("/users/lookup", get(users::lookup))
         .route("/users/{id}", get(users::get).delete(users::delete))

@@ -215,6 +215,23 @@ struct MembershipRow {
 }
 
 #[derive(sqlx::FromRow)]
+struct CounterRow {
+    company_id: String,
+    event_name: String,
+    period: String,
+    month_reset: String,
+    window_start: DateTime<Utc>,
+    count: i64,
+    version: i64,
+}
+
+/// Counters of windows that may still be current (the longest window is a month).
+const COUNTER_SELECT: &str = "SELECT u.company_id, u.event_name, u.period, u.month_reset,
+        u.window_start, u.count, u.version
+     FROM usage_counters u
+     WHERE (u.period = 'all_time' OR u.window_start > now() - interval '40 days')";
+
+#[derive(sqlx::FromRow)]
 struct OverrideRow {
     id: String,
     company_id: String,
@@ -237,6 +254,7 @@ fn assemble_companies(
     keys: Vec<(String, String, String)>,
     memberships: Vec<MembershipRow>,
     overrides: Vec<OverrideRow>,
+    counters: Vec<CounterRow>,
 ) -> HashMap<String, CompanyState> {
     let mut out: HashMap<String, CompanyState> = companies
         .into_iter()
@@ -273,6 +291,25 @@ fn assemble_companies(
                 is_base: m.is_base,
                 quantity: m.quantity,
             });
+        }
+    }
+    for r in counters {
+        let (Some(period), Some(month_reset)) = (
+            engine::MetricPeriod::parse(&r.period),
+            engine::MonthReset::parse(&r.month_reset),
+        ) else {
+            continue;
+        };
+        if let Some(c) = out.get_mut(&r.company_id) {
+            let counter = engine::UsageCounter {
+                event: r.event_name,
+                period,
+                month_reset,
+                window_start: r.window_start,
+                count: r.count,
+                version: r.version,
+            };
+            super::merge_usage(&mut c.context.usage, std::slice::from_ref(&counter));
         }
     }
     for o in overrides {
@@ -319,7 +356,11 @@ pub async fn company(
         .bind(id)
         .fetch_all(pool)
         .await?;
-    Ok(assemble_companies(rows, keys, memberships, overrides).remove(id))
+    let counters = sqlx::query_as(&format!("{COUNTER_SELECT} AND u.company_id = $1"))
+        .bind(id)
+        .fetch_all(pool)
+        .await?;
+    Ok(assemble_companies(rows, keys, memberships, overrides, counters).remove(id))
 }
 
 #[allow(clippy::type_complexity)]
@@ -349,7 +390,13 @@ pub async fn environment(
         .bind(environment_id)
         .fetch_all(pool)
         .await?;
-    let companies = assemble_companies(rows, keys, memberships, overrides);
+    let counters = sqlx::query_as(&format!(
+        "{COUNTER_SELECT} AND u.company_id IN (SELECT id FROM companies WHERE environment_id = $1)"
+    ))
+    .bind(environment_id)
+    .fetch_all(pool)
+    .await?;
+    let companies = assemble_companies(rows, keys, memberships, overrides, counters);
 
     let users: Vec<(String, sqlx::types::Json<engine::Traits>)> =
         sqlx::query_as("SELECT id, traits FROM users WHERE environment_id = $1")

@@ -41,7 +41,32 @@ pub enum Change {
         id: String,
     },
     ApiKeys,
+    /// New absolute values of a company's usage counters, applied without reading Postgres.
+    Usage {
+        environment_id: String,
+        company_id: String,
+        counters: Vec<engine::UsageCounter>,
+    },
 }
+
+/// The wire form of a usage counter in a notification.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UsagePayload {
+    e: String,
+    c: String,
+    /// `[event, period, month_reset, window_start (unix seconds), count, version]`
+    u: Vec<(
+        String,
+        engine::MetricPeriod,
+        engine::MonthReset,
+        i64,
+        i64,
+        i64,
+    )>,
+}
+
+/// Keeps notification payloads under Postgres's 8000-byte limit.
+pub const MAX_COUNTERS_PER_NOTIFICATION: usize = 40;
 
 impl Change {
     fn encode(&self, origin: &str) -> String {
@@ -52,10 +77,61 @@ impl Change {
                 format!("{origin}|company|{environment_id}|{id}")
             }
             Change::User { environment_id, id } => format!("{origin}|user|{environment_id}|{id}"),
+            Change::Usage {
+                environment_id,
+                company_id,
+                counters,
+            } => {
+                let payload = UsagePayload {
+                    e: environment_id.clone(),
+                    c: company_id.clone(),
+                    u: counters
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.event.clone(),
+                                c.period,
+                                c.month_reset,
+                                c.window_start.timestamp(),
+                                c.count,
+                                c.version,
+                            )
+                        })
+                        .collect(),
+                };
+                let json = serde_json::to_string(&payload).unwrap_or_default();
+                format!("{origin}|usage|{json}")
+            }
         }
     }
 
     fn decode(payload: &str) -> Option<(&str, Change)> {
+        if let Some((origin, rest)) = payload.split_once('|') {
+            if let Some(json) = rest.strip_prefix("usage|") {
+                let p: UsagePayload = serde_json::from_str(json).ok()?;
+                let counters =
+                    p.u.into_iter()
+                        .filter_map(|(event, period, month_reset, start, count, version)| {
+                            Some(engine::UsageCounter {
+                                event,
+                                period,
+                                month_reset,
+                                window_start: chrono::DateTime::from_timestamp(start, 0)?,
+                                count,
+                                version,
+                            })
+                        })
+                        .collect();
+                return Some((
+                    origin,
+                    Change::Usage {
+                        environment_id: p.e,
+                        company_id: p.c,
+                        counters,
+                    },
+                ));
+            }
+        }
         let mut parts = payload.split('|');
         let origin = parts.next()?;
         let change = match (parts.next()?, parts.next(), parts.next()) {
@@ -81,9 +157,22 @@ pub async fn notify(
     origin: &str,
     change: &Change,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2)")
+    notify_all(conn, origin, std::slice::from_ref(change)).await
+}
+
+/// Queues every change in one statement; Postgres delivers them in order, after commit.
+pub async fn notify_all(
+    conn: &mut PgConnection,
+    origin: &str,
+    changes: &[Change],
+) -> Result<(), sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let payloads: Vec<String> = changes.iter().map(|c| c.encode(origin)).collect();
+    sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS t(p)")
         .bind(CHANNEL)
-        .bind(change.encode(origin))
+        .bind(&payloads)
         .execute(conn)
         .await?;
     Ok(())
@@ -337,10 +426,25 @@ impl Cache {
                 let _guard = self.shard(id).lock().await;
                 let state = load::company(&self.pool, environment_id, id).await?;
                 let keys = state.as_ref().map(|s| s.keys.clone()).unwrap_or_default();
-                env.companies
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .put(id, keys, state);
+                let mut companies = env.companies.write().unwrap_or_else(|e| e.into_inner());
+                // Usage may have moved on in memory while we read: keep the newer counters.
+                let state = state.map(|mut s| {
+                    if let Some(current) = companies.get(id) {
+                        merge_usage(&mut s.context.usage, &current.context.usage);
+                    }
+                    s
+                });
+                companies.put(id, keys, state);
+            }
+            Change::Usage {
+                environment_id,
+                company_id,
+                counters,
+            } => {
+                if let Some(env) = self.envs.get(environment_id) {
+                    env.apply_usage(company_id, counters);
+                }
+                return Ok(());
             }
             Change::User { environment_id, id } => {
                 let Some(env) = self.envs.get(environment_id) else {
@@ -398,12 +502,46 @@ impl EnvCache {
             .find(keys)
     }
 
+    /// Applies new absolute counter values (newest version wins; older windows are dropped).
+    pub fn apply_usage(&self, company_id: &str, counters: &[engine::UsageCounter]) {
+        let mut companies = self.companies.write().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = companies.by_id.get_mut(company_id) else {
+            return; // not loaded yet: its full load reads the counters
+        };
+        let mut state = (*entry.value).clone();
+        merge_usage(&mut state.context.usage, counters);
+        entry.value = Arc::new(state);
+    }
+
     pub fn company_count(&self) -> usize {
         self.companies
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .by_id
             .len()
+    }
+}
+
+/// Merges `incoming` counters into `usage`: per event, period and reset, the newest window
+/// wins, and within a window the highest version.
+pub(crate) fn merge_usage(
+    usage: &mut Vec<engine::UsageCounter>,
+    incoming: &[engine::UsageCounter],
+) {
+    for new in incoming {
+        let same = |c: &engine::UsageCounter| {
+            c.event == new.event && c.period == new.period && c.month_reset == new.month_reset
+        };
+        match usage.iter_mut().find(|c| same(c)) {
+            Some(old) => {
+                let newer = new.window_start > old.window_start
+                    || (new.window_start == old.window_start && new.version > old.version);
+                if newer {
+                    *old = new.clone();
+                }
+            }
+            None => usage.push(new.clone()),
+        }
     }
 }
 
@@ -429,5 +567,37 @@ mod tests {
             assert_eq!(Change::decode(&encoded), Some(("inst_a", c)));
         }
         assert_eq!(Change::decode("inst|bogus"), None);
+        let usage = Change::Usage {
+            environment_id: "env_1".into(),
+            company_id: "comp_1".into(),
+            counters: vec![counter("api|call", 0, 5, 2)],
+        };
+        assert_eq!(Change::decode(&usage.encode("i")), Some(("i", usage)));
+    }
+
+    fn counter(event: &str, start: i64, count: i64, version: i64) -> engine::UsageCounter {
+        engine::UsageCounter {
+            event: event.into(),
+            period: engine::MetricPeriod::CurrentMonth,
+            month_reset: engine::MonthReset::FirstOfMonth,
+            window_start: chrono::DateTime::from_timestamp(start, 0).unwrap(),
+            count,
+            version,
+        }
+    }
+
+    #[test]
+    fn merging_keeps_the_newest_counter() {
+        let mut usage = vec![counter("a", 100, 5, 3)];
+        merge_usage(&mut usage, &[counter("a", 100, 4, 2)]); // older version: ignored
+        assert_eq!(usage[0].count, 5);
+        merge_usage(&mut usage, &[counter("a", 100, 9, 4)]);
+        assert_eq!(usage[0].count, 9);
+        merge_usage(&mut usage, &[counter("a", 50, 1, 9)]); // an earlier window: ignored
+        assert_eq!(usage[0].count, 9);
+        merge_usage(&mut usage, &[counter("a", 200, 1, 1)]); // a new window replaces
+        assert_eq!((usage[0].count, usage.len()), (1, 1));
+        merge_usage(&mut usage, &[counter("b", 200, 1, 1)]);
+        assert_eq!(usage.len(), 2);
     }
 }

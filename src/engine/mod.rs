@@ -114,13 +114,16 @@ pub struct Candidate {
 }
 
 /// A usage counter for one event in one window, as stored.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageCounter {
     pub event: String,
     pub period: MetricPeriod,
     pub month_reset: MonthReset,
     pub window_start: DateTime<Utc>,
     pub count: i64,
+    /// Bumped by every write of the row; lets the cache keep the newest of two updates.
+    /// Evaluation ignores it.
+    pub version: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -218,6 +221,10 @@ pub struct EntitlementReport {
     pub metric_reset_at: Option<DateTime<Utc>>,
     pub credit_id: Option<String>,
     pub credit: Option<CreditBalance>,
+    /// For `current_month` periods: how the month resets.
+    pub month_reset: Option<MonthReset>,
+    /// When the entitlement stops applying (overrides with an expiration date).
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -347,6 +354,8 @@ fn resolve<'c>(
         metric_reset_at: reset_at,
         credit_id: None,
         credit: None,
+        month_reset: (period == MetricPeriod::CurrentMonth).then_some(month_reset),
+        expires_at: c.expires_at,
     };
 
     let limited = |allocation: f64, report: &mut EntitlementReport| {

@@ -68,6 +68,7 @@ fn company_with_usage(n: i64) -> CompanyContext {
             )
             .start,
             count: n,
+            version: 1,
         }],
         ..Default::default()
     }

@@ -1,0 +1,499 @@
+//! `POST /events`, `POST /event-batch`, `POST /batch` (the SDKs' event capture format),
+//! `GET /events`, `GET /events/{id}`.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::auth::{self, Auth};
+use super::envelope;
+use super::extract::{parse_json, read_body, Json, Path, Query};
+use super::views::key_pairs;
+use crate::app::AppState;
+use crate::error::{AppError, AppResult};
+use crate::store::events::{self as store, Identify, IdentifyCompany, Kind, NewEvent, Track};
+use crate::store::keys;
+
+/// Events in one batch, at most.
+pub const MAX_BATCH: usize = 1000;
+/// The largest magnitude of one event's quantity.
+pub const MAX_QUANTITY: i64 = 1_000_000_000;
+
+/// `CreateEventRequestBody`.
+#[derive(Debug, Deserialize)]
+pub struct CreateEvent {
+    event_type: String,
+    body: Option<Value>,
+    idempotency_key: Option<String>,
+    sent_at: Option<DateTime<Utc>>,
+}
+
+/// One event of the SDKs' capture batch: `type`, not `event_type`, and maybe its own key.
+#[derive(Debug, Deserialize)]
+pub struct CaptureEvent {
+    api_key: Option<String>,
+    #[serde(rename = "type")]
+    event_type: String,
+    body: Option<Value>,
+    idempotency_key: Option<String>,
+    sent_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TrackBody {
+    event: String,
+    company: Option<Map<String, Value>>,
+    user: Option<Map<String, Value>>,
+    quantity: Option<i64>,
+    traits: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IdentifyCompanyBody {
+    keys: Map<String, Value>,
+    name: Option<String>,
+    traits: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IdentifyBody {
+    #[serde(default)]
+    keys: Option<Map<String, Value>>,
+    name: Option<String>,
+    traits: Option<Map<String, Value>>,
+    company: Option<IdentifyCompanyBody>,
+}
+
+/// Deserializes a JSON value, naming the offending field under `prefix` on error.
+fn from_value<T: serde::de::DeserializeOwned>(prefix: &str, v: &Value) -> AppResult<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        if path == "." {
+            AppError::bad_request(format!("{prefix}: {msg}"))
+        } else {
+            AppError::bad_request(format!("{prefix}.{path}: {msg}"))
+        }
+    })
+}
+
+/// Validates one event; `path` names it in errors (`events[3]`).
+fn validate(
+    path: &str,
+    env_id: &str,
+    event_type: &str,
+    body: Option<Value>,
+    idempotency_key: Option<String>,
+    sent_at: Option<DateTime<Utc>>,
+) -> AppResult<NewEvent> {
+    let body = body.unwrap_or(Value::Object(Map::new()));
+    let field = |f: &str| {
+        if path.is_empty() {
+            f.to_string()
+        } else {
+            format!("{path}.{f}")
+        }
+    };
+    if !body.is_object() {
+        return Err(AppError::bad_request(format!(
+            "{}: must be a JSON object",
+            field("body")
+        )));
+    }
+    let kind = match event_type {
+        "track" => {
+            let b: TrackBody = from_value(&field("body"), &body)?;
+            let event = b.event.trim().to_string();
+            if event.is_empty() || event.len() > 255 {
+                return Err(AppError::bad_request(format!(
+                    "{}: the event name must be 1 to 255 characters",
+                    field("body.event")
+                )));
+            }
+            let quantity = b.quantity.unwrap_or(1);
+            if quantity.abs() > MAX_QUANTITY {
+                return Err(AppError::bad_request(format!(
+                    "{}: must be between -{MAX_QUANTITY} and {MAX_QUANTITY}, got {quantity}",
+                    field("body.quantity")
+                )));
+            }
+            let company = match &b.company {
+                Some(c) => key_pairs(&field("body.company"), c)?,
+                None => Vec::new(),
+            };
+            let user = match &b.user {
+                Some(u) => key_pairs(&field("body.user"), u)?,
+                None => Vec::new(),
+            };
+            if company.is_empty() && user.is_empty() {
+                return Err(AppError::bad_request(format!(
+                    "{}: a track event needs company keys (or user keys) to count usage against",
+                    field("body.company")
+                )));
+            }
+            if !company.is_empty() {
+                keys::validate(&field("body.company"), &company)?;
+            }
+            if !user.is_empty() {
+                keys::validate(&field("body.user"), &user)?;
+            }
+            Kind::Track(Track {
+                event,
+                company,
+                user,
+                quantity,
+                traits: b.traits,
+            })
+        }
+        "identify" => {
+            let b: IdentifyBody = from_value(&field("body"), &body)?;
+            let keys = match &b.keys {
+                Some(k) => key_pairs(&field("body.keys"), k)?,
+                None => Vec::new(),
+            };
+            let company = match &b.company {
+                Some(c) => {
+                    let keys = key_pairs(&field("body.company.keys"), &c.keys)?;
+                    keys::validate(&field("body.company.keys"), &keys)?;
+                    Some(IdentifyCompany {
+                        keys,
+                        name: c.name.clone(),
+                        traits: c.traits.clone(),
+                    })
+                }
+                None => None,
+            };
+            if keys.is_empty() && company.is_none() {
+                return Err(AppError::bad_request(format!(
+                    "{}: an identify event needs user keys or a company",
+                    field("body.keys")
+                )));
+            }
+            Kind::Identify(Identify {
+                keys,
+                name: b.name,
+                traits: b.traits,
+                company,
+            })
+        }
+        other => {
+            return Err(AppError::bad_request(format!(
+                "{}: {other:?} is not accepted; send track or identify",
+                field("event_type")
+            )))
+        }
+    };
+    if let Some(k) = &idempotency_key {
+        if k.is_empty() || k.len() > 255 {
+            return Err(AppError::bad_request(format!(
+                "{}: must be 1 to 255 characters",
+                field("idempotency_key")
+            )));
+        }
+    }
+    Ok(NewEvent {
+        environment_id: env_id.to_string(),
+        kind,
+        body,
+        idempotency_key,
+        sent_at,
+    })
+}
+
+/// `RawEventResponseData`.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    event_id: String,
+    captured_at: DateTime<Utc>,
+    remote_ip: String,
+    user_agent: String,
+    /// True when an earlier event with the same idempotency key answered.
+    duplicate: bool,
+}
+
+/// Ingests a validated batch in one transaction (retried on deadlock) and publishes the
+/// snapshot changes.
+async fn ingest(state: &AppState, events: Vec<NewEvent>) -> AppResult<store::Ingested> {
+    let started = Instant::now();
+    let mut attempt = 0;
+    let done = loop {
+        attempt += 1;
+        let mut tx = state.pool.begin().await?;
+        match store::ingest(&mut tx, &events, Utc::now()).await {
+            Ok(done) => match state.commit(tx, &done.changes).await {
+                Ok(()) => break done,
+                Err(e) if attempt < 3 && is_retryable(&e) => continue,
+                Err(e) => return Err(e),
+            },
+            Err(e) if attempt < 3 && is_retryable(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let new = done.duplicate.iter().filter(|d| !**d).count();
+    crate::metrics::EVENTS_INGESTED.inc_by(new as u64);
+    crate::metrics::EVENTS_DUPLICATE.inc_by((events.len() - new) as u64);
+    tracing::debug!(
+        events = events.len(),
+        new,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "events ingested"
+    );
+    Ok(done)
+}
+
+fn is_retryable(e: &AppError) -> bool {
+    match e {
+        AppError::Database(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
+        }
+        _ => false,
+    }
+}
+
+fn client_info(headers: &HeaderMap) -> (String, String) {
+    let ip = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let ua = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (ip, ua)
+}
+
+fn accepted(done: &store::Ingested, headers: &HeaderMap) -> Vec<Accepted> {
+    let (ip, ua) = client_info(headers);
+    let now = Utc::now();
+    done.ids
+        .iter()
+        .zip(&done.duplicate)
+        .map(|(id, dup)| Accepted {
+            event_id: id.clone(),
+            captured_at: now,
+            remote_ip: ip.clone(),
+            user_agent: ua.clone(),
+            duplicate: *dup,
+        })
+        .collect()
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    Json(body): Json<CreateEvent>,
+) -> AppResult<Response> {
+    auth.require_write()?;
+    let event = validate(
+        "",
+        auth.env_id(),
+        &body.event_type,
+        body.body,
+        body.idempotency_key,
+        body.sent_at,
+    )?;
+    let done = ingest(&state, vec![event]).await?;
+    let mut out = accepted(&done, &headers);
+    Ok(envelope::ok_empty(out.remove(0)))
+}
+
+#[derive(Deserialize)]
+pub struct CreateBatch {
+    events: Vec<CreateEvent>,
+}
+
+fn check_batch_size(n: usize) -> AppResult<()> {
+    if n == 0 {
+        return Err(AppError::bad_request("events: the batch is empty"));
+    }
+    if n > MAX_BATCH {
+        return Err(AppError::bad_request(format!(
+            "events: at most {MAX_BATCH} events per batch, got {n}"
+        )));
+    }
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn create_batch(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    Json(body): Json<CreateBatch>,
+) -> AppResult<Response> {
+    auth.require_write()?;
+    check_batch_size(body.events.len())?;
+    let events = body
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            validate(
+                &format!("events[{i}]"),
+                auth.env_id(),
+                &e.event_type,
+                e.body,
+                e.idempotency_key,
+                e.sent_at,
+            )
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    let done = ingest(&state, events).await?;
+    Ok(envelope::ok_empty(
+        serde_json::json!({ "events": accepted(&done, &headers) }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct CaptureBatch {
+    events: Vec<CaptureEvent>,
+}
+
+/// The SDKs' event capture endpoint. Each event may carry its own `api_key`; otherwise the
+/// request's key applies. Any invalid key rejects the whole batch.
+#[tracing::instrument(skip_all)]
+pub async fn capture(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+) -> AppResult<Response> {
+    let (parts, body) = req.into_parts();
+    let header_key = auth::secret_from(&parts).map(str::to_string);
+    let bytes = read_body(Request::from_parts(parts, body), &state).await?;
+    let batch: CaptureBatch = parse_json(&bytes)?;
+    check_batch_size(batch.events.len())?;
+    let mut events = Vec::with_capacity(batch.events.len());
+    for (i, e) in batch.events.into_iter().enumerate() {
+        let secret = e
+            .api_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .or(header_key.as_deref())
+            .ok_or(AppError::Unauthorized)?;
+        let auth = state.authenticate(secret).ok_or(AppError::Unauthorized)?;
+        auth.require_write()?;
+        events.push(validate(
+            &format!("events[{i}]"),
+            auth.env_id(),
+            &e.event_type,
+            e.body,
+            e.idempotency_key,
+            e.sent_at,
+        )?);
+    }
+    let done = ingest(&state, events).await?;
+    Ok(envelope::ok_empty(
+        serde_json::json!({ "events": accepted(&done, &headers) }),
+    ))
+}
+
+/// `EventDetailResponseData`.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct EventView {
+    id: String,
+    #[serde(rename = "type")]
+    #[sqlx(rename = "event_type")]
+    event_type: String,
+    #[serde(rename = "subtype")]
+    #[sqlx(rename = "event_name")]
+    subtype: Option<String>,
+    environment_id: String,
+    company_id: Option<String>,
+    user_id: Option<String>,
+    quantity: i64,
+    body: sqlx::types::Json<Value>,
+    #[sqlx(skip)]
+    body_preview: String,
+    idempotency_key: Option<String>,
+    sent_at: Option<DateTime<Utc>>,
+    status: String,
+    #[serde(rename = "captured_at")]
+    created_at: DateTime<Utc>,
+    processed_at: Option<DateTime<Utc>>,
+    feature_ids: Vec<String>,
+    #[sqlx(skip)]
+    features: Vec<Value>,
+    #[sqlx(skip)]
+    error_message: Option<String>,
+}
+
+const EVENT_SELECT: &str =
+    "SELECT e.id, e.event_type, e.event_name, e.environment_id, e.company_id,
+        e.user_id, e.quantity, e.body, e.idempotency_key, e.sent_at, e.status, e.created_at,
+        e.created_at AS processed_at,
+        COALESCE((SELECT array_agg(f.id ORDER BY f.key) FROM features f
+                  WHERE f.event_subtype = e.event_name), '{}') AS feature_ids
+     FROM events e";
+
+fn finish(mut v: EventView) -> EventView {
+    let preview = v.body.0.to_string();
+    v.body_preview = preview.chars().take(200).collect();
+    v.features = v
+        .feature_ids
+        .iter()
+        .map(|id| serde_json::json!({"id": id, "name": id}))
+        .collect();
+    v
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
+    let page = query.page()?;
+    let types = query.get_all("event_types");
+    for t in &types {
+        if t != "track" && t != "identify" {
+            return Err(AppError::bad_request(format!(
+                "query parameter event_types: {t:?} is not track or identify"
+            )));
+        }
+    }
+    let rows: Vec<EventView> = sqlx::query_as(&format!(
+        "{EVENT_SELECT}
+         WHERE e.environment_id = $1
+           AND ($2::text IS NULL OR e.company_id = $2)
+           AND ($3::text IS NULL OR e.user_id = $3)
+           AND ($4::text IS NULL OR e.event_name = $4)
+           AND ($5::text IS NULL OR e.idempotency_key = $5)
+           AND (cardinality($6::text[]) = 0 OR e.event_type = ANY($6))
+         ORDER BY e.created_at DESC, e.id DESC LIMIT $7 OFFSET $8"
+    ))
+    .bind(auth.env_id())
+    .bind(query.get("company_id"))
+    .bind(query.get("user_id"))
+    .bind(query.get("event_subtype"))
+    .bind(query.get("idempotency_key"))
+    .bind(&types)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(&state.pool)
+    .await?;
+    let data: Vec<EventView> = rows.into_iter().map(finish).collect();
+    Ok(envelope::ok(data, query.params(Some(page))))
+}
+
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, event_id = %id))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
+    let row: Option<EventView> = sqlx::query_as(&format!(
+        "{EVENT_SELECT} WHERE e.environment_id = $1 AND e.id = $2"
+    ))
+    .bind(auth.env_id())
+    .bind(&id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let row = row.ok_or_else(|| AppError::not_found("event", &id))?;
+    Ok(envelope::ok_empty(finish(row)))
+}

@@ -1,0 +1,653 @@
+//! Ingesting track and identify events: idempotency, companies and users created on first
+//! sight, the event rows, and usage counters per metric window, all in the caller's
+//! transaction so a batch applies whole or not at all.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::PgConnection;
+
+use super::companies::{self, UpsertCompany};
+use super::users::{self, UpsertUser};
+use crate::cache::{Change, MAX_COUNTERS_PER_NOTIFICATION};
+use crate::engine::{period, MetricPeriod, MonthReset, UsageCounter};
+use crate::error::AppError;
+use crate::ids;
+
+pub type Keys = Vec<(String, String)>;
+
+#[derive(Debug, Clone)]
+pub struct Track {
+    pub event: String,
+    pub company: Keys,
+    pub user: Keys,
+    pub quantity: i64,
+    pub traits: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentifyCompany {
+    pub keys: Keys,
+    pub name: Option<String>,
+    pub traits: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identify {
+    /// The user's keys; may be empty when only a company is identified.
+    pub keys: Keys,
+    pub name: Option<String>,
+    pub traits: Option<Map<String, Value>>,
+    pub company: Option<IdentifyCompany>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Track(Track),
+    Identify(Identify),
+}
+
+/// One validated event, ready to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub environment_id: String,
+    pub kind: Kind,
+    /// The body as received, kept on the event row.
+    pub body: Value,
+    pub idempotency_key: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// What ingesting a batch did, per input event.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// The stored event's id, or for a duplicate the id of the first event with its key.
+    pub ids: Vec<String>,
+    pub duplicate: Vec<bool>,
+    /// Snapshot changes to publish after commit.
+    pub changes: Vec<Change>,
+}
+
+/// The windows every track event counts in. Day and week windows are the same for either
+/// month reset, so they are kept once, under `first_of_month`.
+const WINDOWS: [(MetricPeriod, MonthReset); 5] = [
+    (MetricPeriod::AllTime, MonthReset::FirstOfMonth),
+    (MetricPeriod::CurrentDay, MonthReset::FirstOfMonth),
+    (MetricPeriod::CurrentWeek, MonthReset::FirstOfMonth),
+    (MetricPeriod::CurrentMonth, MonthReset::FirstOfMonth),
+    (MetricPeriod::CurrentMonth, MonthReset::BillingCycle),
+];
+
+pub async fn ingest(
+    conn: &mut PgConnection,
+    events: &[NewEvent],
+    now: DateTime<Utc>,
+) -> Result<Ingested, AppError> {
+    let mut out = Ingested {
+        ids: events.iter().map(|_| ids::new_id("evnt")).collect(),
+        duplicate: vec![false; events.len()],
+        changes: Vec::new(),
+    };
+    dedupe(conn, events, &mut out).await?;
+
+    // Identify first: a track later in the same batch may name the company it creates.
+    let mut company_of: Vec<Option<String>> = vec![None; events.len()];
+    let mut user_of: Vec<Option<String>> = vec![None; events.len()];
+    for (i, e) in events.iter().enumerate() {
+        let Kind::Identify(ident) = &e.kind else {
+            continue;
+        };
+        if out.duplicate[i] {
+            continue;
+        }
+        let env = &e.environment_id;
+        if let Some(c) = &ident.company {
+            let (id, _) = companies::upsert(
+                conn,
+                env,
+                &UpsertCompany {
+                    keys: c.keys.clone(),
+                    name: c.name.clone(),
+                    traits: c.traits.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|err| at(i, err))?;
+            out.changes.push(company_change(env, &id));
+            company_of[i] = Some(id);
+        }
+        if !ident.keys.is_empty() {
+            let done = users::upsert(
+                conn,
+                env,
+                &UpsertUser {
+                    keys: ident.keys.clone(),
+                    name: ident.name.clone(),
+                    traits: ident.traits.clone(),
+                    company_ids: company_of[i].iter().cloned().collect(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|err| at(i, err))?;
+            out.changes.push(Change::User {
+                environment_id: env.clone(),
+                id: done.id.clone(),
+            });
+            user_of[i] = Some(done.id);
+        }
+    }
+
+    resolve_track_companies(conn, events, &mut out, &mut company_of).await?;
+    resolve_track_users(conn, events, &mut out, &company_of, &mut user_of).await?;
+    insert_rows(conn, events, &out, &company_of, &user_of).await?;
+    count_usage(conn, events, &mut out, &company_of, now).await?;
+    out.changes.dedup();
+    Ok(out)
+}
+
+/// Prefixes an error with the event it is about.
+fn at(i: usize, err: AppError) -> AppError {
+    match err {
+        AppError::BadRequest(m) => AppError::BadRequest(format!("events[{i}]: {m}")),
+        AppError::Conflict(m) => AppError::Conflict(format!("events[{i}]: {m}")),
+        AppError::NotFound(m) => AppError::NotFound(format!("events[{i}]: {m}")),
+        other => other,
+    }
+}
+
+fn company_change(env: &str, id: &str) -> Change {
+    Change::Company {
+        environment_id: env.to_string(),
+        id: id.to_string(),
+    }
+}
+
+/// Marks events whose idempotency key was seen in the last 24 hours (in this batch or
+/// before) as duplicates, pointing at the first event's id.
+async fn dedupe(
+    conn: &mut PgConnection,
+    events: &[NewEvent],
+    out: &mut Ingested,
+) -> Result<(), sqlx::Error> {
+    let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let Some(key) = e.idempotency_key.as_deref() else {
+            continue;
+        };
+        match first.get(&(e.environment_id.as_str(), key)) {
+            Some(&j) => {
+                out.duplicate[i] = true;
+                out.ids[i] = out.ids[j].clone();
+            }
+            None => {
+                first.insert((e.environment_id.as_str(), key), i);
+            }
+        }
+    }
+    if first.is_empty() {
+        return Ok(());
+    }
+    let mut claims: Vec<(&str, &str, usize)> =
+        first.iter().map(|(&(e, k), &i)| (e, k, i)).collect();
+    claims.sort(); // a stable lock order across concurrent batches
+    let envs: Vec<&str> = claims.iter().map(|c| c.0).collect();
+    let keys: Vec<&str> = claims.iter().map(|c| c.1).collect();
+    let event_ids: Vec<&str> = claims.iter().map(|c| out.ids[c.2].as_str()).collect();
+    let claimed: Vec<(String, String)> = sqlx::query_as(
+        "INSERT INTO event_idempotency (environment_id, key, event_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+         ON CONFLICT (environment_id, key) DO UPDATE
+             SET event_id = EXCLUDED.event_id, created_at = now()
+             WHERE event_idempotency.created_at < now() - interval '24 hours'
+         RETURNING environment_id, key",
+    )
+    .bind(&envs)
+    .bind(&keys)
+    .bind(&event_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let claimed: std::collections::HashSet<(String, String)> = claimed.into_iter().collect();
+    let seen: Vec<&(&str, &str, usize)> = claims
+        .iter()
+        .filter(|c| !claimed.contains(&(c.0.to_string(), c.1.to_string())))
+        .collect();
+    if seen.is_empty() {
+        return Ok(());
+    }
+    let envs: Vec<&str> = seen.iter().map(|c| c.0).collect();
+    let keys: Vec<&str> = seen.iter().map(|c| c.1).collect();
+    let firsts: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT environment_id, key, event_id FROM event_idempotency
+         WHERE (environment_id, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+    )
+    .bind(&envs)
+    .bind(&keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    let firsts: HashMap<(String, String), String> =
+        firsts.into_iter().map(|(e, k, id)| ((e, k), id)).collect();
+    for (i, e) in events.iter().enumerate() {
+        let Some(key) = e.idempotency_key.as_deref() else {
+            continue;
+        };
+        if let Some(id) = firsts.get(&(e.environment_id.clone(), key.to_string())) {
+            out.duplicate[i] = true;
+            out.ids[i] = id.clone();
+        }
+    }
+    Ok(())
+}
+
+/// Finds (or creates) the company of every track event, with one query for the common case
+/// where all of them exist.
+async fn resolve_track_companies(
+    conn: &mut PgConnection,
+    events: &[NewEvent],
+    out: &mut Ingested,
+    company_of: &mut [Option<String>],
+) -> Result<(), AppError> {
+    let tracks = || {
+        events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match &e.kind {
+                Kind::Track(t) if !out.duplicate[i] && !t.company.is_empty() => Some((i, e, t)),
+                _ => None,
+            })
+    };
+    let known = lookup_keys(
+        conn,
+        "company_keys",
+        "company_id",
+        tracks().map(|(_, e, t)| (e, &t.company)),
+    )
+    .await?;
+    let mut missing: Vec<(usize, &NewEvent, &Track)> = Vec::new();
+    for (i, e, t) in tracks() {
+        match resolve(&known, e, &t.company) {
+            Resolved::One(id) => company_of[i] = Some(id),
+            Resolved::None => missing.push((i, e, t)),
+            Resolved::Several(ids) => {
+                return Err(AppError::Conflict(format!(
+                    "events[{i}].body.company: keys identify more than one company ({})",
+                    ids.join(", ")
+                )))
+            }
+        }
+    }
+    // Create in a stable order (the upsert locks keys, and re-checks under the lock).
+    missing.sort_by(|a, b| {
+        (&a.1.environment_id, &a.2.company).cmp(&(&b.1.environment_id, &b.2.company))
+    });
+    for (i, e, t) in missing {
+        let (id, created) = companies::upsert(
+            conn,
+            &e.environment_id,
+            &UpsertCompany {
+                keys: t.company.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|err| at(i, err))?;
+        if created {
+            out.changes.push(company_change(&e.environment_id, &id));
+        }
+        company_of[i] = Some(id);
+    }
+    // Traits sent with track events update the company, merged per company.
+    let mut traits: BTreeMap<(String, String), Map<String, Value>> = BTreeMap::new();
+    for (i, e, t) in tracks() {
+        if let (Some(tr), Some(id)) = (&t.traits, &company_of[i]) {
+            if !tr.is_empty() {
+                traits
+                    .entry((e.environment_id.clone(), id.clone()))
+                    .or_default()
+                    .extend(tr.clone());
+            }
+        }
+    }
+    for ((env, id), tr) in traits {
+        sqlx::query(
+            "UPDATE companies SET traits = jsonb_strip_nulls(traits || $2), updated_at = now() WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(sqlx::types::Json(&tr))
+        .execute(&mut *conn)
+        .await?;
+        out.changes.push(company_change(&env, &id));
+    }
+    Ok(())
+}
+
+/// Finds (or creates) the user of every track event that names one, and makes it a member
+/// of the event's company.
+async fn resolve_track_users(
+    conn: &mut PgConnection,
+    events: &[NewEvent],
+    out: &mut Ingested,
+    company_of: &[Option<String>],
+    user_of: &mut [Option<String>],
+) -> Result<(), AppError> {
+    let tracks = || {
+        events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match &e.kind {
+                Kind::Track(t) if !out.duplicate[i] && !t.user.is_empty() => Some((i, e, t)),
+                _ => None,
+            })
+    };
+    if tracks().next().is_none() {
+        return Ok(());
+    }
+    let known = lookup_keys(
+        conn,
+        "user_keys",
+        "user_id",
+        tracks().map(|(_, e, t)| (e, &t.user)),
+    )
+    .await?;
+    let mut memberships: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for (i, e, t) in tracks() {
+        match resolve(&known, e, &t.user) {
+            Resolved::One(id) => user_of[i] = Some(id),
+            Resolved::None => missing.push((i, e, t)),
+            Resolved::Several(ids) => {
+                return Err(AppError::Conflict(format!(
+                    "events[{i}].body.user: keys identify more than one user ({})",
+                    ids.join(", ")
+                )))
+            }
+        }
+    }
+    missing.sort_by(|a, b| (&a.1.environment_id, &a.2.user).cmp(&(&b.1.environment_id, &b.2.user)));
+    for (i, e, t) in missing {
+        let done = users::upsert(
+            conn,
+            &e.environment_id,
+            &UpsertUser {
+                keys: t.user.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|err| at(i, err))?;
+        out.changes.push(Change::User {
+            environment_id: e.environment_id.clone(),
+            id: done.id.clone(),
+        });
+        user_of[i] = Some(done.id);
+    }
+    for (i, e, _) in tracks() {
+        if let (Some(u), Some(c)) = (&user_of[i], &company_of[i]) {
+            memberships.insert((c.clone(), u.clone()), e.environment_id.clone());
+        }
+    }
+    if !memberships.is_empty() {
+        let (pairs, envs): (Vec<(String, String)>, Vec<String>) = memberships.into_iter().unzip();
+        let (companies, users): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO company_memberships (environment_id, company_id, user_id)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&envs)
+        .bind(&companies)
+        .bind(&users)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// `(environment, key, value)` → entity id, for every key the events name.
+async fn lookup_keys<'a>(
+    conn: &mut PgConnection,
+    table: &str,
+    column: &str,
+    wanted: impl Iterator<Item = (&'a NewEvent, &'a Keys)>,
+) -> Result<HashMap<(String, String, String), String>, sqlx::Error> {
+    let mut envs = Vec::new();
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    for (e, keys) in wanted {
+        for (k, v) in keys {
+            envs.push(e.environment_id.clone());
+            names.push(k.clone());
+            values.push(v.clone());
+        }
+    }
+    if envs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(&format!(
+        "SELECT environment_id, key, value, {column} FROM {table}
+         WHERE (environment_id, key, value) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
+    ))
+    .bind(&envs)
+    .bind(&names)
+    .bind(&values)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(e, k, v, id)| ((e, k, v), id))
+        .collect())
+}
+
+enum Resolved {
+    None,
+    One(String),
+    Several(Vec<String>),
+}
+
+fn resolve(
+    known: &HashMap<(String, String, String), String>,
+    e: &NewEvent,
+    keys: &Keys,
+) -> Resolved {
+    let mut found: Vec<String> = keys
+        .iter()
+        .filter_map(|(k, v)| {
+            known
+                .get(&(e.environment_id.clone(), k.clone(), v.clone()))
+                .cloned()
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    match found.len() {
+        0 => Resolved::None,
+        1 => Resolved::One(found.remove(0)),
+        _ => Resolved::Several(found),
+    }
+}
+
+async fn insert_rows(
+    conn: &mut PgConnection,
+    events: &[NewEvent],
+    out: &Ingested,
+    company_of: &[Option<String>],
+    user_of: &[Option<String>],
+) -> Result<(), sqlx::Error> {
+    let mut cols: (
+        Vec<&str>,
+        Vec<&str>,
+        Vec<&str>,
+        Vec<Option<&str>>,
+        Vec<Option<&str>>,
+    ) = Default::default();
+    let mut more: (
+        Vec<Option<&str>>,
+        Vec<i64>,
+        Vec<sqlx::types::Json<&Value>>,
+        Vec<Option<&str>>,
+        Vec<Option<DateTime<Utc>>>,
+    ) = Default::default();
+    for (i, e) in events.iter().enumerate() {
+        if out.duplicate[i] {
+            continue;
+        }
+        let (kind, name, quantity) = match &e.kind {
+            Kind::Track(t) => ("track", Some(t.event.as_str()), t.quantity),
+            Kind::Identify(_) => ("identify", None, 0),
+        };
+        cols.0.push(&out.ids[i]);
+        cols.1.push(&e.environment_id);
+        cols.2.push(kind);
+        cols.3.push(name);
+        cols.4.push(company_of[i].as_deref());
+        more.0.push(user_of[i].as_deref());
+        more.1.push(quantity);
+        more.2.push(sqlx::types::Json(&e.body));
+        more.3.push(e.idempotency_key.as_deref());
+        more.4.push(e.sent_at);
+    }
+    if cols.0.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO events (id, environment_id, event_type, event_name, company_id, user_id,
+             quantity, body, idempotency_key, sent_at)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+             $7::bigint[], $8::jsonb[], $9::text[], $10::timestamptz[])",
+    )
+    .bind(&cols.0)
+    .bind(&cols.1)
+    .bind(&cols.2)
+    .bind(&cols.3)
+    .bind(&cols.4)
+    .bind(&more.0)
+    .bind(&more.1)
+    .bind(&more.2)
+    .bind(&more.3)
+    .bind(&more.4)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds every track event's quantity to its company's counters, one row per window, and
+/// queues the new absolute values for the snapshots.
+async fn count_usage(
+    conn: &mut PgConnection,
+    events: &[NewEvent],
+    out: &mut Ingested,
+    company_of: &[Option<String>],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let counted: Vec<(usize, &Track, &String)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match (&e.kind, &company_of[i]) {
+            (Kind::Track(t), Some(c)) if !out.duplicate[i] => Some((i, t, c)),
+            _ => None,
+        })
+        .collect();
+    if counted.is_empty() {
+        return Ok(());
+    }
+    let mut company_ids: Vec<&str> = counted.iter().map(|c| c.2.as_str()).collect();
+    company_ids.sort();
+    company_ids.dedup();
+    // Billing-cycle windows start on the base subscription's period start.
+    let anchors: HashMap<String, DateTime<Utc>> = sqlx::query_as::<_, (String, DateTime<Utc>)>(
+        "SELECT company_id, period_start FROM company_plans
+         WHERE company_id = ANY($1) AND is_base AND ended_at IS NULL AND period_start IS NOT NULL",
+    )
+    .bind(&company_ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+
+    let mut deltas: BTreeMap<(String, String, &'static str, &'static str, DateTime<Utc>), i64> =
+        BTreeMap::new();
+    for (_, t, company) in &counted {
+        for (p, r) in WINDOWS {
+            let start = period::window(p, r, anchors.get(*company).copied(), now).start;
+            *deltas
+                .entry((
+                    (*company).clone(),
+                    t.event.clone(),
+                    p.as_str(),
+                    r.as_str(),
+                    start,
+                ))
+                .or_default() += t.quantity;
+        }
+    }
+    // Sorted rows: concurrent batches lock counters in the same order.
+    let mut cols: (
+        Vec<String>,
+        Vec<String>,
+        Vec<&str>,
+        Vec<&str>,
+        Vec<DateTime<Utc>>,
+        Vec<i64>,
+    ) = Default::default();
+    for ((company, event, p, r, start), delta) in deltas {
+        cols.0.push(company);
+        cols.1.push(event);
+        cols.2.push(p);
+        cols.3.push(r);
+        cols.4.push(start);
+        cols.5.push(delta);
+    }
+    let rows: Vec<(String, String, String, String, DateTime<Utc>, i64, i64)> = sqlx::query_as(
+        "INSERT INTO usage_counters (company_id, event_name, period, month_reset, window_start, count)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[])
+         ON CONFLICT (company_id, event_name, period, month_reset, window_start) DO UPDATE
+             SET count = usage_counters.count + EXCLUDED.count,
+                 version = usage_counters.version + 1, updated_at = now()
+         RETURNING company_id, event_name, period, month_reset, window_start, count, version",
+    )
+    .bind(&cols.0)
+    .bind(&cols.1)
+    .bind(&cols.2)
+    .bind(&cols.3)
+    .bind(&cols.4)
+    .bind(&cols.5)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let env_of: HashMap<&str, &str> = counted
+        .iter()
+        .map(|(i, _, c)| (c.as_str(), events[*i].environment_id.as_str()))
+        .collect();
+    let mut by_company: BTreeMap<String, Vec<UsageCounter>> = BTreeMap::new();
+    for (company, event, p, r, start, count, version) in rows {
+        let (Some(period), Some(month_reset)) = (MetricPeriod::parse(&p), MonthReset::parse(&r))
+        else {
+            continue;
+        };
+        by_company.entry(company).or_default().push(UsageCounter {
+            event,
+            period,
+            month_reset,
+            window_start: start,
+            count,
+            version,
+        });
+    }
+    for (company, counters) in by_company {
+        let env = env_of
+            .get(company.as_str())
+            .copied()
+            .unwrap_or_default()
+            .to_string();
+        for chunk in counters.chunks(MAX_COUNTERS_PER_NOTIFICATION) {
+            out.changes.push(Change::Usage {
+                environment_id: env.clone(),
+                company_id: company.clone(),
+                counters: chunk.to_vec(),
+            });
+        }
+    }
+    Ok(())
+}
