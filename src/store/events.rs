@@ -468,6 +468,43 @@ fn resolve(
     }
 }
 
+/// Event rows as columns, for one `INSERT … SELECT * FROM unnest(…)`.
+#[derive(Default)]
+struct EventColumns<'a> {
+    id: Vec<&'a str>,
+    env: Vec<&'a str>,
+    kind: Vec<&'static str>,
+    name: Vec<Option<&'a str>>,
+    company: Vec<Option<&'a str>>,
+    user: Vec<Option<&'a str>>,
+    quantity: Vec<i64>,
+    body: Vec<sqlx::types::Json<&'a Value>>,
+    idempotency_key: Vec<Option<&'a str>>,
+    sent_at: Vec<Option<DateTime<Utc>>>,
+}
+
+/// Counter deltas as columns.
+#[derive(Default)]
+struct CounterColumns {
+    company: Vec<String>,
+    event: Vec<String>,
+    period: Vec<&'static str>,
+    month_reset: Vec<&'static str>,
+    window_start: Vec<DateTime<Utc>>,
+    delta: Vec<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CounterRow {
+    company_id: String,
+    event_name: String,
+    period: String,
+    month_reset: String,
+    window_start: DateTime<Utc>,
+    count: i64,
+    version: i64,
+}
+
 async fn insert_rows(
     conn: &mut PgConnection,
     events: &[NewEvent],
@@ -475,20 +512,7 @@ async fn insert_rows(
     company_of: &[Option<String>],
     user_of: &[Option<String>],
 ) -> Result<(), sqlx::Error> {
-    let mut cols: (
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<Option<&str>>,
-        Vec<Option<&str>>,
-    ) = Default::default();
-    let mut more: (
-        Vec<Option<&str>>,
-        Vec<i64>,
-        Vec<sqlx::types::Json<&Value>>,
-        Vec<Option<&str>>,
-        Vec<Option<DateTime<Utc>>>,
-    ) = Default::default();
+    let mut c = EventColumns::default();
     for (i, e) in events.iter().enumerate() {
         if out.duplicate[i] {
             continue;
@@ -497,18 +521,18 @@ async fn insert_rows(
             Kind::Track(t) => ("track", Some(t.event.as_str()), t.quantity),
             Kind::Identify(_) => ("identify", None, 0),
         };
-        cols.0.push(&out.ids[i]);
-        cols.1.push(&e.environment_id);
-        cols.2.push(kind);
-        cols.3.push(name);
-        cols.4.push(company_of[i].as_deref());
-        more.0.push(user_of[i].as_deref());
-        more.1.push(quantity);
-        more.2.push(sqlx::types::Json(&e.body));
-        more.3.push(e.idempotency_key.as_deref());
-        more.4.push(e.sent_at);
+        c.id.push(&out.ids[i]);
+        c.env.push(&e.environment_id);
+        c.kind.push(kind);
+        c.name.push(name);
+        c.company.push(company_of[i].as_deref());
+        c.user.push(user_of[i].as_deref());
+        c.quantity.push(quantity);
+        c.body.push(sqlx::types::Json(&e.body));
+        c.idempotency_key.push(e.idempotency_key.as_deref());
+        c.sent_at.push(e.sent_at);
     }
-    if cols.0.is_empty() {
+    if c.id.is_empty() {
         return Ok(());
     }
     sqlx::query(
@@ -517,16 +541,16 @@ async fn insert_rows(
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
              $7::bigint[], $8::jsonb[], $9::text[], $10::timestamptz[])",
     )
-    .bind(&cols.0)
-    .bind(&cols.1)
-    .bind(&cols.2)
-    .bind(&cols.3)
-    .bind(&cols.4)
-    .bind(&more.0)
-    .bind(&more.1)
-    .bind(&more.2)
-    .bind(&more.3)
-    .bind(&more.4)
+    .bind(&c.id)
+    .bind(&c.env)
+    .bind(&c.kind)
+    .bind(&c.name)
+    .bind(&c.company)
+    .bind(&c.user)
+    .bind(&c.quantity)
+    .bind(&c.body)
+    .bind(&c.idempotency_key)
+    .bind(&c.sent_at)
     .execute(conn)
     .await?;
     Ok(())
@@ -583,23 +607,16 @@ async fn count_usage(
         }
     }
     // Sorted rows: concurrent batches lock counters in the same order.
-    let mut cols: (
-        Vec<String>,
-        Vec<String>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<DateTime<Utc>>,
-        Vec<i64>,
-    ) = Default::default();
+    let mut c = CounterColumns::default();
     for ((company, event, p, r, start), delta) in deltas {
-        cols.0.push(company);
-        cols.1.push(event);
-        cols.2.push(p);
-        cols.3.push(r);
-        cols.4.push(start);
-        cols.5.push(delta);
+        c.company.push(company);
+        c.event.push(event);
+        c.period.push(p);
+        c.month_reset.push(r);
+        c.window_start.push(start);
+        c.delta.push(delta);
     }
-    let rows: Vec<(String, String, String, String, DateTime<Utc>, i64, i64)> = sqlx::query_as(
+    let rows: Vec<CounterRow> = sqlx::query_as(
         "INSERT INTO usage_counters (company_id, event_name, period, month_reset, window_start, count)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[])
          ON CONFLICT (company_id, event_name, period, month_reset, window_start) DO UPDATE
@@ -607,12 +624,12 @@ async fn count_usage(
                  version = usage_counters.version + 1, updated_at = now()
          RETURNING company_id, event_name, period, month_reset, window_start, count, version",
     )
-    .bind(&cols.0)
-    .bind(&cols.1)
-    .bind(&cols.2)
-    .bind(&cols.3)
-    .bind(&cols.4)
-    .bind(&cols.5)
+    .bind(&c.company)
+    .bind(&c.event)
+    .bind(&c.period)
+    .bind(&c.month_reset)
+    .bind(&c.window_start)
+    .bind(&c.delta)
     .fetch_all(&mut *conn)
     .await?;
 
@@ -621,19 +638,24 @@ async fn count_usage(
         .map(|(i, _, c)| (c.as_str(), events[*i].environment_id.as_str()))
         .collect();
     let mut by_company: BTreeMap<String, Vec<UsageCounter>> = BTreeMap::new();
-    for (company, event, p, r, start, count, version) in rows {
-        let (Some(period), Some(month_reset)) = (MetricPeriod::parse(&p), MonthReset::parse(&r))
-        else {
+    for r in rows {
+        let (Some(period), Some(month_reset)) = (
+            MetricPeriod::parse(&r.period),
+            MonthReset::parse(&r.month_reset),
+        ) else {
             continue;
         };
-        by_company.entry(company).or_default().push(UsageCounter {
-            event,
-            period,
-            month_reset,
-            window_start: start,
-            count,
-            version,
-        });
+        by_company
+            .entry(r.company_id)
+            .or_default()
+            .push(UsageCounter {
+                event: r.event_name,
+                period,
+                month_reset,
+                window_start: r.window_start,
+                count: r.count,
+                version: r.version,
+            });
     }
     for (company, counters) in by_company {
         let env = env_of
