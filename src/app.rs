@@ -32,6 +32,14 @@ impl AppState {
         })
     }
 
+    /// What event ingestion needs to burn credits as checks would see them.
+    pub fn credit_context(&self) -> crate::store::events::CreditContext {
+        crate::store::events::CreditContext {
+            fallback_plans: self.cache.fallback_plans(),
+            credits_exist: self.cache.catalog().credit_types_exist,
+        }
+    }
+
     /// Commits `tx` and refreshes this process's snapshot; other replicas hear of it through
     /// the notifications queued in the transaction.
     pub async fn commit(
@@ -78,6 +86,15 @@ pub async fn run(
     let (state, pg_listener) = build_state(config).await?;
     let tracker = TaskTracker::new();
     cache::spawn_listener(state.cache.clone(), pg_listener, shutdown.clone(), &tracker);
+    crate::jobs::spawn(
+        crate::jobs::JobContext {
+            pool: state.pool.clone(),
+            cache: state.cache.clone(),
+            config: state.config.clone(),
+        },
+        shutdown.clone(),
+        &tracker,
+    );
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "entitled listening");
     let app = crate::api::router(state.clone());

@@ -234,6 +234,16 @@ impl Config {
         if self.environments.is_empty() {
             return invalid("environments: at least one environment is required".into());
         }
+        for (key, expr) in [
+            ("reconcile", &self.schedule.reconcile),
+            ("expire_overrides", &self.schedule.expire_overrides),
+            ("grant_credits", &self.schedule.grant_credits),
+            ("retry_inbox", &self.schedule.retry_inbox),
+        ] {
+            if !expr.trim().is_empty() {
+                crate::jobs::parse_schedule(key, expr).map_err(ConfigError::Invalid)?;
+            }
+        }
         let mut seen = HashSet::new();
         for (i, env) in self.environments.iter().enumerate() {
             let valid_key = !env.key.is_empty()
@@ -445,6 +455,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("environments[1].key"), "{err}");
+        let err = Config::from_layers(
+            None,
+            &env(&[("ENTITLED_SCHEDULE__GRANT_CREDITS", "every minute")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("schedule.grant_credits"), "{err}");
         let err = Config::from_layers(Some(("x.toml", "[server")), &[]).unwrap_err();
         assert!(err.to_string().contains("x.toml"), "{err}");
     }

@@ -97,6 +97,14 @@ impl From<sqlx::Error> for AppError {
             let c = violated_constraint(&err, sqlstate::CHECK_VIOLATION).unwrap_or("");
             return AppError::BadRequest(format!("value rejected by constraint {c}"));
         }
+        if let Some(c) = violated_constraint(&err, sqlstate::FOREIGN_KEY_VIOLATION) {
+            let msg = if c.ends_with("_credit_fk") {
+                "value_credit_id: no credit type with this id".to_string()
+            } else {
+                format!("a record this refers to does not exist ({c})")
+            };
+            return AppError::NotFound(msg);
+        }
         if let Some(c) = violated_constraint(&err, sqlstate::UNIQUE_VIOLATION) {
             return AppError::Conflict(format!("conflicts with an existing record ({c})"));
         }

@@ -225,6 +225,12 @@ pub static WRITES: LabeledCounter = LabeledCounter::new(
     "resource",
 );
 
+pub static JOB_RUNS: LabeledCounter = LabeledCounter::new(
+    "entitled_job_runs_total",
+    "Scheduled job ticks by job and outcome (job:succeeded, job:failed, job:skipped when another replica ran the tick).",
+    "job_outcome",
+);
+
 pub static EVENTS_INGESTED: Counter = Counter::new(
     "entitled_events_ingested_total",
     "Track and identify events stored.",
@@ -245,6 +251,7 @@ pub fn render(gauges: &[(&str, &str, f64)]) -> String {
     CACHE_LISTENER_RECONNECTS.render(&mut out);
     WRITES.render(&mut out);
     EVENTS_INGESTED.render(&mut out);
+    JOB_RUNS.render(&mut out);
     EVENTS_DUPLICATE.render(&mut out);
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");

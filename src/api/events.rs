@@ -220,11 +220,12 @@ pub struct Accepted {
 /// snapshot changes.
 async fn ingest(state: &AppState, events: Vec<NewEvent>) -> AppResult<store::Ingested> {
     let started = Instant::now();
+    let credit_ctx = state.credit_context();
     let mut attempt = 0;
     let done = loop {
         attempt += 1;
         let mut tx = state.pool.begin().await?;
-        match store::ingest(&mut tx, &events, Utc::now()).await {
+        match store::ingest(&mut tx, &events, &credit_ctx, Utc::now()).await {
             Ok(done) => match state.commit(tx, &done.changes).await {
                 Ok(()) => break done,
                 Err(e) if attempt < 3 && is_retryable(&e) => continue,

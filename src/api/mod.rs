@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod checks;
 pub mod companies;
+pub mod credits;
 pub mod envelope;
 pub mod events;
 pub mod extract;
@@ -43,6 +44,50 @@ pub fn router(state: AppState) -> Router {
         .route("/events/{id}", get(events::get))
         .route("/event-batch", post(events::create_batch))
         .route("/feature-usage", get(feature_usage::list))
+        .route(
+            "/billing/credits",
+            get(credits::list_credits).post(credits::create_credit),
+        )
+        .route(
+            "/billing/credits/{id}",
+            get(credits::get_credit)
+                .put(credits::update_credit)
+                .delete(credits::delete_credit),
+        )
+        .route(
+            "/billing/credits/bundles",
+            get(credits::list_bundles).post(credits::create_bundle),
+        )
+        .route(
+            "/billing/credits/bundles/{id}",
+            get(credits::get_bundle)
+                .put(credits::update_bundle)
+                .delete(credits::delete_bundle),
+        )
+        .route(
+            "/billing/credits/plan-grants",
+            get(credits::list_plan_grants).post(credits::create_plan_grant),
+        )
+        .route(
+            "/billing/credits/plan-grants/{id}",
+            get(credits::get_plan_grant)
+                .put(credits::update_plan_grant)
+                .delete(credits::delete_plan_grant),
+        )
+        .route(
+            "/billing/credits/grants/company",
+            post(credits::grant_to_company),
+        )
+        .route(
+            "/billing/credits/grants/company/list",
+            get(credits::list_company_grants),
+        )
+        .route(
+            "/billing/credits/grants/{id}/zero-out",
+            put(credits::zero_out),
+        )
+        .route("/billing/credits/balance", get(credits::balance))
+        .route("/billing/credits/ledger", get(credits::ledger))
         .route("/batch", post(events::capture))
         .route("/users", get(users::list).post(users::upsert))
         .route("/users/lookup", get(users::lookup))

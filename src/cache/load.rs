@@ -191,11 +191,15 @@ pub async fn catalog(pool: &PgPool) -> Result<Catalog, sqlx::Error> {
         })
         .collect();
 
+    let credit_types_exist: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credit_types)")
+        .fetch_one(pool)
+        .await?;
     Ok(Catalog {
         flags_by_key,
         plans,
         plan_ids_by_key,
         entitlements,
+        credit_types_exist,
     })
 }
 
@@ -232,6 +236,48 @@ const COUNTER_SELECT: &str = "SELECT u.company_id, u.event_name, u.period, u.mon
      WHERE (u.period = 'all_time' OR u.window_start > now() - interval '40 days')";
 
 #[derive(sqlx::FromRow)]
+struct GrantRow {
+    company_id: String,
+    credit_id: String,
+    granted_micros: i64,
+    used_micros: i64,
+    zeroed_micros: i64,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl GrantRow {
+    fn into_engine(self) -> engine::CreditGrant {
+        use crate::store::credits::from_micros;
+        engine::CreditGrant {
+            credit_id: self.credit_id,
+            granted: from_micros(self.granted_micros),
+            used: from_micros(self.used_micros),
+            zeroed: from_micros(self.zeroed_micros),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// Grants with something left; expired ones stay until zeroed (checks skip them by time).
+const GRANT_SELECT: &str = "SELECT g.company_id, g.credit_id, g.granted_micros, g.used_micros,
+        g.zeroed_micros, g.expires_at
+     FROM credit_grants g
+     WHERE g.granted_micros > g.used_micros + g.zeroed_micros";
+
+pub async fn credit_grants(
+    pool: &PgPool,
+    company_id: &str,
+) -> Result<Vec<engine::CreditGrant>, sqlx::Error> {
+    let rows: Vec<GrantRow> = sqlx::query_as(&format!(
+        "{GRANT_SELECT} AND g.company_id = $1 ORDER BY g.created_at"
+    ))
+    .bind(company_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(GrantRow::into_engine).collect())
+}
+
+#[derive(sqlx::FromRow)]
 struct OverrideRow {
     id: String,
     company_id: String,
@@ -255,6 +301,7 @@ fn assemble_companies(
     memberships: Vec<MembershipRow>,
     overrides: Vec<OverrideRow>,
     counters: Vec<CounterRow>,
+    grants: Vec<GrantRow>,
 ) -> HashMap<String, CompanyState> {
     let mut out: HashMap<String, CompanyState> = companies
         .into_iter()
@@ -291,6 +338,11 @@ fn assemble_companies(
                 is_base: m.is_base,
                 quantity: m.quantity,
             });
+        }
+    }
+    for g in grants {
+        if let Some(c) = out.get_mut(&g.company_id) {
+            c.context.credit_grants.push(g.into_engine());
         }
     }
     for r in counters {
@@ -360,7 +412,13 @@ pub async fn company(
         .bind(id)
         .fetch_all(pool)
         .await?;
-    Ok(assemble_companies(rows, keys, memberships, overrides, counters).remove(id))
+    let grants = sqlx::query_as(&format!(
+        "{GRANT_SELECT} AND g.company_id = $1 ORDER BY g.created_at"
+    ))
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(assemble_companies(rows, keys, memberships, overrides, counters, grants).remove(id))
 }
 
 #[allow(clippy::type_complexity)]
@@ -396,7 +454,13 @@ pub async fn environment(
     .bind(environment_id)
     .fetch_all(pool)
     .await?;
-    let companies = assemble_companies(rows, keys, memberships, overrides, counters);
+    let grants = sqlx::query_as(&format!(
+        "{GRANT_SELECT} AND g.environment_id = $1 ORDER BY g.created_at"
+    ))
+    .bind(environment_id)
+    .fetch_all(pool)
+    .await?;
+    let companies = assemble_companies(rows, keys, memberships, overrides, counters, grants);
 
     let users: Vec<(String, sqlx::types::Json<engine::Traits>)> =
         sqlx::query_as("SELECT id, traits FROM users WHERE environment_id = $1")

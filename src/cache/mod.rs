@@ -41,6 +41,11 @@ pub enum Change {
         id: String,
     },
     ApiKeys,
+    /// A company's credit grants changed (a grant, a burn, a zero-out).
+    Credits {
+        environment_id: String,
+        company_id: String,
+    },
     /// New absolute values of a company's usage counters, applied without reading Postgres.
     Usage {
         environment_id: String,
@@ -77,6 +82,10 @@ impl Change {
                 format!("{origin}|company|{environment_id}|{id}")
             }
             Change::User { environment_id, id } => format!("{origin}|user|{environment_id}|{id}"),
+            Change::Credits {
+                environment_id,
+                company_id,
+            } => format!("{origin}|credits|{environment_id}|{company_id}"),
             Change::Usage {
                 environment_id,
                 company_id,
@@ -145,6 +154,10 @@ impl Change {
                 environment_id: env.into(),
                 id: id.into(),
             },
+            ("credits", Some(env), Some(id)) => Change::Credits {
+                environment_id: env.into(),
+                company_id: id.into(),
+            },
             _ => return None,
         };
         Some((origin, change))
@@ -194,6 +207,8 @@ pub struct Catalog {
     pub plan_ids_by_key: HashMap<String, String>,
     /// `(plan_id, feature_id)` → the entitlement as a candidate.
     pub entitlements: HashMap<(String, String), PlanEntitlementInfo>,
+    /// Whether any credit type exists (when none does, nothing burns credits).
+    pub credit_types_exist: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -379,6 +394,19 @@ impl Cache {
         self.envs.get(&self.default_env_id)
     }
 
+    /// Environment id → plan id of each environment's `fallback_plan`, resolved now (the
+    /// plan may have been created after start).
+    pub fn fallback_plans(&self) -> HashMap<String, String> {
+        let catalog = self.catalog();
+        self.envs
+            .values()
+            .filter_map(|e| {
+                let plan = catalog.plan_ids_by_key.get(&e.config.fallback_plan)?;
+                Some((e.environment.id.clone(), plan.clone()))
+            })
+            .collect()
+    }
+
     pub fn api_key(&self, hash: &[u8; 32]) -> Option<ApiKeyInfo> {
         self.api_keys.load().get(hash).cloned()
     }
@@ -445,6 +473,22 @@ impl Cache {
                     env.apply_usage(company_id, counters);
                 }
                 return Ok(());
+            }
+            Change::Credits {
+                environment_id,
+                company_id,
+            } => {
+                let Some(env) = self.envs.get(environment_id) else {
+                    return Ok(());
+                };
+                let _guard = self.shard(company_id).lock().await;
+                let grants = load::credit_grants(&self.pool, company_id).await?;
+                let mut companies = env.companies.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(entry) = companies.by_id.get_mut(company_id.as_str()) {
+                    let mut state = (*entry.value).clone();
+                    state.context.credit_grants = grants;
+                    entry.value = Arc::new(state);
+                }
             }
             Change::User { environment_id, id } => {
                 let Some(env) = self.envs.get(environment_id) else {
@@ -557,6 +601,10 @@ mod tests {
             Change::Company {
                 environment_id: "env_1".into(),
                 id: "comp_1".into(),
+            },
+            Change::Credits {
+                environment_id: "env_1".into(),
+                company_id: "comp_1".into(),
             },
             Change::User {
                 environment_id: "env_1".into(),

@@ -9,8 +9,6 @@
 pub mod period;
 pub mod rules;
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -126,6 +124,17 @@ pub struct UsageCounter {
     pub version: i64,
 }
 
+/// One credit grant as checks see it. Amounts are in credits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreditGrant {
+    pub credit_id: String,
+    pub granted: f64,
+    pub used: f64,
+    pub zeroed: f64,
+    /// A grant stops counting at this instant, whether or not the job has zeroed it.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CreditBalance {
     pub total: f64,
@@ -143,10 +152,29 @@ pub struct CompanyContext {
     /// The subscription's current period start, for `billing_cycle` resets.
     pub billing_anchor: Option<DateTime<Utc>>,
     pub usage: Vec<UsageCounter>,
-    pub credits: HashMap<String, CreditBalance>,
+    /// The company's credit grants that are not fully used or zeroed.
+    pub credit_grants: Vec<CreditGrant>,
 }
 
 impl CompanyContext {
+    /// The balance of one credit type at `now`: expired grants no longer count.
+    pub fn credit_balance(&self, credit_id: &str, now: DateTime<Utc>) -> CreditBalance {
+        let mut b = CreditBalance::default();
+        for g in self
+            .credit_grants
+            .iter()
+            .filter(|g| g.credit_id == credit_id)
+        {
+            if g.expires_at.is_some_and(|exp| exp <= now) {
+                continue;
+            }
+            b.total += g.granted;
+            b.used += g.used;
+            b.remaining += (g.granted - g.used - g.zeroed).max(0.0);
+        }
+        b
+    }
+
     /// Usage of `event` in the window of `period` containing `now`; a counter from an earlier
     /// window counts as zero, so resets need no job.
     pub fn usage_of(
@@ -377,7 +405,7 @@ fn resolve<'c>(
             limited(allocation, &mut report)
         }
         (Value::Credit { credit_id, rate }, _) => {
-            let balance = company.credits.get(credit_id).copied().unwrap_or_default();
+            let balance = company.credit_balance(credit_id, now);
             report.credit_id = Some(credit_id.clone());
             report.credit = Some(balance);
             let units = if *rate > 0.0 {

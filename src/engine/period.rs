@@ -136,6 +136,118 @@ fn billing_month(anchor: DateTime<Utc>, now: DateTime<Utc>) -> Window {
     }
 }
 
+/// How often a plan's credits are granted anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetCadence {
+    Daily,
+    Weekly,
+    Monthly,
+    Yearly,
+}
+
+impl ResetCadence {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "daily" => ResetCadence::Daily,
+            "weekly" => ResetCadence::Weekly,
+            "monthly" => ResetCadence::Monthly,
+            "yearly" => ResetCadence::Yearly,
+            _ => return None,
+        })
+    }
+}
+
+/// Where credit periods start: on the calendar, or on the billing period's anchor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetStart {
+    BillingPeriod,
+    FirstOfMonth,
+}
+
+impl ResetStart {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "billing_period" => ResetStart::BillingPeriod,
+            "first_of_month" => ResetStart::FirstOfMonth,
+            _ => return None,
+        })
+    }
+}
+
+/// The credit period containing `now`. Calendar periods (`first_of_month`) start at midnight,
+/// on Sunday, on the 1st, or on January 1st; billing periods start on `anchor` (the
+/// subscription's period start, or the membership's start without one) and repeat every day,
+/// week, month (clamped to short months) or year from it.
+pub fn credit_period(
+    cadence: ResetCadence,
+    start: ResetStart,
+    anchor: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Window {
+    match (start, cadence) {
+        (ResetStart::FirstOfMonth, ResetCadence::Daily) => window(
+            MetricPeriod::CurrentDay,
+            MonthReset::FirstOfMonth,
+            None,
+            now,
+        ),
+        (ResetStart::FirstOfMonth, ResetCadence::Weekly) => window(
+            MetricPeriod::CurrentWeek,
+            MonthReset::FirstOfMonth,
+            None,
+            now,
+        ),
+        (ResetStart::FirstOfMonth, ResetCadence::Monthly) => window(
+            MetricPeriod::CurrentMonth,
+            MonthReset::FirstOfMonth,
+            None,
+            now,
+        ),
+        (ResetStart::FirstOfMonth, ResetCadence::Yearly) => {
+            let start = midnight(NaiveDate::from_ymd_opt(now.year(), 1, 1).unwrap_or_default());
+            let end = midnight(NaiveDate::from_ymd_opt(now.year() + 1, 1, 1).unwrap_or_default());
+            Window {
+                start,
+                end: Some(end),
+            }
+        }
+        (ResetStart::BillingPeriod, ResetCadence::Daily | ResetCadence::Weekly) => {
+            let step = if cadence == ResetCadence::Daily {
+                Duration::days(1)
+            } else {
+                Duration::days(7)
+            };
+            let n = (now - anchor).num_seconds().div_euclid(step.num_seconds());
+            let start = anchor + step * (n as i32);
+            Window {
+                start,
+                end: Some(start + step),
+            }
+        }
+        (ResetStart::BillingPeriod, ResetCadence::Monthly) => billing_month(anchor, now),
+        (ResetStart::BillingPeriod, ResetCadence::Yearly) => {
+            let at = |y: i32| -> DateTime<Utc> {
+                let day = anchor.day().min(days_in_month(y, anchor.month()));
+                let date = NaiveDate::from_ymd_opt(y, anchor.month(), day).unwrap_or_default();
+                let t = date
+                    .and_hms_opt(anchor.hour(), anchor.minute(), anchor.second())
+                    .unwrap_or_default();
+                Utc.from_utc_datetime(&t)
+            };
+            let mut y = now.year();
+            if at(y) > now {
+                y -= 1;
+            }
+            Window {
+                start: at(y),
+                end: Some(at(y + 1)),
+            }
+        }
+    }
+}
+
 fn midnight(d: NaiveDate) -> DateTime<Utc> {
     Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default())
 }
@@ -359,7 +471,102 @@ mod tests {
         );
     }
 
+    #[test]
+    fn credit_periods() {
+        use ResetCadence::*;
+        use ResetStart::*;
+        let anchor = t("2026-01-31T09:30:00Z");
+        let cases = [
+            (
+                Monthly,
+                BillingPeriod,
+                "2026-02-28T09:29:59Z",
+                "2026-01-31T09:30:00+00:00",
+                "2026-02-28T09:30:00+00:00",
+            ),
+            (
+                Monthly,
+                BillingPeriod,
+                "2026-03-01T00:00:00Z",
+                "2026-02-28T09:30:00+00:00",
+                "2026-03-31T09:30:00+00:00",
+            ),
+            (
+                Monthly,
+                FirstOfMonth,
+                "2026-03-01T00:00:00Z",
+                "2026-03-01T00:00:00+00:00",
+                "2026-04-01T00:00:00+00:00",
+            ),
+            (
+                Yearly,
+                BillingPeriod,
+                "2027-01-31T09:29:00Z",
+                "2026-01-31T09:30:00+00:00",
+                "2027-01-31T09:30:00+00:00",
+            ),
+            (
+                Yearly,
+                FirstOfMonth,
+                "2027-06-01T00:00:00Z",
+                "2027-01-01T00:00:00+00:00",
+                "2028-01-01T00:00:00+00:00",
+            ),
+            (
+                Daily,
+                BillingPeriod,
+                "2026-02-02T09:29:59Z",
+                "2026-02-01T09:30:00+00:00",
+                "2026-02-02T09:30:00+00:00",
+            ),
+            (
+                Weekly,
+                BillingPeriod,
+                "2026-02-07T09:30:00Z",
+                "2026-02-07T09:30:00+00:00",
+                "2026-02-14T09:30:00+00:00",
+            ),
+            (
+                Weekly,
+                FirstOfMonth,
+                "2026-11-22T00:00:00Z",
+                "2026-11-22T00:00:00+00:00",
+                "2026-11-29T00:00:00+00:00",
+            ),
+        ];
+        for (cadence, start, now, ws, we) in cases {
+            let w = credit_period(cadence, start, anchor, t(now));
+            assert_eq!(
+                (w.start.to_rfc3339(), w.end.unwrap().to_rfc3339()),
+                (ws.to_string(), we.to_string()),
+                "{cadence:?} {start:?} {now}"
+            );
+        }
+        // A yearly anchor on Feb 29 falls on Feb 28 in common years.
+        let w = credit_period(
+            Yearly,
+            BillingPeriod,
+            t("2028-02-29T00:00:00Z"),
+            t("2029-03-01T00:00:00Z"),
+        );
+        assert_eq!(w.start.to_rfc3339(), "2029-02-28T00:00:00+00:00");
+    }
+
     proptest! {
+        #[test]
+        fn credit_periods_contain_now(
+            now_s in 946_684_800i64..4_102_444_800i64,
+            anchor_s in 946_684_800i64..4_102_444_800i64,
+            cadence in prop_oneof![Just(ResetCadence::Daily), Just(ResetCadence::Weekly), Just(ResetCadence::Monthly), Just(ResetCadence::Yearly)],
+            start in prop_oneof![Just(ResetStart::BillingPeriod), Just(ResetStart::FirstOfMonth)],
+        ) {
+            let now = DateTime::from_timestamp(now_s, 0).unwrap();
+            let anchor = DateTime::from_timestamp(anchor_s, 0).unwrap();
+            let w = credit_period(cadence, start, anchor, now);
+            prop_assert!(w.start <= now && now < w.end.unwrap());
+            prop_assert_eq!(credit_period(cadence, start, anchor, w.start), w);
+        }
+
         #[test]
         fn now_is_inside_its_window(
             now_s in 946_684_800i64..4_102_444_800i64,

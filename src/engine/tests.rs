@@ -349,6 +349,16 @@ fn pay_in_advance_uses_quantity() {
     assert_eq!(e.entitlement.unwrap().allocation, Some(8));
 }
 
+fn grant(granted: f64, used: f64, expires_at: Option<DateTime<Utc>>) -> CreditGrant {
+    CreditGrant {
+        credit_id: "bcrd_1".into(),
+        granted,
+        used,
+        zeroed: 0.0,
+        expires_at,
+    }
+}
+
 #[test]
 fn credit_entitlements_use_balance() {
     let mut c = company_with_usage(0);
@@ -356,42 +366,31 @@ fn credit_entitlements_use_balance() {
         credit_id: "bcrd_1".into(),
         rate: 2.0,
     };
-    c.credits.insert(
-        "bcrd_1".into(),
-        CreditBalance {
-            total: 10.0,
-            used: 9.0,
-            remaining: 1.0,
-        },
-    );
-    let e = evaluate(
-        &flag(FeatureType::Event),
-        Some(&c),
-        None,
-        &[plan("pltl_a", credit.clone())],
-        now(),
-    );
+    let check = |c: &CompanyContext| {
+        evaluate(
+            &flag(FeatureType::Event),
+            Some(c),
+            None,
+            &[plan("pltl_a", credit.clone())],
+            now(),
+        )
+    };
+    c.credit_grants = vec![grant(10.0, 9.0, None)];
+    let e = check(&c);
     assert_eq!(
         (e.value, e.rule_type),
         (false, RuleType::PlanEntitlementUsageExceeded)
     );
-    c.credits.insert(
-        "bcrd_1".into(),
-        CreditBalance {
-            total: 10.0,
-            used: 8.0,
-            remaining: 2.0,
-        },
-    );
-    let e = evaluate(
-        &flag(FeatureType::Event),
-        Some(&c),
-        None,
-        &[plan("pltl_a", credit)],
-        now(),
-    );
-    assert!(e.value);
-    assert_eq!(e.entitlement.unwrap().credit.unwrap().remaining, 2.0);
+    c.credit_grants = vec![grant(10.0, 9.0, None), grant(5.0, 4.0, None)];
+    let e = check(&c);
+    assert!(e.value, "two grants of 1 remaining each cover a rate of 2");
+    let b = e.entitlement.unwrap().credit.unwrap();
+    assert_eq!((b.total, b.used, b.remaining), (15.0, 13.0, 2.0));
+    // A grant stops counting at its expiry instant, before any job zeroes it.
+    c.credit_grants = vec![grant(10.0, 0.0, Some(now())), grant(1.0, 0.0, None)];
+    let e = check(&c);
+    assert!(!e.value);
+    assert_eq!(e.entitlement.unwrap().credit.unwrap().remaining, 1.0);
 }
 
 #[test]

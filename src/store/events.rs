@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
 use super::companies::{self, UpsertCompany};
+use super::credits;
 use super::users::{self, UpsertUser};
 use crate::cache::{Change, MAX_COUNTERS_PER_NOTIFICATION};
 use crate::engine::{period, MetricPeriod, MonthReset, UsageCounter};
@@ -79,9 +80,19 @@ const WINDOWS: [(MetricPeriod, MonthReset); 5] = [
     (MetricPeriod::CurrentMonth, MonthReset::BillingCycle),
 ];
 
+/// What ingestion needs to know about credits: per environment, the fallback plan (a
+/// company without a base plan burns credits as that plan says), and whether any credit
+/// type exists at all (when none does, no entitlement can burn credits).
+#[derive(Debug, Clone, Default)]
+pub struct CreditContext {
+    pub fallback_plans: HashMap<String, String>,
+    pub credits_exist: bool,
+}
+
 pub async fn ingest(
     conn: &mut PgConnection,
     events: &[NewEvent],
+    credit_ctx: &CreditContext,
     now: DateTime<Utc>,
 ) -> Result<Ingested, AppError> {
     let mut out = Ingested {
@@ -144,6 +155,9 @@ pub async fn ingest(
     resolve_track_users(conn, events, &mut out, &company_of, &mut user_of).await?;
     insert_rows(conn, events, &out, &company_of, &user_of).await?;
     count_usage(conn, events, &mut out, &company_of, now).await?;
+    if credit_ctx.credits_exist {
+        burn_credits(conn, events, &mut out, &company_of, credit_ctx, now).await?;
+    }
     out.changes.dedup();
     Ok(out)
 }
@@ -553,6 +567,65 @@ async fn insert_rows(
     .bind(&c.sent_at)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Burns credits for track events of features whose entitlement is a credit: quantity ×
+/// rate, per event, from the company's grants (see `credits::burn`).
+async fn burn_credits(
+    conn: &mut PgConnection,
+    events: &[NewEvent],
+    out: &mut Ingested,
+    company_of: &[Option<String>],
+    credit_ctx: &CreditContext,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let tracks: Vec<(usize, &Track, &String)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match (&e.kind, &company_of[i]) {
+            (Kind::Track(t), Some(c)) if !out.duplicate[i] && t.quantity > 0 => Some((i, t, c)),
+            _ => None,
+        })
+        .collect();
+    let mut pairs: Vec<(String, String)> = tracks
+        .iter()
+        .map(|(_, t, c)| ((*c).clone(), t.event.clone()))
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    let rules = credits::rules_for(conn, &pairs, &credit_ctx.fallback_plans, now).await?;
+    if rules.is_empty() {
+        return Ok(());
+    }
+    // (environment, company, credit) → burns in event order; BTreeMap: a stable lock order.
+    let mut burns: BTreeMap<(String, String, String), Vec<credits::Burn>> = BTreeMap::new();
+    for (i, t, company) in tracks {
+        let Some(rs) = rules.get(&(company.clone(), t.event.clone())) else {
+            continue;
+        };
+        for r in rs {
+            burns
+                .entry((
+                    events[i].environment_id.clone(),
+                    company.clone(),
+                    r.credit_id.clone(),
+                ))
+                .or_default()
+                .push(credits::Burn {
+                    micros: credits::to_micros(t.quantity as f64 * r.rate),
+                    feature_id: r.feature_id.clone(),
+                    event_id: out.ids[i].clone(),
+                });
+        }
+    }
+    for ((env, company, credit), list) in burns {
+        credits::burn(conn, &env, &company, &credit, &list, now).await?;
+        out.changes.push(Change::Credits {
+            environment_id: env,
+            company_id: company,
+        });
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod catalog;
 pub mod companies;
+pub mod credits;
 pub mod events;
 pub mod keys;
 pub mod overrides;

@@ -75,6 +75,7 @@ impl ValueInput {
         let value_bool = self.value_bool.or(keep.and_then(|c| c.value_bool));
         let value_numeric = self.value_numeric.or(keep.and_then(|c| c.value_numeric));
         let value_trait_id = pick(&self.value_trait_id, keep.map(|c| &c.value_trait_id));
+        let value_credit_id = pick(&self.value_credit_id, keep.map(|c| &c.value_credit_id));
         let rate = self
             .credit_consumption_rate
             .or(keep.and_then(|c| c.credit_consumption_rate));
@@ -133,9 +134,12 @@ impl ValueInput {
                 })?);
             }
             "credit" => {
-                return Err(AppError::Unprocessable(
-                    "value_type: credit entitlements need credit types, which this version of entitled does not support yet".into(),
-                ));
+                out.value_credit_id = Some(value_credit_id.ok_or_else(|| {
+                    AppError::bad_request(
+                        "value_credit_id: required when value_type is credit (the id of a credit type)",
+                    )
+                })?);
+                out.credit_consumption_rate = Some(rate.unwrap_or(1.0));
             }
             other => return bad(format!("value_type: {other:?} is not one of {VALUE_TYPES}")),
         }

@@ -1,0 +1,382 @@
+//! Credit grants, burndown and the ledger. Amounts are micro-credits (`i64`) in the database
+//! and credits (`f64`) at the API. Every change of a grant writes its ledger row in the same
+//! transaction.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use crate::error::AppError;
+use crate::ids;
+
+pub const MICROS: f64 = 1_000_000.0;
+
+pub fn to_micros(credits: f64) -> i64 {
+    (credits * MICROS).round() as i64
+}
+
+pub fn from_micros(micros: i64) -> f64 {
+    micros as f64 / MICROS
+}
+
+/// How a grant came to be.
+#[derive(Debug, Clone, Default)]
+pub struct NewGrant {
+    pub environment_id: String,
+    pub company_id: String,
+    pub credit_id: String,
+    pub micros: i64,
+    /// `plan` for plan grants; otherwise `free`, `purchased` or `adjustment`.
+    pub reason: String,
+    pub plan_credit_grant_id: Option<String>,
+    pub bundle_id: Option<String>,
+    pub period_start: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Inserts a grant and its ledger row. For plan grants the insert is idempotent per
+/// (plan grant, company, period): `None` when that period was already granted.
+pub async fn grant(conn: &mut PgConnection, g: &NewGrant) -> Result<Option<String>, sqlx::Error> {
+    let id = ids::new_id("bcgr");
+    let source = if g.plan_credit_grant_id.is_some() {
+        "plan"
+    } else {
+        "company"
+    };
+    let inserted: Option<String> = sqlx::query_scalar(
+        "INSERT INTO credit_grants (id, environment_id, company_id, credit_id, source,
+             plan_credit_grant_id, bundle_id, reason, period_start, granted_micros, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (plan_credit_grant_id, company_id, period_start)
+             WHERE plan_credit_grant_id IS NOT NULL DO NOTHING
+         RETURNING id",
+    )
+    .bind(&id)
+    .bind(&g.environment_id)
+    .bind(&g.company_id)
+    .bind(&g.credit_id)
+    .bind(source)
+    .bind(&g.plan_credit_grant_id)
+    .bind(&g.bundle_id)
+    .bind(&g.reason)
+    .bind(g.period_start)
+    .bind(g.micros)
+    .bind(g.expires_at)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if inserted.is_some() {
+        ledger(
+            conn,
+            &g.environment_id,
+            &g.company_id,
+            &g.credit_id,
+            &id,
+            "grant",
+            g.micros,
+            &g.reason,
+            None,
+            None,
+        )
+        .await?;
+    }
+    Ok(inserted)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ledger(
+    conn: &mut PgConnection,
+    env: &str,
+    company: &str,
+    credit: &str,
+    grant: &str,
+    event_type: &str,
+    micros: i64,
+    reason: &str,
+    feature_id: Option<&str>,
+    usage_event_id: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO credit_ledger (id, environment_id, company_id, credit_id, grant_id, event_type,
+             amount_micros, reason, feature_id, usage_event_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(ids::new_id("bcle"))
+    .bind(env)
+    .bind(company)
+    .bind(credit)
+    .bind(grant)
+    .bind(event_type)
+    .bind(micros)
+    .bind(reason)
+    .bind(feature_id)
+    .bind(usage_event_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Zeroes what remains of a grant (idempotent: a grant with nothing left is untouched).
+/// Returns `(environment, company, zeroed micros)` when something was zeroed.
+pub async fn zero_out(
+    conn: &mut PgConnection,
+    grant_id: &str,
+    reason: &str,
+) -> Result<Option<(String, String, i64)>, sqlx::Error> {
+    let row: Option<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT environment_id, company_id, credit_id, granted_micros - used_micros - zeroed_micros
+         FROM credit_grants WHERE id = $1 FOR UPDATE",
+    )
+    .bind(grant_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((env, company, credit, remaining)) = row else {
+        return Ok(None);
+    };
+    if remaining <= 0 {
+        return Ok(None);
+    }
+    sqlx::query(
+        "UPDATE credit_grants SET zeroed_micros = zeroed_micros + $2, zeroed_at = COALESCE(zeroed_at, now()),
+             zero_reason = COALESCE(zero_reason, $3), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(grant_id)
+    .bind(remaining)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    ledger(
+        conn, &env, &company, &credit, grant_id, "zero_out", remaining, reason, None, None,
+    )
+    .await?;
+    Ok(Some((env, company, remaining)))
+}
+
+/// One event's burn.
+#[derive(Debug, Clone)]
+pub struct Burn {
+    pub micros: i64,
+    pub feature_id: String,
+    pub event_id: String,
+}
+
+/// Burns `burns` in order from the company's live grants of `credit_id`: plan grants first,
+/// then other grants, soonest-expiring first; never below zero. Grants are locked in that
+/// order, so concurrent burns for one company serialise instead of overspending. Returns the
+/// micro-credits actually burned.
+pub async fn burn(
+    conn: &mut PgConnection,
+    env: &str,
+    company: &str,
+    credit_id: &str,
+    burns: &[Burn],
+    now: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let mut grants: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT id, granted_micros - used_micros - zeroed_micros FROM credit_grants
+         WHERE company_id = $1 AND credit_id = $2 AND zeroed_at IS NULL
+           AND (expires_at IS NULL OR expires_at > $3)
+           AND granted_micros > used_micros + zeroed_micros
+         ORDER BY (source = 'plan') DESC, expires_at ASC NULLS LAST, created_at, id
+         FOR UPDATE",
+    )
+    .bind(company)
+    .bind(credit_id)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut used: BTreeMap<usize, i64> = BTreeMap::new();
+    let mut total = 0;
+    let mut rows: Vec<(usize, i64, &Burn)> = Vec::new();
+    for b in burns {
+        let mut need = b.micros;
+        for (i, (_, remaining)) in grants.iter_mut().enumerate() {
+            if need == 0 {
+                break;
+            }
+            let take = need.min(*remaining);
+            if take > 0 {
+                *remaining -= take;
+                need -= take;
+                *used.entry(i).or_default() += take;
+                rows.push((i, take, b));
+                total += take;
+            }
+        }
+    }
+    for (i, micros) in &used {
+        sqlx::query("UPDATE credit_grants SET used_micros = used_micros + $2, updated_at = now() WHERE id = $1")
+            .bind(&grants[*i].0)
+            .bind(micros)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (i, micros, b) in rows {
+        ledger(
+            conn,
+            env,
+            company,
+            credit_id,
+            &grants[i].0,
+            "usage",
+            micros,
+            "usage",
+            Some(&b.feature_id),
+            Some(&b.event_id),
+        )
+        .await?;
+    }
+    Ok(total)
+}
+
+/// A company's credit entitlement for an event: which credit a track event of `event_name`
+/// burns, at what rate, for which feature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreditRule {
+    pub feature_id: String,
+    pub credit_id: String,
+    pub rate: f64,
+}
+
+/// The credit rules of `(company, event)` pairs, as checks would resolve them: a credit
+/// override wins; otherwise the plan entitlement (base plan or fallback plan, and add-ons)
+/// with the lowest rate.
+pub async fn rules_for(
+    conn: &mut PgConnection,
+    pairs: &[(String, String)],
+    fallback_plans: &HashMap<String, String>,
+    now: DateTime<Utc>,
+) -> Result<HashMap<(String, String), Vec<CreditRule>>, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (companies, events): (Vec<String>, Vec<String>) = pairs.iter().cloned().unzip();
+    let (fb_envs, fb_plans): (Vec<String>, Vec<String>) = fallback_plans
+        .iter()
+        .map(|(e, p)| (e.clone(), p.clone()))
+        .unzip();
+    let rows: Vec<(String, String, String, String, String, f64)> = sqlx::query_as(
+        "WITH c AS (SELECT * FROM unnest($1::text[], $2::text[]) AS t(company_id, event_name)),
+              fb AS (SELECT * FROM unnest($4::text[], $5::text[]) AS t(environment_id, plan_id)),
+              plans AS (
+                  SELECT cp.company_id, cp.plan_id FROM company_plans cp
+                  WHERE cp.company_id IN (SELECT company_id FROM c) AND cp.ended_at IS NULL
+                  UNION
+                  SELECT co.id, fb.plan_id FROM companies co JOIN fb ON fb.environment_id = co.environment_id
+                  WHERE co.id IN (SELECT company_id FROM c)
+                    AND NOT EXISTS (SELECT 1 FROM company_plans b WHERE b.company_id = co.id
+                                    AND b.is_base AND b.ended_at IS NULL))
+         SELECT c.company_id, c.event_name, 'override', f.id, o.value_credit_id, o.credit_consumption_rate
+         FROM c JOIN features f ON f.event_subtype = c.event_name
+         JOIN company_overrides o ON o.company_id = c.company_id AND o.feature_id = f.id
+         WHERE o.value_type = 'credit' AND o.expired_at IS NULL
+           AND (o.expiration_date IS NULL OR o.expiration_date > $3)
+         UNION ALL
+         SELECT c.company_id, c.event_name, 'plan', f.id, pe.value_credit_id, pe.credit_consumption_rate
+         FROM c JOIN features f ON f.event_subtype = c.event_name
+         JOIN plans p ON p.company_id = c.company_id
+         JOIN plan_entitlements pe ON pe.plan_id = p.plan_id AND pe.feature_id = f.id
+         WHERE pe.value_type = 'credit'",
+    )
+    .bind(&companies)
+    .bind(&events)
+    .bind(now)
+    .bind(&fb_envs)
+    .bind(&fb_plans)
+    .fetch_all(conn)
+    .await?;
+    // Per (company, event, feature): the override, else the cheapest plan entitlement.
+    let mut best: BTreeMap<(String, String, String), (bool, CreditRule)> = BTreeMap::new();
+    for (company, event, source, feature, credit, rate) in rows {
+        let is_override = source == "override";
+        let rule = CreditRule {
+            feature_id: feature.clone(),
+            credit_id: credit,
+            rate,
+        };
+        let key = (company, event, feature);
+        let replace = match best.get(&key) {
+            None => true,
+            Some((cur_override, cur)) => {
+                (is_override && !cur_override)
+                    || (is_override == *cur_override
+                        && (rule.rate, &rule.credit_id) < (cur.rate, &cur.credit_id))
+            }
+        };
+        if replace {
+            best.insert(key, (is_override, rule));
+        }
+    }
+    let mut out: HashMap<(String, String), Vec<CreditRule>> = HashMap::new();
+    for ((company, event, _), (_, rule)) in best {
+        out.entry((company, event)).or_default().push(rule);
+    }
+    Ok(out)
+}
+
+/// `{credit_id, credit_key, granted, used, zeroed, remaining}` per credit type.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Balance {
+    pub credit_id: String,
+    pub credit_key: String,
+    pub credit_name: String,
+    pub granted: f64,
+    pub used: f64,
+    pub zeroed: f64,
+    /// What checks see now: unexpired grants only.
+    pub remaining: f64,
+}
+
+pub async fn balances(
+    conn: &mut PgConnection,
+    company_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Balance>, sqlx::Error> {
+    let rows: Vec<(String, String, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT g.credit_id, t.key, t.name, sum(g.granted_micros)::bigint, sum(g.used_micros)::bigint,
+                sum(g.zeroed_micros)::bigint,
+                COALESCE(sum(g.granted_micros - g.used_micros - g.zeroed_micros)
+                    FILTER (WHERE g.expires_at IS NULL OR g.expires_at > $2), 0)::bigint
+         FROM credit_grants g JOIN credit_types t ON t.id = g.credit_id
+         WHERE g.company_id = $1
+         GROUP BY g.credit_id, t.key, t.name ORDER BY t.key",
+    )
+    .bind(company_id)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(credit_id, credit_key, credit_name, g, u, z, r)| Balance {
+            credit_id,
+            credit_key,
+            credit_name,
+            granted: from_micros(g),
+            used: from_micros(u),
+            zeroed: from_micros(z),
+            remaining: from_micros(r),
+        })
+        .collect())
+}
+
+/// The credit type's id, or a 404 naming `field`.
+pub async fn require_credit(
+    conn: &mut PgConnection,
+    field: &str,
+    id: &str,
+) -> Result<(), AppError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credit_types WHERE id = $1)")
+            .bind(id)
+            .fetch_one(conn)
+            .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(AppError::NotFound(format!(
+            "{field}: credit type {id:?} not found"
+        )))
+    }
+}
