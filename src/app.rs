@@ -18,6 +18,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub cache: Arc<Cache>,
     pub config: Arc<Config>,
+    /// Event writers (group commit).
+    pub ingestor: crate::ingest::Ingestor,
 }
 
 impl AppState {
@@ -30,14 +32,6 @@ impl AppState {
             key_id: info.id,
             readonly: info.readonly,
         })
-    }
-
-    /// What event ingestion needs to burn credits as checks would see them.
-    pub fn credit_context(&self) -> crate::store::events::CreditContext {
-        crate::store::events::CreditContext {
-            fallback_plans: self.cache.fallback_plans(),
-            credits_exist: self.cache.catalog().credit_types_exist,
-        }
     }
 
     /// Commits `tx` and refreshes this process's snapshot; other replicas hear of it through
@@ -67,11 +61,13 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
         .zip(config.environments.iter().cloned())
         .collect();
     let cache = Cache::load(pool.clone(), &pairs).await?;
+    let ingestor = crate::ingest::Ingestor::start(pool.clone(), cache.clone());
     Ok((
         AppState {
             pool,
             cache,
             config: Arc::new(config),
+            ingestor,
         },
         listener,
     ))

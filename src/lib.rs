@@ -14,6 +14,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod ids;
+pub mod ingest;
 pub mod jobs;
 pub mod metrics;
 pub mod seed;

@@ -216,44 +216,17 @@ pub struct Accepted {
     duplicate: bool,
 }
 
-/// Ingests a validated batch in one transaction (retried on deadlock) and publishes the
-/// snapshot changes.
+/// Ingests a validated batch: durable when this returns.
 async fn ingest(state: &AppState, events: Vec<NewEvent>) -> AppResult<store::Ingested> {
     let started = Instant::now();
-    let credit_ctx = state.credit_context();
-    let mut attempt = 0;
-    let done = loop {
-        attempt += 1;
-        let mut tx = state.pool.begin().await?;
-        match store::ingest(&mut tx, &events, &credit_ctx, Utc::now()).await {
-            Ok(done) => match state.commit(tx, &done.changes).await {
-                Ok(()) => break done,
-                Err(e) if attempt < 3 && is_retryable(&e) => continue,
-                Err(e) => return Err(e),
-            },
-            Err(e) if attempt < 3 && is_retryable(&e) => continue,
-            Err(e) => return Err(e),
-        }
-    };
-    let new = done.duplicate.iter().filter(|d| !**d).count();
-    crate::metrics::EVENTS_INGESTED.inc_by(new as u64);
-    crate::metrics::EVENTS_DUPLICATE.inc_by((events.len() - new) as u64);
+    let n = events.len();
+    let done = state.ingestor.ingest(events).await?;
     tracing::debug!(
-        events = events.len(),
-        new,
+        events = n,
         elapsed_us = started.elapsed().as_micros() as u64,
         "events ingested"
     );
     Ok(done)
-}
-
-fn is_retryable(e: &AppError) -> bool {
-    match e {
-        AppError::Database(sqlx::Error::Database(db)) => {
-            matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
-        }
-        _ => false,
-    }
 }
 
 fn client_info(headers: &HeaderMap) -> (String, String) {

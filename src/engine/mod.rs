@@ -184,11 +184,7 @@ impl CompanyContext {
         reset: MonthReset,
         now: DateTime<Utc>,
     ) -> i64 {
-        let reset = if period == MetricPeriod::CurrentMonth {
-            reset
-        } else {
-            MonthReset::FirstOfMonth
-        };
+        let reset = counter_reset(period, reset, self.billing_anchor);
         let win = period::window(period, reset, self.billing_anchor, now);
         self.usage
             .iter()
@@ -200,6 +196,19 @@ impl CompanyContext {
             })
             .map(|c| c.count)
             .sum()
+    }
+}
+
+/// The month reset a counter is kept under: day, week and all-time windows do not depend on
+/// it, and a billing cycle without a subscription is the calendar month.
+pub fn counter_reset(
+    period: MetricPeriod,
+    reset: MonthReset,
+    billing_anchor: Option<DateTime<Utc>>,
+) -> MonthReset {
+    match (period, reset, billing_anchor) {
+        (MetricPeriod::CurrentMonth, MonthReset::BillingCycle, Some(_)) => MonthReset::BillingCycle,
+        _ => MonthReset::FirstOfMonth,
     }
 }
 

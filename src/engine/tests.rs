@@ -600,3 +600,30 @@ proptest! {
         prop_assert_eq!(a.entitlement.as_ref().map(|e| e.allocation), b.entitlement.as_ref().map(|e| e.allocation));
     }
 }
+
+#[test]
+fn a_billing_cycle_without_subscription_counts_the_calendar_month() {
+    // Counters are kept under first_of_month when the company has no billing anchor.
+    let c = company_with_usage(7);
+    assert_eq!(
+        c.usage_of(
+            "api_call",
+            MetricPeriod::CurrentMonth,
+            MonthReset::BillingCycle,
+            now()
+        ),
+        7
+    );
+    let mut anchored = c.clone();
+    anchored.billing_anchor = Some(now() - chrono::Duration::days(3));
+    assert_eq!(
+        anchored.usage_of(
+            "api_call",
+            MetricPeriod::CurrentMonth,
+            MonthReset::BillingCycle,
+            now()
+        ),
+        0,
+        "with a subscription, billing-cycle usage has counters of its own"
+    );
+}

@@ -96,7 +96,10 @@ pub async fn ingest(
     now: DateTime<Utc>,
 ) -> Result<Ingested, AppError> {
     let mut out = Ingested {
-        ids: events.iter().map(|_| ids::new_id("evnt")).collect(),
+        ids: events
+            .iter()
+            .map(|_| ids::new_sortable_id("evnt"))
+            .collect(),
         duplicate: vec![false; events.len()],
         changes: Vec::new(),
     };
@@ -667,7 +670,11 @@ async fn count_usage(
         BTreeMap::new();
     for (_, t, company) in &counted {
         for (p, r) in WINDOWS {
-            let start = period::window(p, r, anchors.get(*company).copied(), now).start;
+            let anchor = anchors.get(*company).copied();
+            if crate::engine::counter_reset(p, r, anchor) != r {
+                continue; // no subscription: the billing cycle is the calendar month's counter
+            }
+            let start = period::window(p, r, anchor, now).start;
             *deltas
                 .entry((
                     (*company).clone(),

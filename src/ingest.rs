@@ -1,0 +1,167 @@
+//! Event ingestion with group commit: concurrent requests' batches are combined into one
+//! transaction (one commit, counter rows written once per group, no lock contention between
+//! requests of this process), and each request is answered when its events are durable.
+//!
+//! If a combined group fails, its requests are retried one by one, so a bad batch fails
+//! alone. Deadlocks with other replicas are retried.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::cache::{self, Cache};
+use crate::error::{AppError, AppResult};
+use crate::store::events::{self, CreditContext, Ingested, NewEvent};
+
+/// At most this many events are combined into one transaction.
+const MAX_GROUP_EVENTS: usize = 2000;
+/// Transactions writing at once, per process.
+const WRITERS: usize = 2;
+
+struct Job {
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<AppResult<Ingested>>,
+}
+
+/// A handle to the writer tasks. Cloning is cheap.
+#[derive(Clone)]
+pub struct Ingestor {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Ingestor {
+    /// Starts the writers; they stop when the last handle is dropped.
+    pub fn start(pool: PgPool, cache: Arc<Cache>) -> Ingestor {
+        let (tx, rx) = mpsc::channel::<Job>(1024);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..WRITERS {
+            let rx = rx.clone();
+            let pool = pool.clone();
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                loop {
+                    let group = {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else { return };
+                        let mut group = vec![first];
+                        let mut n = group[0].events.len();
+                        while n < MAX_GROUP_EVENTS {
+                            match rx.try_recv() {
+                                Ok(job) => {
+                                    n += job.events.len();
+                                    group.push(job);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        group
+                    };
+                    write_group(&pool, &cache, group).await;
+                }
+            });
+        }
+        Ingestor { tx }
+    }
+
+    /// Stores `events` durably (with everything they imply) and publishes the changes.
+    pub async fn ingest(&self, events: Vec<NewEvent>) -> AppResult<Ingested> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { events, reply })
+            .await
+            .map_err(|_| AppError::Internal(anyhow::anyhow!("the event writers have stopped")))?;
+        rx.await
+            .map_err(|_| AppError::Internal(anyhow::anyhow!("the event writer dropped a batch")))?
+    }
+}
+
+async fn write_group(pool: &PgPool, cache: &Arc<Cache>, group: Vec<Job>) {
+    let started = Instant::now();
+    let credit_ctx = CreditContext {
+        fallback_plans: cache.fallback_plans(),
+        credits_exist: cache.catalog().credit_types_exist,
+    };
+    if group.len() == 1 {
+        let job = group.into_iter().next().expect("one job");
+        let result = write(pool, cache, &job.events, &credit_ctx).await;
+        let _ = job.reply.send(result);
+        return;
+    }
+    let all: Vec<NewEvent> = group
+        .iter()
+        .flat_map(|j| j.events.iter().cloned())
+        .collect();
+    match write(pool, cache, &all, &credit_ctx).await {
+        Ok(done) => {
+            // Hand each request its slice of the results.
+            let mut offset = 0;
+            for job in group {
+                let n = job.events.len();
+                let part = Ingested {
+                    ids: done.ids[offset..offset + n].to_vec(),
+                    duplicate: done.duplicate[offset..offset + n].to_vec(),
+                    changes: Vec::new(),
+                };
+                offset += n;
+                let _ = job.reply.send(Ok(part));
+            }
+            tracing::debug!(
+                events = all.len(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "event group written"
+            );
+        }
+        Err(_) => {
+            // Something in the group is bad (or conflicted): each request on its own, so only
+            // the bad one fails.
+            for job in group {
+                let result = write(pool, cache, &job.events, &credit_ctx).await;
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+}
+
+/// One transaction, retried on deadlock or serialization failure.
+async fn write(
+    pool: &PgPool,
+    cache: &Arc<Cache>,
+    events: &[NewEvent],
+    credit_ctx: &CreditContext,
+) -> AppResult<Ingested> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = async {
+            let mut tx = pool.begin().await?;
+            let done = events::ingest(&mut tx, events, credit_ctx, Utc::now()).await?;
+            cache::notify_all(&mut tx, cache.origin(), &done.changes).await?;
+            tx.commit().await?;
+            Ok::<_, AppError>(done)
+        }
+        .await;
+        match result {
+            Ok(done) => {
+                cache.after_commit(&done.changes).await;
+                let new = done.duplicate.iter().filter(|d| !**d).count();
+                crate::metrics::EVENTS_INGESTED.inc_by(new as u64);
+                crate::metrics::EVENTS_DUPLICATE.inc_by((events.len() - new) as u64);
+                return Ok(done);
+            }
+            Err(e) if attempt < 3 && is_retryable(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_retryable(e: &AppError) -> bool {
+    match e {
+        AppError::Database(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
+        }
+        _ => false,
+    }
+}
