@@ -136,6 +136,11 @@ async fn burndown_stops_at_zero_and_every_movement_is_in_the_ledger() {
     );
 
     grant(&app, &company, &credit, 10.0, json!({})).await;
+    let (_, detail) = app.get(&format!("/companies/{company}")).await;
+    assert_eq!(
+        detail["data"]["billing_credit_balances"][&credit], 10.0,
+        "{detail}"
+    );
     let c = app.check("ai-tokens", json!({"id": "burn"})).await;
     assert_eq!(c["value"], true, "{c}");
     assert_eq!(

@@ -87,6 +87,25 @@ fn metrics(auth: &Auth, company_id: &str) -> Vec<MetricView> {
     out
 }
 
+/// Remaining credits per credit type, as checks see them now.
+fn credit_balances(auth: &Auth, company_id: &str) -> std::collections::BTreeMap<String, f64> {
+    let Some(company) = auth.env.company(company_id) else {
+        return Default::default();
+    };
+    let now = Utc::now();
+    let ctx = &company.context;
+    ctx.credit_grants
+        .iter()
+        .map(|g| g.credit_id.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|credit| {
+            let remaining = ctx.credit_balance(&credit, now).remaining;
+            (credit, remaining)
+        })
+        .collect()
+}
+
 /// `GenericPreviewObject`.
 #[derive(Debug, Serialize)]
 pub struct Preview {
@@ -116,6 +135,8 @@ pub struct CompanyView {
     pub user_count: i64,
     /// Usage counters of the current windows (`CompanyEventPeriodMetricsResponseData`).
     pub metrics: Vec<MetricView>,
+    /// Credits remaining now, by credit type id.
+    pub billing_credit_balances: std::collections::BTreeMap<String, f64>,
     pub rules: Vec<Value>,
     pub billing_subscriptions: Vec<Value>,
     pub custom_plan_billings: Vec<Value>,
@@ -211,6 +232,7 @@ pub async fn details(
                 usage: super::feature_usage::usage_of(state, auth, &r.id),
                 user_count: user_counts.get(&r.id).copied().unwrap_or(0),
                 metrics: metrics(auth, &r.id),
+                billing_credit_balances: credit_balances(auth, &r.id),
                 rules: Vec::new(),
                 billing_subscriptions: Vec::new(),
                 custom_plan_billings: Vec::new(),

@@ -31,13 +31,14 @@ pub fn spawn_listener(
             };
             match next {
                 Ok(Some(notification)) => {
-                    let Some((origin, change)) = Change::decode(notification.payload()) else {
-                        tracing::warn!(payload = notification.payload(), "unknown cache notification");
-                        continue;
-                    };
-                    if origin == cache.origin() {
+                    let payload = notification.payload();
+                    if payload.split('|').next() == Some(cache.origin()) {
                         continue; // refreshed synchronously after our own commit
                     }
+                    let Some((_, change)) = Change::decode(payload) else {
+                        tracing::warn!(payload, "unknown cache notification");
+                        continue;
+                    };
                     if let Err(e) = cache.reload(&change).await {
                         tracing::warn!(error = %e, ?change, "cache reload failed; reloading everything");
                         reload_all_until_ok(&cache, &shutdown).await;
