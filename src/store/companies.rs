@@ -26,39 +26,16 @@ pub async fn upsert(
     env_id: &str,
     req: &UpsertCompany,
 ) -> Result<(String, bool), AppError> {
-    keys::validate("keys", &req.keys)?;
-    keys::lock(conn, Entity::Company, env_id, &req.keys).await?;
-    let existing = keys::find(conn, Entity::Company, env_id, &req.keys).await?;
-    let (id, created) = match existing {
-        Some(id) => (id, false),
-        None if req.update_only => {
-            return Err(AppError::NotFound(
-                "no company has these keys (update_only is set)".into(),
-            ))
-        }
-        None => {
-            let id = ids::new_id(ids::prefix::COMPANY);
-            sqlx::query("INSERT INTO companies (id, environment_id, name) VALUES ($1, $2, '')")
-                .bind(&id)
-                .bind(env_id)
-                .execute(&mut *conn)
-                .await?;
-            (id, true)
-        }
-    };
-    keys::put(conn, Entity::Company, env_id, &id, &req.keys).await?;
-    if req.name.is_some() || req.traits.is_some() {
-        sqlx::query(
-            "UPDATE companies SET name = COALESCE($2, name),
-                 traits = jsonb_strip_nulls(traits || $3), updated_at = now()
-             WHERE id = $1",
-        )
-        .bind(&id)
-        .bind(&req.name)
-        .bind(sqlx::types::Json(req.traits.clone().unwrap_or_default()))
-        .execute(&mut *conn)
-        .await?;
-    }
+    let (id, created) = keys::upsert(
+        conn,
+        Entity::Company,
+        env_id,
+        &req.keys,
+        req.name.as_deref(),
+        req.traits.as_ref(),
+        req.update_only,
+    )
+    .await?;
     if let Some(plan_id) = &req.base_plan_id {
         set_base_plan(conn, env_id, &id, plan_id).await?;
     }

@@ -24,6 +24,18 @@ impl Entity {
             Entity::User => "user_keys",
         }
     }
+    fn entity_table(self) -> &'static str {
+        match self {
+            Entity::Company => "companies",
+            Entity::User => "users",
+        }
+    }
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Entity::Company => crate::ids::prefix::COMPANY,
+            Entity::User => crate::ids::prefix::USER,
+        }
+    }
     fn column(self) -> &'static str {
         match self {
             Entity::Company => "company_id",
@@ -140,4 +152,56 @@ pub async fn put(
         }
     }
     Ok(())
+}
+
+/// Finds the entity `keys` identify or creates it (unless `update_only`), adds the keys, and
+/// merges `name` and `traits` (a `null` trait removes it). Returns its id and whether it was
+/// created. Concurrent upserts of the same keys serialise on advisory locks.
+pub async fn upsert(
+    conn: &mut PgConnection,
+    entity: Entity,
+    env_id: &str,
+    keys: &[(String, String)],
+    name: Option<&str>,
+    traits: Option<&serde_json::Map<String, serde_json::Value>>,
+    update_only: bool,
+) -> Result<(String, bool), AppError> {
+    validate("keys", keys)?;
+    lock(conn, entity, env_id, keys).await?;
+    let (id, created) = match find(conn, entity, env_id, keys).await? {
+        Some(id) => (id, false),
+        None if update_only => {
+            return Err(AppError::NotFound(format!(
+                "no {} has these keys (update_only is set)",
+                entity.noun()
+            )))
+        }
+        None => {
+            let id = crate::ids::new_id(entity.id_prefix());
+            sqlx::query(&format!(
+                "INSERT INTO {} (id, environment_id) VALUES ($1, $2)",
+                entity.entity_table()
+            ))
+            .bind(&id)
+            .bind(env_id)
+            .execute(&mut *conn)
+            .await?;
+            (id, true)
+        }
+    };
+    put(conn, entity, env_id, &id, keys).await?;
+    if name.is_some() || traits.is_some() {
+        sqlx::query(&format!(
+            "UPDATE {} SET name = COALESCE($2, name),
+                 traits = jsonb_strip_nulls(traits || $3), updated_at = now()
+             WHERE id = $1",
+            entity.entity_table()
+        ))
+        .bind(&id)
+        .bind(name)
+        .bind(sqlx::types::Json(traits.cloned().unwrap_or_default()))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok((id, created))
 }

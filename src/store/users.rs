@@ -6,7 +6,6 @@ use sqlx::PgConnection;
 use super::companies::{self, UpsertCompany};
 use super::keys::{self, Entity};
 use crate::error::AppError;
-use crate::ids;
 
 #[derive(Debug, Default, Clone)]
 pub struct UpsertUser {
@@ -63,37 +62,16 @@ pub async fn upsert(
         companies.push(company_id.clone());
     }
 
-    keys::lock(conn, Entity::User, env_id, &req.keys).await?;
-    let (id, created) = match keys::find(conn, Entity::User, env_id, &req.keys).await? {
-        Some(id) => (id, false),
-        None if req.update_only => {
-            return Err(AppError::NotFound(
-                "no user has these keys (update_only is set)".into(),
-            ))
-        }
-        None => {
-            let id = ids::new_id(ids::prefix::USER);
-            sqlx::query("INSERT INTO users (id, environment_id) VALUES ($1, $2)")
-                .bind(&id)
-                .bind(env_id)
-                .execute(&mut *conn)
-                .await?;
-            (id, true)
-        }
-    };
-    keys::put(conn, Entity::User, env_id, &id, &req.keys).await?;
-    if req.name.is_some() || req.traits.is_some() {
-        sqlx::query(
-            "UPDATE users SET name = COALESCE($2, name),
-                 traits = jsonb_strip_nulls(traits || $3), updated_at = now()
-             WHERE id = $1",
-        )
-        .bind(&id)
-        .bind(&req.name)
-        .bind(sqlx::types::Json(req.traits.clone().unwrap_or_default()))
-        .execute(&mut *conn)
-        .await?;
-    }
+    let (id, created) = keys::upsert(
+        conn,
+        Entity::User,
+        env_id,
+        &req.keys,
+        req.name.as_deref(),
+        req.traits.as_ref(),
+        req.update_only,
+    )
+    .await?;
     for company_id in &companies {
         sqlx::query(
             "INSERT INTO company_memberships (environment_id, company_id, user_id) VALUES ($1, $2, $3)
