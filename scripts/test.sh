@@ -6,12 +6,15 @@ cd "$(dirname "$0")/.."
 
 ./scripts/ensure-postgres.sh
 
-# The official SDK the wire-compatibility tests drive, in a virtualenv of its own.
+# The official SDKs the wire-compatibility tests drive (schematichq for the REST API, mcp for
+# POST /mcp), pinned, in a virtualenv of their own.
 VENV=${ENTITLED_SDK_VENV:-target/sdk-venv}
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import schematic" 2>/dev/null; then
-  echo "==> installing the schematichq Python SDK into $VENV"
+SDKS=("schematichq==1.4.6" "mcp==2.3.0")
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qx "mcp==2.3.0" \
+    || ! "$VENV/bin/python" -c "import schematic, mcp" 2>/dev/null; then
+  echo "==> installing ${SDKS[*]} into $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "schematichq==1.4.6"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${SDKS[@]}"
 fi
 export ENTITLED_SDK_PYTHON="$PWD/$VENV/bin/python"
 

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::auth::Auth;
 use crate::cache::{self, Cache, Change};
 use crate::config::Config;
+use crate::insights::{self, CheckCounts};
 use crate::{db, error::AppResult};
 
 /// Shared by every handler through `State`.
@@ -18,6 +19,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub cache: Arc<Cache>,
     pub config: Arc<Config>,
+    /// Checks per environment and flag, counted in memory for insights.
+    pub checks: Arc<CheckCounts>,
 }
 
 impl AppState {
@@ -58,12 +61,14 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
         .into_iter()
         .zip(config.environments.iter().cloned())
         .collect();
+    let checks = Arc::new(CheckCounts::new(pairs.iter().map(|(e, _)| e.id.clone())));
     let cache = Cache::load(pool.clone(), &pairs).await?;
     Ok((
         AppState {
             pool,
             cache,
             config: Arc::new(config),
+            checks,
         },
         listener,
     ))
@@ -78,6 +83,12 @@ pub async fn run(
     let (state, pg_listener) = build_state(config).await?;
     let tracker = TaskTracker::new();
     cache::spawn_listener(state.cache.clone(), pg_listener, shutdown.clone(), &tracker);
+    insights::spawn_flusher(
+        state.clone(),
+        std::time::Duration::from_secs(state.config.insights.check_flush_secs),
+        shutdown.clone(),
+        &tracker,
+    );
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "entitled listening");
     let app = crate::api::router(state.clone());

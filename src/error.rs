@@ -110,15 +110,26 @@ impl From<anyhow::Error> for AppError {
     }
 }
 
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        match &self {
+impl AppError {
+    /// Logs database and internal failures with their cause chain (the client gets an
+    /// opaque message); counts unavailability.
+    pub fn log(&self) {
+        match self {
             AppError::Database(e) => tracing::error!(error = ?e, "database error"),
-            AppError::Unavailable(e) => tracing::warn!(error = %e, "database unavailable"),
+            AppError::Unavailable(e) => {
+                crate::metrics::DB_UNAVAILABLE.inc();
+                tracing::warn!(error = %e, "database unavailable")
+            }
             AppError::Internal(e) => tracing::error!(error = ?e, "internal error"),
             _ => {}
         }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        self.log();
         let body = serde_json::json!({ "error": self.to_string() });
         (status, Json(body)).into_response()
     }

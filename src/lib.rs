@@ -14,6 +14,8 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod ids;
+pub mod insights;
+pub mod mcp;
 pub mod metrics;
 pub mod seed;
 pub mod store;

@@ -136,19 +136,7 @@ impl Query {
 
     /// `limit` (default 100, at most 1000) and `offset` (default 0).
     pub fn page(&self) -> Result<Page, AppError> {
-        let limit = self.int("limit")?.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(AppError::bad_request(format!(
-                "query parameter limit: must be between 1 and {MAX_LIMIT}, got {limit}"
-            )));
-        }
-        let offset = self.int("offset")?.unwrap_or(0);
-        if offset < 0 {
-            return Err(AppError::bad_request(
-                "query parameter offset: must not be negative",
-            ));
-        }
-        Ok(Page { limit, offset })
+        Page::new(self.int("limit")?, self.int("offset")?, "query parameter ")
     }
 
     /// Identifying keys: `keys[k]=v` pairs, or one JSON-encoded `keys={"k":"v"}`.
@@ -218,6 +206,25 @@ impl Query {
 pub struct Page {
     pub limit: i64,
     pub offset: i64,
+}
+
+impl Page {
+    /// Validates a page; `prefix` starts the error message (`"query parameter "`).
+    pub fn new(limit: Option<i64>, offset: Option<i64>, prefix: &str) -> Result<Page, AppError> {
+        let limit = limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(AppError::bad_request(format!(
+                "{prefix}limit: must be between 1 and {MAX_LIMIT}, got {limit}"
+            )));
+        }
+        let offset = offset.unwrap_or(0);
+        if offset < 0 {
+            return Err(AppError::bad_request(format!(
+                "{prefix}offset: must not be negative"
+            )));
+        }
+        Ok(Page { limit, offset })
+    }
 }
 
 /// A path segment, with our error on failure.

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod catalog;
 pub mod companies;
 pub mod events;
+pub mod insights;
 pub mod keys;
 pub mod overrides;
 pub mod plans;
