@@ -16,9 +16,7 @@ use axum::response::{IntoResponse, Response};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig,
-};
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler};
@@ -42,11 +40,11 @@ pub struct EntitledMcp {
 
 /// `POST /mcp`: authenticates, then hands the request to the MCP transport.
 #[utoipa::path(post, path = "/mcp", tag = "mcp",
-    request_body(content = Object, description = "A JSON-RPC message of the Model Context Protocol (streamable HTTP transport)"),
+    request_body(content = serde_json::Value, description = "A JSON-RPC message of the Model Context Protocol (streamable HTTP transport)"),
     responses(
-        (status = 200, description = "The JSON-RPC response", body = Object),
+        (status = 200, description = "The JSON-RPC response", body = serde_json::Value),
         (status = 202, description = "A notification, accepted"),
-        (status = 400, description = "Not a valid MCP message", body = Object),
+        (status = 400, description = "Not a valid MCP message", body = serde_json::Value),
         (status = 401, description = "No API key, or an unknown one", body = crate::api::openapi::ErrorBody),
         (status = 406, description = "The Accept header lacks application/json and text/event-stream"),
         (status = 415, description = "The body is not application/json"),
@@ -70,10 +68,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         Arc::new(NeverSessionManager::default()),
         config,
     );
-    match service
-        .oneshot(Request::from_parts(parts, body))
-        .await
-    {
+    match service.oneshot(Request::from_parts(parts, body)).await {
         Ok(response) => response.map(axum::body::Body::new),
         Err(never) => match never {},
     }
@@ -87,7 +82,9 @@ fn key_map(keys: Option<Keys>) -> Vec<(String, String)> {
 }
 
 fn keys_json(keys: Keys) -> Map<String, Value> {
-    keys.into_iter().map(|(k, v)| (k, Value::String(v))).collect()
+    keys.into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect()
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -195,7 +192,9 @@ pub struct CheckFlagArgs {
 fn answer<T: Serialize>(data: AppResult<T>, params: Value) -> Result<CallToolResult, ErrorData> {
     match data {
         Ok(d) => match serde_json::to_value(d) {
-            Ok(d) => Ok(CallToolResult::structured(json!({"data": d, "params": params}))),
+            Ok(d) => Ok(CallToolResult::structured(
+                json!({"data": d, "params": params}),
+            )),
             Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
         },
         Err(e) => Ok(tool_error(e)),
@@ -237,7 +236,14 @@ impl EntitledMcp {
 
     /// Companies of the key's environment, newest first, with keys, traits, plans,
     /// entitlements and usage.
-    #[tool(name = "list-companies", annotations(title = "List companies", read_only_hint = true, open_world_hint = false))]
+    #[tool(
+        name = "list-companies",
+        annotations(
+            title = "List companies",
+            read_only_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn list_companies(
         &self,
         Parameters(a): Parameters<ListCompaniesArgs>,
@@ -253,7 +259,7 @@ impl EntitledMcp {
                 without_plan: a.without_plan.unwrap_or(false),
             };
             let data = companies::list_companies(&self.state, &auth, &filter, page).await?;
-            Ok((data, page))
+            Ok::<_, AppError>((data, page))
         }
         .await;
         match result {
@@ -263,7 +269,16 @@ impl EntitledMcp {
     }
 
     /// Creates or updates the company the keys identify (name, traits, base plan, add-ons).
-    #[tool(name = "upsert-company", annotations(title = "Create or update a company", read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false))]
+    #[tool(
+        name = "upsert-company",
+        annotations(
+            title = "Create or update a company",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn upsert_company(
         &self,
         Parameters(a): Parameters<UpsertCompanyArgs>,
@@ -285,7 +300,10 @@ impl EntitledMcp {
     }
 
     /// Users of the key's environment, newest first, with keys, traits and companies.
-    #[tool(name = "list-users", annotations(title = "List users", read_only_hint = true, open_world_hint = false))]
+    #[tool(
+        name = "list-users",
+        annotations(title = "List users", read_only_hint = true, open_world_hint = false)
+    )]
     async fn list_users(
         &self,
         Parameters(a): Parameters<ListUsersArgs>,
@@ -300,7 +318,7 @@ impl EntitledMcp {
                 q: a.q,
             };
             let data = users::list_users(&self.state, &auth, &filter, page).await?;
-            Ok((data, page))
+            Ok::<_, AppError>((data, page))
         }
         .await;
         match result {
@@ -310,7 +328,16 @@ impl EntitledMcp {
     }
 
     /// Creates or updates the user the keys identify, optionally in a company.
-    #[tool(name = "upsert-user", annotations(title = "Create or update a user", read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false))]
+    #[tool(
+        name = "upsert-user",
+        annotations(
+            title = "Create or update a user",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn upsert_user(
         &self,
         Parameters(a): Parameters<UpsertUserArgs>,
@@ -324,12 +351,24 @@ impl EntitledMcp {
             company: a.company.map(keys_json),
             ..Default::default()
         };
-        answer(users::upsert_user(&self.state, &auth, body).await, json!({}))
+        answer(
+            users::upsert_user(&self.state, &auth, body).await,
+            json!({}),
+        )
     }
 
     /// Records usage: a track event for a company (and user), counted against every feature
     /// whose event it is.
-    #[tool(name = "track-usage-event", annotations(title = "Track a usage event", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false))]
+    #[tool(
+        name = "track-usage-event",
+        annotations(
+            title = "Track a usage event",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
     async fn track_usage_event(
         &self,
         Parameters(a): Parameters<TrackUsageEventArgs>,
@@ -365,7 +404,14 @@ impl EntitledMcp {
 
     /// Counts for the key's environment: companies, users, plans with their company counts,
     /// features, and events and checks in the last 30 days.
-    #[tool(name = "get-insights-summary", annotations(title = "Insights summary", read_only_hint = true, open_world_hint = false))]
+    #[tool(
+        name = "get-insights-summary",
+        annotations(
+            title = "Insights summary",
+            read_only_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn get_insights_summary(
         &self,
         Extension(parts): Extension<Parts>,
@@ -376,7 +422,10 @@ impl EntitledMcp {
 
     /// Features ranked by usage (tracked quantity) or by checks over a window, with the
     /// window before for comparison.
-    #[tool(name = "get-top-features", annotations(title = "Top features", read_only_hint = true, open_world_hint = false))]
+    #[tool(
+        name = "get-top-features",
+        annotations(title = "Top features", read_only_hint = true, open_world_hint = false)
+    )]
     async fn get_top_features(
         &self,
         Parameters(a): Parameters<TopFeaturesArgs>,
@@ -397,7 +446,10 @@ impl EntitledMcp {
 
     /// Companies joining and leaving each plan per day (or month) over a window, and the
     /// plan's subscribers at the end of each.
-    #[tool(name = "get-plan-growth", annotations(title = "Plan growth", read_only_hint = true, open_world_hint = false))]
+    #[tool(
+        name = "get-plan-growth",
+        annotations(title = "Plan growth", read_only_hint = true, open_world_hint = false)
+    )]
     async fn get_plan_growth(
         &self,
         Parameters(a): Parameters<PlanGrowthArgs>,
@@ -418,7 +470,10 @@ impl EntitledMcp {
 
     /// May this company (and user) use this feature now? The flag's value, the rule that
     /// decided it, and the entitlement with its allocation and usage.
-    #[tool(name = "check-flag", annotations(title = "Check a flag", read_only_hint = true, open_world_hint = false))]
+    #[tool(
+        name = "check-flag",
+        annotations(title = "Check a flag", read_only_hint = true, open_world_hint = false)
+    )]
     async fn check_flag(
         &self,
         Parameters(a): Parameters<CheckFlagArgs>,
@@ -434,7 +489,7 @@ impl EntitledMcp {
     }
 }
 
-#[tool_handler]
+#[tool_handler(router = self.tool_router)]
 impl ServerHandler for EntitledMcp {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())

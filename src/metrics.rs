@@ -175,7 +175,10 @@ impl HistogramCore {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
         }
         cumulative += self.counts[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let braces = |s: &str| {
             if s.is_empty() {
@@ -260,7 +263,10 @@ impl<const L: usize> CounterVec<L> {
     }
     pub fn inc_by(&self, values: [&str; L], n: u64) {
         let mut v = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        match v.iter_mut().find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b)) {
+        match v
+            .iter_mut()
+            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
+        {
             Some((_, count)) => *count += n,
             None => v.push((values.map(str::to_string), n)),
         }
@@ -300,7 +306,10 @@ impl<const L: usize> GaugeVec<L> {
     }
     pub fn set(&self, values: [&str; L], value: f64) {
         let mut v = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        match v.iter_mut().find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b)) {
+        match v
+            .iter_mut()
+            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
+        {
             Some((_, g)) => *g = value,
             None => v.push((values.map(str::to_string), value)),
         }
@@ -341,7 +350,10 @@ impl<const L: usize> HistogramVec<L> {
     pub fn observe(&self, values: [&str; L], seconds: f64) {
         let core = {
             let mut v = self.series.lock().unwrap_or_else(|e| e.into_inner());
-            match v.iter().find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b)) {
+            match v
+                .iter()
+                .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
+            {
                 Some((_, h)) => h.clone(),
                 None => {
                     let h = std::sync::Arc::new(HistogramCore::new());
@@ -419,7 +431,11 @@ impl RouteHistogram {
         for (m, r, h) in self.series.get().into_iter().flatten() {
             // Routes never seen add nothing but noise.
             if h.count() > 0 {
-                h.render(out, self.name, &format!("method=\"{m}\",route=\"{}\"", escape(r)));
+                h.render(
+                    out,
+                    self.name,
+                    &format!("method=\"{m}\",route=\"{}\"", escape(r)),
+                );
             }
         }
         if self.unmatched.count() > 0 {
@@ -590,15 +606,24 @@ mod tests {
         C.inc(["reconcile", "error"]);
         let mut out = String::new();
         C.render(&mut out);
-        assert!(out.contains("t_runs_total{job=\"reconcile\",outcome=\"ok\"} 2"), "{out}");
+        assert!(
+            out.contains("t_runs_total{job=\"reconcile\",outcome=\"ok\"} 2"),
+            "{out}"
+        );
         assert_eq!(C.get(["reconcile", "error"]), 1);
 
         static H: HistogramVec<1> = HistogramVec::new("t_job_seconds", "test", ["job"]);
         H.observe(["a\"b"], 0.003);
         let mut out = String::new();
         H.render(&mut out);
-        assert!(out.contains("t_job_seconds_bucket{job=\"a\\\"b\",le=\"0.005\"} 1"), "{out}");
-        assert!(out.contains("t_job_seconds_count{job=\"a\\\"b\"} 1"), "{out}");
+        assert!(
+            out.contains("t_job_seconds_bucket{job=\"a\\\"b\",le=\"0.005\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_job_seconds_count{job=\"a\\\"b\"} 1"),
+            "{out}"
+        );
 
         static R: RouteHistogram = RouteHistogram::new("t_http_seconds", "test");
         R.init([("GET", "/a"), ("POST", "/a")]);
@@ -606,7 +631,10 @@ mod tests {
         R.observe("GET", "/nope", 0.001);
         let mut out = String::new();
         R.render(&mut out);
-        assert!(out.contains("t_http_seconds_count{method=\"POST\",route=\"/a\"} 1"), "{out}");
+        assert!(
+            out.contains("t_http_seconds_count{method=\"POST\",route=\"/a\"} 1"),
+            "{out}"
+        );
         assert!(!out.contains("method=\"GET\",route=\"/a\""), "{out}");
         assert!(out.contains("route=\"unmatched\""), "{out}");
     }

@@ -40,11 +40,12 @@ async fn mcp_needs_a_key_and_speaks_json_rpc() {
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {},
         "clientInfo": {"name": "test", "version": "1"}}});
-    let (status, body) = app
-        .send(Method::POST, "/mcp", Some(&init), None)
-        .await;
+    let (status, body) = app.send(Method::POST, "/mcp", Some(&init), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("API key"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("API key"),
+        "{body}"
+    );
 
     // With a key: a JSON answer naming the server and its tools capability.
     let resp = app
@@ -59,5 +60,8 @@ async fn mcp_needs_a_key_and_speaks_json_rpc() {
     assert_eq!(resp.status(), StatusCode::OK);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["result"]["serverInfo"]["name"], "entitled", "{body}");
-    assert!(body["result"]["capabilities"]["tools"].is_object(), "{body}");
+    assert!(
+        body["result"]["capabilities"]["tools"].is_object(),
+        "{body}"
+    );
 }

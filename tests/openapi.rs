@@ -18,7 +18,11 @@ async fn document(app: &common::TestApp) -> Value {
 async fn every_route_is_documented_and_nothing_else() {
     let app = common::spawn_app().await;
     let doc = document(&app).await;
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
 
     let served: BTreeSet<(String, String)> = entitled::api::routes()
         .iter()
@@ -33,7 +37,10 @@ async fn every_route_is_documented_and_nothing_else() {
         }
     }
     let missing: Vec<_> = served.difference(&documented).collect();
-    assert!(missing.is_empty(), "routes missing from /openapi.json: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "routes missing from /openapi.json: {missing:?}"
+    );
     let extra: Vec<_> = documented.difference(&served).collect();
     assert!(extra.is_empty(), "documented but not served: {extra:?}");
 }

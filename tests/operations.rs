@@ -64,7 +64,8 @@ async fn metrics_cover_requests_checks_events_the_pool_and_the_hooks() {
         .init();
 
     let app = common::spawn_app().await;
-    let route = "entitled_http_request_duration_seconds_count{method=\"POST\",route=\"/companies\"}";
+    let route =
+        "entitled_http_request_duration_seconds_count{method=\"POST\",route=\"/companies\"}";
     let before = sample(&metrics(&app).await, route).unwrap_or(0.0);
     app.create("/companies", json!({"keys": {"id": "m1"}, "name": "M"}))
         .await;
@@ -102,7 +103,10 @@ async fn metrics_cover_requests_checks_events_the_pool_and_the_hooks() {
         "entitled_insights_check_flushes_total counter",
         "entitled_db_unavailable_total counter",
     ] {
-        assert!(text.contains(&format!("# TYPE {family}")), "{family}: {text}");
+        assert!(
+            text.contains(&format!("# TYPE {family}")),
+            "{family}: {text}"
+        );
     }
 
     // The hooks render what their callers record.

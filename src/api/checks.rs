@@ -1,7 +1,6 @@
 //! `POST /flags/{key}/check` and `POST /flags/check`: answered from the in-memory snapshot,
 //! never from Postgres. The decision itself is made by `engine::evaluate`.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -24,9 +23,9 @@ use crate::metrics;
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct CheckBody {
     /// Company keys, e.g. `{"id": "acme"}`; unknown keys evaluate with no company.
-    #[schema(value_type = Option<HashMap<String, String>>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     company: Option<Map<String, Value>>,
-    #[schema(value_type = Option<HashMap<String, String>>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     user: Option<Map<String, Value>>,
 }
 
@@ -177,7 +176,9 @@ pub async fn check_all(
                 .env
                 .check_resolved(&catalog, flag, company.clone(), user.clone(), now);
             metrics::CHECKS.inc(if o.evaluation.value { "true" } else { "false" });
-            state.checks.record(auth.env_id(), &flag.id, o.evaluation.value);
+            state
+                .checks
+                .record(auth.env_id(), &flag.id, o.evaluation.value);
             CheckView::from(o)
         })
         .collect();

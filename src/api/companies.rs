@@ -440,7 +440,9 @@ pub async fn upsert(
     auth: Auth,
     Json(body): Json<UpsertBody>,
 ) -> AppResult<Response> {
-    Ok(envelope::ok_empty(upsert_company(&state, &auth, body).await?))
+    Ok(envelope::ok_empty(
+        upsert_company(&state, &auth, body).await?,
+    ))
 }
 
 /// Creates or updates the company `body.keys` identify; the REST and MCP upserts.

@@ -5,8 +5,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::app::AppState;
 use super::openapi::ErrorBody;
+use crate::app::AppState;
 use crate::db;
 
 /// `{"status": "ok"}` or `{"status": "ready"}`.

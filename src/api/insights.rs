@@ -546,10 +546,14 @@ mod tests {
         };
         assert!(err(Some("yesterday"), None).starts_with("start_time: expected an RFC 3339"));
         assert!(err(None, Some("2026-13-01T00:00:00Z")).starts_with("end_time:"));
-        assert!(err(Some("2026-02-01T00:00:00Z"), Some("2026-01-01T00:00:00Z"))
-            .starts_with("start_time: must be before end_time"));
-        assert!(err(Some("2024-01-01T00:00:00Z"), Some("2026-01-01T00:00:00Z"))
-            .contains("at most 366 days"));
+        assert!(
+            err(Some("2026-02-01T00:00:00Z"), Some("2026-01-01T00:00:00Z"))
+                .starts_with("start_time: must be before end_time")
+        );
+        assert!(
+            err(Some("2024-01-01T00:00:00Z"), Some("2026-01-01T00:00:00Z"))
+                .contains("at most 366 days")
+        );
         assert!(err(Some("0000-01-01T00:00:00Z"), None).contains("0001 and 9999"));
         // A start in the future with no end: the start is not before the end.
         assert!(err(Some("2027-01-01T00:00:00Z"), None).starts_with("start_time: must be before"));

@@ -97,7 +97,11 @@ pub fn routes() -> Vec<Route> {
         route(M::POST, "/plan-entitlements", plan_entitlements::create),
         route(M::GET, "/plan-entitlements/{id}", plan_entitlements::get),
         route(M::PUT, "/plan-entitlements/{id}", plan_entitlements::update),
-        route(M::DELETE, "/plan-entitlements/{id}", plan_entitlements::delete),
+        route(
+            M::DELETE,
+            "/plan-entitlements/{id}",
+            plan_entitlements::delete,
+        ),
         route(M::GET, "/company-overrides", overrides::list),
         route(M::POST, "/company-overrides", overrides::create),
         route(M::GET, "/company-overrides/{id}", overrides::get),
@@ -114,11 +118,8 @@ pub fn routes() -> Vec<Route> {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
     let table = routes();
-    crate::metrics::HTTP_REQUEST_SECONDS.init(
-        table
-            .iter()
-            .map(|r| (method_label(&r.method), r.path)),
-    );
+    crate::metrics::HTTP_REQUEST_SECONDS
+        .init(table.iter().map(|r| (method_label(&r.method), r.path)));
     let mut router = Router::new();
     for r in table {
         // Routes on one path merge into one method router.
@@ -187,9 +188,17 @@ async fn observe(req: Request, next: Next) -> Response {
     });
     let _enter = span.enter();
     if status.is_server_error() {
-        tracing::warn!(status = status.as_u16(), elapsed_ms = elapsed.as_millis() as u64, "request failed");
+        tracing::warn!(
+            status = status.as_u16(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "request failed"
+        );
     } else {
-        tracing::debug!(status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, "request");
+        tracing::debug!(
+            status = status.as_u16(),
+            elapsed_us = elapsed.as_micros() as u64,
+            "request"
+        );
     }
     response
 }

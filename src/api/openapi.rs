@@ -121,21 +121,17 @@ impl Modify for SecuritySchemes {
 pub fn document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .unwrap_or_else(|e| format!(r#"{{"error": "cannot render the OpenAPI document: {e}"}}"#))
+        ApiDoc::openapi().to_json().unwrap_or_else(|e| {
+            format!(r#"{{"error": "cannot render the OpenAPI document: {e}"}}"#)
+        })
     })
 }
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
-    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = serde_json::Value)))]
 pub async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        document(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
 }
 
 /// `{"error": "<message naming the problem>"}`.
@@ -218,11 +214,18 @@ mod tests {
     #[test]
     fn the_document_is_openapi_3_1_with_both_key_schemes() {
         let doc: Value = serde_json::from_str(document()).unwrap();
-        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3.1"),
+            "{}",
+            doc["openapi"]
+        );
         let schemes = &doc["components"]["securitySchemes"];
         assert_eq!(schemes["api_key"]["name"], "X-Schematic-Api-Key");
         assert_eq!(schemes["bearer"]["scheme"], "bearer");
         // No key for the operations routes.
-        assert_eq!(doc["paths"]["/health"]["get"]["security"], serde_json::json!([{}]));
+        assert_eq!(
+            doc["paths"]["/health"]["get"]["security"],
+            serde_json::json!([{}])
+        );
     }
 }

@@ -250,7 +250,7 @@ pub async fn plan_growth(
             FROM active WHERE ended_at IS NOT NULL AND ended_at < $3 GROUP BY 1, 2
          )
          SELECT b.bucket, p.id AS plan_id, p.key AS plan_key, p.name AS plan_name, p.plan_type,
-                COALESCE(j.n, 0) AS joined, COALESCE(l.n, 0) AS "left",
+                COALESCE(j.n, 0) AS joined, COALESCE(l.n, 0) AS \"left\",
                 (COALESCE(base.n, 0)
                  + sum(COALESCE(j.n, 0) - COALESCE(l.n, 0))
                    OVER (PARTITION BY p.id ORDER BY b.bucket))::bigint AS subscribers
