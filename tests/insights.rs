@@ -415,11 +415,7 @@ async fn plan_growth_counts_joins_and_leaves_per_day() {
             .all(|p| p["date"].as_str().unwrap().ends_with("-01T00:00:00Z")),
         "{d}"
     );
-    let this_month = monthly
-        .iter()
-        .filter(|p| p["plan_key"] == "pro")
-        .last()
-        .unwrap();
+    let this_month = monthly.iter().rfind(|p| p["plan_key"] == "pro").unwrap();
     assert_eq!(this_month["subscribers"], 1, "{d}");
     assert_eq!(body["params"]["months"], 3);
 
