@@ -58,15 +58,17 @@ done
 
 echo "==> schemathesis against http://127.0.0.1:$PORT/openapi.json (checks: $CHECKS)"
 status=0
-"$VENV/bin/schemathesis" run "http://127.0.0.1:$PORT/openapi.json" \
+ST="$(cd "$VENV" && pwd)/bin/schemathesis"
+# From $OUT, so schemathesis' own cache (.schemathesis/) stays out of the work tree.
+(cd "$OUT" && "$ST" run "http://127.0.0.1:$PORT/openapi.json" \
   --header "X-Schematic-Api-Key: $KEY" \
   --checks "$CHECKS" \
   --max-examples "$MAX_EXAMPLES" \
   --workers 2 \
   --generation-database none \
   ${SEED:+--seed "$SEED"} \
-  --report junit --report-junit-path "$OUT/junit.xml" \
-  --no-color || status=$?
+  --report junit --report-junit-path junit.xml \
+  --no-color) || status=$?
 
 if grep -q '"level":"ERROR"' "$OUT/server.log"; then
   echo "==> the server logged errors during the run (see $OUT/server.log):"

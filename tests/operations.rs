@@ -150,3 +150,33 @@ async fn operations_routes_need_no_key() {
         assert_eq!(status, StatusCode::OK, "{path}");
     }
 }
+
+/// What schemathesis found: NUL characters, which Postgres text and jsonb cannot hold, got
+/// 500s from the query string, the path and JSON bodies. They are 400s now.
+#[tokio::test]
+async fn nul_characters_are_client_errors() {
+    let app = common::spawn_app().await;
+    let (status, body) = app.get("/companies?plan_ids=a%00b").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["error"],
+        "query parameter plan_ids: must not contain NUL (%00) characters"
+    );
+    let (status, body) = app.get("/flags/flag_%00").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    for body in [
+        json!({"keys": {"id": "a\u{0}b"}}),
+        json!({"keys": {"id": "ok"}, "traits": {"t": "x\u{0}"}}),
+    ] {
+        let (status, resp) = app.post("/companies", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {resp}");
+        assert!(resp["error"].as_str().unwrap().contains("NUL"), "{resp}");
+    }
+    let (status, resp) = app
+        .post(
+            "/company-traits",
+            json!({"keys": {"id": "ok"}, "trait": "t", "set": "\u{0}"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+}

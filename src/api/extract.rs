@@ -81,6 +81,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
         let raw = parts.uri.query().unwrap_or("");
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
             .map_err(|e| AppError::bad_request(format!("malformed query string: {e}")))?;
+        // Postgres text cannot hold NUL; say so here rather than fail in SQL.
+        if let Some((k, _)) = pairs
+            .iter()
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(AppError::bad_request(format!(
+                "query parameter {k}: must not contain NUL (%00) characters"
+            )));
+        }
         Ok(Query { pairs })
     }
 }
@@ -267,6 +276,22 @@ mod tests {
         );
         assert!(q("keys=nope").key_map("keys").is_err());
         assert!(q("company_keys[id]=").key_map("company_keys").is_err());
+    }
+
+    #[tokio::test]
+    async fn nul_characters_are_refused_by_name() {
+        let (mut parts, _) = axum::http::Request::builder()
+            .uri("/companies?q=a%00b")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let err = Query::from_request_parts(&mut parts, &())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "query parameter q: must not contain NUL (%00) characters"
+        );
     }
 
     #[test]
