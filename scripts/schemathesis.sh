@@ -17,7 +17,7 @@ SCHEMATHESIS_VERSION=4.32.5
 VENV=${ENTITLED_SCHEMATHESIS_VENV:-target/schemathesis-venv}
 OUT=target/schemathesis
 DB=${ENTITLED_SCHEMATHESIS_DB:-entitled_schemathesis}
-MAX_EXAMPLES=${MAX_EXAMPLES:-40}
+MAX_EXAMPLES=${MAX_EXAMPLES:-25}
 CHECKS=${CHECKS:-not_a_server_error,content_type_conformance}
 TARGET=${CARGO_TARGET_DIR:-target}
 
@@ -64,7 +64,7 @@ ST="$(cd "$VENV" && pwd)/bin/schemathesis"
   --header "X-Schematic-Api-Key: $KEY" \
   --checks "$CHECKS" \
   --max-examples "$MAX_EXAMPLES" \
-  --workers 2 \
+  --workers "${WORKERS:-1}" \
   --generation-database none \
   ${SEED:+--seed "$SEED"} \
   --report junit --report-junit-path junit.xml \

@@ -21,6 +21,7 @@ use crate::error::{AppError, AppResult};
 use crate::metrics;
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"company": {"id": "acme"}, "user": {"email": "ada@example.com"}}))]
 pub struct CheckBody {
     /// Company keys, e.g. `{"id": "acme"}`; unknown keys evaluate with no company.
     #[schema(value_type = Option<std::collections::HashMap<String, String>>)]

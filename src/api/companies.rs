@@ -416,6 +416,7 @@ pub async fn lookup(
 /// `UpsertCompanyRequestBody`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[schema(as = UpsertCompanyRequestBody)]
+#[schema(example = json!({"keys": {"id": "acme"}, "name": "Acme", "traits": {"seats_used": 4}}))]
 pub struct UpsertBody {
     /// Identifying keys, e.g. `{"id": "acme"}`; a company matching any of them is updated.
     #[schema(value_type = HashMap<String, String>)]
@@ -513,6 +514,7 @@ pub async fn delete(
 /// `UpsertTraitRequestBody`: set or increment one company trait.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = UpsertTraitRequestBody)]
+#[schema(example = json!({"keys": {"id": "acme"}, "trait": "projects_count", "incr": 1}))]
 pub struct TraitBody {
     #[schema(value_type = HashMap<String, String>)]
     keys: Map<String, Value>,

@@ -27,8 +27,10 @@ pub const MAX_QUANTITY: i64 = 1_000_000_000;
 
 /// `CreateEventRequestBody`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"event_type": "track", "body": {"event": "api_call", "company": {"id": "acme"}, "quantity": 1}}))]
 pub struct CreateEvent {
     /// `track` or `identify`.
+    #[schema(value_type = super::openapi::EventType)]
     event_type: String,
     /// Track: `{event, company: {k: v}, user: {k: v}, quantity, traits}`. Identify: `{keys,
     /// name, traits, company: {keys, name, traits}}`.
@@ -44,6 +46,7 @@ pub struct CaptureEvent {
     api_key: Option<String>,
     /// `track` or `identify`.
     #[serde(rename = "type")]
+    #[schema(value_type = super::openapi::EventType)]
     event_type: String,
     #[schema(value_type = Option<Object>)]
     body: Option<Value>,
@@ -339,7 +342,9 @@ pub async fn track(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"events": [{"event_type": "track", "body": {"event": "api_call", "company": {"id": "acme"}}}, {"event_type": "identify", "body": {"keys": {"email": "ada@example.com"}, "company": {"keys": {"id": "acme"}}}}]}))]
 pub struct CreateBatch {
+    #[schema(min_items = 1, max_items = 1000)]
     events: Vec<CreateEvent>,
 }
 
@@ -394,7 +399,9 @@ pub async fn create_batch(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"events": [{"type": "track", "body": {"event": "api_call", "company": {"id": "acme"}, "quantity": 2}, "sent_at": "2026-01-31T12:00:00Z"}]}))]
 pub struct CaptureBatch {
+    #[schema(min_items = 1, max_items = 1000)]
     events: Vec<CaptureEvent>,
 }
 

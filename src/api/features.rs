@@ -181,9 +181,11 @@ pub async fn get(
 
 /// `CreateFeatureRequestBody` / `UpdateFeatureRequestBody`. `null` and absent mean the same.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "Exports", "feature_type": "event", "event_subtype": "export", "flag": {"key": "exports", "default_value": false}}))]
 pub struct FeatureBody {
     name: Option<String>,
     description: Option<String>,
+    #[schema(value_type = Option<super::openapi::FeatureType>)]
     feature_type: Option<String>,
     event_subtype: Option<String>,
     trait_id: Option<String>,

@@ -289,6 +289,7 @@ pub async fn get(
 
 /// `CreateOrUpdateFlagRequestBody`. `null` and absent mean the same.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"key": "new-dashboard", "name": "New dashboard", "default_value": false}))]
 pub struct FlagBody {
     key: Option<String>,
     name: Option<String>,
@@ -413,6 +414,7 @@ pub async fn delete(
 
 /// `{rules: [CreateOrUpdateRuleRequestBody, …]}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"rules": [{"name": "Beta companies", "priority": 1, "value": true, "conditions": [{"condition_type": "trait", "operator": "eq", "trait_id": "beta", "trait_value": "true"}]}]}))]
 pub struct RulesBody {
     rules: Vec<RuleInput>,
 }

@@ -185,6 +185,59 @@ pub enum Errors {
     Unavailable(ErrorBody),
 }
 
+/// `track` or `identify` (documentation type).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum EventType {
+    Track,
+    Identify,
+}
+
+/// `plan` (a base plan) or `add_on` (documentation type).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum PlanType {
+    Plan,
+    AddOn,
+}
+
+/// `boolean`, `event` (usage counted from track events) or `trait` (documentation type).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum FeatureType {
+    Boolean,
+    Event,
+    Trait,
+}
+
+/// What an entitlement grants (documentation type).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ValueType {
+    Boolean,
+    Numeric,
+    Unlimited,
+    Trait,
+    Credit,
+}
+
+/// How a plan entitlement is priced; `pay_in_advance` makes the allocation the subscribed
+/// quantity (documentation type).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum PriceBehavior {
+    PayInAdvance,
+    PayAsYouGo,
+    Overage,
+    CreditBurndown,
+    Tier,
+}
+
 /// `limit` and `offset` of every list.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]

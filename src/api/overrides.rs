@@ -271,13 +271,16 @@ pub async fn get(
 pub struct CreateBody {
     company_id: String,
     feature_id: String,
+    #[schema(value_type = Option<super::openapi::ValueType>)]
     value_type: Option<String>,
     value_bool: Option<bool>,
     value_numeric: Option<i64>,
     value_trait_id: Option<String>,
     value_credit_id: Option<String>,
     credit_consumption_rate: Option<f64>,
+    #[schema(value_type = Option<crate::engine::MetricPeriod>)]
     metric_period: Option<String>,
+    #[schema(value_type = Option<crate::engine::MonthReset>)]
     metric_period_month_reset: Option<String>,
     /// RFC 3339; must be in the future.
     expiration_date: Option<DateTime<Utc>>,
@@ -362,13 +365,16 @@ pub async fn create(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = UpdateCompanyOverrideRequestBody)]
 pub struct UpdateBody {
+    #[schema(value_type = Option<super::openapi::ValueType>)]
     value_type: Option<String>,
     value_bool: Option<bool>,
     value_numeric: Option<i64>,
     value_trait_id: Option<String>,
     value_credit_id: Option<String>,
     credit_consumption_rate: Option<f64>,
+    #[schema(value_type = Option<crate::engine::MetricPeriod>)]
     metric_period: Option<String>,
+    #[schema(value_type = Option<crate::engine::MonthReset>)]
     metric_period_month_reset: Option<String>,
     expiration_date: Option<DateTime<Utc>>,
     note: Option<String>,

@@ -246,8 +246,11 @@ pub async fn get(
 /// `null` and absent mean the same. The SDK sends `icon`, which entitled does not keep.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = CreatePlanRequestBody)]
+#[schema(example = json!({"name": "Team", "plan_type": "plan", "description": "For small teams"}))]
 pub struct CreateBody {
+    #[schema(min_length = 1, max_length = 255)]
     name: String,
+    #[schema(value_type = super::openapi::PlanType)]
     plan_type: String,
     /// Derived from `name` when absent (the SDK never sends one): `"Pro Plan"` → `pro-plan`,
     /// then `pro-plan-2`, … if taken.
@@ -308,10 +311,12 @@ pub async fn create(
 /// Absent or `null` fields keep their value; `billing_product_id: ""` unlinks the product.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = UpdatePlanRequestBody)]
+#[schema(example = json!({"description": "For growing teams"}))]
 pub struct UpdateBody {
     name: Option<String>,
     key: Option<String>,
     description: Option<String>,
+    #[schema(value_type = Option<super::openapi::PlanType>)]
     plan_type: Option<String>,
     billing_product_id: Option<String>,
 }

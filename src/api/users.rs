@@ -262,6 +262,7 @@ pub async fn lookup(
 /// `UpsertUserRequestBody`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[schema(as = UpsertUserRequestBody)]
+#[schema(example = json!({"keys": {"email": "ada@example.com"}, "name": "Ada", "company": {"id": "acme"}}))]
 pub struct UpsertBody {
     /// Identifying keys, e.g. `{"email": "ada@example.com"}`.
     #[schema(value_type = HashMap<String, String>)]
