@@ -29,7 +29,7 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
 fi
 
 echo "==> building entitled"
-cargo build --quiet --bin entitled
+cargo build --quiet --locked --bin entitled
 BIN="$TARGET/debug/entitled"
 mkdir -p "$OUT"
 
