@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::auth::Auth;
 use crate::cache::{self, Cache, Change};
 use crate::config::Config;
+use crate::insights::{self, CheckCounts};
 use crate::{db, error::AppResult};
 
 /// Shared by every handler through `State`.
@@ -20,6 +21,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Event writers (group commit).
     pub ingestor: crate::ingest::Ingestor,
+    /// Checks per environment and flag, counted in memory for insights.
+    pub checks: Arc<CheckCounts>,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
         .into_iter()
         .zip(config.environments.iter().cloned())
         .collect();
+    let checks = Arc::new(CheckCounts::new(pairs.iter().map(|(e, _)| e.id.clone())));
     let cache = Cache::load(pool.clone(), &pairs).await?;
     let ingestor = crate::ingest::Ingestor::start(pool.clone(), cache.clone());
     Ok((
@@ -68,6 +72,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
             cache,
             config: Arc::new(config),
             ingestor,
+            checks,
         },
         listener,
     ))
@@ -88,6 +93,12 @@ pub async fn run(
             cache: state.cache.clone(),
             config: state.config.clone(),
         },
+        shutdown.clone(),
+        &tracker,
+    );
+    insights::spawn_flusher(
+        state.clone(),
+        std::time::Duration::from_secs(state.config.insights.check_flush_secs),
         shutdown.clone(),
         &tracker,
     );

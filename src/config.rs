@@ -63,6 +63,14 @@ pub struct Config {
     pub log: LogConfig,
     pub environments: Vec<EnvironmentConfig>,
     pub schedule: ScheduleConfig,
+    pub insights: InsightsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InsightsConfig {
+    /// How often each replica adds its in-memory check counts to Postgres.
+    pub check_flush_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,6 +238,9 @@ impl Config {
         }
         if self.database.url.is_empty() {
             return invalid("database.url is empty".into());
+        }
+        if self.insights.check_flush_secs == 0 {
+            return invalid("insights.check_flush_secs must be at least 1".into());
         }
         if self.environments.is_empty() {
             return invalid("environments: at least one environment is required".into());

@@ -73,6 +73,24 @@ pub fn violated_constraint<'e>(err: &'e sqlx::Error, code: &str) -> Option<&'e s
     }
 }
 
+/// Postgres rejected a value the client sent (SQLSTATE class 22): a 400, named without
+/// leaking the database's message.
+fn data_exception(err: &sqlx::Error) -> Option<&'static str> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    let code = db.code()?;
+    Some(match code.as_ref() {
+        // character_not_in_repertoire, untranslatable_character (a \u0000 in JSON)
+        "22021" | "22P05" => "text must not contain NUL (\\u0000) characters",
+        "22001" => "a text value is too long",
+        "22003" => "a number is out of range",
+        "22007" | "22008" => "a timestamp is out of range",
+        c if c.starts_with("22") => "a value was rejected as invalid",
+        _ => return None,
+    })
+}
+
 fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut
@@ -108,6 +126,12 @@ impl From<sqlx::Error> for AppError {
         if let Some(c) = violated_constraint(&err, sqlstate::UNIQUE_VIOLATION) {
             return AppError::Conflict(format!("conflicts with an existing record ({c})"));
         }
+        if let Some(c) = violated_constraint(&err, sqlstate::FOREIGN_KEY_VIOLATION) {
+            return AppError::NotFound(format!("refers to a record that does not exist ({c})"));
+        }
+        if let Some(msg) = data_exception(&err) {
+            return AppError::BadRequest(msg.into());
+        }
         AppError::Database(err)
     }
 }
@@ -118,15 +142,26 @@ impl From<anyhow::Error> for AppError {
     }
 }
 
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        match &self {
+impl AppError {
+    /// Logs database and internal failures with their cause chain (the client gets an
+    /// opaque message); counts unavailability.
+    pub fn log(&self) {
+        match self {
             AppError::Database(e) => tracing::error!(error = ?e, "database error"),
-            AppError::Unavailable(e) => tracing::warn!(error = %e, "database unavailable"),
+            AppError::Unavailable(e) => {
+                crate::metrics::DB_UNAVAILABLE.inc();
+                tracing::warn!(error = %e, "database unavailable")
+            }
             AppError::Internal(e) => tracing::error!(error = ?e, "internal error"),
             _ => {}
         }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        self.log();
         let body = serde_json::json!({ "error": self.to_string() });
         (status, Json(body)).into_response()
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 pub struct Counter {
     name: &'static str,
@@ -133,11 +133,8 @@ impl<const N: usize> FixedCounter<N> {
     }
 }
 
-/// A latency histogram in seconds with fixed buckets.
-pub struct Histogram {
-    name: &'static str,
-    help: &'static str,
-    buckets: &'static [f64],
+/// Bucket counts, sum and count of one histogram series.
+pub struct HistogramCore {
     counts: [AtomicU64; 16],
     sum_micros: AtomicU64,
     count: AtomicU64,
@@ -148,23 +145,19 @@ const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5,
 ];
 
-impl Histogram {
-    pub const fn latency(name: &'static str, help: &'static str) -> Self {
-        Histogram {
-            name,
-            help,
-            buckets: LATENCY_BUCKETS,
+impl HistogramCore {
+    pub const fn new() -> Self {
+        HistogramCore {
             counts: [const { AtomicU64::new(0) }; 16],
             sum_micros: AtomicU64::new(0),
             count: AtomicU64::new(0),
         }
     }
     pub fn observe(&self, seconds: f64) {
-        let idx = self
-            .buckets
+        let idx = LATENCY_BUCKETS
             .iter()
             .position(|b| seconds <= *b)
-            .unwrap_or(self.buckets.len());
+            .unwrap_or(LATENCY_BUCKETS.len());
         self.counts[idx].fetch_add(1, Ordering::Relaxed);
         self.sum_micros
             .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
@@ -173,19 +166,282 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} histogram", self.name);
+    /// The series' lines; `labels` is `""` or `k="v",…` without braces.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{}_bucket{{le=\"{}\"}} {}", self.name, b, cumulative);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
         }
-        cumulative += self.counts[self.buckets.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{}_bucket{{le=\"+Inf\"}} {}", self.name, cumulative);
+        cumulative += self.counts[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{}_sum {}", self.name, sum);
-        let _ = writeln!(out, "{}_count {}", self.name, self.count());
+        let braces = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("{{{s}}}")
+            }
+        };
+        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+        let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count());
+    }
+}
+
+impl Default for HistogramCore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A latency histogram in seconds with fixed buckets.
+pub struct Histogram {
+    name: &'static str,
+    help: &'static str,
+    core: HistogramCore,
+}
+
+impl Histogram {
+    pub const fn latency(name: &'static str, help: &'static str) -> Self {
+        Histogram {
+            name,
+            help,
+            core: HistogramCore::new(),
+        }
+    }
+    pub fn observe(&self, seconds: f64) {
+        self.core.observe(seconds);
+    }
+    pub fn count(&self) -> u64 {
+        self.core.count()
+    }
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "histogram");
+        self.core.render(out, self.name, "");
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// `k1="v1",k2="v2"` for a series.
+fn label_pairs(names: &[&str], values: &[String]) -> String {
+    names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A counter over several labels whose values appear at run time (job and outcome, HTTP
+/// status). Takes a mutex: for work that is not a per-request hot path.
+pub struct CounterVec<const L: usize> {
+    name: &'static str,
+    help: &'static str,
+    labels: [&'static str; L],
+    values: Mutex<Vec<([String; L], u64)>>,
+}
+
+impl<const L: usize> CounterVec<L> {
+    pub const fn new(name: &'static str, help: &'static str, labels: [&'static str; L]) -> Self {
+        CounterVec {
+            name,
+            help,
+            labels,
+            values: Mutex::new(Vec::new()),
+        }
+    }
+    pub fn inc(&self, values: [&str; L]) {
+        self.inc_by(values, 1);
+    }
+    pub fn inc_by(&self, values: [&str; L], n: u64) {
+        let mut v = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        match v
+            .iter_mut()
+            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
+        {
+            Some((_, count)) => *count += n,
+            None => v.push((values.map(str::to_string), n)),
+        }
+    }
+    pub fn get(&self, values: [&str; L]) -> u64 {
+        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter()
+            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    }
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "counter");
+        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        for (l, n) in v.iter() {
+            let _ = writeln!(out, "{}{{{}}} {n}", self.name, label_pairs(&self.labels, l));
+        }
+    }
+}
+
+/// A gauge over several labels, set by whoever knows the value (queue depths by status).
+pub struct GaugeVec<const L: usize> {
+    name: &'static str,
+    help: &'static str,
+    labels: [&'static str; L],
+    values: Mutex<Vec<([String; L], f64)>>,
+}
+
+impl<const L: usize> GaugeVec<L> {
+    pub const fn new(name: &'static str, help: &'static str, labels: [&'static str; L]) -> Self {
+        GaugeVec {
+            name,
+            help,
+            labels,
+            values: Mutex::new(Vec::new()),
+        }
+    }
+    pub fn set(&self, values: [&str; L], value: f64) {
+        let mut v = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        match v
+            .iter_mut()
+            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
+        {
+            Some((_, g)) => *g = value,
+            None => v.push((values.map(str::to_string), value)),
+        }
+    }
+    pub fn get(&self, values: [&str; L]) -> Option<f64> {
+        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter()
+            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
+            .map(|(_, g)| *g)
+    }
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "gauge");
+        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        for (l, g) in v.iter() {
+            let _ = writeln!(out, "{}{{{}}} {g}", self.name, label_pairs(&self.labels, l));
+        }
+    }
+}
+
+/// A latency histogram over several labels whose values appear at run time. Takes a mutex
+/// to find the series: for jobs and external calls, not per-request hot paths.
+pub struct HistogramVec<const L: usize> {
+    name: &'static str,
+    help: &'static str,
+    labels: [&'static str; L],
+    series: Mutex<Vec<([String; L], std::sync::Arc<HistogramCore>)>>,
+}
+
+impl<const L: usize> HistogramVec<L> {
+    pub const fn new(name: &'static str, help: &'static str, labels: [&'static str; L]) -> Self {
+        HistogramVec {
+            name,
+            help,
+            labels,
+            series: Mutex::new(Vec::new()),
+        }
+    }
+    pub fn observe(&self, values: [&str; L], seconds: f64) {
+        let core = {
+            let mut v = self.series.lock().unwrap_or_else(|e| e.into_inner());
+            match v
+                .iter()
+                .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
+            {
+                Some((_, h)) => h.clone(),
+                None => {
+                    let h = std::sync::Arc::new(HistogramCore::new());
+                    v.push((values.map(str::to_string), h.clone()));
+                    h
+                }
+            }
+        };
+        core.observe(seconds);
+    }
+    pub fn count(&self, values: [&str; L]) -> u64 {
+        let v = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter()
+            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
+            .map(|(_, h)| h.count())
+            .unwrap_or(0)
+    }
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "histogram");
+        let v = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        for (l, h) in v.iter() {
+            h.render(out, self.name, &label_pairs(&self.labels, l));
+        }
+    }
+}
+
+/// Request latency per route and method. The series are fixed when the router is built
+/// (`init`), so observing one is a short scan and an atomic add: no lock, no allocation.
+pub struct RouteHistogram {
+    name: &'static str,
+    help: &'static str,
+    series: OnceLock<Vec<(&'static str, &'static str, HistogramCore)>>,
+    unmatched: HistogramCore,
+}
+
+impl RouteHistogram {
+    pub const fn new(name: &'static str, help: &'static str) -> Self {
+        RouteHistogram {
+            name,
+            help,
+            series: OnceLock::new(),
+            unmatched: HistogramCore::new(),
+        }
+    }
+    /// Registers the `(method, route)` pairs; later calls change nothing.
+    pub fn init(&self, routes: impl IntoIterator<Item = (&'static str, &'static str)>) {
+        self.series.get_or_init(|| {
+            routes
+                .into_iter()
+                .map(|(m, r)| (m, r, HistogramCore::new()))
+                .collect()
+        });
+    }
+    pub fn observe(&self, method: &str, route: &str, seconds: f64) {
+        let core = self
+            .series
+            .get()
+            .and_then(|s| {
+                s.iter()
+                    .find(|(m, r, _)| r.len() == route.len() && *m == method && *r == route)
+            })
+            .map(|(_, _, h)| h)
+            .unwrap_or(&self.unmatched);
+        core.observe(seconds);
+    }
+    pub fn count(&self, method: &str, route: &str) -> u64 {
+        self.series
+            .get()
+            .and_then(|s| s.iter().find(|(m, r, _)| *m == method && *r == route))
+            .map(|(_, _, h)| h.count())
+            .unwrap_or(0)
+    }
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "histogram");
+        for (m, r, h) in self.series.get().into_iter().flatten() {
+            // Routes never seen add nothing but noise.
+            if h.count() > 0 {
+                h.render(
+                    out,
+                    self.name,
+                    &format!("method=\"{m}\",route=\"{}\"", escape(r)),
+                );
+            }
+        }
+        if self.unmatched.count() > 0 {
+            self.unmatched
+                .render(out, self.name, "method=\"\",route=\"unmatched\"");
+        }
     }
 }
 
@@ -225,12 +481,6 @@ pub static WRITES: LabeledCounter = LabeledCounter::new(
     "resource",
 );
 
-pub static JOB_RUNS: LabeledCounter = LabeledCounter::new(
-    "entitled_job_runs_total",
-    "Scheduled job ticks by job and outcome (job:succeeded, job:failed, job:skipped when another replica ran the tick).",
-    "job_outcome",
-);
-
 pub static EVENTS_INGESTED: Counter = Counter::new(
     "entitled_events_ingested_total",
     "Track and identify events stored.",
@@ -239,6 +489,68 @@ pub static EVENTS_DUPLICATE: Counter = Counter::new(
     "entitled_events_duplicate_total",
     "Events dropped because their idempotency key was seen in the last 24 hours.",
 );
+
+pub static HTTP_REQUEST_SECONDS: RouteHistogram = RouteHistogram::new(
+    "entitled_http_request_duration_seconds",
+    "Time from request to response headers, by method and route.",
+);
+pub static DB_UNAVAILABLE: Counter = Counter::new(
+    "entitled_db_unavailable_total",
+    "Requests answered 503 because Postgres was unreachable or the pool had no free connection in time.",
+);
+pub static CHECK_COUNT_FLUSHES: FixedCounter<2> = FixedCounter::new(
+    "entitled_insights_check_flushes_total",
+    "Flushes of the in-memory per-flag check counts to Postgres, by outcome.",
+    "outcome",
+    ["ok", "error"],
+);
+
+// Hooks for the Stripe, webhook and scheduler code. Defined here so every dashboard has
+// one place to look; each is documented with who records it.
+
+/// Stripe webhook deliveries by outcome. Recorded by the webhook receiver once per request:
+/// `stored` (verified and inserted in the inbox), `duplicate` (event id already in the
+/// inbox), `rejected` (bad signature or timestamp: 400), `unavailable` (Postgres down: 503).
+pub static WEBHOOK_DELIVERIES: CounterVec<1> = CounterVec::new(
+    "entitled_webhook_deliveries_total",
+    "Stripe webhook deliveries by outcome.",
+    ["outcome"],
+);
+/// Stripe inbox rows by status (`pending`, `applied`, `skipped`, `ignored`, `failed`). Set by
+/// the inbox code (e.g. after each retry pass, or computed when `/metrics` is scraped).
+pub static INBOX_DEPTH: GaugeVec<1> = GaugeVec::new(
+    "entitled_stripe_inbox_events",
+    "Stripe inbox events by status.",
+    ["status"],
+);
+/// Scheduled job runs by job (`reconcile`, `expire_overrides`, `grant_credits`,
+/// `retry_inbox`) and outcome (`ok`, `error`, `skipped` when another replica holds the tick).
+/// Recorded by the scheduler around each `run_once`, together with [`JOB_SECONDS`].
+pub static JOB_RUNS: CounterVec<2> = CounterVec::new(
+    "entitled_job_runs_total",
+    "Scheduled job runs by job and outcome.",
+    ["job", "outcome"],
+);
+/// Duration of scheduled job runs by job and outcome.
+pub static JOB_SECONDS: HistogramVec<2> = HistogramVec::new(
+    "entitled_job_duration_seconds",
+    "Duration of scheduled job runs by job and outcome.",
+    ["job", "outcome"],
+);
+/// Stripe API calls by HTTP status (`200`, `429`, `500`, …, or `error` when no response
+/// arrived). Recorded by the Stripe client once per HTTP attempt, retries included, so
+/// rate limiting (429) is visible.
+pub static STRIPE_API_CALLS: CounterVec<1> = CounterVec::new(
+    "entitled_stripe_api_calls_total",
+    "Stripe API HTTP attempts by status.",
+    ["status"],
+);
+
+/// Records one scheduled job run (the scheduler's side of [`JOB_RUNS`] and [`JOB_SECONDS`]).
+pub fn record_job_run(job: &str, outcome: &str, seconds: f64) {
+    JOB_RUNS.inc([job, outcome]);
+    JOB_SECONDS.observe([job, outcome], seconds);
+}
 
 /// Everything, in the Prometheus text exposition format. `gauges` are point-in-time values
 /// the caller reads (pool use, cache sizes).
@@ -253,6 +565,13 @@ pub fn render(gauges: &[(&str, &str, f64)]) -> String {
     EVENTS_INGESTED.render(&mut out);
     JOB_RUNS.render(&mut out);
     EVENTS_DUPLICATE.render(&mut out);
+    HTTP_REQUEST_SECONDS.render(&mut out);
+    DB_UNAVAILABLE.render(&mut out);
+    CHECK_COUNT_FLUSHES.render(&mut out);
+    WEBHOOK_DELIVERIES.render(&mut out);
+    INBOX_DEPTH.render(&mut out);
+    JOB_SECONDS.render(&mut out);
+    STRIPE_API_CALLS.render(&mut out);
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
@@ -277,5 +596,46 @@ mod tests {
         assert!(out.contains("t_seconds_bucket{le=\"0.005\"} 2"), "{out}");
         assert!(out.contains("t_seconds_bucket{le=\"+Inf\"} 3"), "{out}");
         assert!(out.contains("t_seconds_count 3"));
+    }
+
+    #[test]
+    fn labeled_series_render_their_labels() {
+        static C: CounterVec<2> = CounterVec::new("t_runs_total", "test", ["job", "outcome"]);
+        C.inc(["reconcile", "ok"]);
+        C.inc(["reconcile", "ok"]);
+        C.inc(["reconcile", "error"]);
+        let mut out = String::new();
+        C.render(&mut out);
+        assert!(
+            out.contains("t_runs_total{job=\"reconcile\",outcome=\"ok\"} 2"),
+            "{out}"
+        );
+        assert_eq!(C.get(["reconcile", "error"]), 1);
+
+        static H: HistogramVec<1> = HistogramVec::new("t_job_seconds", "test", ["job"]);
+        H.observe(["a\"b"], 0.003);
+        let mut out = String::new();
+        H.render(&mut out);
+        assert!(
+            out.contains("t_job_seconds_bucket{job=\"a\\\"b\",le=\"0.005\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_job_seconds_count{job=\"a\\\"b\"} 1"),
+            "{out}"
+        );
+
+        static R: RouteHistogram = RouteHistogram::new("t_http_seconds", "test");
+        R.init([("GET", "/a"), ("POST", "/a")]);
+        R.observe("POST", "/a", 0.001);
+        R.observe("GET", "/nope", 0.001);
+        let mut out = String::new();
+        R.render(&mut out);
+        assert!(
+            out.contains("t_http_seconds_count{method=\"POST\",route=\"/a\"} 1"),
+            "{out}"
+        );
+        assert!(!out.contains("method=\"GET\",route=\"/a\""), "{out}");
+        assert!(out.contains("route=\"unmatched\""), "{out}");
     }
 }

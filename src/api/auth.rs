@@ -24,6 +24,11 @@ impl Auth {
         &self.env.environment.id
     }
 
+    /// Records the environment in the request's span (declared by the router's middleware).
+    pub fn record_in_span(&self) {
+        tracing::Span::current().record("env", self.env.environment.key.as_str());
+    }
+
     /// Every write, events included, needs a non-readonly key.
     pub fn require_write(&self) -> Result<(), AppError> {
         if self.readonly {
@@ -58,6 +63,8 @@ impl FromRequestParts<AppState> for Auth {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let secret = secret_from(parts).ok_or(AppError::Unauthorized)?;
-        state.authenticate(secret).ok_or(AppError::Unauthorized)
+        let auth = state.authenticate(secret).ok_or(AppError::Unauthorized)?;
+        auth.record_in_span();
+        Ok(auth)
     }
 }

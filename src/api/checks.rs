@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use super::auth::Auth;
 use super::envelope::Envelope;
 use super::extract::{parse_json, read_body, Path};
+use super::openapi::{Enveloped, Errors};
 use super::views::{key_pairs, EntitlementView};
 use crate::app::AppState;
 use crate::cache::{CheckOutcome, KeyMap};
@@ -19,14 +20,18 @@ use crate::engine::MetricPeriod;
 use crate::error::{AppError, AppResult};
 use crate::metrics;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"company": {"id": "acme"}, "user": {"email": "ada@example.com"}}))]
 pub struct CheckBody {
+    /// Company keys, e.g. `{"id": "acme"}`; unknown keys evaluate with no company.
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     company: Option<Map<String, Value>>,
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     user: Option<Map<String, Value>>,
 }
 
 /// `CheckFlagResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CheckView {
     pub flag: String,
     pub flag_id: String,
@@ -95,6 +100,10 @@ async fn context(req: Request, state: &AppState) -> AppResult<(KeyMap, KeyMap)> 
 #[derive(Serialize)]
 struct Empty {}
 
+#[utoipa::path(post, path = "/flags/{key}/check", tag = "checks",
+    params(("key" = String, Path, description = "The flag's key")),
+    request_body(content = CheckBody, description = "The company and user to check for; may be empty"),
+    responses((status = 200, description = "The flag's value and why", body = Enveloped<CheckView>), Errors))]
 pub async fn check_one(
     State(state): State<AppState>,
     auth: Auth,
@@ -102,32 +111,48 @@ pub async fn check_one(
     req: Request,
 ) -> AppResult<Response> {
     let (company, user) = context(req, &state).await?;
-    let started = Instant::now();
-    let catalog = state.cache.catalog();
-    let Some(flag) = catalog.flags_by_key.get(&key) else {
-        metrics::CHECKS.inc("not_found");
-        return Err(AppError::NotFound(format!("flag {key:?} not found")));
-    };
-    let outcome = auth.env.check(&catalog, flag, &company, &user, Utc::now());
-    metrics::CHECKS.inc(if outcome.evaluation.value {
-        "true"
-    } else {
-        "false"
-    });
-    metrics::CHECK_SECONDS.observe(started.elapsed().as_secs_f64());
+    let view = check_flag(&state, &auth, &key, &company, &user)?;
     Ok(axum::Json(Envelope {
-        data: CheckView::from(outcome),
+        data: view,
         params: Empty {},
     })
     .into_response())
 }
 
-#[derive(Serialize)]
+/// Evaluates flag `key` for the company and user the keys identify, from the snapshot,
+/// counting it for metrics and insights: the REST and MCP checks.
+pub fn check_flag(
+    state: &AppState,
+    auth: &Auth,
+    key: &str,
+    company: &KeyMap,
+    user: &KeyMap,
+) -> AppResult<CheckView> {
+    let started = Instant::now();
+    let catalog = state.cache.catalog();
+    let Some(flag) = catalog.flags_by_key.get(key) else {
+        metrics::CHECKS.inc("not_found");
+        return Err(AppError::NotFound(format!("flag {key:?} not found")));
+    };
+    let outcome = auth.env.check(&catalog, flag, company, user, Utc::now());
+    let value = outcome.evaluation.value;
+    metrics::CHECKS.inc(if value { "true" } else { "false" });
+    state.checks.record(auth.env_id(), &flag.id, value);
+    metrics::CHECK_SECONDS.observe(started.elapsed().as_secs_f64());
+    Ok(CheckView::from(outcome))
+}
+
+/// `CheckFlagsResponseData`.
+#[derive(Serialize, utoipa::ToSchema)]
 struct CheckAllView {
     flags: Vec<CheckView>,
+    #[schema(value_type = Vec<Object>)]
     credit_spend_policies: Vec<Value>,
 }
 
+#[utoipa::path(post, path = "/flags/check", tag = "checks",
+    request_body(content = CheckBody, description = "The company and user to check for; may be empty"),
+    responses((status = 200, description = "Every flag's value for the company and user", body = Enveloped<CheckAllView>), Errors))]
 pub async fn check_all(
     State(state): State<AppState>,
     auth: Auth,
@@ -152,6 +177,9 @@ pub async fn check_all(
                 .env
                 .check_resolved(&catalog, flag, company.clone(), user.clone(), now);
             metrics::CHECKS.inc(if o.evaluation.value { "true" } else { "false" });
+            state
+                .checks
+                .record(auth.env_id(), &flag.id, o.evaluation.value);
             CheckView::from(o)
         })
         .collect();

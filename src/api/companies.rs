@@ -11,7 +11,8 @@ use sqlx::PgConnection;
 
 use super::auth::Auth;
 use super::envelope;
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, Page, Path, Query};
+use super::openapi::{Deleted, Enveloped, Errors};
 use super::views::{self, EntitlementView, KeyView, TraitView};
 use crate::app::AppState;
 use crate::cache::Change;
@@ -20,7 +21,7 @@ use crate::store::companies::{self as store, UpsertCompany};
 use crate::store::keys::{self, Entity};
 
 /// `CompanyPlanWithBillingSubView`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PlanRef {
     pub id: String,
     pub name: String,
@@ -34,7 +35,7 @@ pub struct PlanRef {
 }
 
 /// `CompanyEventPeriodMetricsResponseData`: one usage counter's current window.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MetricView {
     pub account_id: String,
     pub company_id: String,
@@ -107,7 +108,7 @@ fn credit_balances(auth: &Auth, company_id: &str) -> std::collections::BTreeMap<
 }
 
 /// `GenericPreviewObject`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Preview {
     pub id: String,
     pub name: String,
@@ -115,7 +116,7 @@ pub struct Preview {
 }
 
 /// `CompanyDetailResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CompanyView {
     pub id: String,
     pub environment_id: String,
@@ -318,19 +319,63 @@ async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<CompanyView> 
         .ok_or_else(|| AppError::not_found("company", id))
 }
 
+/// Which companies of the caller's environment to list. Empty lists do not filter.
+#[derive(Debug, Default)]
+pub struct CompanyFilter {
+    pub ids: Vec<String>,
+    pub plan_ids: Vec<String>,
+    /// Matches the name or any key value.
+    pub q: Option<String>,
+    pub without_plan: bool,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    /// Only these company ids.
+    ids: Option<Vec<String>>,
+    /// Only companies currently on one of these plans.
+    plan_ids: Option<Vec<String>>,
+    plan_id: Option<String>,
+    /// Matches the name or any key value.
+    q: Option<String>,
+    /// Only companies without any plan.
+    without_plan: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/companies", tag = "companies",
+    params(super::openapi::PageParams, ListParams),
+    responses((status = 200, description = "Companies, newest first", body = Enveloped<Vec<CompanyView>>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
-    let ids_filter = query.get_all("ids");
     let plan_ids = {
         let mut p = query.get_all("plan_ids");
         p.extend(query.get("plan_id").map(str::to_string));
         p
     };
-    let q = query
-        .get("q")
+    let filter = CompanyFilter {
+        ids: query.get_all("ids"),
+        plan_ids,
+        q: query.get("q").map(str::to_string),
+        without_plan: query.bool("without_plan")?.unwrap_or(false),
+    };
+    let data = list_companies(&state, &auth, &filter, page).await?;
+    Ok(envelope::ok(data, query.params(Some(page))))
+}
+
+/// Companies of the caller's environment, newest first, as full views.
+pub async fn list_companies(
+    state: &AppState,
+    auth: &Auth,
+    filter: &CompanyFilter,
+    page: Page,
+) -> AppResult<Vec<CompanyView>> {
+    let q = filter
+        .q
+        .as_deref()
         .map(|s| format!("%{}%", s.replace('%', "\\%").replace('_', "\\_")));
-    let without_plan = query.bool("without_plan")?.unwrap_or(false);
     let mut conn = state.pool.acquire().await?;
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT c.id FROM companies c
@@ -345,18 +390,20 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
          ORDER BY c.created_at DESC, c.id DESC LIMIT $6 OFFSET $7",
     )
     .bind(auth.env_id())
-    .bind(&ids_filter)
-    .bind(&plan_ids)
+    .bind(&filter.ids)
+    .bind(&filter.plan_ids)
     .bind(&q)
-    .bind(without_plan)
+    .bind(filter.without_plan)
     .bind(page.limit)
     .bind(page.offset)
     .fetch_all(&mut *conn)
     .await?;
-    let data = details(&mut conn, &state, &auth, &ids).await?;
-    Ok(envelope::ok(data, query.params(Some(page))))
+    details(&mut conn, state, auth, &ids).await
 }
 
+#[utoipa::path(get, path = "/companies/{id}", tag = "companies",
+    params(("id" = String, Path, description = "A company id, `comp_…`")),
+    responses((status = 200, description = "The company", body = Enveloped<CompanyView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, company_id = %id))]
 pub async fn get(
     State(state): State<AppState>,
@@ -366,6 +413,9 @@ pub async fn get(
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
 }
 
+#[utoipa::path(get, path = "/companies/lookup", tag = "companies",
+    params(super::openapi::KeysParams),
+    responses((status = 200, description = "The company these keys identify", body = Enveloped<CompanyView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn lookup(
     State(state): State<AppState>,
@@ -385,23 +435,45 @@ pub async fn lookup(
     Ok(envelope::ok(view, query.params(None)))
 }
 
-#[derive(Deserialize)]
+/// `UpsertCompanyRequestBody`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = UpsertCompanyRequestBody)]
+#[schema(example = json!({"keys": {"id": "acme"}, "name": "Acme", "traits": {"seats_used": 4}}))]
 pub struct UpsertBody {
-    keys: Map<String, Value>,
-    name: Option<String>,
-    traits: Option<Map<String, Value>>,
-    base_plan_id: Option<String>,
-    add_on_ids: Option<Vec<String>>,
+    /// Identifying keys, e.g. `{"id": "acme"}`; a company matching any of them is updated.
+    #[schema(value_type = HashMap<String, String>)]
+    pub keys: Map<String, Value>,
+    pub name: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub traits: Option<Map<String, Value>>,
+    /// The company's base plan (`plan_…`); `""` leaves it.
+    pub base_plan_id: Option<String>,
+    /// Replaces the company's add-ons.
+    pub add_on_ids: Option<Vec<String>>,
+    /// Only update: a company the keys do not match is not created (404).
     #[serde(default)]
-    update_only: Option<bool>,
+    pub update_only: Option<bool>,
 }
 
+#[utoipa::path(post, path = "/companies", tag = "companies", request_body = UpsertBody,
+    responses((status = 200, description = "The company, created or updated", body = Enveloped<CompanyView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn upsert(
     State(state): State<AppState>,
     auth: Auth,
     Json(body): Json<UpsertBody>,
 ) -> AppResult<Response> {
+    Ok(envelope::ok_empty(
+        upsert_company(&state, &auth, body).await?,
+    ))
+}
+
+/// Creates or updates the company `body.keys` identify; the REST and MCP upserts.
+pub async fn upsert_company(
+    state: &AppState,
+    auth: &Auth,
+    body: UpsertBody,
+) -> AppResult<CompanyView> {
     auth.require_write()?;
     let req = UpsertCompany {
         keys: views::key_pairs("keys", &body.keys)?,
@@ -424,9 +496,12 @@ pub async fn upsert(
         .await?;
     crate::metrics::WRITES.inc("companies");
     tracing::info!(company_id = %id, created, "company upserted");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    one(state, auth, &id).await
 }
 
+#[utoipa::path(delete, path = "/companies/{id}", tag = "companies",
+    params(("id" = String, Path, description = "A company id, `comp_…`")),
+    responses((status = 200, description = "Deleted", body = Enveloped<Deleted>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, company_id = %id))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -458,16 +533,24 @@ pub async fn delete(
     Ok(envelope::deleted())
 }
 
-#[derive(Deserialize)]
+/// `UpsertTraitRequestBody`: set or increment one company trait.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UpsertTraitRequestBody)]
+#[schema(example = json!({"keys": {"id": "acme"}, "trait": "projects_count", "incr": 1}))]
 pub struct TraitBody {
+    #[schema(value_type = HashMap<String, String>)]
     keys: Map<String, Value>,
     #[serde(rename = "trait")]
     name: String,
+    /// A string, number or boolean.
+    #[schema(value_type = Option<String>)]
     set: Option<Value>,
     incr: Option<f64>,
     update_only: Option<bool>,
 }
 
+#[utoipa::path(post, path = "/company-traits", tag = "companies", request_body = TraitBody,
+    responses((status = 200, description = "The company with the trait set", body = Enveloped<CompanyView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn upsert_trait(
     State(state): State<AppState>,

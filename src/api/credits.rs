@@ -37,10 +37,53 @@ fn credits_amount(field: &str, v: f64) -> AppResult<i64> {
     Ok(micros)
 }
 
+/// Query parameters (documentation types).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct CreditListParams {
+    /// Credit type ids.
+    ids: Option<Vec<String>>,
+    /// Part of the name.
+    name: Option<String>,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct BundleListParams {
+    credit_id: Option<String>,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct PlanGrantListParams {
+    plan_id: Option<String>,
+    plan_ids: Option<Vec<String>>,
+    credit_id: Option<String>,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct CompanyParam {
+    /// The company, `comp_…`.
+    company_id: String,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct LedgerParams {
+    company_id: String,
+    credit_id: Option<String>,
+}
+
 // ---- credit types -------------------------------------------------------------------------
 
 /// `BillingCreditResponseData`.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CreditView {
     id: String,
     key: String,
@@ -82,6 +125,8 @@ async fn credit(conn: &mut PgConnection, id: &str) -> AppResult<CreditView> {
         .ok_or_else(|| AppError::not_found("credit type", id))
 }
 
+#[utoipa::path(get, path = "/billing/credits", tag = "credits", params(super::openapi::PageParams, CreditListParams),
+    responses((status = 200, description = "Credit types, newest first", body = super::openapi::Enveloped<Vec<CreditView>>), super::openapi::Errors))]
 pub async fn list_credits(
     State(state): State<AppState>,
     _auth: Auth,
@@ -106,13 +151,15 @@ pub async fn list_credits(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreditBody {
     name: Option<String>,
     key: Option<String>,
     description: Option<String>,
 }
 
+#[utoipa::path(post, path = "/billing/credits", tag = "credits", request_body = CreditBody,
+    responses((status = 200, description = "The credit type, created", body = super::openapi::Enveloped<CreditView>), super::openapi::Errors))]
 #[tracing::instrument(skip_all)]
 pub async fn create_credit(
     State(state): State<AppState>,
@@ -152,6 +199,8 @@ pub async fn create_credit(
     Ok(envelope::ok_empty(credit(&mut conn, &id).await?))
 }
 
+#[utoipa::path(get, path = "/billing/credits/{id}", tag = "credits", params(("id" = String, Path, description = "A credit type id, `bcrd_…`")),
+    responses((status = 200, description = "The credit type", body = super::openapi::Enveloped<CreditView>), super::openapi::Errors))]
 pub async fn get_credit(
     State(state): State<AppState>,
     _auth: Auth,
@@ -161,6 +210,8 @@ pub async fn get_credit(
     Ok(envelope::ok_empty(credit(&mut conn, &id).await?))
 }
 
+#[utoipa::path(put, path = "/billing/credits/{id}", tag = "credits", request_body = CreditBody, params(("id" = String, Path, description = "A credit type id, `bcrd_…`")),
+    responses((status = 200, description = "The credit type, updated", body = super::openapi::Enveloped<CreditView>), super::openapi::Errors))]
 #[tracing::instrument(skip_all, fields(credit_id = %id))]
 pub async fn update_credit(
     State(state): State<AppState>,
@@ -189,6 +240,8 @@ pub async fn update_credit(
     Ok(envelope::ok_empty(credit(&mut conn, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/billing/credits/{id}", tag = "credits", params(("id" = String, Path, description = "A credit type id, `bcrd_…`")),
+    responses((status = 200, description = "Deleted", body = super::openapi::Enveloped<super::openapi::Deleted>), super::openapi::Errors))]
 #[tracing::instrument(skip_all, fields(credit_id = %id))]
 pub async fn delete_credit(
     State(state): State<AppState>,
@@ -218,7 +271,7 @@ pub async fn delete_credit(
 // ---- bundles ------------------------------------------------------------------------------
 
 /// `BillingCreditBundleResponseData`.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct BundleView {
     id: String,
     credit_id: String,
@@ -272,6 +325,8 @@ async fn bundle(conn: &mut PgConnection, id: &str) -> AppResult<BundleView> {
         .ok_or_else(|| AppError::not_found("credit bundle", id))
 }
 
+#[utoipa::path(get, path = "/billing/credits/bundles", tag = "credits", params(super::openapi::PageParams, BundleListParams),
+    responses((status = 200, description = "Credit bundles, newest first", body = super::openapi::Enveloped<Vec<BundleView>>), super::openapi::Errors))]
 pub async fn list_bundles(
     State(state): State<AppState>,
     _auth: Auth,
@@ -293,7 +348,7 @@ pub async fn list_bundles(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct BundleBody {
     credit_id: Option<String>,
     name: Option<String>,
@@ -306,6 +361,8 @@ pub struct BundleBody {
     status: Option<String>,
 }
 
+#[utoipa::path(post, path = "/billing/credits/bundles", tag = "credits", request_body = BundleBody,
+    responses((status = 200, description = "The bundle, created", body = super::openapi::Enveloped<BundleView>), super::openapi::Errors))]
 #[tracing::instrument(skip_all)]
 pub async fn create_bundle(
     State(state): State<AppState>,
@@ -379,6 +436,8 @@ fn validate_bundle_fields(
     Ok(())
 }
 
+#[utoipa::path(get, path = "/billing/credits/bundles/{id}", tag = "credits", params(("id" = String, Path, description = "A bundle id, `bcbn_…`")),
+    responses((status = 200, description = "The bundle", body = super::openapi::Enveloped<BundleView>), super::openapi::Errors))]
 pub async fn get_bundle(
     State(state): State<AppState>,
     _auth: Auth,
@@ -388,6 +447,8 @@ pub async fn get_bundle(
     Ok(envelope::ok_empty(bundle(&mut conn, &id).await?))
 }
 
+#[utoipa::path(put, path = "/billing/credits/bundles/{id}", tag = "credits", request_body = BundleBody, params(("id" = String, Path, description = "A bundle id, `bcbn_…`")),
+    responses((status = 200, description = "The bundle, updated", body = super::openapi::Enveloped<BundleView>), super::openapi::Errors))]
 #[tracing::instrument(skip_all, fields(bundle_id = %id))]
 pub async fn update_bundle(
     State(state): State<AppState>,
@@ -434,6 +495,8 @@ pub async fn update_bundle(
     Ok(envelope::ok_empty(bundle(&mut conn, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/billing/credits/bundles/{id}", tag = "credits", params(("id" = String, Path, description = "A bundle id, `bcbn_…`")),
+    responses((status = 200, description = "Deleted", body = super::openapi::Enveloped<super::openapi::Deleted>), super::openapi::Errors))]
 pub async fn delete_bundle(
     State(state): State<AppState>,
     auth: Auth,
@@ -454,7 +517,7 @@ pub async fn delete_bundle(
 // ---- plan credit grants -------------------------------------------------------------------
 
 /// `BillingPlanCreditGrantResponseData`.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct PlanGrantView {
     id: String,
     plan_id: String,
@@ -517,6 +580,8 @@ async fn plan_grant(conn: &mut PgConnection, id: &str) -> AppResult<PlanGrantVie
         .ok_or_else(|| AppError::not_found("plan credit grant", id))
 }
 
+#[utoipa::path(get, path = "/billing/credits/plan-grants", tag = "credits", params(super::openapi::PageParams, PlanGrantListParams),
+    responses((status = 200, description = "Plan credit grants, newest first", body = super::openapi::Enveloped<Vec<PlanGrantView>>), super::openapi::Errors))]
 pub async fn list_plan_grants(
     State(state): State<AppState>,
     _auth: Auth,
@@ -542,7 +607,7 @@ pub async fn list_plan_grants(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct PlanGrantBody {
     plan_id: Option<String>,
     credit_id: Option<String>,
@@ -581,6 +646,8 @@ fn validate_plan_grant_fields(
     Ok(())
 }
 
+#[utoipa::path(post, path = "/billing/credits/plan-grants", tag = "credits", request_body = PlanGrantBody,
+    responses((status = 200, description = "The plan credit grant, created", body = super::openapi::Enveloped<PlanGrantView>), super::openapi::Errors))]
 #[tracing::instrument(skip_all)]
 pub async fn create_plan_grant(
     State(state): State<AppState>,
@@ -633,6 +700,8 @@ pub async fn create_plan_grant(
     Ok(envelope::ok_empty(plan_grant(&mut conn, &id).await?))
 }
 
+#[utoipa::path(get, path = "/billing/credits/plan-grants/{id}", tag = "credits", params(("id" = String, Path, description = "A plan credit grant id, `bcpg_…`")),
+    responses((status = 200, description = "The plan credit grant", body = super::openapi::Enveloped<PlanGrantView>), super::openapi::Errors))]
 pub async fn get_plan_grant(
     State(state): State<AppState>,
     _auth: Auth,
@@ -642,6 +711,8 @@ pub async fn get_plan_grant(
     Ok(envelope::ok_empty(plan_grant(&mut conn, &id).await?))
 }
 
+#[utoipa::path(put, path = "/billing/credits/plan-grants/{id}", tag = "credits", request_body = PlanGrantBody, params(("id" = String, Path, description = "A plan credit grant id, `bcpg_…`")),
+    responses((status = 200, description = "The plan credit grant, updated", body = super::openapi::Enveloped<PlanGrantView>), super::openapi::Errors))]
 #[tracing::instrument(skip_all, fields(plan_grant_id = %id))]
 pub async fn update_plan_grant(
     State(state): State<AppState>,
@@ -680,6 +751,8 @@ pub async fn update_plan_grant(
     Ok(envelope::ok_empty(plan_grant(&mut conn, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/billing/credits/plan-grants/{id}", tag = "credits", params(("id" = String, Path, description = "A plan credit grant id, `bcpg_…`")),
+    responses((status = 200, description = "Deleted", body = super::openapi::Enveloped<super::openapi::Deleted>), super::openapi::Errors))]
 pub async fn delete_plan_grant(
     State(state): State<AppState>,
     auth: Auth,
@@ -700,7 +773,7 @@ pub async fn delete_plan_grant(
 // ---- company grants, balances, ledger -----------------------------------------------------
 
 /// `CreditCompanyGrantView`.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct GrantView {
     id: String,
     company_id: String,
@@ -798,7 +871,7 @@ async fn require_company(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CompanyGrantBody {
     company_id: String,
     credit_id: String,
@@ -809,6 +882,8 @@ pub struct CompanyGrantBody {
     credit_bundle_id: Option<String>,
 }
 
+#[utoipa::path(post, path = "/billing/credits/grants/company", tag = "credits", request_body = CompanyGrantBody,
+    responses((status = 200, description = "The grant", body = super::openapi::Enveloped<GrantView>), super::openapi::Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn grant_to_company(
     State(state): State<AppState>,
@@ -905,6 +980,8 @@ fn company_id_param(query: &Query) -> AppResult<String> {
         .ok_or_else(|| AppError::bad_request("query parameter company_id: required"))
 }
 
+#[utoipa::path(get, path = "/billing/credits/grants/company/list", tag = "credits", params(super::openapi::PageParams, CompanyParam),
+    responses((status = 200, description = "The company's grants, newest first", body = super::openapi::Enveloped<Vec<GrantView>>), super::openapi::Errors))]
 pub async fn list_company_grants(
     State(state): State<AppState>,
     auth: Auth,
@@ -929,11 +1006,13 @@ pub async fn list_company_grants(
     Ok(envelope::ok(data, query.params(Some(page))))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 pub struct ZeroOutBody {
     reason: Option<String>,
 }
 
+#[utoipa::path(put, path = "/billing/credits/grants/{id}/zero-out", tag = "credits", request_body(content = ZeroOutBody, description = "Optional"), params(("id" = String, Path, description = "A grant id, `bcgr_…`")),
+    responses((status = 200, description = "The grant, zeroed", body = super::openapi::Enveloped<GrantView>), super::openapi::Errors))]
 #[tracing::instrument(skip_all, fields(grant_id = %id))]
 pub async fn zero_out(
     State(state): State<AppState>,
@@ -979,7 +1058,7 @@ pub async fn zero_out(
 }
 
 /// `{credit_id, credit_key, granted, used, zeroed, remaining}` plus the SDK's fields.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BalanceView {
     #[serde(flatten)]
     balance: credits::Balance,
@@ -988,6 +1067,8 @@ pub struct BalanceView {
     source: &'static str,
 }
 
+#[utoipa::path(get, path = "/billing/credits/balance", tag = "credits", params(CompanyParam),
+    responses((status = 200, description = "Per credit type: granted, used, zeroed, remaining", body = super::openapi::Enveloped<Vec<BalanceView>>), super::openapi::Errors))]
 pub async fn balance(
     State(state): State<AppState>,
     auth: Auth,
@@ -1011,7 +1092,7 @@ pub async fn balance(
 
 /// A ledger row: `{id, company_id, credit_id, grant_id, event_type, amount, reason,
 /// feature_id, usage_event_id, created_at}`.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct LedgerView {
     id: String,
     company_id: String,
@@ -1028,6 +1109,8 @@ pub struct LedgerView {
     created_at: DateTime<Utc>,
 }
 
+#[utoipa::path(get, path = "/billing/credits/ledger", tag = "credits", params(super::openapi::PageParams, LedgerParams),
+    responses((status = 200, description = "Ledger rows, newest first", body = super::openapi::Enveloped<Vec<LedgerView>>), super::openapi::Errors))]
 pub async fn ledger(
     State(state): State<AppState>,
     auth: Auth,

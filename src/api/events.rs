@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::auth::{self, Auth};
 use super::envelope;
 use super::extract::{parse_json, read_body, Json, Path, Query};
+use super::openapi::{Enveloped, Errors};
 use super::views::key_pairs;
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
@@ -25,20 +26,29 @@ pub const MAX_BATCH: usize = 1000;
 pub const MAX_QUANTITY: i64 = 1_000_000_000;
 
 /// `CreateEventRequestBody`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"event_type": "track", "body": {"event": "api_call", "company": {"id": "acme"}, "quantity": 1}}))]
 pub struct CreateEvent {
+    /// `track` or `identify`.
+    #[schema(value_type = super::openapi::EventType)]
     event_type: String,
+    /// Track: `{event, company: {k: v}, user: {k: v}, quantity, traits}`. Identify: `{keys,
+    /// name, traits, company: {keys, name, traits}}`.
+    #[schema(value_type = Option<Object>)]
     body: Option<Value>,
     idempotency_key: Option<String>,
     sent_at: Option<DateTime<Utc>>,
 }
 
 /// One event of the SDKs' capture batch: `type`, not `event_type`, and maybe its own key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CaptureEvent {
     api_key: Option<String>,
+    /// `track` or `identify`.
     #[serde(rename = "type")]
+    #[schema(value_type = super::openapi::EventType)]
     event_type: String,
+    #[schema(value_type = Option<Object>)]
     body: Option<Value>,
     idempotency_key: Option<String>,
     sent_at: Option<DateTime<Utc>>,
@@ -206,7 +216,7 @@ fn validate(
 }
 
 /// `RawEventResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     event_id: String,
     captured_at: DateTime<Utc>,
@@ -260,6 +270,8 @@ fn accepted(done: &store::Ingested, headers: &HeaderMap) -> Vec<Accepted> {
         .collect()
 }
 
+#[utoipa::path(post, path = "/events", tag = "events", request_body = CreateEvent,
+    responses((status = 200, description = "The event, stored (or the first one with its idempotency key)", body = Enveloped<Accepted>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn create(
     State(state): State<AppState>,
@@ -281,8 +293,32 @@ pub async fn create(
     Ok(envelope::ok_empty(out.remove(0)))
 }
 
-#[derive(Deserialize)]
+/// Validates and stores one track event: the MCP `track-usage-event`. `body` is a track
+/// body (`event`, `company`, `user`, `quantity`, `traits`).
+pub async fn track(
+    state: &AppState,
+    auth: &Auth,
+    headers: &HeaderMap,
+    body: Value,
+    idempotency_key: Option<String>,
+) -> AppResult<Accepted> {
+    auth.require_write()?;
+    let event = validate(
+        "",
+        auth.env_id(),
+        "track",
+        Some(body),
+        idempotency_key,
+        None,
+    )?;
+    let done = ingest(state, vec![event]).await?;
+    Ok(accepted(&done, headers).remove(0))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"events": [{"event_type": "track", "body": {"event": "api_call", "company": {"id": "acme"}}}, {"event_type": "identify", "body": {"keys": {"email": "ada@example.com"}, "company": {"keys": {"id": "acme"}}}}]}))]
 pub struct CreateBatch {
+    #[schema(min_items = 1, max_items = 1000)]
     events: Vec<CreateEvent>,
 }
 
@@ -298,6 +334,14 @@ fn check_batch_size(n: usize) -> AppResult<()> {
     Ok(())
 }
 
+/// The events of a batch, in order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AcceptedBatch {
+    events: Vec<Accepted>,
+}
+
+#[utoipa::path(post, path = "/event-batch", tag = "events", request_body = CreateBatch,
+    responses((status = 200, description = "Every event, stored in one transaction", body = Enveloped<AcceptedBatch>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn create_batch(
     State(state): State<AppState>,
@@ -323,19 +367,23 @@ pub async fn create_batch(
         })
         .collect::<AppResult<Vec<_>>>()?;
     let done = ingest(&state, events).await?;
-    Ok(envelope::ok_empty(
-        serde_json::json!({ "events": accepted(&done, &headers) }),
-    ))
+    Ok(envelope::ok_empty(AcceptedBatch {
+        events: accepted(&done, &headers),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"events": [{"type": "track", "body": {"event": "api_call", "company": {"id": "acme"}, "quantity": 2}, "sent_at": "2026-01-31T12:00:00Z"}]}))]
 pub struct CaptureBatch {
+    #[schema(min_items = 1, max_items = 1000)]
     events: Vec<CaptureEvent>,
 }
 
 /// The SDKs' event capture endpoint. Each event may carry its own `api_key`; otherwise the
 /// request's key applies. Any invalid key rejects the whole batch.
-#[tracing::instrument(skip_all)]
+#[utoipa::path(post, path = "/batch", tag = "events", request_body = CaptureBatch,
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses((status = 200, description = "Every event, stored in one transaction", body = Enveloped<AcceptedBatch>), Errors))]
 pub async fn capture(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -355,6 +403,9 @@ pub async fn capture(
             .or(header_key.as_deref())
             .ok_or(AppError::Unauthorized)?;
         let auth = state.authenticate(secret).ok_or(AppError::Unauthorized)?;
+        if i == 0 {
+            auth.record_in_span();
+        }
         auth.require_write()?;
         events.push(validate(
             &format!("events[{i}]"),
@@ -366,13 +417,13 @@ pub async fn capture(
         )?);
     }
     let done = ingest(&state, events).await?;
-    Ok(envelope::ok_empty(
-        serde_json::json!({ "events": accepted(&done, &headers) }),
-    ))
+    Ok(envelope::ok_empty(AcceptedBatch {
+        events: accepted(&done, &headers),
+    }))
 }
 
 /// `EventDetailResponseData`.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventView {
     id: String,
     #[serde(rename = "type")]
@@ -385,6 +436,7 @@ pub struct EventView {
     company_id: Option<String>,
     user_id: Option<String>,
     quantity: i64,
+    #[schema(value_type = Object)]
     body: sqlx::types::Json<Value>,
     #[sqlx(skip)]
     body_preview: String,
@@ -396,6 +448,7 @@ pub struct EventView {
     processed_at: Option<DateTime<Utc>>,
     feature_ids: Vec<String>,
     #[sqlx(skip)]
+    #[schema(value_type = Vec<Object>)]
     features: Vec<Value>,
     #[sqlx(skip)]
     error_message: Option<String>,
@@ -420,6 +473,22 @@ fn finish(mut v: EventView) -> EventView {
     v
 }
 
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    company_id: Option<String>,
+    user_id: Option<String>,
+    /// The event name of track events.
+    event_subtype: Option<String>,
+    idempotency_key: Option<String>,
+    /// `track` and/or `identify`.
+    event_types: Option<Vec<String>>,
+}
+
+#[utoipa::path(get, path = "/events", tag = "events",
+    params(super::openapi::PageParams, ListParams),
+    responses((status = 200, description = "Events, newest first", body = Enveloped<Vec<EventView>>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
@@ -455,6 +524,9 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     Ok(envelope::ok(data, query.params(Some(page))))
 }
 
+#[utoipa::path(get, path = "/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "An event id, `evnt_…`")),
+    responses((status = 200, description = "The event", body = Enveloped<EventView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, event_id = %id))]
 pub async fn get(
     State(state): State<AppState>,

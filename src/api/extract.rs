@@ -81,6 +81,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
         let raw = parts.uri.query().unwrap_or("");
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
             .map_err(|e| AppError::bad_request(format!("malformed query string: {e}")))?;
+        // Postgres text cannot hold NUL; say so here rather than fail in SQL.
+        if let Some((k, _)) = pairs
+            .iter()
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(AppError::bad_request(format!(
+                "query parameter {k}: must not contain NUL (%00) characters"
+            )));
+        }
         Ok(Query { pairs })
     }
 }
@@ -136,19 +145,7 @@ impl Query {
 
     /// `limit` (default 100, at most 1000) and `offset` (default 0).
     pub fn page(&self) -> Result<Page, AppError> {
-        let limit = self.int("limit")?.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(AppError::bad_request(format!(
-                "query parameter limit: must be between 1 and {MAX_LIMIT}, got {limit}"
-            )));
-        }
-        let offset = self.int("offset")?.unwrap_or(0);
-        if offset < 0 {
-            return Err(AppError::bad_request(
-                "query parameter offset: must not be negative",
-            ));
-        }
-        Ok(Page { limit, offset })
+        Page::new(self.int("limit")?, self.int("offset")?, "query parameter ")
     }
 
     /// Identifying keys: `keys[k]=v` pairs, or one JSON-encoded `keys={"k":"v"}`.
@@ -220,6 +217,25 @@ pub struct Page {
     pub offset: i64,
 }
 
+impl Page {
+    /// Validates a page; `prefix` starts the error message (`"query parameter "`).
+    pub fn new(limit: Option<i64>, offset: Option<i64>, prefix: &str) -> Result<Page, AppError> {
+        let limit = limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(AppError::bad_request(format!(
+                "{prefix}limit: must be between 1 and {MAX_LIMIT}, got {limit}"
+            )));
+        }
+        let offset = offset.unwrap_or(0);
+        if offset < 0 {
+            return Err(AppError::bad_request(format!(
+                "{prefix}offset: must not be negative"
+            )));
+        }
+        Ok(Page { limit, offset })
+    }
+}
+
 /// A path segment, with our error on failure.
 pub struct Path<T>(pub T);
 
@@ -260,6 +276,22 @@ mod tests {
         );
         assert!(q("keys=nope").key_map("keys").is_err());
         assert!(q("company_keys[id]=").key_map("company_keys").is_err());
+    }
+
+    #[tokio::test]
+    async fn nul_characters_are_refused_by_name() {
+        let (mut parts, _) = axum::http::Request::builder()
+            .uri("/companies?q=a%00b")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let err = Query::from_request_parts(&mut parts, &())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "query parameter q: must not contain NUL (%00) characters"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::engine::RuleType;
 use crate::error::{AppError, AppResult};
 
 /// `FeatureUsageResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FeatureUsageView {
     pub access: bool,
     pub allocation: Option<i64>,
@@ -34,7 +34,7 @@ pub struct FeatureUsageView {
     pub feature: FeatureRef,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FeatureRef {
     pub id: String,
     pub key: String,
@@ -100,6 +100,22 @@ pub fn usage_of(state: &AppState, auth: &Auth, company_id: &str) -> Vec<FeatureU
     out
 }
 
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    /// The company, by id…
+    company_id: Option<String>,
+    /// …or by keys: `company_keys[<key>]=<value>`.
+    #[param(style = DeepObject, explode)]
+    company_keys: Option<std::collections::HashMap<String, String>>,
+    /// Only these features.
+    feature_ids: Option<Vec<String>>,
+}
+
+#[utoipa::path(get, path = "/feature-usage", tag = "companies",
+    params(super::openapi::PageParams, ListParams),
+    responses((status = 200, description = "Per feature: access, allocation and usage", body = super::openapi::Enveloped<Vec<FeatureUsageView>>), super::openapi::Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;

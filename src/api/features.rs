@@ -14,6 +14,7 @@ use super::companies::Preview;
 use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::flags::{self, FlagView};
+use super::openapi::{Deleted, Enveloped, Errors};
 use crate::app::AppState;
 use crate::cache::Change;
 use crate::engine::FeatureType;
@@ -21,7 +22,7 @@ use crate::error::{AppError, AppResult};
 use crate::store::catalog::{self as store, FeatureFields, FeatureRow, FlagFields};
 
 /// `FeatureResponseData`: a feature without its flags and plans.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FeatureSummary {
     pub id: String,
     pub key: String,
@@ -55,7 +56,7 @@ impl From<&FeatureRow> for FeatureSummary {
 }
 
 /// `FeatureDetailResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FeatureView {
     #[serde(flatten)]
     pub feature: FeatureSummary,
@@ -119,6 +120,21 @@ fn parse_feature_type(field: &str, v: &str) -> AppResult<FeatureType> {
     })
 }
 
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    /// Only these feature ids.
+    ids: Option<Vec<String>>,
+    /// `boolean`, `event` or `trait`.
+    feature_type: Option<Vec<String>>,
+    /// Matches the name or key.
+    q: Option<String>,
+}
+
+#[utoipa::path(get, path = "/features", tag = "features",
+    params(super::openapi::PageParams, ListParams),
+    responses((status = 200, description = "Features, newest first", body = Enveloped<Vec<FeatureView>>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
@@ -151,6 +167,9 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     Ok(envelope::ok(data, query.params(Some(page))))
 }
 
+#[utoipa::path(get, path = "/features/{id}", tag = "features",
+    params(("id" = String, Path, description = "A feature id, `feat_…`")),
+    responses((status = 200, description = "The feature with its flag and plans", body = Enveloped<FeatureView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, feature_id = %id))]
 pub async fn get(
     State(state): State<AppState>,
@@ -161,10 +180,12 @@ pub async fn get(
 }
 
 /// `CreateFeatureRequestBody` / `UpdateFeatureRequestBody`. `null` and absent mean the same.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "Exports", "feature_type": "event", "event_subtype": "export", "flag": {"key": "exports", "default_value": false}}))]
 pub struct FeatureBody {
     name: Option<String>,
     description: Option<String>,
+    #[schema(value_type = Option<super::openapi::FeatureType>)]
     feature_type: Option<String>,
     event_subtype: Option<String>,
     trait_id: Option<String>,
@@ -174,7 +195,7 @@ pub struct FeatureBody {
 }
 
 /// `CreateOrUpdateFlagRequestBody`, nested in a feature body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct FlagInput {
     key: Option<String>,
     name: Option<String>,
@@ -301,6 +322,8 @@ impl FeatureBody {
     }
 }
 
+#[utoipa::path(post, path = "/features", tag = "features", request_body = FeatureBody,
+    responses((status = 200, description = "The feature and its flag, created", body = Enveloped<FeatureView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn create(
     State(state): State<AppState>,
@@ -338,6 +361,9 @@ pub async fn create(
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
 }
 
+#[utoipa::path(put, path = "/features/{id}", tag = "features", request_body = FeatureBody,
+    params(("id" = String, Path, description = "A feature id, `feat_…`")),
+    responses((status = 200, description = "The feature, updated", body = Enveloped<FeatureView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, feature_id = %id))]
 pub async fn update(
     State(state): State<AppState>,
@@ -368,6 +394,9 @@ pub async fn update(
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/features/{id}", tag = "features",
+    params(("id" = String, Path, description = "A feature id, `feat_…`")),
+    responses((status = 200, description = "Deleted, with its flag", body = Enveloped<Deleted>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, feature_id = %id))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -14,6 +14,7 @@ use super::auth::Auth;
 use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::features::FeatureSummary;
+use super::openapi::{Deleted, Enveloped, Errors};
 use crate::app::AppState;
 use crate::cache::Change;
 use crate::engine::rules::{ConditionType, Operator, TraitEntity};
@@ -22,7 +23,7 @@ use crate::error::{AppError, AppResult};
 use crate::store::catalog::{self as store, FlagFields, FlagRow, NewRule, RuleRow};
 
 /// `FlagResponseData`: a flag without its feature and rules.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FlagSummary {
     pub id: String,
     pub key: String,
@@ -52,7 +53,7 @@ impl From<FlagRow> for FlagSummary {
 }
 
 /// `FlagDetailResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FlagView {
     #[serde(flatten)]
     pub flag: FlagSummary,
@@ -61,7 +62,7 @@ pub struct FlagView {
 }
 
 /// `RuleDetailResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RuleView {
     pub id: String,
     pub flag_id: String,
@@ -77,7 +78,7 @@ pub struct RuleView {
 }
 
 /// `RuleConditionGroupDetailResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct GroupView {
     pub id: String,
     pub rule_id: String,
@@ -90,7 +91,7 @@ pub struct GroupView {
 
 /// `RuleConditionDetailResponseData`. Conditions are stored inside their rule, so their ids
 /// are derived from the rule's id and their position.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConditionView {
     pub id: String,
     pub rule_id: String,
@@ -231,6 +232,21 @@ async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<FlagView> {
         .ok_or_else(|| AppError::not_found("flag", id))
 }
 
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    /// Only these flag ids.
+    ids: Option<Vec<String>>,
+    /// Only the flag of this feature.
+    feature_id: Option<String>,
+    /// Matches the name or key.
+    q: Option<String>,
+}
+
+#[utoipa::path(get, path = "/flags", tag = "flags",
+    params(super::openapi::PageParams, ListParams),
+    responses((status = 200, description = "Flags, newest first", body = Enveloped<Vec<FlagView>>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
@@ -259,6 +275,9 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     Ok(envelope::ok(data, query.params(Some(page))))
 }
 
+#[utoipa::path(get, path = "/flags/{id}", tag = "flags",
+    params(("id" = String, Path, description = "A flag id, `flag_…`")),
+    responses((status = 200, description = "The flag with its rules", body = Enveloped<FlagView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, flag_id = %id))]
 pub async fn get(
     State(state): State<AppState>,
@@ -269,7 +288,8 @@ pub async fn get(
 }
 
 /// `CreateOrUpdateFlagRequestBody`. `null` and absent mean the same.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"key": "new-dashboard", "name": "New dashboard", "default_value": false}))]
 pub struct FlagBody {
     key: Option<String>,
     name: Option<String>,
@@ -331,6 +351,8 @@ impl FlagBody {
     }
 }
 
+#[utoipa::path(post, path = "/flags", tag = "flags", request_body = FlagBody,
+    responses((status = 200, description = "The flag, created", body = Enveloped<FlagView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn create(
     State(state): State<AppState>,
@@ -347,6 +369,9 @@ pub async fn create(
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
 }
 
+#[utoipa::path(put, path = "/flags/{id}", tag = "flags", request_body = FlagBody,
+    params(("id" = String, Path, description = "A flag id, `flag_…`")),
+    responses((status = 200, description = "The flag, updated", body = Enveloped<FlagView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, flag_id = %id))]
 pub async fn update(
     State(state): State<AppState>,
@@ -367,6 +392,9 @@ pub async fn update(
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/flags/{id}", tag = "flags",
+    params(("id" = String, Path, description = "A flag id, `flag_…`")),
+    responses((status = 200, description = "Deleted", body = Enveloped<Deleted>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, flag_id = %id))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -385,12 +413,13 @@ pub async fn delete(
 }
 
 /// `{rules: [CreateOrUpdateRuleRequestBody, …]}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"rules": [{"name": "Beta companies", "priority": 1, "value": true, "conditions": [{"condition_type": "trait", "operator": "eq", "trait_id": "beta", "trait_value": "true"}]}]}))]
 pub struct RulesBody {
     rules: Vec<RuleInput>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RuleInput {
     name: Option<String>,
     priority: i32,
@@ -400,7 +429,7 @@ pub struct RuleInput {
     condition_groups: Option<Vec<GroupInput>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct GroupInput {
     conditions: Option<Vec<Condition>>,
 }
@@ -468,12 +497,15 @@ impl RulesBody {
 }
 
 /// `RulesDetailResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RulesView {
     pub flag: FlagSummary,
     pub rules: Vec<RuleView>,
 }
 
+#[utoipa::path(put, path = "/flags/{id}/rules", tag = "flags", request_body = RulesBody,
+    params(("id" = String, Path, description = "A flag id, `flag_…`")),
+    responses((status = 200, description = "The flag's rules, replaced", body = Enveloped<RulesView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, flag_id = %id))]
 pub async fn put_rules(
     State(state): State<AppState>,

@@ -5,15 +5,30 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::openapi::ErrorBody;
 use crate::app::AppState;
 use crate::db;
 
+/// `{"status": "ok"}` or `{"status": "ready"}`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Status {
+    pub status: String,
+}
+
 /// The process is up.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()),
+    responses((status = 200, description = "The process is up", body = Status)))]
 pub async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
 /// The database is reachable and every migration is applied.
+#[utoipa::path(get, path = "/ready", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Ready to serve", body = Status),
+        (status = 503, description = "Postgres unreachable or migrations pending", body = ErrorBody),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     match db::migrations_applied(&state.pool).await {
         Ok(true) => axum::Json(json!({"status": "ready"})).into_response(),
@@ -33,6 +48,9 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let pool_size = state.pool.size() as f64;
     let idle = state.pool.num_idle() as f64;
@@ -50,6 +68,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             pool_size,
         ),
         ("entitled_db_pool_idle", "Idle database connections.", idle),
+        (
+            "entitled_db_pool_in_use",
+            "Database connections checked out by requests and tasks.",
+            (pool_size - idle).max(0.0),
+        ),
         (
             "entitled_db_pool_max",
             "Configured maximum database connections.",

@@ -11,6 +11,8 @@ pub mod feature_usage;
 pub mod features;
 pub mod flags;
 pub mod health;
+pub mod insights;
+pub mod openapi;
 pub mod overrides;
 pub mod plan_entitlements;
 pub mod plans;
@@ -18,125 +20,190 @@ pub mod users;
 pub mod views;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::Router;
 
 use crate::app::AppState;
 use crate::error::AppError;
 
+/// One route: the router and the OpenAPI document are both checked against this table.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    router: MethodRouter<AppState>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+    Route {
+        method,
+        path,
+        router: axum::routing::on(filter, handler),
+    }
+}
+
+/// Every route the daemon serves. Adding one here without an `#[utoipa::path]` in
+/// `openapi::ApiDoc` fails `tests/openapi.rs`.
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    vec![
+        route(M::GET, "/health", health::health),
+        route(M::GET, "/ready", health::ready),
+        route(M::GET, "/metrics", health::metrics),
+        route(M::GET, "/openapi.json", openapi::openapi_json),
+        route(M::GET, "/companies", companies::list),
+        route(M::POST, "/companies", companies::upsert),
+        route(M::GET, "/companies/lookup", companies::lookup),
+        route(M::GET, "/companies/{id}", companies::get),
+        route(M::DELETE, "/companies/{id}", companies::delete),
+        route(M::POST, "/company-traits", companies::upsert_trait),
+        route(M::GET, "/events", events::list),
+        route(M::POST, "/events", events::create),
+        route(M::GET, "/events/{id}", events::get),
+        route(M::POST, "/event-batch", events::create_batch),
+        route(M::GET, "/feature-usage", feature_usage::list),
+        route(M::POST, "/batch", events::capture),
+        route(M::GET, "/billing/credits", credits::list_credits),
+        route(M::POST, "/billing/credits", credits::create_credit),
+        route(M::GET, "/billing/credits/{id}", credits::get_credit),
+        route(M::PUT, "/billing/credits/{id}", credits::update_credit),
+        route(M::DELETE, "/billing/credits/{id}", credits::delete_credit),
+        route(M::GET, "/billing/credits/bundles", credits::list_bundles),
+        route(M::POST, "/billing/credits/bundles", credits::create_bundle),
+        route(M::GET, "/billing/credits/bundles/{id}", credits::get_bundle),
+        route(
+            M::PUT,
+            "/billing/credits/bundles/{id}",
+            credits::update_bundle,
+        ),
+        route(
+            M::DELETE,
+            "/billing/credits/bundles/{id}",
+            credits::delete_bundle,
+        ),
+        route(
+            M::GET,
+            "/billing/credits/plan-grants",
+            credits::list_plan_grants,
+        ),
+        route(
+            M::POST,
+            "/billing/credits/plan-grants",
+            credits::create_plan_grant,
+        ),
+        route(
+            M::GET,
+            "/billing/credits/plan-grants/{id}",
+            credits::get_plan_grant,
+        ),
+        route(
+            M::PUT,
+            "/billing/credits/plan-grants/{id}",
+            credits::update_plan_grant,
+        ),
+        route(
+            M::DELETE,
+            "/billing/credits/plan-grants/{id}",
+            credits::delete_plan_grant,
+        ),
+        route(
+            M::POST,
+            "/billing/credits/grants/company",
+            credits::grant_to_company,
+        ),
+        route(
+            M::GET,
+            "/billing/credits/grants/company/list",
+            credits::list_company_grants,
+        ),
+        route(
+            M::PUT,
+            "/billing/credits/grants/{id}/zero-out",
+            credits::zero_out,
+        ),
+        route(M::GET, "/billing/credits/balance", credits::balance),
+        route(M::GET, "/billing/credits/ledger", credits::ledger),
+        route(M::GET, "/users", users::list),
+        route(M::POST, "/users", users::upsert),
+        route(M::GET, "/users/lookup", users::lookup),
+        route(M::GET, "/users/{id}", users::get),
+        route(M::DELETE, "/users/{id}", users::delete),
+        route(M::GET, "/features", features::list),
+        route(M::POST, "/features", features::create),
+        route(M::GET, "/features/{id}", features::get),
+        route(M::PUT, "/features/{id}", features::update),
+        route(M::DELETE, "/features/{id}", features::delete),
+        route(M::GET, "/flags", flags::list),
+        route(M::POST, "/flags", flags::create),
+        route(M::POST, "/flags/check", checks::check_all),
+        route(M::GET, "/flags/{id}", flags::get),
+        route(M::PUT, "/flags/{id}", flags::update),
+        route(M::DELETE, "/flags/{id}", flags::delete),
+        route(M::PUT, "/flags/{id}/rules", flags::put_rules),
+        route(M::POST, "/flags/{key}/check", checks::check_one),
+        route(M::GET, "/plans", plans::list),
+        route(M::POST, "/plans", plans::create),
+        route(M::GET, "/plans/{id}", plans::get),
+        route(M::PUT, "/plans/{id}", plans::update),
+        route(M::DELETE, "/plans/{id}", plans::delete),
+        route(M::GET, "/plan-entitlements", plan_entitlements::list),
+        route(M::POST, "/plan-entitlements", plan_entitlements::create),
+        route(M::GET, "/plan-entitlements/{id}", plan_entitlements::get),
+        route(M::PUT, "/plan-entitlements/{id}", plan_entitlements::update),
+        route(
+            M::DELETE,
+            "/plan-entitlements/{id}",
+            plan_entitlements::delete,
+        ),
+        route(M::GET, "/company-overrides", overrides::list),
+        route(M::POST, "/company-overrides", overrides::create),
+        route(M::GET, "/company-overrides/{id}", overrides::get),
+        route(M::PUT, "/company-overrides/{id}", overrides::update),
+        route(M::DELETE, "/company-overrides/{id}", overrides::delete),
+        route(M::GET, "/insights/summary", insights::summary),
+        route(M::GET, "/insights/top-features", insights::top_features),
+        route(M::GET, "/insights/plan-growth", insights::plan_growth),
+        route(M::POST, "/mcp", crate::mcp::handle),
+    ]
+}
+
 /// All routes. Does no I/O.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .route("/companies", get(companies::list).post(companies::upsert))
-        .route("/companies/lookup", get(companies::lookup))
-        .route(
-            "/companies/{id}",
-            get(companies::get).delete(companies::delete),
-        )
-        .route("/company-traits", post(companies::upsert_trait))
-        .route("/events", get(events::list).post(events::create))
-        .route("/events/{id}", get(events::get))
-        .route("/event-batch", post(events::create_batch))
-        .route("/feature-usage", get(feature_usage::list))
-        .route(
-            "/billing/credits",
-            get(credits::list_credits).post(credits::create_credit),
-        )
-        .route(
-            "/billing/credits/{id}",
-            get(credits::get_credit)
-                .put(credits::update_credit)
-                .delete(credits::delete_credit),
-        )
-        .route(
-            "/billing/credits/bundles",
-            get(credits::list_bundles).post(credits::create_bundle),
-        )
-        .route(
-            "/billing/credits/bundles/{id}",
-            get(credits::get_bundle)
-                .put(credits::update_bundle)
-                .delete(credits::delete_bundle),
-        )
-        .route(
-            "/billing/credits/plan-grants",
-            get(credits::list_plan_grants).post(credits::create_plan_grant),
-        )
-        .route(
-            "/billing/credits/plan-grants/{id}",
-            get(credits::get_plan_grant)
-                .put(credits::update_plan_grant)
-                .delete(credits::delete_plan_grant),
-        )
-        .route(
-            "/billing/credits/grants/company",
-            post(credits::grant_to_company),
-        )
-        .route(
-            "/billing/credits/grants/company/list",
-            get(credits::list_company_grants),
-        )
-        .route(
-            "/billing/credits/grants/{id}/zero-out",
-            put(credits::zero_out),
-        )
-        .route("/billing/credits/balance", get(credits::balance))
-        .route("/billing/credits/ledger", get(credits::ledger))
-        .route("/batch", post(events::capture))
-        .route("/users", get(users::list).post(users::upsert))
-        .route("/users/lookup", get(users::lookup))
-        .route("/users/{id}", get(users::get).delete(users::delete))
-        .route("/features", get(features::list).post(features::create))
-        .route(
-            "/features/{id}",
-            get(features::get)
-                .put(features::update)
-                .delete(features::delete),
-        )
-        .route("/flags", get(flags::list).post(flags::create))
-        .route("/flags/check", post(checks::check_all))
-        .route(
-            "/flags/{id}",
-            get(flags::get).put(flags::update).delete(flags::delete),
-        )
-        .route("/flags/{id}/rules", put(flags::put_rules))
-        .route("/flags/{key}/check", post(checks::check_one))
-        .route("/plans", get(plans::list).post(plans::create))
-        .route(
-            "/plans/{id}",
-            get(plans::get).put(plans::update).delete(plans::delete),
-        )
-        .route(
-            "/plan-entitlements",
-            get(plan_entitlements::list).post(plan_entitlements::create),
-        )
-        .route(
-            "/plan-entitlements/{id}",
-            get(plan_entitlements::get)
-                .put(plan_entitlements::update)
-                .delete(plan_entitlements::delete),
-        )
-        .route(
-            "/company-overrides",
-            get(overrides::list).post(overrides::create),
-        )
-        .route(
-            "/company-overrides/{id}",
-            get(overrides::get)
-                .put(overrides::update)
-                .delete(overrides::delete),
-        )
+    let table = routes();
+    crate::metrics::HTTP_REQUEST_SECONDS
+        .init(table.iter().map(|r| (method_label(&r.method), r.path)));
+    let mut router = Router::new();
+    for r in table {
+        // Routes on one path merge into one method router.
+        router = router.route(r.path, r.router);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(observe))
         .with_state(state)
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        _ => "OTHER",
+    }
 }
 
 async fn not_found() -> AppError {
@@ -151,17 +218,28 @@ async fn method_not_allowed() -> Response {
         .into_response()
 }
 
-/// One span per request with the route; a metric per status class.
+/// One span per request with the method, the route and (recorded by the auth extractor) the
+/// environment; a latency histogram per route and a count per status class.
+///
+/// The span is at INFO, so every log line of a request carries them; the two check routes,
+/// the hot path, get a DEBUG span (enable with `log.level = "info,entitled::api=debug"`), since
+/// an enabled span costs an allocation per request.
 async fn observe(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let route = route
         .as_ref()
         .map(MatchedPath::as_str)
         .unwrap_or("unmatched");
-    let method = req.method().clone();
-    let span = tracing::debug_span!("request", %method, route);
+    let method = method_label(req.method());
+    let span = if route.ends_with("check") {
+        tracing::debug_span!("request", method, route, env = tracing::field::Empty)
+    } else {
+        tracing::info_span!("request", method, route, env = tracing::field::Empty)
+    };
     let started = std::time::Instant::now();
-    let response = tracing::Instrument::instrument(next.run(req), span).await;
+    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let elapsed = started.elapsed();
+    crate::metrics::HTTP_REQUEST_SECONDS.observe(method, route, elapsed.as_secs_f64());
     let status = response.status();
     crate::metrics::HTTP_RESPONSES.inc(match status.as_u16() {
         200..=299 => "2xx",
@@ -169,10 +247,19 @@ async fn observe(req: Request, next: Next) -> Response {
         500..=599 => "5xx",
         _ => "other",
     });
+    let _enter = span.enter();
     if status.is_server_error() {
-        tracing::warn!(%method, route, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request failed");
+        tracing::warn!(
+            status = status.as_u16(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "request failed"
+        );
     } else {
-        tracing::debug!(%method, route, status = status.as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+        tracing::debug!(
+            status = status.as_u16(),
+            elapsed_us = elapsed.as_micros() as u64,
+            "request"
+        );
     }
     response
 }

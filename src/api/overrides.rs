@@ -19,6 +19,7 @@ use super::auth::Auth;
 use super::companies;
 use super::envelope;
 use super::extract::{Json, Page, Path, Query};
+use super::openapi::{Deleted, Enveloped, Errors};
 use super::plan_entitlements::FeatureView;
 use crate::app::AppState;
 use crate::cache::Change;
@@ -29,7 +30,7 @@ use crate::store::plans::feature_type;
 use crate::store::values::{EntitlementValues, ValueInput};
 
 /// `CompanyOverrideNoteResponseData`. entitled keeps one note per override.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NoteView {
     pub id: String,
     pub note: String,
@@ -40,7 +41,7 @@ pub struct NoteView {
 }
 
 /// `CompanyOverrideResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OverrideView {
     pub id: String,
     pub environment_id: String,
@@ -218,6 +219,24 @@ fn ids_param(query: &Query, one: &str, many: &str) -> Vec<String> {
     ids
 }
 
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    ids: Option<Vec<String>>,
+    company_id: Option<String>,
+    company_ids: Option<Vec<String>>,
+    feature_id: Option<String>,
+    feature_ids: Option<Vec<String>>,
+    /// Leave out overrides past their expiration date.
+    without_expired: Option<bool>,
+    /// Matches the feature's name or key, or the note.
+    q: Option<String>,
+}
+
+#[utoipa::path(get, path = "/company-overrides", tag = "company-overrides",
+    params(super::openapi::PageParams, ListParams),
+    responses((status = 200, description = "Company overrides, newest first", body = Enveloped<Vec<OverrideView>>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
@@ -234,6 +253,9 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     Ok(envelope::ok(data, query.params(Some(page))))
 }
 
+#[utoipa::path(get, path = "/company-overrides/{id}", tag = "company-overrides",
+    params(("id" = String, Path, description = "A company override id, `cmov_…`")),
+    responses((status = 200, description = "The company override", body = Enveloped<OverrideView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, override_id = %id))]
 pub async fn get(
     State(state): State<AppState>,
@@ -244,17 +266,21 @@ pub async fn get(
 }
 
 /// The value fields, spelled out (not flattened) so a wrong type names its field.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CreateCompanyOverrideRequestBody)]
 pub struct CreateBody {
     company_id: String,
     feature_id: String,
+    #[schema(value_type = Option<super::openapi::ValueType>)]
     value_type: Option<String>,
     value_bool: Option<bool>,
     value_numeric: Option<i64>,
     value_trait_id: Option<String>,
     value_credit_id: Option<String>,
     credit_consumption_rate: Option<f64>,
+    #[schema(value_type = Option<crate::engine::MetricPeriod>)]
     metric_period: Option<String>,
+    #[schema(value_type = Option<crate::engine::MonthReset>)]
     metric_period_month_reset: Option<String>,
     /// RFC 3339; must be in the future.
     expiration_date: Option<DateTime<Utc>>,
@@ -280,6 +306,8 @@ fn valid_note(note: String) -> AppResult<String> {
     Ok(note)
 }
 
+#[utoipa::path(post, path = "/company-overrides", tag = "company-overrides", request_body = CreateBody,
+    responses((status = 200, description = "The company override, created", body = Enveloped<OverrideView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn create(
     State(state): State<AppState>,
@@ -334,20 +362,27 @@ pub async fn create(
 
 /// Absent or `null` fields keep their value (so `expiration_date: null` does not clear it:
 /// send a later date to extend); `note: ""` clears the note.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UpdateCompanyOverrideRequestBody)]
 pub struct UpdateBody {
+    #[schema(value_type = Option<super::openapi::ValueType>)]
     value_type: Option<String>,
     value_bool: Option<bool>,
     value_numeric: Option<i64>,
     value_trait_id: Option<String>,
     value_credit_id: Option<String>,
     credit_consumption_rate: Option<f64>,
+    #[schema(value_type = Option<crate::engine::MetricPeriod>)]
     metric_period: Option<String>,
+    #[schema(value_type = Option<crate::engine::MonthReset>)]
     metric_period_month_reset: Option<String>,
     expiration_date: Option<DateTime<Utc>>,
     note: Option<String>,
 }
 
+#[utoipa::path(put, path = "/company-overrides/{id}", tag = "company-overrides", request_body = UpdateBody,
+    params(("id" = String, Path, description = "A company override id, `cmov_…`")),
+    responses((status = 200, description = "The company override, updated", body = Enveloped<OverrideView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, override_id = %id))]
 pub async fn update(
     State(state): State<AppState>,
@@ -403,6 +438,9 @@ pub async fn update(
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/company-overrides/{id}", tag = "company-overrides",
+    params(("id" = String, Path, description = "A company override id, `cmov_…`")),
+    responses((status = 200, description = "Deleted", body = Enveloped<Deleted>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, override_id = %id))]
 pub async fn delete(
     State(state): State<AppState>,

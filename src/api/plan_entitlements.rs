@@ -11,6 +11,7 @@ use sqlx::PgConnection;
 use super::auth::Auth;
 use super::envelope;
 use super::extract::{Json, Page, Path, Query};
+use super::openapi::{Deleted, Enveloped, Errors};
 use crate::app::AppState;
 use crate::cache::Change;
 use crate::error::{AppError, AppResult};
@@ -20,7 +21,8 @@ use crate::store::plans as store;
 use crate::store::values::{EntitlementValues, ValueInput};
 
 /// `FeatureResponseData`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = FeatureResponseData)]
 pub struct FeatureView {
     pub id: String,
     pub key: String,
@@ -37,7 +39,7 @@ pub struct FeatureView {
 }
 
 /// `PlanResponseData`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PlanSummary {
     pub id: String,
     pub key: String,
@@ -50,7 +52,7 @@ pub struct PlanSummary {
 }
 
 /// `PlanEntitlementResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PlanEntitlementView {
     pub id: String,
     pub plan_id: String,
@@ -206,6 +208,22 @@ fn ids_param(query: &Query, one: &str, many: &str) -> Vec<String> {
     ids
 }
 
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    ids: Option<Vec<String>>,
+    plan_id: Option<String>,
+    plan_ids: Option<Vec<String>>,
+    feature_id: Option<String>,
+    feature_ids: Option<Vec<String>>,
+    /// Matches the feature's or plan's name or key.
+    q: Option<String>,
+}
+
+#[utoipa::path(get, path = "/plan-entitlements", tag = "plan-entitlements",
+    params(super::openapi::PageParams, ListParams),
+    responses((status = 200, description = "Plan entitlements, newest first", body = Enveloped<Vec<PlanEntitlementView>>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
@@ -221,6 +239,9 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     Ok(envelope::ok(data, query.params(Some(page))))
 }
 
+#[utoipa::path(get, path = "/plan-entitlements/{id}", tag = "plan-entitlements",
+    params(("id" = String, Path, description = "A plan entitlement id, `pltl_…`")),
+    responses((status = 200, description = "The plan entitlement", body = Enveloped<PlanEntitlementView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, entitlement_id = %id))]
 pub async fn get(
     State(state): State<AppState>,
@@ -231,18 +252,23 @@ pub async fn get(
 }
 
 /// The value fields, spelled out (not flattened) so a wrong type names its field.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CreatePlanEntitlementRequestBody)]
 pub struct CreateBody {
     plan_id: String,
     feature_id: String,
+    #[schema(value_type = Option<super::openapi::ValueType>)]
     value_type: Option<String>,
     value_bool: Option<bool>,
     value_numeric: Option<i64>,
     value_trait_id: Option<String>,
     value_credit_id: Option<String>,
     credit_consumption_rate: Option<f64>,
+    #[schema(value_type = Option<crate::engine::MetricPeriod>)]
     metric_period: Option<String>,
+    #[schema(value_type = Option<crate::engine::MonthReset>)]
     metric_period_month_reset: Option<String>,
+    #[schema(value_type = Option<super::openapi::PriceBehavior>)]
     price_behavior: Option<String>,
 }
 
@@ -258,6 +284,8 @@ fn price_behavior(new: Option<String>, current: Option<String>) -> AppResult<Opt
     }
 }
 
+#[utoipa::path(post, path = "/plan-entitlements", tag = "plan-entitlements", request_body = CreateBody,
+    responses((status = 200, description = "The plan entitlement, created", body = Enveloped<PlanEntitlementView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn create(
     State(state): State<AppState>,
@@ -295,19 +323,27 @@ pub async fn create(
 }
 
 /// Absent or `null` fields keep their current value.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UpdatePlanEntitlementRequestBody)]
 pub struct UpdateBody {
+    #[schema(value_type = Option<super::openapi::ValueType>)]
     value_type: Option<String>,
     value_bool: Option<bool>,
     value_numeric: Option<i64>,
     value_trait_id: Option<String>,
     value_credit_id: Option<String>,
     credit_consumption_rate: Option<f64>,
+    #[schema(value_type = Option<crate::engine::MetricPeriod>)]
     metric_period: Option<String>,
+    #[schema(value_type = Option<crate::engine::MonthReset>)]
     metric_period_month_reset: Option<String>,
+    #[schema(value_type = Option<super::openapi::PriceBehavior>)]
     price_behavior: Option<String>,
 }
 
+#[utoipa::path(put, path = "/plan-entitlements/{id}", tag = "plan-entitlements", request_body = UpdateBody,
+    params(("id" = String, Path, description = "A plan entitlement id, `pltl_…`")),
+    responses((status = 200, description = "The plan entitlement, updated", body = Enveloped<PlanEntitlementView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, entitlement_id = %id))]
 pub async fn update(
     State(state): State<AppState>,
@@ -340,6 +376,9 @@ pub async fn update(
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/plan-entitlements/{id}", tag = "plan-entitlements",
+    params(("id" = String, Path, description = "A plan entitlement id, `pltl_…`")),
+    responses((status = 200, description = "Deleted", body = Enveloped<Deleted>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, entitlement_id = %id))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -13,6 +13,7 @@ use sqlx::PgConnection;
 use super::auth::Auth;
 use super::envelope;
 use super::extract::{Json, Path, Query};
+use super::openapi::{Deleted, Enveloped, Errors};
 use super::plan_entitlements::{self, FeatureView, PlanEntitlementView};
 use crate::app::AppState;
 use crate::cache::Change;
@@ -21,7 +22,7 @@ use crate::store::catalog::{self, contains_pattern};
 use crate::store::plans::{self as store, PlanFields, PlanRow};
 
 /// `PreviewObject`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PlanPreview {
     pub id: String,
     pub name: String,
@@ -30,7 +31,7 @@ pub struct PlanPreview {
 
 /// `FeatureInPlanResponseData`: a feature the plan has an entitlement for. `flags` is left
 /// empty here (read them from `/flags`); `plans` lists every plan entitling the feature.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FeatureInPlan {
     #[serde(flatten)]
     pub feature: FeatureView,
@@ -39,7 +40,7 @@ pub struct FeatureInPlan {
 }
 
 /// `PlanDetailResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PlanView {
     pub id: String,
     pub key: String,
@@ -179,6 +180,23 @@ async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<PlanView> {
         .ok_or_else(|| AppError::not_found("plan", id))
 }
 
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    /// Only these plan ids.
+    ids: Option<Vec<String>>,
+    /// `plan` or `add_on`.
+    plan_type: Option<String>,
+    /// Matches the name or key.
+    q: Option<String>,
+    /// Only plans with (or without) a Stripe product.
+    has_product_id: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/plans", tag = "plans",
+    params(super::openapi::PageParams, ListParams),
+    responses((status = 200, description = "Plans, newest first", body = Enveloped<Vec<PlanView>>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
@@ -213,6 +231,9 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     Ok(envelope::ok(data, query.params(Some(page))))
 }
 
+#[utoipa::path(get, path = "/plans/{id}", tag = "plans",
+    params(("id" = String, Path, description = "A plan id, `plan_…`")),
+    responses((status = 200, description = "The plan", body = Enveloped<PlanView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, plan_id = %id))]
 pub async fn get(
     State(state): State<AppState>,
@@ -223,9 +244,13 @@ pub async fn get(
 }
 
 /// `null` and absent mean the same. The SDK sends `icon`, which entitled does not keep.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CreatePlanRequestBody)]
+#[schema(example = json!({"name": "Team", "plan_type": "plan", "description": "For small teams"}))]
 pub struct CreateBody {
+    #[schema(min_length = 1, max_length = 255)]
     name: String,
+    #[schema(value_type = super::openapi::PlanType)]
     plan_type: String,
     /// Derived from `name` when absent (the SDK never sends one): `"Pro Plan"` → `pro-plan`,
     /// then `pro-plan-2`, … if taken.
@@ -245,6 +270,8 @@ fn product_id(id: Option<String>) -> AppResult<Option<String>> {
     }
 }
 
+#[utoipa::path(post, path = "/plans", tag = "plans", request_body = CreateBody,
+    responses((status = 200, description = "The plan, created", body = Enveloped<PlanView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn create(
     State(state): State<AppState>,
@@ -282,15 +309,21 @@ pub async fn create(
 }
 
 /// Absent or `null` fields keep their value; `billing_product_id: ""` unlinks the product.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UpdatePlanRequestBody)]
+#[schema(example = json!({"description": "For growing teams"}))]
 pub struct UpdateBody {
     name: Option<String>,
     key: Option<String>,
     description: Option<String>,
+    #[schema(value_type = Option<super::openapi::PlanType>)]
     plan_type: Option<String>,
     billing_product_id: Option<String>,
 }
 
+#[utoipa::path(put, path = "/plans/{id}", tag = "plans", request_body = UpdateBody,
+    params(("id" = String, Path, description = "A plan id, `plan_…`")),
+    responses((status = 200, description = "The plan, updated", body = Enveloped<PlanView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, plan_id = %id))]
 pub async fn update(
     State(state): State<AppState>,
@@ -344,6 +377,9 @@ pub async fn update(
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/plans/{id}", tag = "plans",
+    params(("id" = String, Path, description = "A plan id, `plan_…`")),
+    responses((status = 200, description = "Deleted", body = Enveloped<Deleted>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, plan_id = %id))]
 pub async fn delete(
     State(state): State<AppState>,

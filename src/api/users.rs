@@ -11,7 +11,8 @@ use sqlx::PgConnection;
 
 use super::auth::Auth;
 use super::envelope;
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, Page, Path, Query};
+use super::openapi::{Deleted, Enveloped, Errors};
 use super::views::{self, KeyView, TraitView};
 use crate::app::AppState;
 use crate::cache::Change;
@@ -20,7 +21,7 @@ use crate::store::keys::{self, Entity};
 use crate::store::users::{self as store, UpsertUser};
 
 /// `CompanyResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CompanySummary {
     pub id: String,
     pub name: String,
@@ -30,7 +31,7 @@ pub struct CompanySummary {
 }
 
 /// `CompanyMembershipDetailResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MembershipView {
     pub id: String,
     pub company_id: String,
@@ -41,7 +42,7 @@ pub struct MembershipView {
 }
 
 /// `UserDetailResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub id: String,
     pub environment_id: String,
@@ -155,13 +156,52 @@ async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<UserView> {
         .ok_or_else(|| AppError::not_found("user", id))
 }
 
+/// Which users of the caller's environment to list. Empty lists do not filter.
+#[derive(Debug, Default)]
+pub struct UserFilter {
+    pub ids: Vec<String>,
+    pub company_id: Option<String>,
+    /// Matches the name or any key value.
+    pub q: Option<String>,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    /// Only these user ids.
+    ids: Option<Vec<String>>,
+    /// Only members of this company.
+    company_id: Option<String>,
+    /// Matches the name or any key value.
+    q: Option<String>,
+}
+
+#[utoipa::path(get, path = "/users", tag = "users",
+    params(super::openapi::PageParams, ListParams),
+    responses((status = 200, description = "Users, newest first", body = Enveloped<Vec<UserView>>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
-    let ids_filter = query.get_all("ids");
-    let company_id = query.get("company_id").map(str::to_string);
-    let q = query
-        .get("q")
+    let filter = UserFilter {
+        ids: query.get_all("ids"),
+        company_id: query.get("company_id").map(str::to_string),
+        q: query.get("q").map(str::to_string),
+    };
+    let data = list_users(&state, &auth, &filter, page).await?;
+    Ok(envelope::ok(data, query.params(Some(page))))
+}
+
+/// Users of the caller's environment, newest first, as full views.
+pub async fn list_users(
+    state: &AppState,
+    auth: &Auth,
+    filter: &UserFilter,
+    page: Page,
+) -> AppResult<Vec<UserView>> {
+    let q = filter
+        .q
+        .as_deref()
         .map(|s| format!("%{}%", s.replace('%', "\\%").replace('_', "\\_")));
     let mut conn = state.pool.acquire().await?;
     let ids: Vec<String> = sqlx::query_scalar(
@@ -175,17 +215,19 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
          ORDER BY u.created_at DESC, u.id DESC LIMIT $5 OFFSET $6",
     )
     .bind(auth.env_id())
-    .bind(&ids_filter)
-    .bind(&company_id)
+    .bind(&filter.ids)
+    .bind(&filter.company_id)
     .bind(&q)
     .bind(page.limit)
     .bind(page.offset)
     .fetch_all(&mut *conn)
     .await?;
-    let data = details(&mut conn, auth.env_id(), &ids).await?;
-    Ok(envelope::ok(data, query.params(Some(page))))
+    details(&mut conn, auth.env_id(), &ids).await
 }
 
+#[utoipa::path(get, path = "/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "A user id, `user_…`")),
+    responses((status = 200, description = "The user", body = Enveloped<UserView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, user_id = %id))]
 pub async fn get(
     State(state): State<AppState>,
@@ -195,6 +237,9 @@ pub async fn get(
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
 }
 
+#[utoipa::path(get, path = "/users/lookup", tag = "users",
+    params(super::openapi::KeysParams),
+    responses((status = 200, description = "The user these keys identify", body = Enveloped<UserView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn lookup(
     State(state): State<AppState>,
@@ -214,24 +259,41 @@ pub async fn lookup(
     Ok(envelope::ok(view, query.params(None)))
 }
 
-#[derive(Deserialize)]
+/// `UpsertUserRequestBody`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = UpsertUserRequestBody)]
+#[schema(example = json!({"keys": {"email": "ada@example.com"}, "name": "Ada", "company": {"id": "acme"}}))]
 pub struct UpsertBody {
-    keys: Map<String, Value>,
-    name: Option<String>,
-    traits: Option<Map<String, Value>>,
-    company: Option<Map<String, Value>>,
-    companies: Option<Vec<Map<String, Value>>>,
-    company_id: Option<String>,
-    company_ids: Option<Vec<String>>,
-    update_only: Option<bool>,
+    /// Identifying keys, e.g. `{"email": "ada@example.com"}`.
+    #[schema(value_type = HashMap<String, String>)]
+    pub keys: Map<String, Value>,
+    pub name: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub traits: Option<Map<String, Value>>,
+    /// Keys of a company the user belongs to (created when no company matches).
+    #[schema(value_type = Option<HashMap<String, String>>)]
+    pub company: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Vec<HashMap<String, String>>>)]
+    pub companies: Option<Vec<Map<String, Value>>>,
+    pub company_id: Option<String>,
+    pub company_ids: Option<Vec<String>>,
+    pub update_only: Option<bool>,
 }
 
+#[utoipa::path(post, path = "/users", tag = "users", request_body = UpsertBody,
+    responses((status = 200, description = "The user, created or updated", body = Enveloped<UserView>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn upsert(
     State(state): State<AppState>,
     auth: Auth,
     Json(body): Json<UpsertBody>,
 ) -> AppResult<Response> {
+    Ok(envelope::ok_empty(upsert_user(&state, &auth, body).await?))
+}
+
+/// Creates or updates the user `body.keys` identify, with its memberships; the REST and
+/// MCP upserts.
+pub async fn upsert_user(state: &AppState, auth: &Auth, body: UpsertBody) -> AppResult<UserView> {
     auth.require_write()?;
     let mut company_keys = Vec::new();
     if let Some(c) = &body.company {
@@ -264,9 +326,12 @@ pub async fn upsert(
     state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("users");
     tracing::info!(user_id = %done.id, created = done.created, "user upserted");
-    Ok(envelope::ok_empty(one(&state, &auth, &done.id).await?))
+    one(state, auth, &done.id).await
 }
 
+#[utoipa::path(delete, path = "/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "A user id, `user_…`")),
+    responses((status = 200, description = "Deleted", body = Enveloped<Deleted>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, user_id = %id))]
 pub async fn delete(
     State(state): State<AppState>,

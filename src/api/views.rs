@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::engine::{EntitlementReport, MetricPeriod};
 
 /// `FeatureEntitlement`: the entitlement behind a check or listed on a company.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntitlementView {
     pub feature_id: String,
     pub feature_key: String,
@@ -43,7 +43,7 @@ impl From<&EntitlementReport> for EntitlementView {
 }
 
 /// `EntityKeyDetailResponseData`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: String,
     pub definition_id: String,
@@ -80,7 +80,7 @@ impl KeyView {
 }
 
 /// `EntityTraitDetailResponseData`: one per trait, values as strings.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TraitView {
     pub id: String,
     pub definition_id: String,

@@ -139,7 +139,7 @@ pub async fn run_tick(
     .rows_affected()
         == 1;
     if !claimed {
-        crate::metrics::JOB_RUNS.inc(&format!("{}:skipped", job.name()));
+        crate::metrics::record_job_run(job.name(), "skipped", 0.0);
         return Ok(false);
     }
     let started = std::time::Instant::now();
@@ -149,7 +149,11 @@ pub async fn run_tick(
         Ok(summary) => ("succeeded", Some(summary.clone()), None),
         Err(e) => ("failed", None, Some(format!("{e:#}"))),
     };
-    crate::metrics::JOB_RUNS.inc(&format!("{}:{status}", job.name()));
+    crate::metrics::record_job_run(
+        job.name(),
+        if result.is_ok() { "ok" } else { "error" },
+        elapsed.as_secs_f64(),
+    );
     match &result {
         Ok(summary) => tracing::info!(elapsed_ms = elapsed.as_millis() as u64, %summary, "job ran"),
         Err(e) => {

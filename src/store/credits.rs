@@ -317,7 +317,7 @@ pub async fn rules_for(
 }
 
 /// `{credit_id, credit_key, granted, used, zeroed, remaining}` per credit type.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Balance {
     pub credit_id: String,
     pub credit_key: String,

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod companies;
 pub mod credits;
 pub mod events;
+pub mod insights;
 pub mod keys;
 pub mod overrides;
 pub mod plans;

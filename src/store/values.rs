@@ -7,7 +7,7 @@ use crate::engine::{self, FeatureType};
 use crate::error::AppError;
 
 /// The value columns as stored (and as returned by the API).
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EntitlementValues {
     pub value_type: String,
     pub value_bool: Option<bool>,

@@ -254,3 +254,27 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Runs a Python script of `tests/sdk/` with the SDK virtualenv's interpreter
+/// (`ENTITLED_SDK_PYTHON`, set by `scripts/test.sh`; else `python3`), passing the server's
+/// URL and key first. The script must exit 0 and print `OK`.
+pub async fn run_python(app: &TestApp, script: &'static str, extra: &[String]) {
+    let python = std::env::var("ENTITLED_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut args = vec![app.base.clone(), app.key.clone()];
+    args.extend_from_slice(extra);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg(script)
+            .args(&args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run python (set ENTITLED_SDK_PYTHON or run scripts/test.sh)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("OK"),
+        "{script} failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+}

@@ -1,0 +1,252 @@
+//! Check counts for insights. Checks are answered from memory and must stay cheap, so each
+//! one only adds to an atomic counter per (environment, flag); a background task moves the
+//! counts into hourly buckets in Postgres (`flag_check_counts`) every
+//! `insights.check_flush_secs`, and once more at shutdown. A flush that fails puts its counts
+//! back, so they go out with the next one; a process that dies loses at most one interval.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, DurationRound, Utc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::AppState;
+
+#[derive(Default)]
+struct FlagCounts {
+    checks: AtomicU64,
+    allowed: AtomicU64,
+}
+
+struct EnvCounts {
+    environment_id: String,
+    /// Flag id → counters. Read lock-free on every check; replaced (copy on write) only the
+    /// first time a flag is checked in this process.
+    flags: ArcSwap<HashMap<String, Arc<FlagCounts>>>,
+    grow: Mutex<()>,
+}
+
+/// Per-process check counters, by environment and flag.
+pub struct CheckCounts {
+    envs: Vec<EnvCounts>,
+}
+
+/// Counts taken out of memory for one flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drained {
+    pub environment_id: String,
+    pub flag_id: String,
+    pub checks: u64,
+    pub allowed: u64,
+}
+
+impl CheckCounts {
+    pub fn new(environment_ids: impl IntoIterator<Item = String>) -> Self {
+        CheckCounts {
+            envs: environment_ids
+                .into_iter()
+                .map(|environment_id| EnvCounts {
+                    environment_id,
+                    flags: ArcSwap::from_pointee(HashMap::new()),
+                    grow: Mutex::new(()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts one check. No lock and no allocation once the flag has been seen.
+    pub fn record(&self, environment_id: &str, flag_id: &str, allowed: bool) {
+        let Some(env) = self
+            .envs
+            .iter()
+            .find(|e| e.environment_id == environment_id)
+        else {
+            return;
+        };
+        let add = |c: &FlagCounts| {
+            c.checks.fetch_add(1, Ordering::Relaxed);
+            if allowed {
+                c.allowed.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        let flags = env.flags.load();
+        match flags.get(flag_id) {
+            Some(c) => add(c),
+            None => {
+                drop(flags);
+                add(&env.insert(flag_id));
+            }
+        }
+    }
+
+    /// Takes every non-zero count, leaving zeros.
+    pub fn drain(&self) -> Vec<Drained> {
+        let mut out = Vec::new();
+        for env in &self.envs {
+            for (flag_id, c) in env.flags.load().iter() {
+                let checks = c.checks.swap(0, Ordering::Relaxed);
+                let allowed = c.allowed.swap(0, Ordering::Relaxed);
+                if checks > 0 || allowed > 0 {
+                    out.push(Drained {
+                        environment_id: env.environment_id.clone(),
+                        flag_id: flag_id.clone(),
+                        checks,
+                        allowed,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Puts drained counts back (after a failed flush).
+    pub fn restore(&self, drained: &[Drained]) {
+        for d in drained {
+            let Some(env) = self
+                .envs
+                .iter()
+                .find(|e| e.environment_id == d.environment_id)
+            else {
+                continue;
+            };
+            let counts = match env.flags.load().get(&d.flag_id) {
+                Some(c) => c.clone(),
+                None => env.insert(&d.flag_id),
+            };
+            counts.checks.fetch_add(d.checks, Ordering::Relaxed);
+            counts.allowed.fetch_add(d.allowed, Ordering::Relaxed);
+        }
+    }
+}
+
+impl EnvCounts {
+    /// The slow path: the first check of a flag in this process.
+    fn insert(&self, flag_id: &str) -> Arc<FlagCounts> {
+        let _guard = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.flags.load();
+        if let Some(c) = current.get(flag_id) {
+            return c.clone();
+        }
+        let mut next = HashMap::clone(&current);
+        let counts = Arc::new(FlagCounts::default());
+        next.insert(flag_id.to_string(), counts.clone());
+        self.flags.store(Arc::new(next));
+        counts
+    }
+}
+
+/// The hourly bucket `at` falls in.
+pub fn bucket_of(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(chrono::TimeDelta::hours(1)).unwrap_or(at)
+}
+
+/// Moves the in-memory counts into Postgres; on failure they stay in memory.
+pub async fn flush(state: &AppState) -> Result<usize, sqlx::Error> {
+    let drained = state.checks.drain();
+    if drained.is_empty() {
+        return Ok(0);
+    }
+    let result = async {
+        let mut conn = state.pool.acquire().await?;
+        crate::store::insights::add_check_counts(&mut conn, bucket_of(Utc::now()), &drained).await
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            crate::metrics::CHECK_COUNT_FLUSHES.inc("ok");
+            Ok(drained.len())
+        }
+        Err(e) => {
+            crate::metrics::CHECK_COUNT_FLUSHES.inc("error");
+            state.checks.restore(&drained);
+            Err(e)
+        }
+    }
+}
+
+/// Flushes every `interval` until `shutdown`, then once more.
+pub fn spawn_flusher(
+    state: AppState,
+    interval: Duration,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    tracker.spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            if let Err(e) = flush(&state).await {
+                tracing::warn!(error = %e, "flushing check counts failed; keeping them for the next flush");
+            }
+        }
+        match flush(&state).await {
+            Ok(n) => tracing::debug!(flags = n, "check counts flushed at shutdown"),
+            Err(e) => tracing::warn!(error = %e, "flushing check counts at shutdown failed; they are lost"),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_drain_and_restore() {
+        let c = CheckCounts::new(["env_a".to_string(), "env_b".to_string()]);
+        c.record("env_a", "flag_1", true);
+        c.record("env_a", "flag_1", false);
+        c.record("env_b", "flag_1", true);
+        c.record("env_unknown", "flag_1", true);
+        let mut d = c.drain();
+        d.sort_by(|a, b| a.environment_id.cmp(&b.environment_id));
+        assert_eq!(
+            d.iter()
+                .map(|d| (d.environment_id.as_str(), d.checks, d.allowed))
+                .collect::<Vec<_>>(),
+            vec![("env_a", 2, 1), ("env_b", 1, 1)]
+        );
+        assert!(c.drain().is_empty(), "drained counts are zeroed");
+        c.restore(&d);
+        c.record("env_a", "flag_1", false);
+        let again = c.drain();
+        let a = again.iter().find(|x| x.environment_id == "env_a").unwrap();
+        assert_eq!((a.checks, a.allowed), (3, 1));
+    }
+
+    #[test]
+    fn concurrent_first_checks_lose_nothing() {
+        let c = Arc::new(CheckCounts::new(["env".to_string()]));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        c.record("env", &format!("flag_{}", (i + t) % 7), i % 2 == 0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let total: u64 = c.drain().iter().map(|d| d.checks).sum();
+        assert_eq!(total, 4000);
+    }
+
+    #[test]
+    fn buckets_are_hours() {
+        let at = DateTime::parse_from_rfc3339("2026-03-04T05:06:07Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(bucket_of(at).to_rfc3339(), "2026-03-04T05:00:00+00:00");
+    }
+}
