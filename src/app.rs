@@ -18,6 +18,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub cache: Arc<Cache>,
     pub config: Arc<Config>,
+    /// The Stripe inbox worker's wake-up call and the Stripe API's HTTP client.
+    pub stripe: Arc<crate::stripe::Stripe>,
 }
 
 impl AppState {
@@ -66,6 +68,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
             pool,
             cache,
             config: Arc::new(config),
+            stripe: Arc::new(crate::stripe::Stripe::default()),
         },
         listener,
     ))
@@ -80,6 +83,8 @@ pub async fn run(
     let (state, pg_listener) = build_state(config).await?;
     let tracker = TaskTracker::new();
     cache::spawn_listener(state.cache.clone(), pg_listener, shutdown.clone(), &tracker);
+    // Drains the Stripe inbox, starting with whatever a previous process left pending.
+    crate::stripe::worker::spawn(state.clone(), shutdown.clone(), &tracker);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "entitled listening");
     let app = crate::api::router(state.clone());

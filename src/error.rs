@@ -73,7 +73,8 @@ pub fn violated_constraint<'e>(err: &'e sqlx::Error, code: &str) -> Option<&'e s
     }
 }
 
-fn is_unavailable(err: &sqlx::Error) -> bool {
+/// A connection-level failure: the database is down or unreachable, not the query wrong.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed

@@ -222,6 +222,32 @@ pub static WRITES: LabeledCounter = LabeledCounter::new(
     "resource",
 );
 
+pub static WEBHOOK_DELIVERIES: FixedCounter<6> = FixedCounter::new(
+    "entitled_stripe_webhook_deliveries_total",
+    "Stripe webhook deliveries by outcome.",
+    "outcome",
+    [
+        "accepted",
+        "duplicate",
+        "invalid_signature",
+        "invalid_payload",
+        "unavailable",
+        "error",
+    ],
+);
+pub static STRIPE_EVENTS: FixedCounter<5> = FixedCounter::new(
+    "entitled_stripe_events_total",
+    "Stripe events processed from the inbox, by resulting status.",
+    "status",
+    ["applied", "skipped", "ignored", "failed", "other"],
+);
+pub static STRIPE_API_REQUESTS: FixedCounter<5> = FixedCounter::new(
+    "entitled_stripe_api_requests_total",
+    "Requests to the Stripe API by outcome.",
+    "outcome",
+    ["ok", "not_found", "rate_limited", "error", "other"],
+);
+
 /// Everything, in the Prometheus text exposition format. `gauges` are point-in-time values
 /// the caller reads (pool use, cache sizes).
 pub fn render(gauges: &[(&str, &str, f64)]) -> String {
@@ -232,6 +258,9 @@ pub fn render(gauges: &[(&str, &str, f64)]) -> String {
     CACHE_RELOADS.render(&mut out);
     CACHE_LISTENER_RECONNECTS.render(&mut out);
     WRITES.render(&mut out);
+    WEBHOOK_DELIVERIES.render(&mut out);
+    STRIPE_EVENTS.render(&mut out);
+    STRIPE_API_REQUESTS.render(&mut out);
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");

@@ -11,6 +11,7 @@ pub mod health;
 pub mod overrides;
 pub mod plan_entitlements;
 pub mod plans;
+pub mod stripe;
 pub mod users;
 pub mod views;
 
@@ -80,6 +81,10 @@ pub fn router(state: AppState) -> Router {
                 .put(overrides::update)
                 .delete(overrides::delete),
         )
+        .route("/webhooks/stripe", post(stripe::webhook_default))
+        .route("/webhooks/stripe/{environment_key}", post(stripe::webhook))
+        .route("/stripe/events", get(stripe::list_events))
+        .route("/stripe/events/{id}/retry", post(stripe::retry_event))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

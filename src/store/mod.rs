@@ -7,5 +7,6 @@ pub mod companies;
 pub mod keys;
 pub mod overrides;
 pub mod plans;
+pub mod stripe;
 pub mod users;
 pub mod values;
