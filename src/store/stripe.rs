@@ -219,15 +219,12 @@ pub async fn put_subscription(
     company_id: &str,
     s: &SubscriptionFields,
 ) -> Result<Option<String>, sqlx::Error> {
+    // One statement: the CTE reads the row as it was before the upsert.
     let previous: Option<String> = sqlx::query_scalar(
-        "SELECT company_id FROM stripe_subscriptions WHERE environment_id = $1 AND id = $2",
-    )
-    .bind(env_id)
-    .bind(&s.id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO stripe_subscriptions (environment_id, id, customer_id, company_id, status,
+        "WITH previous AS (
+             SELECT company_id FROM stripe_subscriptions WHERE environment_id = $1 AND id = $2
+         )
+         INSERT INTO stripe_subscriptions (environment_id, id, customer_id, company_id, status,
              trial_end, cancel_at_period_end, canceled_at, stripe_created)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (environment_id, id) DO UPDATE SET
@@ -235,7 +232,8 @@ pub async fn put_subscription(
              status = EXCLUDED.status, trial_end = EXCLUDED.trial_end,
              cancel_at_period_end = EXCLUDED.cancel_at_period_end,
              canceled_at = EXCLUDED.canceled_at, stripe_created = EXCLUDED.stripe_created,
-             updated_at = now()",
+             updated_at = now()
+         RETURNING (SELECT company_id FROM previous)",
     )
     .bind(env_id)
     .bind(&s.id)
@@ -246,7 +244,7 @@ pub async fn put_subscription(
     .bind(s.cancel_at_period_end)
     .bind(s.canceled_at)
     .bind(s.stripe_created)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
     let item_ids: Vec<&str> = s.items.iter().map(|i| i.id.as_str()).collect();
     if !s.items_partial {

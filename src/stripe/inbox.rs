@@ -150,7 +150,9 @@ pub async fn finish(
     Ok(())
 }
 
-/// Applying failed: record why, and when to try again.
+/// Applying failed: record why, and when to try again. Skipped when another worker holds
+/// the event (it claimed it after our rollback; its outcome is the one that counts) or has
+/// already applied it.
 pub async fn fail(
     conn: &mut PgConnection,
     environment_id: &str,
@@ -162,12 +164,16 @@ pub async fn fail(
     sqlx::query(
         "UPDATE stripe_events SET status = 'failed', applied_at = NULL, error = $3,
              attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $4)
-         WHERE environment_id = $1 AND id = $2",
+         WHERE (environment_id, id) IN (
+             SELECT environment_id, id FROM stripe_events
+             WHERE environment_id = $1 AND id = $2 AND attempts = $5
+             FOR UPDATE SKIP LOCKED)",
     )
     .bind(environment_id)
     .bind(id)
     .bind(error)
     .bind(delay as f64)
+    .bind(attempts_before)
     .execute(conn)
     .await?;
     crate::metrics::STRIPE_EVENTS.inc("failed");

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sqlx::{Acquire, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -73,10 +73,10 @@ pub async fn drain(state: &AppState) -> Result<usize, AppError> {
     Ok(n)
 }
 
-/// Applies a claimed event in `tx` and records the outcome there; commits. Returns the
-/// inbox status it ended with. A failed apply is rolled back to a savepoint and recorded as
-/// `failed` with the error and a backoff; a lost database connection leaves the event as it
-/// was (the claim rolls back) and is returned as an error.
+/// Applies a claimed event in `tx`, records the outcome there and commits. Returns the inbox
+/// status it ended with. A failed apply is rolled back whole and recorded as `failed` with
+/// the error and a backoff; a lost database connection leaves the event as it was (the claim
+/// rolls back) and is returned as an error.
 pub async fn process(
     state: &AppState,
     mut tx: Transaction<'static, Postgres>,
@@ -94,17 +94,7 @@ pub async fn process(
                 config: &env.config,
                 client: client.as_ref(),
             };
-            let mut savepoint = tx.begin().await?;
-            match apply::apply(&mut savepoint, &ctx, &event).await {
-                Ok(outcome) => {
-                    savepoint.commit().await?;
-                    Ok(outcome)
-                }
-                Err(e) => {
-                    savepoint.rollback().await?;
-                    Err(e)
-                }
-            }
+            apply::apply(&mut tx, &ctx, &event).await
         }
     };
     match result {
@@ -121,16 +111,20 @@ pub async fn process(
         }
         Err(ApplyError::Database(e)) if is_unavailable(&e) => Err(AppError::Unavailable(e)),
         Err(e) => {
+            // Undo everything the attempt wrote, then record the failure on its own. The row
+            // lock goes with the rollback; if another worker claims the event in between,
+            // its outcome stands and this record is skipped.
+            tx.rollback().await?;
             let message = e.to_string();
+            let mut conn = state.pool.acquire().await?;
             inbox::fail(
-                &mut tx,
+                &mut conn,
                 &event.environment_id,
                 &event.id,
                 event.attempts,
                 &message,
             )
             .await?;
-            tx.commit().await?;
             tracing::warn!(event_id = %event.id, event_type = %event.kind, attempts = event.attempts + 1,
                 error = %message, "Stripe event failed; it will be retried");
             Ok("failed")
