@@ -50,6 +50,8 @@ trap cleanup EXIT
 "$BASELINE" "$BASE_PORT" /dev/null & PIDS+=($!)
 $BIN serve & PIDS+=($!)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break; sleep 0.1; done
+kill -0 "${PIDS[1]}" 2>/dev/null && curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null \
+  || { echo "entitled serve did not start on port $PORT (PORT=… to pick another)"; exit 1; }
 
 echo "==> load generator ceiling: $SENDERS senders → baseline /noop, ${DURATION}s" >&2
 NOOP=$("$LOAD" "http://127.0.0.1:$BASE_PORT/noop" "$SECRET" "$DURATION" "$SENDERS" "$CUSTOMERS")

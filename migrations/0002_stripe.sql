@@ -23,7 +23,8 @@ CREATE TABLE stripe_events (
     created         timestamptz NOT NULL,
     livemode        boolean NOT NULL DEFAULT false,
     api_version     text,
-    payload         jsonb NOT NULL CHECK (jsonb_typeof(payload) = 'object'),
+    -- The body exactly as Stripe sent it (json keeps the text; the signature covered it).
+    payload         json NOT NULL CHECK (json_typeof(payload) = 'object'),
     received_at     timestamptz NOT NULL DEFAULT now(),
     -- When the event reached its current final status (applied, skipped or ignored).
     applied_at      timestamptz,

@@ -55,7 +55,7 @@ pub async fn insert(conn: &mut PgConnection, e: &NewEvent<'_>) -> Result<bool, s
     let done = sqlx::query(
         "INSERT INTO stripe_events (environment_id, id, type, object_id, created, livemode,
              api_version, payload, status, applied_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb,
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::json,
                  CASE WHEN $9 THEN 'ignored' ELSE 'pending' END, CASE WHEN $9 THEN now() END)
          ON CONFLICT (environment_id, id) DO NOTHING",
     )
@@ -91,13 +91,16 @@ pub struct Claimed {
 const CLAIM_COLUMNS: &str = "environment_id, id, type, created, attempts, payload::text AS payload";
 
 /// The next due event nobody else is applying: pending ones and failed ones whose backoff
-/// has passed, oldest first.
+/// has passed, oldest first. The inner query walks `stripe_events_due` in order and locks one
+/// row; only that row's payload is read.
 pub async fn claim_next(conn: &mut PgConnection) -> Result<Option<Claimed>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {CLAIM_COLUMNS} FROM stripe_events
-         WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
-         ORDER BY next_attempt_at, created
-         LIMIT 1 FOR UPDATE SKIP LOCKED"
+         WHERE (environment_id, id) = (
+             SELECT environment_id, id FROM stripe_events
+             WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
+             ORDER BY next_attempt_at
+             LIMIT 1 FOR UPDATE SKIP LOCKED)"
     ))
     .fetch_optional(conn)
     .await
