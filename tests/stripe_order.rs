@@ -92,7 +92,7 @@ async fn deliver(state: &AppState, event: &Value, reapply: bool) {
         api_version: None,
         payload: &payload,
     };
-    let inserted = inbox::insert(&mut *state.pool.acquire().await.unwrap(), &new)
+    let inserted = inbox::insert(&mut state.pool.acquire().await.unwrap(), &new)
         .await
         .unwrap();
     // A first delivery is applied; a redelivery is acknowledged only, or, like

@@ -362,7 +362,7 @@ async fn statuses_decide_access_and_items_map_to_base_plans_and_add_ons() {
             "sub_st",
             "cus_st",
             status,
-            &[pro(2), analytics.clone(), unlinked.clone()],
+            &[pro(2), analytics, unlinked],
         );
         let e = s::event(
             "customer.subscription.updated",
