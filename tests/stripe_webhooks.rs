@@ -358,12 +358,7 @@ async fn statuses_decide_access_and_items_map_to_base_plans_and_add_ons() {
         ("incomplete_expired", false),
     ] {
         t += 10;
-        let sub = s::subscription(
-            "sub_st",
-            "cus_st",
-            status,
-            &[pro(2), analytics, unlinked],
-        );
+        let sub = s::subscription("sub_st", "cus_st", status, &[pro(2), analytics, unlinked]);
         let e = s::event(
             "customer.subscription.updated",
             &format!("evt_st_{t}"),

@@ -514,24 +514,6 @@ pub async fn sync_memberships(
     Ok(changed)
 }
 
-/// Companies with a subscription item for `product_id`: their memberships change when a
-/// plan is linked to (or unlinked from) that product.
-pub async fn companies_with_product(
-    conn: &mut PgConnection,
-    product_id: &str,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT DISTINCT s.environment_id, s.company_id
-         FROM stripe_subscription_items i
-         JOIN stripe_subscriptions s
-              ON s.environment_id = i.environment_id AND s.id = i.subscription_id
-         WHERE i.product_id = $1",
-    )
-    .bind(product_id)
-    .fetch_all(conn)
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
