@@ -23,6 +23,8 @@ pub struct AppState {
     pub ingestor: crate::ingest::Ingestor,
     /// Checks per environment and flag, counted in memory for insights.
     pub checks: Arc<CheckCounts>,
+    /// The Stripe inbox worker's wake-up call and the Stripe API's HTTP client.
+    pub stripe: Arc<crate::stripe::Stripe>,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
             config: Arc::new(config),
             ingestor,
             checks,
+            stripe: Arc::new(crate::stripe::Stripe::default()),
         },
         listener,
     ))
@@ -102,6 +105,8 @@ pub async fn run(
         shutdown.clone(),
         &tracker,
     );
+    // Drains the Stripe inbox, starting with whatever a previous process left pending.
+    crate::stripe::worker::spawn(state.clone(), shutdown.clone(), &tracker);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "entitled listening");
     let app = crate::api::router(state.clone());

@@ -91,7 +91,8 @@ fn data_exception(err: &sqlx::Error) -> Option<&'static str> {
     })
 }
 
-fn is_unavailable(err: &sqlx::Error) -> bool {
+/// A connection-level failure: the database is down or unreachable, not the query wrong.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed

@@ -2,7 +2,8 @@
 //!
 //! Where things live: `api/` (HTTP routes, auth, one file per resource), `engine/` (pure
 //! evaluation of checks), `cache/` (the in-memory snapshot checks read, and its
-//! LISTEN/NOTIFY invalidation), `store/` (SQL per aggregate), `cli` (the `entitled` command).
+//! LISTEN/NOTIFY invalidation), `store/` (SQL per aggregate), `stripe/` (webhooks: signature, inbox, apply, API client),
+//! `cli` (the `entitled` command).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -21,3 +22,4 @@ pub mod mcp;
 pub mod metrics;
 pub mod seed;
 pub mod store;
+pub mod stripe;

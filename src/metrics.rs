@@ -508,14 +508,6 @@ pub static CHECK_COUNT_FLUSHES: FixedCounter<2> = FixedCounter::new(
 // Hooks for the Stripe, webhook and scheduler code. Defined here so every dashboard has
 // one place to look; each is documented with who records it.
 
-/// Stripe webhook deliveries by outcome. Recorded by the webhook receiver once per request:
-/// `stored` (verified and inserted in the inbox), `duplicate` (event id already in the
-/// inbox), `rejected` (bad signature or timestamp: 400), `unavailable` (Postgres down: 503).
-pub static WEBHOOK_DELIVERIES: CounterVec<1> = CounterVec::new(
-    "entitled_webhook_deliveries_total",
-    "Stripe webhook deliveries by outcome.",
-    ["outcome"],
-);
 /// Stripe inbox rows by status (`pending`, `applied`, `skipped`, `ignored`, `failed`). Set by
 /// the inbox code (e.g. after each retry pass, or computed when `/metrics` is scraped).
 pub static INBOX_DEPTH: GaugeVec<1> = GaugeVec::new(
@@ -537,20 +529,38 @@ pub static JOB_SECONDS: HistogramVec<2> = HistogramVec::new(
     "Duration of scheduled job runs by job and outcome.",
     ["job", "outcome"],
 );
-/// Stripe API calls by HTTP status (`200`, `429`, `500`, …, or `error` when no response
-/// arrived). Recorded by the Stripe client once per HTTP attempt, retries included, so
-/// rate limiting (429) is visible.
-pub static STRIPE_API_CALLS: CounterVec<1> = CounterVec::new(
-    "entitled_stripe_api_calls_total",
-    "Stripe API HTTP attempts by status.",
-    ["status"],
-);
 
 /// Records one scheduled job run (the scheduler's side of [`JOB_RUNS`] and [`JOB_SECONDS`]).
 pub fn record_job_run(job: &str, outcome: &str, seconds: f64) {
     JOB_RUNS.inc([job, outcome]);
     JOB_SECONDS.observe([job, outcome], seconds);
 }
+
+pub static WEBHOOK_DELIVERIES: FixedCounter<6> = FixedCounter::new(
+    "entitled_stripe_webhook_deliveries_total",
+    "Stripe webhook deliveries by outcome.",
+    "outcome",
+    [
+        "accepted",
+        "duplicate",
+        "invalid_signature",
+        "invalid_payload",
+        "unavailable",
+        "error",
+    ],
+);
+pub static STRIPE_EVENTS: FixedCounter<5> = FixedCounter::new(
+    "entitled_stripe_events_total",
+    "Stripe events processed from the inbox, by resulting status.",
+    "status",
+    ["applied", "skipped", "ignored", "failed", "other"],
+);
+pub static STRIPE_API_REQUESTS: FixedCounter<5> = FixedCounter::new(
+    "entitled_stripe_api_requests_total",
+    "Requests to the Stripe API by outcome.",
+    "outcome",
+    ["ok", "not_found", "rate_limited", "error", "other"],
+);
 
 /// Everything, in the Prometheus text exposition format. `gauges` are point-in-time values
 /// the caller reads (pool use, cache sizes).
@@ -568,10 +578,11 @@ pub fn render(gauges: &[(&str, &str, f64)]) -> String {
     HTTP_REQUEST_SECONDS.render(&mut out);
     DB_UNAVAILABLE.render(&mut out);
     CHECK_COUNT_FLUSHES.render(&mut out);
-    WEBHOOK_DELIVERIES.render(&mut out);
     INBOX_DEPTH.render(&mut out);
     JOB_SECONDS.render(&mut out);
-    STRIPE_API_CALLS.render(&mut out);
+    WEBHOOK_DELIVERIES.render(&mut out);
+    STRIPE_EVENTS.render(&mut out);
+    STRIPE_API_REQUESTS.render(&mut out);
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");

@@ -52,6 +52,22 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // Inbox depth by status, read at scrape time (skipped, keeping the last values, when
+    // Postgres does not answer within a second).
+    let depth = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT s.status, count(e.id) FROM unnest(ARRAY['pending','applied','skipped','ignored','failed']) AS s(status)
+             LEFT JOIN stripe_events e ON e.status = s.status GROUP BY s.status",
+        )
+        .fetch_all(&state.pool),
+    )
+    .await;
+    if let Ok(Ok(rows)) = depth {
+        for (status, n) in rows {
+            crate::metrics::INBOX_DEPTH.set([status.as_str()], n as f64);
+        }
+    }
     let pool_size = state.pool.size() as f64;
     let idle = state.pool.num_idle() as f64;
     let companies: usize = state

@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod overrides;
 pub mod plan_entitlements;
 pub mod plans;
+pub mod stripe;
 pub mod users;
 pub mod views;
 
@@ -71,6 +72,14 @@ pub fn routes() -> Vec<Route> {
         route(M::POST, "/event-batch", events::create_batch),
         route(M::GET, "/feature-usage", feature_usage::list),
         route(M::POST, "/batch", events::capture),
+        route(M::POST, "/webhooks/stripe", stripe::webhook_default),
+        route(
+            M::POST,
+            "/webhooks/stripe/{environment_key}",
+            stripe::webhook,
+        ),
+        route(M::GET, "/stripe/events", stripe::list_events),
+        route(M::POST, "/stripe/events/{id}/retry", stripe::retry_event),
         route(M::GET, "/billing/credits", credits::list_credits),
         route(M::POST, "/billing/credits", credits::create_credit),
         route(M::GET, "/billing/credits/{id}", credits::get_credit),

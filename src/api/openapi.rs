@@ -13,7 +13,7 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::{
     checks, companies, credits, events, feature_usage, features, flags, health, insights,
-    overrides, plan_entitlements, plans, users,
+    overrides, plan_entitlements, plans, stripe, users,
 };
 
 #[derive(OpenApi)]
@@ -74,6 +74,10 @@ use super::{
         overrides::get,
         overrides::update,
         overrides::delete,
+        stripe::webhook_default,
+        stripe::webhook,
+        stripe::list_events,
+        stripe::retry_event,
         credits::list_credits,
         credits::create_credit,
         credits::get_credit,
@@ -106,7 +110,7 @@ use super::{
         (name = "companies"), (name = "users"), (name = "features"), (name = "flags"),
         (name = "checks", description = "Answered from memory, never from Postgres"),
         (name = "plans"), (name = "plan-entitlements"), (name = "company-overrides"),
-        (name = "events"), (name = "credits"), (name = "insights"),
+        (name = "events"), (name = "credits"), (name = "stripe", description = "Webhooks (signed, no API key) and the inbox"), (name = "insights"),
         (name = "mcp", description = "Model Context Protocol over streamable HTTP"),
     )
 )]

@@ -10,5 +10,6 @@ pub mod insights;
 pub mod keys;
 pub mod overrides;
 pub mod plans;
+pub mod stripe;
 pub mod users;
 pub mod values;

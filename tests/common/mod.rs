@@ -2,6 +2,8 @@
 //! client. Postgres comes from `ENTITLED_TEST_DATABASE_URL` (default: the local cluster).
 #![allow(dead_code)]
 
+pub mod stripe;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

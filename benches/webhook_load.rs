@@ -1,0 +1,126 @@
+//! Load generator for the webhook benchmark: `senders` concurrent tasks post signed, distinct,
+//! realistic Stripe events for `seconds`, and print how many were acknowledged (2xx).
+//! `benches/webhooks.sh` runs it against `entitled serve` and against the baseline server's
+//! `/noop` (what the generator itself can drive, signing included).
+//!
+//! Usage: cargo bench --bench webhook_load -- <url> <secret> <seconds> <senders> <customers>
+//!
+//! Events alternate between `customer.updated` (the company upsert by keys) and
+//! `customer.subscription.updated` (a subscription with one item of `prod_bench_pro`, which
+//! the script links to a plan, so each one recomputes a membership), over `customers`
+//! customers, each with its own event id.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use entitled::stripe::signature;
+
+const CUSTOMER: &str = include_str!("../fixtures/stripe/customer.updated.json");
+const SUBSCRIPTION: &str = include_str!("../fixtures/stripe/customer.subscription.updated.json");
+
+/// Rewrites a fixture's ids and timestamps for event `n`.
+fn event(template: &serde_json::Value, n: u64, customer: u64, created: i64) -> Vec<u8> {
+    let mut e = template.clone();
+    e["id"] = format!("evt_bench_{n}").into();
+    e["created"] = created.into();
+    let object = &mut e["data"]["object"];
+    if object["object"] == "customer" {
+        object["id"] = format!("cus_bench_{customer}").into();
+        object["name"] = format!("Bench customer {customer}").into();
+        object["metadata"] = serde_json::json!({ "company_id": format!("bench-{customer}") });
+    } else {
+        object["id"] = format!("sub_bench_{customer}").into();
+        object["customer"] = format!("cus_bench_{customer}").into();
+        let items = object["items"]["data"].as_array_mut().expect("items");
+        items.truncate(1);
+        items[0]["id"] = format!("si_bench_{customer}").into();
+        items[0]["price"]["product"] = "prod_bench_pro".into();
+        items[0]["quantity"] = (1 + n % 5).into();
+    }
+    serde_json::to_vec(&e).expect("serialise")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if args.len() < 5 {
+        // `cargo test --all-targets` runs this without arguments: nothing to do.
+        eprintln!("usage: webhook_load <url> <secret> <seconds> <senders> <customers> (run by benches/webhooks.sh)");
+        return;
+    }
+    let url = args[0].clone();
+    let secret = args[1].clone();
+    let seconds: u64 = args[2].parse().expect("seconds");
+    let senders: u64 = args[3].parse().expect("senders");
+    let customers: u64 = args[4].parse().expect("customers");
+    let templates: Arc<[serde_json::Value; 2]> = Arc::new([
+        serde_json::from_str(CUSTOMER).expect("fixture"),
+        serde_json::from_str(SUBSCRIPTION).expect("fixture"),
+    ]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let acked = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(senders as usize)
+            .build()
+            .expect("client");
+        let deadline = started + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for sender in 0..senders {
+            let (client, url, secret) = (client.clone(), url.clone(), secret.clone());
+            let (acked, failed, templates) = (acked.clone(), failed.clone(), templates.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let n = sender + i * senders;
+                    i += 1;
+                    let customer = n % customers;
+                    let now = chrono::Utc::now().timestamp();
+                    let body = event(&templates[(n % 2) as usize], n, customer, now);
+                    let header = signature::sign(&body, &secret, now);
+                    let sent = client
+                        .post(&url)
+                        .header("Stripe-Signature", header)
+                        .header("Content-Type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().is_success() => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => {
+                            if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                                eprintln!("{}: {}", r.status(), r.text().await.unwrap_or_default());
+                            }
+                        }
+                        Err(e) => {
+                            if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                                eprintln!("{e}");
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let acked = acked.load(Ordering::Relaxed);
+    println!(
+        "acked {acked} failed {} seconds {elapsed:.2} rate {:.0}",
+        failed.load(Ordering::Relaxed),
+        acked as f64 / elapsed
+    );
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Stripe webhook throughput against a baseline measured in the same run.
+#
+#   benches/webhooks.sh              # 20 s per measurement
+#   DURATION=30 benches/webhooks.sh
+#
+# 1. the load generator against the baseline server's /noop: what it can drive on this
+#    machine, signing included;
+# 2. the baseline: pgbench, 32 clients (2 threads), one single-row INSERT per transaction into
+#    a scratch table, on the same Postgres;
+# 3. entitled: 32 concurrent senders posting signed, distinct events (customer.updated and
+#    customer.subscription.updated over CUSTOMERS customers, the product linked to a plan),
+#    each verified, stored in the inbox and acknowledged; then we wait until the inbox has
+#    nothing pending and count applied events per second from the first receipt to the last
+#    apply.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-20}
+SENDERS=${SENDERS:-32}
+CUSTOMERS=${CUSTOMERS:-5000}
+PORT=${PORT:-18090}
+BASE_PORT=$((PORT + 1))
+DB=entitled_bench_webhooks
+SECRET=whsec_bench_0123456789abcdef
+TARGET=${CARGO_TARGET_DIR:-target}
+command -v pgbench >/dev/null || { echo "pgbench is required (apt-get install postgresql-client)"; exit 1; }
+./scripts/ensure-postgres.sh >/dev/null
+
+cargo build --release --quiet
+LOAD=$(cargo bench --bench webhook_load --no-run 2>&1 | grep -o '[^ (]*/release/deps/webhook_load-[0-9a-f]*' | head -n1)
+BASELINE=$(cargo bench --bench baseline_server --no-run 2>&1 | grep -o '[^ (]*/release/deps/baseline_server-[0-9a-f]*' | head -n1)
+BIN=$TARGET/release/entitled
+PSQL="psql -h 127.0.0.1 -U postgres -qAt"
+
+$PSQL -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
+export ENTITLED_SERVER__LISTEN=127.0.0.1:$PORT
+export ENTITLED_LOG__LEVEL=warn
+export ENTITLED_ENVIRONMENTS__0__STRIPE_WEBHOOK_SECRETS="[\"$SECRET\"]"
+$BIN migrate >/dev/null
+$PSQL -d $DB -c "INSERT INTO plans (id, key, name, plan_type, billing_product_id)
+                 VALUES ('plan_bench_pro', 'bench-pro', 'Bench Pro', 'plan', 'prod_bench_pro')"
+$PSQL -d $DB -c "CREATE TABLE bench_insert (id bigserial PRIMARY KEY, payload text NOT NULL,
+                 created_at timestamptz NOT NULL DEFAULT now())"
+
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+"$BASELINE" "$BASE_PORT" /dev/null & PIDS+=($!)
+$BIN serve & PIDS+=($!)
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break; sleep 0.1; done
+kill -0 "${PIDS[1]}" 2>/dev/null && curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null \
+  || { echo "entitled serve did not start on port $PORT (PORT=… to pick another)"; exit 1; }
+
+echo "==> load generator ceiling: $SENDERS senders → baseline /noop, ${DURATION}s" >&2
+NOOP=$("$LOAD" "http://127.0.0.1:$BASE_PORT/noop" "$SECRET" "$DURATION" "$SENDERS" "$CUSTOMERS")
+echo "$NOOP" >&2
+
+echo "==> baseline: pgbench -n -c $SENDERS -j 2 -T $DURATION (single-row INSERT)" >&2
+echo "INSERT INTO bench_insert (payload) VALUES ('evt_bench customer.updated cus_bench');" > "$TMP/insert.sql"
+pgbench -h 127.0.0.1 -U postgres -n -c "$SENDERS" -j 2 -T "$DURATION" -f "$TMP/insert.sql" "$DB" > "$TMP/pgbench.txt" 2>&1
+PG_TPS=$(awk '/^tps = / {print $3; exit}' "$TMP/pgbench.txt")
+echo "pgbench tps $PG_TPS" >&2
+
+echo "==> entitled: $SENDERS senders → POST /webhooks/stripe, ${DURATION}s" >&2
+ENT=$("$LOAD" "http://127.0.0.1:$PORT/webhooks/stripe" "$SECRET" "$DURATION" "$SENDERS" "$CUSTOMERS")
+echo "$ENT" >&2
+for _ in $(seq 1 600); do
+  PENDING=$($PSQL -d $DB -c "SELECT count(*) FROM stripe_events WHERE status IN ('pending', 'failed')")
+  [ "$PENDING" = 0 ] && break
+  sleep 0.5
+done
+read -r APPLIED OTHER WINDOW < <($PSQL -F ' ' -d $DB -c "SELECT count(*) FILTER (WHERE status = 'applied'),
+    count(*) FILTER (WHERE status <> 'applied'),
+    extract(epoch FROM max(applied_at) - min(received_at)) FROM stripe_events")
+MEMBERSHIPS=$($PSQL -d $DB -c "SELECT count(*) FROM company_plans WHERE ended_at IS NULL AND source = 'stripe'")
+COMPANIES=$($PSQL -d $DB -c "SELECT count(*) FROM companies")
+
+python3 - "$NOOP" "$PG_TPS" "$ENT" "$APPLIED" "$OTHER" "$WINDOW" "$PENDING" "$MEMBERSHIPS" "$COMPANIES" <<'PY'
+import sys
+noop, pg, ent, applied, other, window, pending, memberships, companies = sys.argv[1:]
+rate = lambda line: float(line.split()[line.split().index("rate") + 1])
+noop_rate, ent_ack = rate(noop), rate(ent)
+applied, window, pg = int(applied), float(window), float(pg)
+applied_rate = applied / window
+print()
+print("| target | events/s |")
+print("|---|---|")
+print(f"| load generator → /noop (ceiling) | {noop_rate:,.0f} |")
+print(f"| pgbench single-row INSERT, 32 clients (baseline) | {pg:,.0f} tps |")
+print(f"| entitled: acknowledged (verified + stored) | {ent_ack:,.0f} |")
+print(f"| entitled: applied, first receipt → last apply ({window:.1f} s) | {applied_rate:,.0f} |")
+print()
+print(f"applied {applied} events ({other} not applied, {pending} pending at the end); "
+      f"{companies} companies, {memberships} active Stripe memberships")
+print(f"entitled applied / pgbench: {applied_rate / pg:.2f}x (goal >= 0.50x); "
+      f"acknowledged / pgbench: {ent_ack / pg:.2f}x")
+PY

@@ -1,0 +1,562 @@
+//! Stripe's side of the model: per-object versions, billing products and prices, customers,
+//! subscriptions and their items, and the Stripe memberships (company_plans rows with
+//! `source = 'stripe'`) derived from them. Every function takes the caller's connection or
+//! transaction; the caller owns the boundary.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::PgConnection;
+
+use crate::ids;
+
+/// Records `event_created` as the newest event applied to `object_id`, unless a newer one
+/// already was. Returns false when the event is older than what was applied (skip it).
+///
+/// The row stays locked until the transaction ends, so applies of one object serialise: a
+/// concurrent event for the same object waits here, then compares against the committed
+/// version.
+pub async fn claim_version(
+    conn: &mut PgConnection,
+    env_id: &str,
+    object_id: &str,
+    object_type: &str,
+    event_id: &str,
+    event_created: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<(DateTime<Utc>,)> = sqlx::query_as(
+        "INSERT INTO stripe_object_versions
+             (environment_id, object_id, object_type, last_event_created, last_event_id)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (environment_id, object_id) DO UPDATE
+             SET last_event_created = EXCLUDED.last_event_created,
+                 last_event_id = EXCLUDED.last_event_id, updated_at = now()
+             WHERE stripe_object_versions.last_event_created <= EXCLUDED.last_event_created
+         RETURNING last_event_created",
+    )
+    .bind(env_id)
+    .bind(object_id)
+    .bind(object_type)
+    .bind(event_created)
+    .bind(event_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// A product as Stripe last described it.
+#[derive(Debug, Clone)]
+pub struct ProductFields {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub active: bool,
+    pub metadata: Map<String, Value>,
+    pub livemode: bool,
+    pub stripe_created: Option<DateTime<Utc>>,
+    pub deleted: bool,
+}
+
+pub async fn upsert_product(
+    conn: &mut PgConnection,
+    env_id: &str,
+    p: &ProductFields,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO billing_products (environment_id, id, name, description, active, metadata,
+             livemode, stripe_created, deleted_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9 THEN now() END)
+         ON CONFLICT (environment_id, id) DO UPDATE SET
+             name = EXCLUDED.name, description = EXCLUDED.description, active = EXCLUDED.active,
+             metadata = EXCLUDED.metadata, livemode = EXCLUDED.livemode,
+             stripe_created = COALESCE(EXCLUDED.stripe_created, billing_products.stripe_created),
+             deleted_at = CASE WHEN $9 THEN COALESCE(billing_products.deleted_at, now()) END,
+             updated_at = now()",
+    )
+    .bind(env_id)
+    .bind(&p.id)
+    .bind(&p.name)
+    .bind(&p.description)
+    .bind(p.active && !p.deleted)
+    .bind(sqlx::types::Json(&p.metadata))
+    .bind(p.livemode)
+    .bind(p.stripe_created)
+    .bind(p.deleted)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A price as Stripe last described it.
+#[derive(Debug, Clone)]
+pub struct PriceFields {
+    pub id: String,
+    pub product_id: String,
+    pub active: bool,
+    pub currency: String,
+    pub unit_amount: Option<i64>,
+    pub billing_scheme: Option<String>,
+    pub price_type: Option<String>,
+    pub recurring_interval: Option<String>,
+    pub recurring_interval_count: Option<i32>,
+    pub usage_type: Option<String>,
+    pub nickname: Option<String>,
+    pub lookup_key: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub livemode: bool,
+    pub stripe_created: Option<DateTime<Utc>>,
+    pub deleted: bool,
+}
+
+pub async fn upsert_price(
+    conn: &mut PgConnection,
+    env_id: &str,
+    p: &PriceFields,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO billing_prices (environment_id, id, product_id, active, currency, unit_amount,
+             billing_scheme, price_type, recurring_interval, recurring_interval_count, usage_type,
+             nickname, lookup_key, metadata, livemode, stripe_created, deleted_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                 CASE WHEN $17 THEN now() END)
+         ON CONFLICT (environment_id, id) DO UPDATE SET
+             product_id = EXCLUDED.product_id, active = EXCLUDED.active,
+             currency = EXCLUDED.currency, unit_amount = EXCLUDED.unit_amount,
+             billing_scheme = EXCLUDED.billing_scheme, price_type = EXCLUDED.price_type,
+             recurring_interval = EXCLUDED.recurring_interval,
+             recurring_interval_count = EXCLUDED.recurring_interval_count,
+             usage_type = EXCLUDED.usage_type, nickname = EXCLUDED.nickname,
+             lookup_key = EXCLUDED.lookup_key, metadata = EXCLUDED.metadata,
+             livemode = EXCLUDED.livemode,
+             stripe_created = COALESCE(EXCLUDED.stripe_created, billing_prices.stripe_created),
+             deleted_at = CASE WHEN $17 THEN COALESCE(billing_prices.deleted_at, now()) END,
+             updated_at = now()",
+    )
+    .bind(env_id)
+    .bind(&p.id)
+    .bind(&p.product_id)
+    .bind(p.active && !p.deleted)
+    .bind(&p.currency)
+    .bind(p.unit_amount)
+    .bind(&p.billing_scheme)
+    .bind(&p.price_type)
+    .bind(&p.recurring_interval)
+    .bind(p.recurring_interval_count)
+    .bind(&p.usage_type)
+    .bind(&p.nickname)
+    .bind(&p.lookup_key)
+    .bind(sqlx::types::Json(&p.metadata))
+    .bind(p.livemode)
+    .bind(p.stripe_created)
+    .bind(p.deleted)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records the customer → company mapping and what Stripe says about the customer. A
+/// deleted customer stays deleted (Stripe never undeletes one).
+pub async fn upsert_customer(
+    conn: &mut PgConnection,
+    env_id: &str,
+    customer_id: &str,
+    company_id: &str,
+    email: Option<&str>,
+    name: Option<&str>,
+    deleted: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO stripe_customers (environment_id, id, company_id, email, name, deleted_at)
+         VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END)
+         ON CONFLICT (environment_id, id) DO UPDATE SET
+             company_id = EXCLUDED.company_id, email = EXCLUDED.email, name = EXCLUDED.name,
+             deleted_at = COALESCE(stripe_customers.deleted_at, EXCLUDED.deleted_at),
+             updated_at = now()",
+    )
+    .bind(env_id)
+    .bind(customer_id)
+    .bind(company_id)
+    .bind(email)
+    .bind(name)
+    .bind(deleted)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A subscription item as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemFields {
+    pub id: String,
+    pub price_id: String,
+    pub product_id: String,
+    pub quantity: i64,
+    pub current_period_start: Option<DateTime<Utc>>,
+    pub current_period_end: Option<DateTime<Utc>>,
+}
+
+/// A subscription as stored.
+#[derive(Debug, Clone)]
+pub struct SubscriptionFields {
+    pub id: String,
+    pub customer_id: String,
+    pub status: String,
+    pub trial_end: Option<DateTime<Utc>>,
+    pub cancel_at_period_end: bool,
+    pub canceled_at: Option<DateTime<Utc>>,
+    pub stripe_created: DateTime<Utc>,
+    pub items: Vec<ItemFields>,
+    /// Stripe embedded only the first page of items: keep stored items it did not list.
+    pub items_partial: bool,
+}
+
+/// Replaces the subscription and its items with `s`. Returns the company it belonged to
+/// before, when that was another company (its memberships need recomputing too).
+pub async fn put_subscription(
+    conn: &mut PgConnection,
+    env_id: &str,
+    company_id: &str,
+    s: &SubscriptionFields,
+) -> Result<Option<String>, sqlx::Error> {
+    // One statement: the CTE reads the row as it was before the upsert.
+    let previous: Option<String> = sqlx::query_scalar(
+        "WITH previous AS (
+             SELECT company_id FROM stripe_subscriptions WHERE environment_id = $1 AND id = $2
+         )
+         INSERT INTO stripe_subscriptions (environment_id, id, customer_id, company_id, status,
+             trial_end, cancel_at_period_end, canceled_at, stripe_created)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (environment_id, id) DO UPDATE SET
+             customer_id = EXCLUDED.customer_id, company_id = EXCLUDED.company_id,
+             status = EXCLUDED.status, trial_end = EXCLUDED.trial_end,
+             cancel_at_period_end = EXCLUDED.cancel_at_period_end,
+             canceled_at = EXCLUDED.canceled_at, stripe_created = EXCLUDED.stripe_created,
+             updated_at = now()
+         RETURNING (SELECT company_id FROM previous)",
+    )
+    .bind(env_id)
+    .bind(&s.id)
+    .bind(&s.customer_id)
+    .bind(company_id)
+    .bind(&s.status)
+    .bind(s.trial_end)
+    .bind(s.cancel_at_period_end)
+    .bind(s.canceled_at)
+    .bind(s.stripe_created)
+    .fetch_one(&mut *conn)
+    .await?;
+    let item_ids: Vec<&str> = s.items.iter().map(|i| i.id.as_str()).collect();
+    if !s.items_partial {
+        sqlx::query(
+            "DELETE FROM stripe_subscription_items
+             WHERE environment_id = $1 AND subscription_id = $2 AND id <> ALL($3)",
+        )
+        .bind(env_id)
+        .bind(&s.id)
+        .bind(&item_ids)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !s.items.is_empty() {
+        sqlx::query(
+            "INSERT INTO stripe_subscription_items (environment_id, id, subscription_id, price_id,
+                 product_id, quantity, current_period_start, current_period_end)
+             SELECT $1, i.id, $2, i.price_id, i.product_id, i.quantity, i.period_start, i.period_end
+             FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::timestamptz[],
+                         $8::timestamptz[])
+                  AS i (id, price_id, product_id, quantity, period_start, period_end)
+             ON CONFLICT (environment_id, id) DO UPDATE SET
+                 subscription_id = EXCLUDED.subscription_id, price_id = EXCLUDED.price_id,
+                 product_id = EXCLUDED.product_id, quantity = EXCLUDED.quantity,
+                 current_period_start = EXCLUDED.current_period_start,
+                 current_period_end = EXCLUDED.current_period_end, updated_at = now()",
+        )
+        .bind(env_id)
+        .bind(&s.id)
+        .bind(&item_ids)
+        .bind(
+            s.items
+                .iter()
+                .map(|i| i.price_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            s.items
+                .iter()
+                .map(|i| i.product_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(s.items.iter().map(|i| i.quantity).collect::<Vec<_>>())
+        .bind(
+            s.items
+                .iter()
+                .map(|i| i.current_period_start)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            s.items
+                .iter()
+                .map(|i| i.current_period_end)
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(previous.filter(|p| p != company_id))
+}
+
+/// A Stripe membership: what company_plans should hold for one plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub plan_id: String,
+    pub is_base: bool,
+    pub quantity: i64,
+    pub period_start: Option<DateTime<Utc>>,
+    pub period_end: Option<DateTime<Utc>>,
+    pub subscription_id: String,
+    pub item_id: String,
+    pub status: String,
+    pub trial_end: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct GrantRow {
+    plan_id: String,
+    plan_type: String,
+    quantity: i64,
+    current_period_start: Option<DateTime<Utc>>,
+    current_period_end: Option<DateTime<Utc>>,
+    subscription_id: String,
+    item_id: String,
+    status: String,
+    trial_end: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow, Debug)]
+struct CurrentRow {
+    id: String,
+    plan_id: String,
+    is_base: bool,
+    quantity: i64,
+    period_start: Option<DateTime<Utc>>,
+    period_end: Option<DateTime<Utc>>,
+    stripe_subscription_id: Option<String>,
+    stripe_subscription_item_id: Option<String>,
+    stripe_status: Option<String>,
+    trial_end: Option<DateTime<Utc>>,
+}
+
+/// What the company's Stripe memberships should be: one per plan linked (by
+/// `billing_product_id`) to a product of an item of a subscription that grants access, of a
+/// customer that is not deleted. Items of one plan add up their quantities; the newest
+/// subscription's item gives the period. Of several base plans, the newest subscription's
+/// wins (a company has one base plan); the others grant nothing.
+fn desired(rows: Vec<GrantRow>) -> Vec<Desired> {
+    // Rows come newest subscription first.
+    let mut out: Vec<Desired> = Vec::new();
+    let mut base_plan: Option<String> = None;
+    for r in rows {
+        let is_base = r.plan_type == "plan";
+        if let Some(d) = out.iter_mut().find(|d| d.plan_id == r.plan_id) {
+            d.quantity += r.quantity;
+            continue;
+        }
+        if is_base {
+            if let Some(winner) = &base_plan {
+                tracing::warn!(plan_id = %r.plan_id, winner = %winner, subscription_id = %r.subscription_id,
+                    "company has several Stripe base plans; the newest subscription's applies");
+                continue;
+            }
+            base_plan = Some(r.plan_id.clone());
+        }
+        out.push(Desired {
+            plan_id: r.plan_id,
+            is_base,
+            quantity: r.quantity,
+            period_start: r.current_period_start,
+            period_end: r.current_period_end,
+            subscription_id: r.subscription_id,
+            item_id: r.item_id,
+            status: r.status,
+            trial_end: r.trial_end,
+        });
+    }
+    out
+}
+
+/// Recomputes the company's Stripe memberships from its subscriptions. A Stripe base plan
+/// replaces a manual one (which is ended), and a Stripe membership of a plan replaces a
+/// manual membership of the same plan. Returns whether anything changed.
+pub async fn sync_memberships(
+    conn: &mut PgConnection,
+    env_id: &str,
+    company_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let rows: Vec<GrantRow> = sqlx::query_as(
+        "SELECT p.id AS plan_id, p.plan_type, i.quantity, i.current_period_start,
+                i.current_period_end, s.id AS subscription_id, i.id AS item_id, s.status, s.trial_end
+         FROM stripe_subscriptions s
+         JOIN stripe_subscription_items i
+              ON i.environment_id = s.environment_id AND i.subscription_id = s.id
+         JOIN plans p ON p.billing_product_id = i.product_id
+         LEFT JOIN stripe_customers c ON c.environment_id = s.environment_id AND c.id = s.customer_id
+         WHERE s.environment_id = $1 AND s.company_id = $2
+           AND s.status IN ('trialing', 'active', 'past_due')
+           AND c.deleted_at IS NULL
+         ORDER BY s.stripe_created DESC, s.id DESC, i.id",
+    )
+    .bind(env_id)
+    .bind(company_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let desired = desired(rows);
+    let current: Vec<CurrentRow> = sqlx::query_as(
+        "SELECT id, plan_id, is_base, quantity, period_start, period_end, stripe_subscription_id,
+                stripe_subscription_item_id, stripe_status, trial_end
+         FROM company_plans
+         WHERE company_id = $1 AND source = 'stripe' AND ended_at IS NULL",
+    )
+    .bind(company_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut current: HashMap<(String, bool), CurrentRow> = current
+        .into_iter()
+        .map(|r| ((r.plan_id.clone(), r.is_base), r))
+        .collect();
+    let mut changed = false;
+
+    // Keep or update the rows still wanted; end the rest first, so the partial unique
+    // indexes (one active base, one active row per plan) have room for the inserts.
+    let mut to_insert = Vec::new();
+    let mut to_update = Vec::new();
+    for d in desired {
+        match current.remove(&(d.plan_id.clone(), d.is_base)) {
+            Some(row) => {
+                let same = row.quantity == d.quantity
+                    && row.period_start == d.period_start
+                    && row.period_end == d.period_end
+                    && row.stripe_subscription_id.as_deref() == Some(&d.subscription_id)
+                    && row.stripe_subscription_item_id.as_deref() == Some(&d.item_id)
+                    && row.stripe_status.as_deref() == Some(&d.status)
+                    && row.trial_end == d.trial_end;
+                if !same {
+                    to_update.push((row.id, d));
+                }
+            }
+            None => to_insert.push(d),
+        }
+    }
+    let ended: Vec<String> = current.into_values().map(|r| r.id).collect();
+    if !ended.is_empty() {
+        sqlx::query(
+            "UPDATE company_plans SET ended_at = now(), updated_at = now() WHERE id = ANY($1)",
+        )
+        .bind(&ended)
+        .execute(&mut *conn)
+        .await?;
+        changed = true;
+    }
+    for (id, d) in to_update {
+        sqlx::query(
+            "UPDATE company_plans SET quantity = $2, period_start = $3, period_end = $4,
+                 stripe_subscription_id = $5, stripe_subscription_item_id = $6,
+                 stripe_status = $7, trial_end = $8, updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(d.quantity)
+        .bind(d.period_start)
+        .bind(d.period_end)
+        .bind(&d.subscription_id)
+        .bind(&d.item_id)
+        .bind(&d.status)
+        .bind(d.trial_end)
+        .execute(&mut *conn)
+        .await?;
+        changed = true;
+    }
+    for d in to_insert {
+        // Stripe wins over a manual membership of the same plan, and a Stripe base plan over
+        // a manual base plan.
+        sqlx::query(
+            "UPDATE company_plans SET ended_at = now(), updated_at = now()
+             WHERE company_id = $1 AND source = 'manual' AND ended_at IS NULL
+               AND (plan_id = $2 OR ($3 AND is_base))",
+        )
+        .bind(company_id)
+        .bind(&d.plan_id)
+        .bind(d.is_base)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO company_plans (id, environment_id, company_id, plan_id, is_base, source,
+                 quantity, period_start, period_end, stripe_subscription_id,
+                 stripe_subscription_item_id, stripe_status, trial_end)
+             VALUES ($1, $2, $3, $4, $5, 'stripe', $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(ids::new_id(ids::prefix::COMPANY_PLAN))
+        .bind(env_id)
+        .bind(company_id)
+        .bind(&d.plan_id)
+        .bind(d.is_base)
+        .bind(d.quantity)
+        .bind(d.period_start)
+        .bind(d.period_end)
+        .bind(&d.subscription_id)
+        .bind(&d.item_id)
+        .bind(&d.status)
+        .bind(d.trial_end)
+        .execute(&mut *conn)
+        .await?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(plan: &str, plan_type: &str, sub: &str, item: &str, q: i64) -> GrantRow {
+        GrantRow {
+            plan_id: plan.into(),
+            plan_type: plan_type.into(),
+            quantity: q,
+            current_period_start: None,
+            current_period_end: None,
+            subscription_id: sub.into(),
+            item_id: item.into(),
+            status: "active".into(),
+            trial_end: None,
+        }
+    }
+
+    #[test]
+    fn items_of_one_plan_add_up_and_the_newest_base_plan_wins() {
+        let d = desired(vec![
+            row("plan_pro", "plan", "sub_new", "si_1", 1),
+            row("plan_seats", "add_on", "sub_new", "si_2", 5),
+            row("plan_team", "plan", "sub_old", "si_3", 1),
+            row("plan_seats", "add_on", "sub_old", "si_4", 3),
+        ]);
+        let summary: Vec<_> = d
+            .iter()
+            .map(|d| {
+                (
+                    d.plan_id.as_str(),
+                    d.is_base,
+                    d.quantity,
+                    d.item_id.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("plan_pro", true, 1, "si_1"),
+                ("plan_seats", false, 8, "si_2")
+            ]
+        );
+    }
+}

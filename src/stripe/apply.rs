@@ -1,0 +1,427 @@
+//! Applying one event: route on its `type`, map its object onto companies, billing products
+//! and prices, and memberships, through the store functions. Runs inside the caller's
+//! transaction (which also marks the inbox row and queues the cache notifications), and
+//! returns the companies whose snapshot must be refreshed.
+//!
+//! Ordering: every object keeps the `created` time of the newest event applied to it
+//! (`stripe_object_versions`); an older event is skipped, an equal one applies. With
+//! `stripe_refetch_on_webhook`, a subscription is re-read from the API after its version row
+//! is locked, so what is written is at least as new as any event that got this far.
+
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use super::client::StripeClient;
+use super::inbox::{self, Claimed};
+use super::objects::{self, Customer, Price, Product, Subscription};
+use crate::cache::Change;
+use crate::config::EnvironmentConfig;
+use crate::error::AppError;
+use crate::store::companies::{self, UpsertCompany};
+use crate::store::keys::{self, Entity};
+use crate::store::stripe::{
+    self as store, ItemFields, PriceFields, ProductFields, SubscriptionFields,
+};
+
+/// The company key a Stripe customer id is stored under.
+pub const CUSTOMER_KEY: &str = "stripe_customer_id";
+
+/// What applying an event did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// State changed; these snapshot entries must be refreshed.
+    Applied(Vec<Change>),
+    /// Older than the newest event already applied to its object.
+    Skipped,
+    /// A type entitled does not act on.
+    Ignored,
+}
+
+impl Outcome {
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Applied(_) => "applied",
+            Outcome::Skipped => "skipped",
+            Outcome::Ignored => "ignored",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The event cannot be mapped as it is (bad payload, conflicting keys, …).
+    #[error("{0}")]
+    Rejected(String),
+    #[error("Stripe API: {0}")]
+    Stripe(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<AppError> for ApplyError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Database(e) | AppError::Unavailable(e) => ApplyError::Database(e),
+            other => ApplyError::Rejected(other.to_string()),
+        }
+    }
+}
+
+/// What applying needs besides the connection.
+pub struct Context<'a> {
+    pub environment_id: &'a str,
+    pub config: &'a EnvironmentConfig,
+    /// Present when the environment has an API key.
+    pub client: Option<&'a StripeClient>,
+}
+
+impl Context<'_> {
+    fn refetch(&self) -> Option<&StripeClient> {
+        self.client
+            .filter(|_| self.config.stripe_refetch_on_webhook)
+    }
+}
+
+/// Applies `event` in the caller's transaction.
+#[tracing::instrument(skip_all, fields(event_id = %event.id, event_type = %event.kind))]
+pub async fn apply(
+    conn: &mut PgConnection,
+    ctx: &Context<'_>,
+    event: &Claimed,
+) -> Result<Outcome, ApplyError> {
+    if !inbox::is_handled(&event.kind) {
+        return Ok(Outcome::Ignored);
+    }
+    let parsed: objects::Event = serde_json::from_str(&event.payload)
+        .map_err(|e| ApplyError::Rejected(format!("event payload: {e}")))?;
+    let object = parsed.data.object;
+    let kind = event.kind.as_str();
+    if kind.starts_with("customer.subscription.") {
+        apply_subscription(conn, ctx, event, object).await
+    } else if kind.starts_with("customer.") {
+        apply_customer(conn, ctx, event, object).await
+    } else if kind.starts_with("product.") {
+        apply_product(conn, ctx, event, object).await
+    } else if kind.starts_with("price.") {
+        apply_price(conn, ctx, event, object).await
+    } else {
+        Ok(Outcome::Ignored)
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, object: Value) -> Result<T, ApplyError> {
+    serde_path_to_error::deserialize(object).map_err(|e| {
+        ApplyError::Rejected(format!(
+            "data.object is not a valid {what}: {}: {}",
+            e.path(),
+            e.inner()
+        ))
+    })
+}
+
+fn time(field: &str, secs: i64) -> Result<chrono::DateTime<chrono::Utc>, ApplyError> {
+    objects::time(field, secs).map_err(ApplyError::Rejected)
+}
+
+fn opt_time(
+    field: &str,
+    secs: Option<i64>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApplyError> {
+    objects::opt_time(field, secs).map_err(ApplyError::Rejected)
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// The company keys a customer maps to: `stripe_customer_id` plus each configured metadata
+/// key the customer carries.
+fn customer_keys(config: &EnvironmentConfig, c: &Customer) -> Vec<(String, String)> {
+    let mut keys = vec![(CUSTOMER_KEY.to_string(), c.id.clone())];
+    for k in &config.stripe_customer_metadata_keys {
+        if k == CUSTOMER_KEY {
+            continue;
+        }
+        let value = match c.metadata.get(k) {
+            Some(Value::String(s)) => s.trim().to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => continue,
+        };
+        if !value.is_empty() {
+            keys.push((k.clone(), value));
+        }
+    }
+    keys
+}
+
+/// Creates or links the customer's company, records the customer, and returns the company.
+async fn put_customer(
+    conn: &mut PgConnection,
+    ctx: &Context<'_>,
+    c: &Customer,
+    deleted: bool,
+) -> Result<String, ApplyError> {
+    let req = UpsertCompany {
+        keys: customer_keys(ctx.config, c),
+        name: non_empty(&c.name)
+            .or(non_empty(&c.email))
+            .map(str::to_string),
+        ..Default::default()
+    };
+    let (company_id, _) = companies::upsert(conn, ctx.environment_id, &req)
+        .await
+        .map_err(|e| match e {
+            AppError::Conflict(msg) => ApplyError::Rejected(format!(
+                "customer {}: {msg}. The customer's metadata names a company other than the one \
+                 already linked to {CUSTOMER_KEY}={}; fix the metadata or merge the companies, \
+                 then retry this event",
+                c.id, c.id
+            )),
+            other => other.into(),
+        })?;
+    store::upsert_customer(
+        conn,
+        ctx.environment_id,
+        &c.id,
+        &company_id,
+        non_empty(&c.email),
+        non_empty(&c.name),
+        deleted,
+    )
+    .await?;
+    Ok(company_id)
+}
+
+async fn apply_customer(
+    conn: &mut PgConnection,
+    ctx: &Context<'_>,
+    event: &Claimed,
+    object: Value,
+) -> Result<Outcome, ApplyError> {
+    let customer: Customer = parse("customer", object)?;
+    if !store::claim_version(
+        conn,
+        ctx.environment_id,
+        &customer.id,
+        "customer",
+        &event.id,
+        event.created,
+    )
+    .await?
+    {
+        return Ok(Outcome::Skipped);
+    }
+    let deleted = event.kind == "customer.deleted" || customer.deleted;
+    let company_id = put_customer(conn, ctx, &customer, deleted).await?;
+    if deleted {
+        // The company and its keys stay; its Stripe memberships end.
+        store::sync_memberships(conn, ctx.environment_id, &company_id).await?;
+    }
+    Ok(Outcome::Applied(vec![Change::Company {
+        environment_id: ctx.environment_id.to_string(),
+        id: company_id,
+    }]))
+}
+
+async fn apply_product(
+    conn: &mut PgConnection,
+    ctx: &Context<'_>,
+    event: &Claimed,
+    object: Value,
+) -> Result<Outcome, ApplyError> {
+    let p: Product = parse("product", object)?;
+    if !store::claim_version(
+        conn,
+        ctx.environment_id,
+        &p.id,
+        "product",
+        &event.id,
+        event.created,
+    )
+    .await?
+    {
+        return Ok(Outcome::Skipped);
+    }
+    let fields = ProductFields {
+        stripe_created: opt_time("created", p.created)?,
+        deleted: event.kind == "product.deleted",
+        id: p.id,
+        name: p.name,
+        description: p.description,
+        active: p.active,
+        metadata: p.metadata,
+        livemode: p.livemode,
+    };
+    store::upsert_product(conn, ctx.environment_id, &fields).await?;
+    Ok(Outcome::Applied(Vec::new()))
+}
+
+async fn apply_price(
+    conn: &mut PgConnection,
+    ctx: &Context<'_>,
+    event: &Claimed,
+    object: Value,
+) -> Result<Outcome, ApplyError> {
+    let p: Price = parse("price", object)?;
+    if !store::claim_version(
+        conn,
+        ctx.environment_id,
+        &p.id,
+        "price",
+        &event.id,
+        event.created,
+    )
+    .await?
+    {
+        return Ok(Outcome::Skipped);
+    }
+    let fields = PriceFields {
+        stripe_created: opt_time("created", p.created)?,
+        deleted: event.kind == "price.deleted",
+        product_id: p.product.id().to_string(),
+        recurring_interval: p.recurring.as_ref().map(|r| r.interval.clone()),
+        recurring_interval_count: p.recurring.as_ref().and_then(|r| r.interval_count),
+        usage_type: p.recurring.as_ref().and_then(|r| r.usage_type.clone()),
+        id: p.id,
+        active: p.active,
+        currency: p.currency,
+        unit_amount: p.unit_amount,
+        billing_scheme: p.billing_scheme,
+        price_type: p.price_type,
+        nickname: p.nickname,
+        lookup_key: p.lookup_key,
+        metadata: p.metadata,
+        livemode: p.livemode,
+    };
+    store::upsert_price(conn, ctx.environment_id, &fields).await?;
+    Ok(Outcome::Applied(Vec::new()))
+}
+
+/// The company of a customer, created from the customer id when entitled has not heard of
+/// it yet: nothing is dropped for arriving early. With an API client, the customer is read
+/// first, so its metadata links an app-created company instead of creating a duplicate.
+async fn company_for_customer(
+    conn: &mut PgConnection,
+    ctx: &Context<'_>,
+    customer_id: &str,
+) -> Result<String, ApplyError> {
+    let keys = [(CUSTOMER_KEY.to_string(), customer_id.to_string())];
+    keys::lock(conn, Entity::Company, ctx.environment_id, &keys).await?;
+    if let Some(id) = keys::find(conn, Entity::Company, ctx.environment_id, &keys).await? {
+        return Ok(id);
+    }
+    if let Some(client) = ctx.refetch() {
+        match client.customer(customer_id).await {
+            Ok(Some(c)) if c.id == customer_id => {
+                return put_customer(conn, ctx, &c, c.deleted).await;
+            }
+            Ok(_) => {}
+            Err(e) => return Err(ApplyError::Stripe(e.to_string())),
+        }
+    }
+    let req = UpsertCompany {
+        keys: keys.to_vec(),
+        ..Default::default()
+    };
+    let (id, _) = companies::upsert(conn, ctx.environment_id, &req).await?;
+    Ok(id)
+}
+
+fn subscription_fields(s: Subscription) -> Result<SubscriptionFields, ApplyError> {
+    if !objects::SUBSCRIPTION_STATUSES.contains(&s.status.as_str()) {
+        return Err(ApplyError::Rejected(format!(
+            "subscription {}: unknown status {:?}",
+            s.id, s.status
+        )));
+    }
+    let items = s
+        .items
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            Ok(ItemFields {
+                id: item.id.clone(),
+                price_id: item.price.id.clone(),
+                product_id: item.price.product.id().to_string(),
+                // Metered items carry no quantity.
+                quantity: item.quantity.unwrap_or(1).max(0),
+                current_period_start: opt_time(
+                    &format!("items.data[{i}].current_period_start"),
+                    item.current_period_start,
+                )?,
+                current_period_end: opt_time(
+                    &format!("items.data[{i}].current_period_end"),
+                    item.current_period_end,
+                )?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApplyError>>()?;
+    Ok(SubscriptionFields {
+        customer_id: s.customer.id().to_string(),
+        trial_end: opt_time("trial_end", s.trial_end)?,
+        canceled_at: opt_time("canceled_at", s.canceled_at)?,
+        stripe_created: time("created", s.created)?,
+        cancel_at_period_end: s.cancel_at_period_end,
+        items_partial: s.items.has_more,
+        status: s.status,
+        id: s.id,
+        items,
+    })
+}
+
+async fn apply_subscription(
+    conn: &mut PgConnection,
+    ctx: &Context<'_>,
+    event: &Claimed,
+    object: Value,
+) -> Result<Outcome, ApplyError> {
+    let from_event: Subscription = parse("subscription", object)?;
+    if !store::claim_version(
+        conn,
+        ctx.environment_id,
+        &from_event.id,
+        "subscription",
+        &event.id,
+        event.created,
+    )
+    .await?
+    {
+        return Ok(Outcome::Skipped);
+    }
+    // Re-read under the version lock: what we write is Stripe's state now.
+    let subscription = match ctx.refetch() {
+        Some(client) => match client.subscription(&from_event.id).await {
+            Ok(Some(s)) if s.id == from_event.id => s,
+            Ok(Some(s)) => {
+                return Err(ApplyError::Stripe(format!(
+                    "asked for subscription {}, got {}",
+                    from_event.id, s.id
+                )))
+            }
+            // Stripe no longer has it: deleted, so canceled.
+            Ok(None) => Subscription {
+                status: "canceled".into(),
+                ..from_event
+            },
+            Err(e) => return Err(ApplyError::Stripe(e.to_string())),
+        },
+        None => from_event,
+    };
+    let fields = subscription_fields(subscription)?;
+    let company_id = company_for_customer(conn, ctx, &fields.customer_id).await?;
+    let previous = store::put_subscription(conn, ctx.environment_id, &company_id, &fields).await?;
+    store::sync_memberships(conn, ctx.environment_id, &company_id).await?;
+    let mut changes = vec![Change::Company {
+        environment_id: ctx.environment_id.to_string(),
+        id: company_id,
+    }];
+    if let Some(previous) = previous {
+        store::sync_memberships(conn, ctx.environment_id, &previous).await?;
+        changes.push(Change::Company {
+            environment_id: ctx.environment_id.to_string(),
+            id: previous,
+        });
+    }
+    Ok(Outcome::Applied(changes))
+}

@@ -1,0 +1,143 @@
+//! Draining the inbox: a few tasks per process claim due events (`FOR UPDATE SKIP LOCKED`, so
+//! replicas and tasks never apply the same event at once) and apply each in one transaction
+//! with its inbox status. Woken by the webhook handler after every stored event, and polling
+//! for failed events whose backoff has passed and for events other replicas stored.
+
+use std::time::Duration;
+
+use sqlx::{Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::apply::{self, ApplyError, Context, Outcome};
+use super::inbox::{self, Claimed};
+use crate::app::AppState;
+use crate::error::{is_unavailable, AppError};
+
+/// How often an idle worker looks for due events it was not woken for.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Worker tasks per process: half the pool, leaving the rest to the API. Applying an event
+/// is a dozen or two short statements in one transaction, so it is bound by round trips, not
+/// CPU: parallel workers are what make it fast.
+pub fn worker_count(max_connections: u32) -> usize {
+    (max_connections / 2).clamp(1, 16) as usize
+}
+
+pub fn spawn(state: AppState, shutdown: CancellationToken, tracker: &TaskTracker) {
+    let n = worker_count(state.config.database.max_connections);
+    for worker in 0..n {
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                match process_next(&state).await {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = state.stripe.wake.notified() => {}
+                            _ = tokio::time::sleep(POLL) => {}
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker, error = %e, "Stripe inbox worker cannot reach the database; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(POLL) => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Claims and applies the next due event. `false` when there was none.
+pub async fn process_next(state: &AppState) -> Result<bool, AppError> {
+    let mut tx = state.pool.begin().await?;
+    let Some(event) = inbox::claim_next(&mut tx).await? else {
+        return Ok(false);
+    };
+    process(state, tx, event).await?;
+    Ok(true)
+}
+
+/// Applies every due event, then returns how many were processed. For tests and tools.
+pub async fn drain(state: &AppState) -> Result<usize, AppError> {
+    let mut n = 0;
+    while process_next(state).await? {
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Applies a claimed event in `tx`, records the outcome there and commits. Returns the inbox
+/// status it ended with. A failed apply is rolled back whole and recorded as `failed` with
+/// the error and a backoff; a lost database connection leaves the event as it was (the claim
+/// rolls back) and is returned as an error.
+pub async fn process(
+    state: &AppState,
+    mut tx: Transaction<'static, Postgres>,
+    event: Claimed,
+) -> Result<&'static str, AppError> {
+    // The event is already durable in the inbox, and its status changes in this same
+    // transaction: if Postgres loses this commit in a crash, the event is pending again and
+    // is simply applied again. So the apply need not wait for its WAL flush, which matters:
+    // the commit holds the global NOTIFY lock until then, serialising every applier behind
+    // one fsync at a time.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    let env = state.cache.env(&event.environment_id).cloned();
+    let client = env.as_ref().and_then(|e| state.stripe.client(&e.config));
+    let result = match &env {
+        None => Err(ApplyError::Rejected(
+            "the event's environment is no longer configured".into(),
+        )),
+        Some(env) => {
+            let ctx = Context {
+                environment_id: &event.environment_id,
+                config: &env.config,
+                client: client.as_ref(),
+            };
+            apply::apply(&mut tx, &ctx, &event).await
+        }
+    };
+    match result {
+        Ok(outcome) => {
+            let status = outcome.status();
+            inbox::finish(&mut tx, &event.environment_id, &event.id, status).await?;
+            let changes = match outcome {
+                Outcome::Applied(changes) => changes,
+                Outcome::Skipped | Outcome::Ignored => Vec::new(),
+            };
+            state.commit(tx, &changes).await?;
+            tracing::info!(event_id = %event.id, event_type = %event.kind, status, "Stripe event processed");
+            Ok(status)
+        }
+        Err(ApplyError::Database(e)) if is_unavailable(&e) => Err(AppError::Unavailable(e)),
+        Err(e) => {
+            // Undo everything the attempt wrote, then record the failure on its own. The row
+            // lock goes with the rollback; if another worker claims the event in between,
+            // its outcome stands and this record is skipped.
+            tx.rollback().await?;
+            let message = e.to_string();
+            let mut conn = state.pool.acquire().await?;
+            inbox::fail(
+                &mut conn,
+                &event.environment_id,
+                &event.id,
+                event.attempts,
+                &message,
+            )
+            .await?;
+            tracing::warn!(event_id = %event.id, event_type = %event.kind, attempts = event.attempts + 1,
+                error = %message, "Stripe event failed; it will be retried");
+            Ok("failed")
+        }
+    }
+}

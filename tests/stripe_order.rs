@@ -1,0 +1,177 @@
+//! Order independence, as a property: for a subscription's lifecycle (created → trialing →
+//! active → past_due → canceled, with item changes), any order of any of its events, each
+//! possibly delivered (or re-applied) twice, leaves the memberships of the newest event.
+//! Refetch is off, so the event payloads are all there is. Applies through the inbox and the
+//! worker's code directly, in the generated order.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use entitled::app::AppState;
+use entitled::stripe::{inbox, worker};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::Value;
+
+use common::stripe::{self as s, Item};
+
+const PRO: &str = "prod_order_pro";
+const SEATS: &str = "prod_order_seats";
+
+/// (type, created, status, pro quantity, seats quantity or 0 for no seats item)
+const LIFECYCLE: &[(&str, i64, &str, i64, i64)] = &[
+    ("customer.subscription.created", 100, "trialing", 1, 0),
+    (
+        "customer.subscription.trial_will_end",
+        150,
+        "trialing",
+        1,
+        0,
+    ),
+    ("customer.subscription.updated", 200, "active", 1, 3),
+    ("customer.subscription.updated", 300, "active", 1, 5),
+    ("customer.subscription.updated", 400, "past_due", 1, 5),
+    ("customer.subscription.updated", 450, "active", 2, 0),
+    ("customer.subscription.paused", 470, "paused", 2, 0),
+    ("customer.subscription.resumed", 480, "active", 2, 4),
+    ("customer.subscription.deleted", 500, "canceled", 2, 4),
+];
+
+fn lifecycle_event(case: usize, i: usize) -> Value {
+    let (kind, created, status, pro_q, seats_q) = LIFECYCLE[i];
+    let pro_item = format!("si_{case}_pro");
+    let seats_item = format!("si_{case}_seats");
+    let mut items = vec![Item {
+        id: &pro_item,
+        price: "price_order_pro",
+        product: PRO,
+        quantity: pro_q,
+    }];
+    if seats_q > 0 {
+        items.push(Item {
+            id: &seats_item,
+            price: "price_order_seats",
+            product: SEATS,
+            quantity: seats_q,
+        });
+    }
+    let sub = s::subscription(
+        &format!("sub_order_{case}"),
+        &format!("cus_order_{case}"),
+        status,
+        &items,
+    );
+    s::event(kind, &format!("evt_order_{case}_{i}"), created, sub)
+}
+
+/// The memberships the newest delivered event should leave: (plan key, is_base, quantity).
+fn expected(newest: usize) -> (String, Vec<(String, bool, i64)>) {
+    let (_, _, status, pro_q, seats_q) = LIFECYCLE[newest];
+    let mut out = Vec::new();
+    if matches!(status, "trialing" | "active" | "past_due") {
+        out.push(("order-pro".to_string(), true, pro_q));
+        if seats_q > 0 {
+            out.push(("order-seats".to_string(), false, seats_q));
+        }
+    }
+    (status.to_string(), out)
+}
+
+async fn deliver(state: &AppState, event: &Value, reapply: bool) {
+    let env_id = state.cache.default_env().unwrap().environment.id.clone();
+    let payload = serde_json::to_string(event).unwrap();
+    let created = chrono::DateTime::from_timestamp(event["created"].as_i64().unwrap(), 0).unwrap();
+    let new = inbox::NewEvent {
+        environment_id: &env_id,
+        id: event["id"].as_str().unwrap(),
+        kind: event["type"].as_str().unwrap(),
+        object_id: event["data"]["object"]["id"].as_str(),
+        created,
+        livemode: false,
+        api_version: None,
+        payload: &payload,
+    };
+    let inserted = inbox::insert(&mut state.pool.acquire().await.unwrap(), &new)
+        .await
+        .unwrap();
+    // A first delivery is applied; a redelivery is acknowledged only, or, like
+    // POST /stripe/events/{id}/retry, applied again.
+    if inserted || reapply {
+        let mut tx = state.pool.begin().await.unwrap();
+        let claimed = inbox::claim(&mut tx, &env_id, new.id).await.unwrap();
+        let status = worker::process(state, tx, claimed).await.unwrap();
+        assert!(status == "applied" || status == "skipped", "{status}");
+    }
+}
+
+async fn memberships(state: &AppState, case: usize) -> (String, Vec<(String, bool, i64)>) {
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM stripe_subscriptions WHERE id = $1")
+            .bind(format!("sub_order_{case}"))
+            .fetch_one(&state.pool)
+            .await
+            .unwrap();
+    let rows: Vec<(String, bool, i64)> = sqlx::query_as(
+        "SELECT p.key, cp.is_base, cp.quantity FROM company_plans cp
+         JOIN plans p ON p.id = cp.plan_id
+         JOIN company_keys k ON k.company_id = cp.company_id
+         WHERE k.key = 'stripe_customer_id' AND k.value = $1 AND cp.ended_at IS NULL
+         ORDER BY p.key",
+    )
+    .bind(format!("cus_order_{case}"))
+    .fetch_all(&state.pool)
+    .await
+    .unwrap();
+    (status, rows)
+}
+
+#[test]
+fn any_order_with_duplicates_converges_to_the_newest_event() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (state, db_name) = rt.block_on(async {
+        let (db_url, db_name) = common::fresh_database().await;
+        let config = common::test_config(&db_url, &s::config("stripe_refetch_on_webhook = false"));
+        let (state, _listener) = entitled::app::build_state(config).await.unwrap();
+        sqlx::query(
+            "INSERT INTO plans (id, key, name, plan_type, billing_product_id) VALUES
+             ('plan_order_pro', 'order-pro', 'Pro', 'plan', $1),
+             ('plan_order_seats', 'order-seats', 'Seats', 'add_on', $2)",
+        )
+        .bind(PRO)
+        .bind(SEATS)
+        .execute(&state.pool)
+        .await
+        .unwrap();
+        (state, db_name)
+    });
+    let cases = AtomicUsize::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    // A delivery sequence: which lifecycle event, and whether a repeat is re-applied.
+    let deliveries = prop::collection::vec((0..LIFECYCLE.len(), any::<bool>()), 1..20);
+    let result = runner.run(&deliveries, |deliveries| {
+        let case = cases.fetch_add(1, Ordering::SeqCst);
+        rt.block_on(async {
+            for (i, reapply) in &deliveries {
+                deliver(&state, &lifecycle_event(case, *i), *reapply).await;
+            }
+            let newest = deliveries.iter().map(|(i, _)| *i).max().unwrap();
+            let got = memberships(&state, case).await;
+            if got != expected(newest) {
+                return Err(TestCaseError::fail(format!(
+                    "deliveries {deliveries:?}: newest is {:?}, got {got:?}, expected {:?}",
+                    LIFECYCLE[newest],
+                    expected(newest)
+                )));
+            }
+            Ok(())
+        })
+    });
+    drop(state);
+    common::drop_database(db_name);
+    result.unwrap();
+}
