@@ -20,7 +20,7 @@ use crate::stripe::{inbox, signature, worker};
 #[utoipa::path(post, path = "/webhooks/stripe", tag = "stripe", security(()),
     request_body(content = serde_json::Value, description = "A Stripe event, exactly as Stripe signed it"),
     params(("Stripe-Signature" = String, Header, description = "t=…,v1=…")),
-    responses((status = 200, description = "Stored in the inbox (or already there)"), (status = 400, description = "Bad signature, timestamp or payload", body = super::openapi::ErrorBody),
+    responses((status = 200, description = "Stored in the inbox (or already there)", body = serde_json::Value), (status = 400, description = "Bad signature, timestamp or payload", body = super::openapi::ErrorBody),
         (status = 413, description = "Body too large", body = super::openapi::ErrorBody), (status = 503, description = "Postgres unavailable: Stripe retries", body = super::openapi::ErrorBody)))]
 pub async fn webhook_default(State(state): State<AppState>, req: Request) -> Response {
     let Some(env) = state.cache.default_env().cloned() else {
@@ -34,7 +34,7 @@ pub async fn webhook_default(State(state): State<AppState>, req: Request) -> Res
     request_body(content = serde_json::Value, description = "A Stripe event, exactly as Stripe signed it"),
     params(("environment_key" = String, Path, description = "An environment's key from the configuration"),
         ("Stripe-Signature" = String, Header, description = "t=…,v1=…")),
-    responses((status = 200, description = "Stored in the inbox (or already there)"), (status = 400, description = "Bad signature, timestamp or payload", body = super::openapi::ErrorBody),
+    responses((status = 200, description = "Stored in the inbox (or already there)", body = serde_json::Value), (status = 400, description = "Bad signature, timestamp or payload", body = super::openapi::ErrorBody),
         (status = 404, description = "No such environment", body = super::openapi::ErrorBody),
         (status = 413, description = "Body too large", body = super::openapi::ErrorBody), (status = 503, description = "Postgres unavailable: Stripe retries", body = super::openapi::ErrorBody)))]
 pub async fn webhook(
