@@ -80,6 +80,20 @@ struct LedgerParams {
     credit_id: Option<String>,
 }
 
+/// Deletes one row of a catalog table by id (`table` is one of ours, never input): 404 when
+/// there is none.
+async fn delete_by_id(state: &AppState, table: &str, noun: &str, id: &str) -> AppResult<Response> {
+    let n = sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
+        .bind(id)
+        .execute(&state.pool)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(AppError::not_found(noun, id));
+    }
+    Ok(envelope::deleted())
+}
+
 // ---- credit types -------------------------------------------------------------------------
 
 /// `BillingCreditResponseData`.
@@ -503,15 +517,7 @@ pub async fn delete_bundle(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let n = sqlx::query("DELETE FROM credit_bundles WHERE id = $1")
-        .bind(&id)
-        .execute(&state.pool)
-        .await?
-        .rows_affected();
-    if n == 0 {
-        return Err(AppError::not_found("credit bundle", &id));
-    }
-    Ok(envelope::deleted())
+    delete_by_id(&state, "credit_bundles", "credit bundle", &id).await
 }
 
 // ---- plan credit grants -------------------------------------------------------------------
@@ -759,15 +765,7 @@ pub async fn delete_plan_grant(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let n = sqlx::query("DELETE FROM plan_credit_grants WHERE id = $1")
-        .bind(&id)
-        .execute(&state.pool)
-        .await?
-        .rows_affected();
-    if n == 0 {
-        return Err(AppError::not_found("plan credit grant", &id));
-    }
-    Ok(envelope::deleted())
+    delete_by_id(&state, "plan_credit_grants", "plan credit grant", &id).await
 }
 
 // ---- company grants, balances, ledger -----------------------------------------------------
