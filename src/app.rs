@@ -39,6 +39,15 @@ impl AppState {
         })
     }
 
+    /// What applying Stripe state needs, from this process.
+    pub fn sync(&self) -> crate::stripe::SyncContext {
+        crate::stripe::SyncContext::from_cache(
+            self.pool.clone(),
+            self.stripe.clone(),
+            self.cache.clone(),
+        )
+    }
+
     /// Commits `tx` and refreshes this process's snapshot; other replicas hear of it through
     /// the notifications queued in the transaction.
     pub async fn commit(
@@ -91,11 +100,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     cache::spawn_listener(state.cache.clone(), pg_listener, shutdown.clone(), &tracker);
     crate::jobs::spawn(
-        crate::jobs::JobContext {
-            pool: state.pool.clone(),
-            cache: state.cache.clone(),
-            config: state.config.clone(),
-        },
+        crate::jobs::JobContext::new(&state, shutdown.clone()),
         shutdown.clone(),
         &tracker,
     );
@@ -115,8 +120,11 @@ pub async fn run(
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await?;
     shutdown.cancel();
+    state.stripe.shutdown.cancel();
     tracker.close();
+    state.stripe.tasks.close();
     tracker.wait().await;
+    state.stripe.tasks.wait().await;
     state.pool.close().await;
     tracing::info!("entitled stopped");
     Ok(())

@@ -64,6 +64,7 @@ pub mod prefix {
     pub const PLAN_ENTITLEMENT: &str = "pltl";
     pub const COMPANY_PLAN: &str = "cpln";
     pub const OVERRIDE: &str = "cmov";
+    pub const RECONCILE_RUN: &str = "rcn";
 }
 
 #[cfg(test)]

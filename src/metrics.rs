@@ -562,6 +562,20 @@ pub static STRIPE_API_REQUESTS: FixedCounter<5> = FixedCounter::new(
     ["ok", "not_found", "rate_limited", "error", "other"],
 );
 
+/// Objects a reconcile run saw, by object type (`customers`, `products`, `prices`,
+/// `subscriptions`) and outcome (`seen`, `created`, `updated`, `deleted`, `error`).
+pub static RECONCILE_OBJECTS: CounterVec<2> = CounterVec::new(
+    "entitled_stripe_reconcile_objects_total",
+    "Stripe objects seen by reconcile runs, by object type and outcome.",
+    ["object", "outcome"],
+);
+/// Finished reconcile runs by trigger (`schedule`, `api`, `cli`) and status.
+pub static RECONCILE_RUNS: CounterVec<2> = CounterVec::new(
+    "entitled_stripe_reconcile_runs_total",
+    "Finished reconcile runs by trigger and status.",
+    ["trigger", "status"],
+);
+
 /// Everything, in the Prometheus text exposition format. `gauges` are point-in-time values
 /// the caller reads (pool use, cache sizes).
 pub fn render(gauges: &[(&str, &str, f64)]) -> String {
@@ -583,6 +597,8 @@ pub fn render(gauges: &[(&str, &str, f64)]) -> String {
     WEBHOOK_DELIVERIES.render(&mut out);
     STRIPE_EVENTS.render(&mut out);
     STRIPE_API_REQUESTS.render(&mut out);
+    RECONCILE_OBJECTS.render(&mut out);
+    RECONCILE_RUNS.render(&mut out);
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");

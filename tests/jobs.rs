@@ -32,11 +32,7 @@ async fn expire_overrides_marks_and_records_expiries() {
     let (state, _l) = entitled::app::build_state(app.config.clone())
         .await
         .unwrap();
-    let ctx = JobContext {
-        pool: state.pool,
-        cache: state.cache,
-        config: state.config,
-    };
+    let ctx = JobContext::new(&state, tokio_util::sync::CancellationToken::new());
 
     // Before its expiration date: nothing to do.
     let s = Job::ExpireOverrides

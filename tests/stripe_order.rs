@@ -100,7 +100,7 @@ async fn deliver(state: &AppState, event: &Value, reapply: bool) {
     if inserted || reapply {
         let mut tx = state.pool.begin().await.unwrap();
         let claimed = inbox::claim(&mut tx, &env_id, new.id).await.unwrap();
-        let status = worker::process(state, tx, claimed).await.unwrap();
+        let status = worker::process(&state.sync(), tx, claimed).await.unwrap();
         assert!(status == "applied" || status == "skipped", "{status}");
     }
 }

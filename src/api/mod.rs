@@ -80,6 +80,17 @@ pub fn routes() -> Vec<Route> {
         ),
         route(M::GET, "/stripe/events", stripe::list_events),
         route(M::POST, "/stripe/events/{id}/retry", stripe::retry_event),
+        route(M::POST, "/stripe/reconcile", stripe::start_reconcile),
+        route(
+            M::GET,
+            "/stripe/reconcile-runs",
+            stripe::list_reconcile_runs,
+        ),
+        route(
+            M::GET,
+            "/stripe/reconcile-runs/{id}",
+            stripe::get_reconcile_run,
+        ),
         route(M::GET, "/billing/credits", credits::list_credits),
         route(M::POST, "/billing/credits", credits::create_credit),
         route(M::GET, "/billing/credits/{id}", credits::get_credit),

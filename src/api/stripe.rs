@@ -1,5 +1,6 @@
 //! `POST /webhooks/stripe[/{environment_key}]` (no API key: the signature is the auth),
-//! `GET /stripe/events`, `POST /stripe/events/{id}/retry`.
+//! `GET /stripe/events`, `POST /stripe/events/{id}/retry`, `POST /stripe/reconcile`,
+//! `GET /stripe/reconcile-runs[/{id}]`.
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -13,7 +14,9 @@ use crate::app::AppState;
 use crate::cache::EnvCache;
 use crate::error::{AppError, AppResult};
 use crate::metrics::WEBHOOK_DELIVERIES;
+use crate::store::reconcile::{self as runs, Run};
 use crate::stripe::objects::EventHead;
+use crate::stripe::reconcile::{self, StartError, Trigger};
 use crate::stripe::{inbox, signature, worker};
 
 /// `POST /webhooks/stripe`: the default environment.
@@ -247,7 +250,7 @@ pub async fn retry_event(
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let event = inbox::claim(&mut tx, auth.env_id(), &id).await?;
-    worker::process(&state, tx, event).await?;
+    worker::process(&state.sync(), tx, event).await?;
     let mut conn = state.pool.acquire().await?;
     let row = inbox::get(&mut conn, auth.env_id(), &id)
         .await?
@@ -265,4 +268,85 @@ struct EventListParams {
     /// A Stripe event type, e.g. `customer.subscription.updated`.
     #[param(rename = "type")]
     kind: Option<String>,
+}
+
+/// `POST /stripe/reconcile`: starts a full reconcile of the key's environment in the
+/// background and answers 202 with the run's record; follow it on
+/// `GET /stripe/reconcile-runs/{id}`. 409 while a run of the environment is going on (here or
+/// on another replica), 422 when the environment has no Stripe API key.
+#[utoipa::path(post, path = "/stripe/reconcile", tag = "stripe",
+    responses((status = 202, description = "The run, started", body = super::openapi::Enveloped<Run>),
+        (status = 409, description = "A run of this environment is already going on", body = super::openapi::ErrorBody),
+        (status = 422, description = "Stripe sync is disabled for this environment", body = super::openapi::ErrorBody),
+        super::openapi::Errors))]
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn start_reconcile(State(state): State<AppState>, auth: Auth) -> AppResult<Response> {
+    auth.require_write()?;
+    let sync = state.sync();
+    let started = match reconcile::start(&sync, auth.env_id(), Trigger::Api).await {
+        Ok(s) => s,
+        Err(StartError::Database(e)) => return Err(e.into()),
+        Err(e @ StartError::AlreadyRunning { .. }) => {
+            return Err(AppError::Conflict(e.to_string()))
+        }
+        Err(e) => return Err(AppError::Unprocessable(e.to_string())),
+    };
+    let record = started.record.clone();
+    let cancel = state.stripe.shutdown.clone();
+    state.stripe.tasks.spawn(async move {
+        if let Err(e) = started.run(&sync, &reconcile::Quiet, &cancel).await {
+            tracing::error!(error = %e, "reconcile run could not record its outcome");
+        }
+    });
+    Ok((StatusCode::ACCEPTED, envelope::ok_empty(record)).into_response())
+}
+
+/// `GET /stripe/reconcile-runs?status=&limit=&offset=`: the environment's runs, newest first.
+#[utoipa::path(get, path = "/stripe/reconcile-runs", tag = "stripe",
+    params(super::openapi::PageParams, RunListParams),
+    responses((status = 200, description = "Reconcile runs, newest first", body = super::openapi::Enveloped<Vec<Run>>), super::openapi::Errors))]
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
+pub async fn list_reconcile_runs(
+    State(state): State<AppState>,
+    auth: Auth,
+    query: Query,
+) -> AppResult<Response> {
+    let page = query.page()?;
+    let status = query.get("status").filter(|s| !s.is_empty());
+    if let Some(s) = status {
+        if !["running", "succeeded", "failed"].contains(&s) {
+            return Err(AppError::bad_request(format!(
+                "query parameter status: {s:?} is not one of running, succeeded, failed"
+            )));
+        }
+    }
+    let mut conn = state.pool.acquire().await?;
+    let rows = runs::list_runs(&mut conn, auth.env_id(), status, page.limit, page.offset).await?;
+    Ok(envelope::ok(rows, query.params(Some(page))))
+}
+
+/// `GET /stripe/reconcile-runs/{id}`.
+#[utoipa::path(get, path = "/stripe/reconcile-runs/{id}", tag = "stripe",
+    params(("id" = String, Path, description = "A reconcile run id, `rcn_…`")),
+    responses((status = 200, description = "The run", body = super::openapi::Enveloped<Run>), super::openapi::Errors))]
+#[tracing::instrument(skip_all, fields(env = %auth.env.environment.key, run_id = %id))]
+pub async fn get_reconcile_run(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> AppResult<Response> {
+    let mut conn = state.pool.acquire().await?;
+    let run = runs::get_run(&mut conn, Some(auth.env_id()), &id)
+        .await?
+        .ok_or_else(|| AppError::not_found("reconcile run", &id))?;
+    Ok((StatusCode::OK, envelope::ok_empty(run)).into_response())
+}
+
+/// Query parameters of `GET /stripe/reconcile-runs` (documentation type).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct RunListParams {
+    /// `running`, `succeeded` or `failed`.
+    status: Option<String>,
 }

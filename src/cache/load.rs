@@ -384,41 +384,64 @@ pub async fn company(
     environment_id: &str,
     id: &str,
 ) -> Result<Option<CompanyState>, sqlx::Error> {
-    let rows: Vec<CompanyRow> =
-        sqlx::query_as("SELECT id, traits FROM companies WHERE environment_id = $1 AND id = $2")
-            .bind(environment_id)
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let keys = sqlx::query_as("SELECT company_id, key, value FROM company_keys WHERE company_id = $1 ORDER BY created_at, key")
-        .bind(id)
-        .fetch_all(pool)
-        .await?;
-    let memberships = sqlx::query_as(
-        "SELECT company_id, plan_id, is_base, quantity, period_start FROM company_plans
-         WHERE company_id = $1 AND ended_at IS NULL ORDER BY started_at",
+    Ok(companies(pool, environment_id, &[id.to_string()])
+        .await?
+        .remove(id))
+}
+
+/// Several companies in six queries, whatever their number (a reconcile page, a batch of
+/// notifications). Companies that do not exist are absent from the map.
+pub async fn companies(
+    pool: &PgPool,
+    environment_id: &str,
+    ids: &[String],
+) -> Result<HashMap<String, CompanyState>, sqlx::Error> {
+    let rows: Vec<CompanyRow> = sqlx::query_as(
+        "SELECT id, traits FROM companies WHERE environment_id = $1 AND id = ANY($2)",
     )
-    .bind(id)
+    .bind(environment_id)
+    .bind(ids)
     .fetch_all(pool)
     .await?;
-    let overrides = sqlx::query_as(&format!("{OVERRIDE_SELECT} AND o.company_id = $1"))
-        .bind(id)
+    if rows.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let keys = sqlx::query_as(
+        "SELECT company_id, key, value FROM company_keys WHERE company_id = ANY($1)
+         ORDER BY created_at, key",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    let memberships = sqlx::query_as(
+        "SELECT company_id, plan_id, is_base, quantity, period_start FROM company_plans
+         WHERE company_id = ANY($1) AND ended_at IS NULL ORDER BY started_at",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    let overrides = sqlx::query_as(&format!("{OVERRIDE_SELECT} AND o.company_id = ANY($1)"))
+        .bind(ids)
         .fetch_all(pool)
         .await?;
-    let counters = sqlx::query_as(&format!("{COUNTER_SELECT} AND u.company_id = $1"))
-        .bind(id)
+    let counters = sqlx::query_as(&format!("{COUNTER_SELECT} AND u.company_id = ANY($1)"))
+        .bind(ids)
         .fetch_all(pool)
         .await?;
     let grants = sqlx::query_as(&format!(
-        "{GRANT_SELECT} AND g.company_id = $1 ORDER BY g.created_at"
+        "{GRANT_SELECT} AND g.company_id = ANY($1) ORDER BY g.created_at"
     ))
-    .bind(id)
+    .bind(ids)
     .fetch_all(pool)
     .await?;
-    Ok(assemble_companies(rows, keys, memberships, overrides, counters, grants).remove(id))
+    Ok(assemble_companies(
+        rows,
+        keys,
+        memberships,
+        overrides,
+        counters,
+        grants,
+    ))
 }
 
 #[allow(clippy::type_complexity)]

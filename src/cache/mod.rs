@@ -384,6 +384,11 @@ impl Cache {
         self.envs.get(id)
     }
 
+    /// Every configured environment.
+    pub fn environments(&self) -> impl Iterator<Item = &Arc<EnvCache>> {
+        self.envs.values()
+    }
+
     pub fn env_by_key(&self, key: &str) -> Option<&Arc<EnvCache>> {
         self.env_ids_by_key
             .get(key)
@@ -510,17 +515,75 @@ impl Cache {
     /// After a local commit: refresh now, so this process reads its own writes. Failures are
     /// logged; the notification will be retried by the listener's periodic full reload.
     pub async fn after_commit(&self, changes: &[Change]) {
+        // Many companies at once (a reconcile page) load in one go.
+        let mut companies: HashMap<&str, Vec<String>> = HashMap::new();
         for change in changes {
+            if let Change::Company { environment_id, id } = change {
+                companies
+                    .entry(environment_id)
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
+        companies.retain(|_, ids| ids.len() > 1);
+        for (environment_id, ids) in &companies {
+            if let Err(e) = self.reload_companies(environment_id, ids).await {
+                tracing::warn!(error = %e, environment_id, companies = ids.len(), "cache refresh after commit failed");
+            }
+        }
+        for change in changes {
+            if let Change::Company { environment_id, .. } = change {
+                if companies.contains_key(environment_id.as_str()) {
+                    continue;
+                }
+            }
             if let Err(e) = self.reload(change).await {
                 tracing::warn!(error = %e, ?change, "cache refresh after commit failed");
             }
         }
     }
 
+    /// Reloads several companies of one environment with six queries.
+    pub async fn reload_companies(
+        &self,
+        environment_id: &str,
+        ids: &[String],
+    ) -> Result<(), sqlx::Error> {
+        let Some(env) = self.envs.get(environment_id) else {
+            return Ok(());
+        };
+        // Hold every shard involved, in order, so no single reload interleaves with this one.
+        let mut shards: Vec<usize> = ids.iter().map(|id| self.shard_index(id)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let mut guards = Vec::with_capacity(shards.len());
+        for i in shards {
+            guards.push(self.refresh_locks[i].lock().await);
+        }
+        let mut states = load::companies(&self.pool, environment_id, ids).await?;
+        let mut companies = env.companies.write().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            let state = states.remove(id).map(|mut s| {
+                if let Some(current) = companies.get(id) {
+                    merge_usage(&mut s.context.usage, &current.context.usage);
+                }
+                s
+            });
+            let keys = state.as_ref().map(|s| s.keys.clone()).unwrap_or_default();
+            companies.put(id, keys, state);
+        }
+        crate::metrics::CACHE_RELOADS.inc();
+        Ok(())
+    }
+
     fn shard(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        &self.refresh_locks[self.shard_index(id)]
+    }
+
+    fn shard_index(&self, id: &str) -> usize {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         id.hash(&mut h);
-        &self.refresh_locks[(h.finish() as usize) % REFRESH_SHARDS]
+        (h.finish() as usize) % REFRESH_SHARDS
     }
 }
 

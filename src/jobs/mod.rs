@@ -3,10 +3,17 @@
 //!
 //! With several replicas each scheduled tick runs once in total: every replica computes the
 //! same tick times from the cron expression, and the first to insert `(job, tick)` into
-//! `job_runs` runs it (`ON CONFLICT DO NOTHING`). Jobs are idempotent besides.
+//! `job_runs` runs it (`ON CONFLICT DO NOTHING`). While it runs it holds a session advisory
+//! lock for its job, so a run that outlasts its interval is not overlapped by the next tick
+//! on another replica (that tick is recorded as skipped). Jobs are idempotent besides.
+//!
+//! Why not tokio-cron-scheduler: the tick claim needs every replica to compute identical
+//! tick times from the expression, which our own loop over the `cron` crate gives directly.
 
 pub mod expire_overrides;
 pub mod grant_credits;
+pub mod reconcile;
+pub mod retry_inbox;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -19,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::{Cache, Change};
 use crate::config::Config;
+use crate::stripe::{Stripe, SyncContext};
 
 /// What jobs need.
 #[derive(Clone)]
@@ -26,9 +34,27 @@ pub struct JobContext {
     pub pool: PgPool,
     pub cache: Arc<Cache>,
     pub config: Arc<Config>,
+    pub stripe: Arc<Stripe>,
+    /// Cancelled at shutdown: long jobs stop at their next safe point.
+    pub shutdown: CancellationToken,
 }
 
 impl JobContext {
+    pub fn new(state: &crate::app::AppState, shutdown: CancellationToken) -> Self {
+        JobContext {
+            pool: state.pool.clone(),
+            cache: state.cache.clone(),
+            config: state.config.clone(),
+            stripe: state.stripe.clone(),
+            shutdown,
+        }
+    }
+
+    /// What applying Stripe state needs.
+    pub fn sync(&self) -> SyncContext {
+        SyncContext::from_cache(self.pool.clone(), self.stripe.clone(), self.cache.clone())
+    }
+
     /// Commits `tx` with `changes` published to every replica's snapshot.
     pub async fn commit(
         &self,
@@ -47,34 +73,47 @@ pub type Summary = serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Job {
+    Reconcile,
     ExpireOverrides,
     GrantCredits,
+    RetryInbox,
 }
 
 impl Job {
     pub fn name(self) -> &'static str {
         match self {
+            Job::Reconcile => "reconcile",
             Job::ExpireOverrides => "expire_overrides",
             Job::GrantCredits => "grant_credits",
+            Job::RetryInbox => "retry_inbox",
         }
     }
 
     pub async fn run_once(self, ctx: &JobContext, now: DateTime<Utc>) -> anyhow::Result<Summary> {
         match self {
+            Job::Reconcile => reconcile::run_once(ctx, now).await,
             Job::ExpireOverrides => expire_overrides::run_once(ctx, now).await,
             Job::GrantCredits => grant_credits::run_once(ctx, now).await,
+            Job::RetryInbox => retry_inbox::run_once(ctx, now).await,
         }
     }
 
     fn expression(self, config: &Config) -> &str {
         match self {
+            Job::Reconcile => &config.schedule.reconcile,
             Job::ExpireOverrides => &config.schedule.expire_overrides,
             Job::GrantCredits => &config.schedule.grant_credits,
+            Job::RetryInbox => &config.schedule.retry_inbox,
         }
     }
 }
 
-pub const JOBS: [Job; 2] = [Job::ExpireOverrides, Job::GrantCredits];
+pub const JOBS: [Job; 4] = [
+    Job::Reconcile,
+    Job::ExpireOverrides,
+    Job::GrantCredits,
+    Job::RetryInbox,
+];
 
 /// Parses a six-field cron expression (with seconds), naming the key on error.
 pub fn parse_schedule(key: &str, expr: &str) -> Result<cron::Schedule, String> {
@@ -112,7 +151,8 @@ pub fn spawn(ctx: JobContext, shutdown: CancellationToken, tracker: &TaskTracker
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
-                // A running job finishes even if shutdown starts meanwhile.
+                // A running job finishes (or stops at a safe point: reconcile) even if
+                // shutdown starts meanwhile.
                 if let Err(e) = run_tick(&ctx, job, tick).await {
                     tracing::warn!(job = job.name(), %tick, error = %e, "job tick not run");
                 }
@@ -142,9 +182,33 @@ pub async fn run_tick(
         crate::metrics::record_job_run(job.name(), "skipped", 0.0);
         return Ok(false);
     }
+    // The job's lock, on a connection of its own: closing it releases the lock whatever
+    // happens to this task.
+    let mut lock =
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&ctx.pool.connect_options()).await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("entitled:job:{}", job.name()))
+        .fetch_one(&mut lock)
+        .await?;
+    if !locked {
+        tracing::info!("previous run of this job is still going; tick skipped");
+        crate::metrics::record_job_run(job.name(), "skipped", 0.0);
+        sqlx::query(
+            "UPDATE job_runs SET status = 'succeeded', finished_at = clock_timestamp(), summary = $3
+             WHERE job = $1 AND tick = $2",
+        )
+        .bind(job.name())
+        .bind(tick)
+        .bind(sqlx::types::Json(serde_json::json!({"skipped": "the previous run of this job is still going"})))
+        .execute(&ctx.pool)
+        .await?;
+        let _ = sqlx::Connection::close(lock).await;
+        return Ok(true);
+    }
     let started = std::time::Instant::now();
     let result = job.run_once(ctx, Utc::now()).await;
     let elapsed = started.elapsed();
+    let _ = sqlx::Connection::close(lock).await;
     let (status, summary, error) = match &result {
         Ok(summary) => ("succeeded", Some(summary.clone()), None),
         Err(e) => ("failed", None, Some(format!("{e:#}"))),

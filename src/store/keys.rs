@@ -194,7 +194,9 @@ pub async fn upsert(
         sqlx::query(&format!(
             "UPDATE {} SET name = COALESCE($2, name),
                  traits = jsonb_strip_nulls(traits || $3), updated_at = now()
-             WHERE id = $1",
+             WHERE id = $1
+               AND (name, traits) IS DISTINCT FROM
+                   (COALESCE($2, name), jsonb_strip_nulls(traits || $3))",
             entity.entity_table()
         ))
         .bind(&id)

@@ -10,6 +10,7 @@ pub mod insights;
 pub mod keys;
 pub mod overrides;
 pub mod plans;
+pub mod reconcile;
 pub mod stripe;
 pub mod users;
 pub mod values;

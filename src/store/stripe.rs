@@ -58,12 +58,25 @@ pub struct ProductFields {
     pub deleted: bool,
 }
 
+/// What an upsert did: `None` when the stored row already said the same.
+pub type Written = Option<Write>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Created,
+    Updated,
+}
+
+fn written(inserted: Option<bool>) -> Written {
+    inserted.map(|i| if i { Write::Created } else { Write::Updated })
+}
+
 pub async fn upsert_product(
     conn: &mut PgConnection,
     env_id: &str,
     p: &ProductFields,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<Written, sqlx::Error> {
+    let inserted: Option<bool> = sqlx::query_scalar(
         "INSERT INTO billing_products (environment_id, id, name, description, active, metadata,
              livemode, stripe_created, deleted_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9 THEN now() END)
@@ -72,7 +85,14 @@ pub async fn upsert_product(
              metadata = EXCLUDED.metadata, livemode = EXCLUDED.livemode,
              stripe_created = COALESCE(EXCLUDED.stripe_created, billing_products.stripe_created),
              deleted_at = CASE WHEN $9 THEN COALESCE(billing_products.deleted_at, now()) END,
-             updated_at = now()",
+             updated_at = now()
+         WHERE (billing_products.name, billing_products.description, billing_products.active,
+                billing_products.metadata, billing_products.livemode,
+                billing_products.deleted_at IS NOT NULL)
+               IS DISTINCT FROM
+               (EXCLUDED.name, EXCLUDED.description, EXCLUDED.active, EXCLUDED.metadata,
+                EXCLUDED.livemode, $9)
+         RETURNING (xmax = 0)",
     )
     .bind(env_id)
     .bind(&p.id)
@@ -83,9 +103,9 @@ pub async fn upsert_product(
     .bind(p.livemode)
     .bind(p.stripe_created)
     .bind(p.deleted)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(written(inserted))
 }
 
 /// A price as Stripe last described it.
@@ -113,8 +133,8 @@ pub async fn upsert_price(
     conn: &mut PgConnection,
     env_id: &str,
     p: &PriceFields,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<Written, sqlx::Error> {
+    let inserted: Option<bool> = sqlx::query_scalar(
         "INSERT INTO billing_prices (environment_id, id, product_id, active, currency, unit_amount,
              billing_scheme, price_type, recurring_interval, recurring_interval_count, usage_type,
              nickname, lookup_key, metadata, livemode, stripe_created, deleted_at)
@@ -131,7 +151,19 @@ pub async fn upsert_price(
              livemode = EXCLUDED.livemode,
              stripe_created = COALESCE(EXCLUDED.stripe_created, billing_prices.stripe_created),
              deleted_at = CASE WHEN $17 THEN COALESCE(billing_prices.deleted_at, now()) END,
-             updated_at = now()",
+             updated_at = now()
+         WHERE (billing_prices.product_id, billing_prices.active, billing_prices.currency,
+                billing_prices.unit_amount, billing_prices.billing_scheme, billing_prices.price_type,
+                billing_prices.recurring_interval, billing_prices.recurring_interval_count,
+                billing_prices.usage_type, billing_prices.nickname, billing_prices.lookup_key,
+                billing_prices.metadata, billing_prices.livemode,
+                billing_prices.deleted_at IS NOT NULL)
+               IS DISTINCT FROM
+               (EXCLUDED.product_id, EXCLUDED.active, EXCLUDED.currency, EXCLUDED.unit_amount,
+                EXCLUDED.billing_scheme, EXCLUDED.price_type, EXCLUDED.recurring_interval,
+                EXCLUDED.recurring_interval_count, EXCLUDED.usage_type, EXCLUDED.nickname,
+                EXCLUDED.lookup_key, EXCLUDED.metadata, EXCLUDED.livemode, $17)
+         RETURNING (xmax = 0)",
     )
     .bind(env_id)
     .bind(&p.id)
@@ -150,9 +182,9 @@ pub async fn upsert_price(
     .bind(p.livemode)
     .bind(p.stripe_created)
     .bind(p.deleted)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(written(inserted))
 }
 
 /// Records the customer → company mapping and what Stripe says about the customer. A
@@ -165,14 +197,18 @@ pub async fn upsert_customer(
     email: Option<&str>,
     name: Option<&str>,
     deleted: bool,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<Written, sqlx::Error> {
+    let inserted: Option<bool> = sqlx::query_scalar(
         "INSERT INTO stripe_customers (environment_id, id, company_id, email, name, deleted_at)
          VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END)
          ON CONFLICT (environment_id, id) DO UPDATE SET
              company_id = EXCLUDED.company_id, email = EXCLUDED.email, name = EXCLUDED.name,
              deleted_at = COALESCE(stripe_customers.deleted_at, EXCLUDED.deleted_at),
-             updated_at = now()",
+             updated_at = now()
+         WHERE (stripe_customers.company_id, stripe_customers.email, stripe_customers.name)
+               IS DISTINCT FROM (EXCLUDED.company_id, EXCLUDED.email, EXCLUDED.name)
+            OR (stripe_customers.deleted_at IS NULL AND $6)
+         RETURNING (xmax = 0)",
     )
     .bind(env_id)
     .bind(customer_id)
@@ -180,9 +216,9 @@ pub async fn upsert_customer(
     .bind(email)
     .bind(name)
     .bind(deleted)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(written(inserted))
 }
 
 /// A subscription item as stored.
@@ -211,16 +247,26 @@ pub struct SubscriptionFields {
     pub items_partial: bool,
 }
 
-/// Replaces the subscription and its items with `s`. Returns the company it belonged to
-/// before, when that was another company (its memberships need recomputing too).
+/// What storing a subscription did.
+#[derive(Debug)]
+pub struct PutSubscription {
+    /// The company the subscription belonged to before, when that was another company (its
+    /// memberships need recomputing too).
+    pub previous_company: Option<String>,
+    /// Whether the subscription or its items changed.
+    pub written: Written,
+}
+
+/// Replaces the subscription and its items with `s`.
 pub async fn put_subscription(
     conn: &mut PgConnection,
     env_id: &str,
     company_id: &str,
     s: &SubscriptionFields,
-) -> Result<Option<String>, sqlx::Error> {
-    // One statement: the CTE reads the row as it was before the upsert.
-    let previous: Option<String> = sqlx::query_scalar(
+) -> Result<PutSubscription, sqlx::Error> {
+    // One statement: the CTE reads the row as it was before the upsert. No row comes back
+    // when nothing changed.
+    let row: Option<(Option<String>, bool)> = sqlx::query_as(
         "WITH previous AS (
              SELECT company_id FROM stripe_subscriptions WHERE environment_id = $1 AND id = $2
          )
@@ -233,7 +279,14 @@ pub async fn put_subscription(
              cancel_at_period_end = EXCLUDED.cancel_at_period_end,
              canceled_at = EXCLUDED.canceled_at, stripe_created = EXCLUDED.stripe_created,
              updated_at = now()
-         RETURNING (SELECT company_id FROM previous)",
+         WHERE (stripe_subscriptions.customer_id, stripe_subscriptions.company_id,
+                stripe_subscriptions.status, stripe_subscriptions.trial_end,
+                stripe_subscriptions.cancel_at_period_end, stripe_subscriptions.canceled_at,
+                stripe_subscriptions.stripe_created)
+               IS DISTINCT FROM
+               (EXCLUDED.customer_id, EXCLUDED.company_id, EXCLUDED.status, EXCLUDED.trial_end,
+                EXCLUDED.cancel_at_period_end, EXCLUDED.canceled_at, EXCLUDED.stripe_created)
+         RETURNING (SELECT company_id FROM previous), (xmax = 0)",
     )
     .bind(env_id)
     .bind(&s.id)
@@ -244,11 +297,12 @@ pub async fn put_subscription(
     .bind(s.cancel_at_period_end)
     .bind(s.canceled_at)
     .bind(s.stripe_created)
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
+    let mut items_changed = false;
     let item_ids: Vec<&str> = s.items.iter().map(|i| i.id.as_str()).collect();
     if !s.items_partial {
-        sqlx::query(
+        items_changed |= sqlx::query(
             "DELETE FROM stripe_subscription_items
              WHERE environment_id = $1 AND subscription_id = $2 AND id <> ALL($3)",
         )
@@ -256,12 +310,14 @@ pub async fn put_subscription(
         .bind(&s.id)
         .bind(&item_ids)
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected()
+            > 0;
     }
     if !s.items.is_empty() {
-        sqlx::query(
-            "INSERT INTO stripe_subscription_items (environment_id, id, subscription_id, price_id,
-                 product_id, quantity, current_period_start, current_period_end)
+        items_changed |= sqlx::query(
+            "INSERT INTO stripe_subscription_items AS t (environment_id, id, subscription_id,
+                 price_id, product_id, quantity, current_period_start, current_period_end)
              SELECT $1, i.id, $2, i.price_id, i.product_id, i.quantity, i.period_start, i.period_end
              FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::timestamptz[],
                          $8::timestamptz[])
@@ -270,7 +326,12 @@ pub async fn put_subscription(
                  subscription_id = EXCLUDED.subscription_id, price_id = EXCLUDED.price_id,
                  product_id = EXCLUDED.product_id, quantity = EXCLUDED.quantity,
                  current_period_start = EXCLUDED.current_period_start,
-                 current_period_end = EXCLUDED.current_period_end, updated_at = now()",
+                 current_period_end = EXCLUDED.current_period_end, updated_at = now()
+             WHERE (t.subscription_id, t.price_id, t.product_id, t.quantity,
+                    t.current_period_start, t.current_period_end)
+                   IS DISTINCT FROM
+                   (EXCLUDED.subscription_id, EXCLUDED.price_id, EXCLUDED.product_id,
+                    EXCLUDED.quantity, EXCLUDED.current_period_start, EXCLUDED.current_period_end)",
         )
         .bind(env_id)
         .bind(&s.id)
@@ -301,9 +362,18 @@ pub async fn put_subscription(
                 .collect::<Vec<_>>(),
         )
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected()
+            > 0;
     }
-    Ok(previous.filter(|p| p != company_id))
+    let (previous, inserted) = match row {
+        Some((previous, inserted)) => (previous, Some(inserted)),
+        None => (None, items_changed.then_some(false)),
+    };
+    Ok(PutSubscription {
+        previous_company: previous.filter(|p| p != company_id),
+        written: written(inserted),
+    })
 }
 
 /// A Stripe membership: what company_plans should hold for one plan.

@@ -8,6 +8,7 @@
 //! `stripe_refetch_on_webhook`, a subscription is re-read from the API after its version row
 //! is locked, so what is written is at least as new as any event that got this far.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
 
@@ -20,7 +21,7 @@ use crate::error::AppError;
 use crate::store::companies::{self, UpsertCompany};
 use crate::store::keys::{self, Entity};
 use crate::store::stripe::{
-    self as store, ItemFields, PriceFields, ProductFields, SubscriptionFields,
+    self as store, ItemFields, PriceFields, ProductFields, SubscriptionFields, Write, Written,
 };
 
 /// The company key a Stripe customer id is stored under.
@@ -67,6 +68,23 @@ impl From<AppError> for ApplyError {
     }
 }
 
+/// Where an object's state comes from, for ordering: an event (its id and `created`), or a
+/// reconcile listing (a marker naming the run, and the time the page was requested).
+#[derive(Debug, Clone, Copy)]
+pub struct Version<'a> {
+    pub id: &'a str,
+    pub created: DateTime<Utc>,
+}
+
+/// What applying one object did, when it was not skipped as older than what was applied.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Created, updated, or (`None`) already as stored.
+    pub written: Written,
+    /// Snapshot entries to refresh.
+    pub changes: Vec<Change>,
+}
+
 /// What applying needs besides the connection.
 pub struct Context<'a> {
     pub environment_id: &'a str,
@@ -96,17 +114,42 @@ pub async fn apply(
         .map_err(|e| ApplyError::Rejected(format!("event payload: {e}")))?;
     let object = parsed.data.object;
     let kind = event.kind.as_str();
-    if kind.starts_with("customer.subscription.") {
-        apply_subscription(conn, ctx, event, object).await
+    let v = Version {
+        id: &event.id,
+        created: event.created,
+    };
+    let applied = if kind.starts_with("customer.subscription.") {
+        let s = parse("subscription", object)?;
+        subscription(conn, ctx, s, v, ctx.refetch()).await?
     } else if kind.starts_with("customer.") {
-        apply_customer(conn, ctx, event, object).await
+        let c: Customer = parse("customer", object)?;
+        let deleted = kind == "customer.deleted" || c.deleted;
+        customer(conn, ctx, &c, deleted, v).await?
     } else if kind.starts_with("product.") {
-        apply_product(conn, ctx, event, object).await
+        product(
+            conn,
+            ctx,
+            parse("product", object)?,
+            kind == "product.deleted",
+            v,
+        )
+        .await?
     } else if kind.starts_with("price.") {
-        apply_price(conn, ctx, event, object).await
+        price(
+            conn,
+            ctx,
+            parse("price", object)?,
+            kind == "price.deleted",
+            v,
+        )
+        .await?
     } else {
-        Ok(Outcome::Ignored)
-    }
+        return Ok(Outcome::Ignored);
+    };
+    Ok(match applied {
+        Some(a) => Outcome::Applied(a.changes),
+        None => Outcome::Skipped,
+    })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, object: Value) -> Result<T, ApplyError> {
@@ -154,13 +197,14 @@ fn customer_keys(config: &EnvironmentConfig, c: &Customer) -> Vec<(String, Strin
     keys
 }
 
-/// Creates or links the customer's company, records the customer, and returns the company.
+/// Creates or links the customer's company, records the customer, and returns the company
+/// and what changed.
 async fn put_customer(
     conn: &mut PgConnection,
     ctx: &Context<'_>,
     c: &Customer,
     deleted: bool,
-) -> Result<String, ApplyError> {
+) -> Result<(String, Written), ApplyError> {
     let req = UpsertCompany {
         keys: customer_keys(ctx.config, c),
         name: non_empty(&c.name)
@@ -168,7 +212,7 @@ async fn put_customer(
             .map(str::to_string),
         ..Default::default()
     };
-    let (company_id, _) = companies::upsert(conn, ctx.environment_id, &req)
+    let (company_id, company_created) = companies::upsert(conn, ctx.environment_id, &req)
         .await
         .map_err(|e| match e {
             AppError::Conflict(msg) => ApplyError::Rejected(format!(
@@ -179,7 +223,7 @@ async fn put_customer(
             )),
             other => other.into(),
         })?;
-    store::upsert_customer(
+    let written = store::upsert_customer(
         conn,
         ctx.environment_id,
         &c.id,
@@ -189,62 +233,64 @@ async fn put_customer(
         deleted,
     )
     .await?;
-    Ok(company_id)
+    let written = match (company_created, written) {
+        (true, _) => Some(Write::Created),
+        (false, w) => w,
+    };
+    Ok((company_id, written))
 }
 
-async fn apply_customer(
+/// Applies a customer as of `v`. `None`: skipped, something newer was applied.
+pub async fn customer(
     conn: &mut PgConnection,
     ctx: &Context<'_>,
-    event: &Claimed,
-    object: Value,
-) -> Result<Outcome, ApplyError> {
-    let customer: Customer = parse("customer", object)?;
+    customer: &Customer,
+    deleted: bool,
+    v: Version<'_>,
+) -> Result<Option<Applied>, ApplyError> {
     if !store::claim_version(
         conn,
         ctx.environment_id,
         &customer.id,
         "customer",
-        &event.id,
-        event.created,
+        v.id,
+        v.created,
     )
     .await?
     {
-        return Ok(Outcome::Skipped);
+        return Ok(None);
     }
-    let deleted = event.kind == "customer.deleted" || customer.deleted;
-    let company_id = put_customer(conn, ctx, &customer, deleted).await?;
+    let (company_id, mut written) = put_customer(conn, ctx, customer, deleted).await?;
     if deleted {
         // The company and its keys stay; its Stripe memberships end.
-        store::sync_memberships(conn, ctx.environment_id, &company_id).await?;
+        if store::sync_memberships(conn, ctx.environment_id, &company_id).await? {
+            written = written.or(Some(Write::Updated));
+        }
     }
-    Ok(Outcome::Applied(vec![Change::Company {
-        environment_id: ctx.environment_id.to_string(),
-        id: company_id,
-    }]))
+    let changes = match written {
+        Some(_) => vec![Change::Company {
+            environment_id: ctx.environment_id.to_string(),
+            id: company_id,
+        }],
+        None => Vec::new(),
+    };
+    Ok(Some(Applied { written, changes }))
 }
 
-async fn apply_product(
+/// Applies a product as of `v`.
+pub async fn product(
     conn: &mut PgConnection,
     ctx: &Context<'_>,
-    event: &Claimed,
-    object: Value,
-) -> Result<Outcome, ApplyError> {
-    let p: Product = parse("product", object)?;
-    if !store::claim_version(
-        conn,
-        ctx.environment_id,
-        &p.id,
-        "product",
-        &event.id,
-        event.created,
-    )
-    .await?
-    {
-        return Ok(Outcome::Skipped);
+    p: Product,
+    deleted: bool,
+    v: Version<'_>,
+) -> Result<Option<Applied>, ApplyError> {
+    if !store::claim_version(conn, ctx.environment_id, &p.id, "product", v.id, v.created).await? {
+        return Ok(None);
     }
     let fields = ProductFields {
         stripe_created: opt_time("created", p.created)?,
-        deleted: event.kind == "product.deleted",
+        deleted,
         id: p.id,
         name: p.name,
         description: p.description,
@@ -252,32 +298,27 @@ async fn apply_product(
         metadata: p.metadata,
         livemode: p.livemode,
     };
-    store::upsert_product(conn, ctx.environment_id, &fields).await?;
-    Ok(Outcome::Applied(Vec::new()))
+    let written = store::upsert_product(conn, ctx.environment_id, &fields).await?;
+    Ok(Some(Applied {
+        written,
+        changes: Vec::new(),
+    }))
 }
 
-async fn apply_price(
+/// Applies a price as of `v`.
+pub async fn price(
     conn: &mut PgConnection,
     ctx: &Context<'_>,
-    event: &Claimed,
-    object: Value,
-) -> Result<Outcome, ApplyError> {
-    let p: Price = parse("price", object)?;
-    if !store::claim_version(
-        conn,
-        ctx.environment_id,
-        &p.id,
-        "price",
-        &event.id,
-        event.created,
-    )
-    .await?
-    {
-        return Ok(Outcome::Skipped);
+    p: Price,
+    deleted: bool,
+    v: Version<'_>,
+) -> Result<Option<Applied>, ApplyError> {
+    if !store::claim_version(conn, ctx.environment_id, &p.id, "price", v.id, v.created).await? {
+        return Ok(None);
     }
     let fields = PriceFields {
         stripe_created: opt_time("created", p.created)?,
-        deleted: event.kind == "price.deleted",
+        deleted,
         product_id: p.product.id().to_string(),
         recurring_interval: p.recurring.as_ref().map(|r| r.interval.clone()),
         recurring_interval_count: p.recurring.as_ref().and_then(|r| r.interval_count),
@@ -293,8 +334,11 @@ async fn apply_price(
         metadata: p.metadata,
         livemode: p.livemode,
     };
-    store::upsert_price(conn, ctx.environment_id, &fields).await?;
-    Ok(Outcome::Applied(Vec::new()))
+    let written = store::upsert_price(conn, ctx.environment_id, &fields).await?;
+    Ok(Some(Applied {
+        written,
+        changes: Vec::new(),
+    }))
 }
 
 /// The company of a customer, created from the customer id when entitled has not heard of
@@ -313,7 +357,7 @@ async fn company_for_customer(
     if let Some(client) = ctx.refetch() {
         match client.customer(customer_id).await {
             Ok(Some(c)) if c.id == customer_id => {
-                return put_customer(conn, ctx, &c, c.deleted).await;
+                return Ok(put_customer(conn, ctx, &c, c.deleted).await?.0);
             }
             Ok(_) => {}
             Err(e) => return Err(ApplyError::Stripe(e.to_string())),
@@ -370,58 +414,69 @@ fn subscription_fields(s: Subscription) -> Result<SubscriptionFields, ApplyError
     })
 }
 
-async fn apply_subscription(
+/// Applies a subscription as of `v`; with `refetch`, its state is re-read from the API
+/// under the version lock first. Its items must be complete unless `items.has_more` says not
+/// (then stored items the object does not list are kept).
+pub async fn subscription(
     conn: &mut PgConnection,
     ctx: &Context<'_>,
-    event: &Claimed,
-    object: Value,
-) -> Result<Outcome, ApplyError> {
-    let from_event: Subscription = parse("subscription", object)?;
+    given: Subscription,
+    v: Version<'_>,
+    refetch: Option<&StripeClient>,
+) -> Result<Option<Applied>, ApplyError> {
     if !store::claim_version(
         conn,
         ctx.environment_id,
-        &from_event.id,
+        &given.id,
         "subscription",
-        &event.id,
-        event.created,
+        v.id,
+        v.created,
     )
     .await?
     {
-        return Ok(Outcome::Skipped);
+        return Ok(None);
     }
     // Re-read under the version lock: what we write is Stripe's state now.
-    let subscription = match ctx.refetch() {
-        Some(client) => match client.subscription(&from_event.id).await {
-            Ok(Some(s)) if s.id == from_event.id => s,
+    let subscription = match refetch {
+        Some(client) => match client.subscription(&given.id).await {
+            Ok(Some(s)) if s.id == given.id => s,
             Ok(Some(s)) => {
                 return Err(ApplyError::Stripe(format!(
                     "asked for subscription {}, got {}",
-                    from_event.id, s.id
+                    given.id, s.id
                 )))
             }
             // Stripe no longer has it: deleted, so canceled.
             Ok(None) => Subscription {
                 status: "canceled".into(),
-                ..from_event
+                ..given
             },
             Err(e) => return Err(ApplyError::Stripe(e.to_string())),
         },
-        None => from_event,
+        None => given,
     };
     let fields = subscription_fields(subscription)?;
     let company_id = company_for_customer(conn, ctx, &fields.customer_id).await?;
-    let previous = store::put_subscription(conn, ctx.environment_id, &company_id, &fields).await?;
-    store::sync_memberships(conn, ctx.environment_id, &company_id).await?;
-    let mut changes = vec![Change::Company {
-        environment_id: ctx.environment_id.to_string(),
-        id: company_id,
-    }];
-    if let Some(previous) = previous {
+    let put = store::put_subscription(conn, ctx.environment_id, &company_id, &fields).await?;
+    let mut written = put.written;
+    // Recomputed even when the subscription is as stored: a plan linked to its product
+    // since, or a membership edited by hand, is repaired here.
+    if store::sync_memberships(conn, ctx.environment_id, &company_id).await? {
+        written = written.or(Some(Write::Updated));
+    }
+    let mut changes = Vec::new();
+    if written.is_some() {
+        changes.push(Change::Company {
+            environment_id: ctx.environment_id.to_string(),
+            id: company_id,
+        });
+    }
+    if let Some(previous) = put.previous_company {
         store::sync_memberships(conn, ctx.environment_id, &previous).await?;
         changes.push(Change::Company {
             environment_id: ctx.environment_id.to_string(),
             id: previous,
         });
     }
-    Ok(Outcome::Applied(changes))
+    Ok(Some(Applied { written, changes }))
 }

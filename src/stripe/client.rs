@@ -1,25 +1,35 @@
-//! A small Stripe API client: what applying webhooks needs (re-reading a subscription, and a
-//! customer entitled has not heard of yet).
+//! The Stripe API client: retrieving one object (webhook refetch) and paging through lists
+//! (reconcile), under one rate limiter per environment, with Stripe's retry rules.
 //!
 //! Why not async-stripe: its 1.0 is not released (1.0.0-rc.10 is the newest on crates.io).
-//! Its rc types do parse `2026-09-30.endive` subscriptions (checked against Stripe's example
-//! object), but its client does not expose `Retry-After` on a 429, which we must honour, and
-//! its generated crates add minutes to every clean build on our 2-core machines. reqwest plus
+//! Its rc types do parse `2026-09-30.endive` objects, but its client does not expose
+//! `Retry-After` on a 429, which we must honour (its own retry strategy ignores it), and its
+//! generated crates add minutes to every clean build on our 2-core machines. reqwest plus
 //! serde structs holding only the fields we read (`objects.rs`) parse any API version whose
-//! fields keep their meaning. The reconcile milestone may revisit this once 1.0 ships.
+//! fields keep their meaning.
+//!
+//! Rate: every request, first attempts and retries alike, first takes a slot from the
+//! environment's [`RateLimiter`]: at most `stripe_max_requests_per_sec` requests start in any
+//! one-second window. A 429 with `Retry-After` pauses the whole limiter (every task of this
+//! environment) for that long. Retries: 429, 409, 5xx and connection failures are retried
+//! with jittered exponential backoff unless Stripe says `Stripe-Should-Retry: false`;
+//! `Stripe-Should-Retry: true` makes any status retryable.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::Rng;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
-use super::objects::{Customer, Subscription};
+use super::objects::{Customer, List, Subscription};
 
-/// Attempts per request: the first plus retries of 429 and 5xx answers.
-const MAX_ATTEMPTS: u32 = 4;
-/// The longest `Retry-After` we wait inside one apply; longer waits fail the event, which
-/// is then retried with the inbox's backoff.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// A little slack on top of the one-second window, for timer and network jitter: requests
+/// that leave us exactly one second apart must not arrive closer than that.
+const WINDOW_SLACK: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -39,57 +49,241 @@ pub enum ClientError {
     Body { path: String, message: String },
 }
 
+/// How hard one request tries.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per request: the first plus retries.
+    pub max_attempts: u32,
+    /// The longest `Retry-After` honoured by waiting; a longer one fails the request.
+    pub max_retry_after: Duration,
+    /// The first backoff; doubled per attempt, with jitter, up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// Applying a webhook: a few quick tries; the inbox's own backoff takes over after.
+    pub const APPLY: RetryPolicy = RetryPolicy {
+        max_attempts: 4,
+        max_retry_after: Duration::from_secs(10),
+        base_backoff: Duration::from_millis(500),
+        max_backoff: Duration::from_secs(4),
+    };
+    /// Reconcile: a long run should survive a rate-limit storm or a short Stripe outage.
+    pub const RECONCILE: RetryPolicy = RetryPolicy {
+        max_attempts: 8,
+        max_retry_after: Duration::from_secs(120),
+        base_backoff: Duration::from_millis(500),
+        max_backoff: Duration::from_secs(30),
+    };
+
+    /// The wait before retry number `attempt` (1-based): "equal jitter", half fixed and half
+    /// random, so a fleet of clients does not retry in lockstep.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)))
+            .min(self.max_backoff);
+        let half = exp / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
+    }
+}
+
+/// At most `per_sec` request starts in any one-second window, shared by every client of one
+/// environment in this process; plus a pause that a 429's `Retry-After` sets for all of them.
+///
+/// It is a sliding-window log: the start times of the last `per_sec` requests. A request may
+/// start when fewer than `per_sec` started in the past second, so a window never holds more
+/// (no burst above the limit), and a steady stream runs at exactly the limit.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_sec: usize,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Debug, Default)]
+struct LimiterState {
+    starts: VecDeque<Instant>,
+    paused_until: Option<Instant>,
+}
+
+impl RateLimiter {
+    /// `per_sec = 0` means no limit.
+    pub fn new(per_sec: u32) -> Self {
+        RateLimiter {
+            per_sec: per_sec as usize,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Waits for a slot, then takes it. Returns how long it waited.
+    pub async fn acquire(&self) -> Duration {
+        let began = Instant::now();
+        loop {
+            let wait_until = {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let paused = s.paused_until.filter(|t| *t > now);
+                if paused.is_none() {
+                    s.paused_until = None;
+                }
+                if self.per_sec > 0 {
+                    while s.starts.front().is_some_and(|t| {
+                        now.duration_since(*t) >= Duration::from_secs(1) + WINDOW_SLACK
+                    }) {
+                        s.starts.pop_front();
+                    }
+                }
+                let full = self.per_sec > 0 && s.starts.len() >= self.per_sec;
+                match (paused, full) {
+                    (None, false) => {
+                        if self.per_sec > 0 {
+                            s.starts.push_back(now);
+                        }
+                        return began.elapsed();
+                    }
+                    (Some(p), false) => p,
+                    (p, true) => {
+                        let slot = s.starts[0] + Duration::from_secs(1) + WINDOW_SLACK;
+                        p.map_or(slot, |p| p.max(slot))
+                    }
+                }
+            };
+            tokio::time::sleep_until(wait_until).await;
+        }
+    }
+
+    /// Stops every request of this environment for `d` (a 429's `Retry-After`).
+    pub fn pause(&self, d: Duration) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let until = Instant::now() + d;
+        if s.paused_until.is_none_or(|p| p < until) {
+            s.paused_until = Some(until);
+        }
+    }
+}
+
 /// One environment's view of the Stripe API.
 #[derive(Clone)]
 pub struct StripeClient {
     http: reqwest::Client,
     base: String,
     api_key: String,
+    limiter: Arc<RateLimiter>,
+    policy: RetryPolicy,
+    /// Requests sent through this client and its clones.
+    sent: Arc<AtomicU64>,
 }
 
 /// The shared HTTP client: connection pool, timeouts.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(30))
         .user_agent(concat!("entitled/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
+/// A page of a list.
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+}
+
 impl StripeClient {
-    pub fn new(http: reqwest::Client, base: &str, api_key: &str) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        base: &str,
+        api_key: &str,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
         StripeClient {
             http,
             base: base.trim_end_matches('/').to_string(),
             api_key: api_key.to_string(),
+            limiter,
+            policy: RetryPolicy::APPLY,
+            sent: Arc::default(),
         }
+    }
+
+    /// Requests sent so far through this client and its clones, retries included.
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn with_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The subscription, or `None` when Stripe no longer has it (404).
     #[tracing::instrument(skip(self), fields(stripe.request = "retrieve_subscription"))]
     pub async fn subscription(&self, id: &str) -> Result<Option<Subscription>, ClientError> {
-        self.get(&format!("/v1/subscriptions/{id}")).await
+        self.get(&format!("/v1/subscriptions/{id}"), &[]).await
     }
 
     /// The customer, or `None` when Stripe does not know it (404). A deleted customer is
     /// returned with `deleted: true`.
     #[tracing::instrument(skip(self), fields(stripe.request = "retrieve_customer"))]
     pub async fn customer(&self, id: &str) -> Result<Option<Customer>, ClientError> {
-        self.get(&format!("/v1/customers/{id}")).await
+        self.get(&format!("/v1/customers/{id}"), &[]).await
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ClientError> {
+    /// One page of a list endpoint: `limit=100`, after `starting_after`, with `params`.
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        params: &[(&str, String)],
+        starting_after: Option<&str>,
+    ) -> Result<Page<T>, ClientError> {
+        let mut query: Vec<(&str, String)> = vec![("limit", "100".into())];
+        query.extend(params.iter().cloned());
+        if let Some(after) = starting_after {
+            query.push(("starting_after", after.to_string()));
+        }
+        let list: List<T> = self
+            .get(path, &query)
+            .await?
+            .ok_or_else(|| ClientError::Status {
+                path: path.into(),
+                status: 404,
+                message: "the list endpoint does not exist".into(),
+            })?;
+        Ok(Page {
+            data: list.data,
+            has_more: list.has_more,
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Option<T>, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sent = self.http.get(&url).bearer_auth(&self.api_key).send().await;
+            self.limiter.acquire().await;
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            let sent = self
+                .http
+                .get(&url)
+                .query(query)
+                .bearer_auth(&self.api_key)
+                .send()
+                .await;
             let response = match sent {
                 Ok(r) => r,
-                Err(e) if attempt < MAX_ATTEMPTS && (e.is_connect() || e.is_timeout()) => {
+                Err(e)
+                    if attempt < self.policy.max_attempts && (e.is_connect() || e.is_timeout()) =>
+                {
                     crate::metrics::STRIPE_API_REQUESTS.inc("error");
-                    tokio::time::sleep(backoff(attempt)).await;
+                    let wait = self.policy.backoff(attempt);
+                    tracing::debug!(path, error = %e, ?wait, "Stripe unreachable; retrying");
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
                 Err(source) => {
@@ -121,8 +315,10 @@ impl StripeClient {
                 crate::metrics::STRIPE_API_REQUESTS.inc("not_found");
                 return Ok(None);
             }
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-            crate::metrics::STRIPE_API_REQUESTS.inc(if status == StatusCode::TOO_MANY_REQUESTS {
+            let rate_limited = status == StatusCode::TOO_MANY_REQUESTS;
+            let retryable =
+                rate_limited || status == StatusCode::CONFLICT || status.is_server_error();
+            crate::metrics::STRIPE_API_REQUESTS.inc(if rate_limited {
                 "rate_limited"
             } else {
                 "error"
@@ -131,7 +327,7 @@ impl StripeClient {
                 .headers()
                 .get("stripe-should-retry")
                 .and_then(|v| v.to_str().ok())
-                .map(|v| v == "true");
+                .map(|v| v.trim() == "true");
             let retry_after = response
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
@@ -139,15 +335,24 @@ impl StripeClient {
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|s| s.is_finite() && *s >= 0.0)
                 .map(Duration::from_secs_f64);
-            if attempt < MAX_ATTEMPTS
+            if attempt < self.policy.max_attempts
                 && should_retry.unwrap_or(retryable)
-                && retry_after.is_none_or(|d| d <= MAX_RETRY_AFTER)
+                && retry_after.is_none_or(|d| d <= self.policy.max_retry_after)
             {
-                let wait = retry_after.unwrap_or_else(|| backoff(attempt));
-                tracing::debug!(
+                let wait = match retry_after {
+                    Some(d) => {
+                        // Stripe asked this account to hold off: hold every request, not
+                        // only this one.
+                        self.limiter.pause(d);
+                        d
+                    }
+                    None => self.policy.backoff(attempt),
+                };
+                tracing::info!(
                     path,
                     status = status.as_u16(),
-                    ?wait,
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
                     "Stripe asked us to retry"
                 );
                 tokio::time::sleep(wait).await;
@@ -167,7 +372,55 @@ impl StripeClient {
     }
 }
 
-/// 0.5 s, 1 s, 2 s, …
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(500 * 2u64.pow(attempt.saturating_sub(1).min(6)))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn never_more_than_the_limit_in_any_second() {
+        let limiter = RateLimiter::new(40);
+        let start = Instant::now();
+        let mut starts = Vec::new();
+        for _ in 0..100 {
+            limiter.acquire().await;
+            starts.push(Instant::now() - start);
+        }
+        for (i, t) in starts.iter().enumerate() {
+            let in_window = starts[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_secs(1))
+                .count();
+            assert!(
+                in_window <= 40,
+                "{in_window} starts within a second of {t:?}"
+            );
+        }
+        // 100 requests at 40/s: the first 40 at once, then two more full windows.
+        assert!(starts[99] >= Duration::from_secs(2), "{:?}", starts[99]);
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_every_request() {
+        let limiter = RateLimiter::new(0);
+        limiter.pause(Duration::from_millis(300));
+        let waited = limiter.acquire().await;
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(limiter.acquire().await < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let p = RetryPolicy::RECONCILE;
+        for attempt in 1..20 {
+            let d = p.backoff(attempt);
+            let exp = p
+                .base_backoff
+                .saturating_mul(2u32.saturating_pow(attempt - 1))
+                .min(p.max_backoff);
+            assert!(
+                d >= exp / 2 && d <= exp,
+                "attempt {attempt}: {d:?} vs {exp:?}"
+            );
+        }
+    }
 }

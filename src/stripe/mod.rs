@@ -1,29 +1,45 @@
 //! Stripe in: webhook signatures (`signature`), the durable inbox (`inbox`), applying events
-//! to companies, billing products and memberships (`apply`), the API client used to re-read
-//! subscriptions (`client`), and the worker that drains the inbox (`worker`).
+//! and listed objects to companies, billing products and prices, and memberships (`apply`),
+//! the rate-limited API client (`client`), the worker that drains the inbox (`worker`), and
+//! the full reconciliation that lists everything Stripe holds (`reconcile`).
 //!
 //! The path of an event: the webhook handler verifies the signature over the raw body,
 //! stores the event in `stripe_events` and commits, answers 2xx, and wakes the worker. A
 //! worker claims due events with `FOR UPDATE SKIP LOCKED` and applies each in one transaction
 //! with its inbox status and cache notifications. A crash between acknowledging and applying
-//! leaves the row pending; every worker drains pending rows on start.
+//! leaves the row pending; every worker drains pending rows on start, and the `retry_inbox`
+//! job drains due ones on its schedule.
 
 pub mod apply;
 pub mod client;
 pub mod inbox;
 pub mod objects;
+pub mod reconcile;
 pub mod signature;
 pub mod worker;
 
-use tokio::sync::Notify;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::{Cache, Change};
 use crate::config::EnvironmentConfig;
-use client::StripeClient;
+use client::{RateLimiter, StripeClient};
 
 /// Per-process Stripe machinery, shared through `AppState`.
 pub struct Stripe {
     http: reqwest::Client,
     wake: Notify,
+    /// One limiter per Stripe account (environment key) in this process.
+    limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
+    /// Reconcile runs started through the API: shutdown stops them at a safe point and
+    /// waits for them.
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
 }
 
 impl Default for Stripe {
@@ -31,6 +47,9 @@ impl Default for Stripe {
         Stripe {
             http: client::http_client(),
             wake: Notify::new(),
+            limiters: Mutex::default(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
         }
     }
 }
@@ -41,14 +60,73 @@ impl Stripe {
         self.wake.notify_one();
     }
 
-    /// The API client of an environment, when it has an API key.
+    /// The API client of an environment, when it has an API key. Every client of one
+    /// environment shares its rate limiter.
     pub fn client(&self, config: &EnvironmentConfig) -> Option<StripeClient> {
-        (!config.stripe_api_key.is_empty()).then(|| {
-            StripeClient::new(
-                self.http.clone(),
-                &config.stripe_api_base,
-                config.stripe_api_key.expose(),
-            )
-        })
+        if config.stripe_api_key.is_empty() {
+            return None;
+        }
+        let limiter = self
+            .limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(config.key.clone())
+            .or_insert_with(|| Arc::new(RateLimiter::new(config.stripe_max_requests_per_sec)))
+            .clone();
+        Some(StripeClient::new(
+            self.http.clone(),
+            &config.stripe_api_base,
+            config.stripe_api_key.expose(),
+            limiter,
+        ))
+    }
+}
+
+/// What applying Stripe state needs, in `serve` (worker, jobs, API) and in the `reconcile`
+/// command alike.
+#[derive(Clone)]
+pub struct SyncContext {
+    pub pool: PgPool,
+    pub stripe: Arc<Stripe>,
+    /// Environment id → its configuration.
+    pub environments: Arc<HashMap<String, EnvironmentConfig>>,
+    /// This process in cache notifications.
+    pub origin: String,
+    /// `serve` refreshes its own snapshot right after each commit; the CLI has none.
+    pub cache: Option<Arc<Cache>>,
+}
+
+impl SyncContext {
+    /// The context of a serving process.
+    pub fn from_cache(pool: PgPool, stripe: Arc<Stripe>, cache: Arc<Cache>) -> Self {
+        let environments = cache
+            .environments()
+            .map(|e| (e.environment.id.clone(), e.config.clone()))
+            .collect();
+        SyncContext {
+            pool,
+            stripe,
+            environments: Arc::new(environments),
+            origin: cache.origin().to_string(),
+            cache: Some(cache),
+        }
+    }
+
+    pub fn environment(&self, id: &str) -> Option<&EnvironmentConfig> {
+        self.environments.get(id)
+    }
+
+    /// Commits `tx` with `changes` published to every replica's snapshot (and this one's).
+    pub async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        changes: &[Change],
+    ) -> Result<(), sqlx::Error> {
+        crate::cache::notify_all(&mut tx, &self.origin, changes).await?;
+        tx.commit().await?;
+        if let Some(cache) = &self.cache {
+            cache.after_commit(changes).await;
+        }
+        Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! Draining the inbox: a few tasks per process claim due events (`FOR UPDATE SKIP LOCKED`, so
 //! replicas and tasks never apply the same event at once) and apply each in one transaction
-//! with its inbox status. Woken by the webhook handler after every stored event, and polling
-//! for failed events whose backoff has passed and for events other replicas stored.
+//! with its inbox status. Woken by the webhook handler after every stored event; on start
+//! they drain what a previous process left pending. Failed events whose backoff has passed
+//! are picked up by the `retry_inbox` job (`jobs/`), which drains through [`drain`] too.
 
 use std::time::Duration;
 
@@ -11,11 +12,12 @@ use tokio_util::task::TaskTracker;
 
 use super::apply::{self, ApplyError, Context, Outcome};
 use super::inbox::{self, Claimed};
+use super::SyncContext;
 use crate::app::AppState;
 use crate::error::{is_unavailable, AppError};
 
-/// How often an idle worker looks for due events it was not woken for.
-const POLL: Duration = Duration::from_secs(1);
+/// How long a worker waits before trying again after losing the database.
+const RECONNECT: Duration = Duration::from_secs(1);
 
 /// Worker tasks per process: half the pool, leaving the rest to the API. Applying an event
 /// is a dozen or two short statements in one transaction, so it is bound by round trips, not
@@ -26,8 +28,9 @@ pub fn worker_count(max_connections: u32) -> usize {
 
 pub fn spawn(state: AppState, shutdown: CancellationToken, tracker: &TaskTracker) {
     let n = worker_count(state.config.database.max_connections);
+    let sync = state.sync();
     for worker in 0..n {
-        let state = state.clone();
+        let state = sync.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             loop {
@@ -40,14 +43,13 @@ pub fn spawn(state: AppState, shutdown: CancellationToken, tracker: &TaskTracker
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = state.stripe.wake.notified() => {}
-                            _ = tokio::time::sleep(POLL) => {}
                         }
                     }
                     Err(e) => {
                         tracing::warn!(worker, error = %e, "Stripe inbox worker cannot reach the database; retrying");
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(POLL) => {}
+                            _ = tokio::time::sleep(RECONNECT) => {}
                         }
                     }
                 }
@@ -57,7 +59,7 @@ pub fn spawn(state: AppState, shutdown: CancellationToken, tracker: &TaskTracker
 }
 
 /// Claims and applies the next due event. `false` when there was none.
-pub async fn process_next(state: &AppState) -> Result<bool, AppError> {
+pub async fn process_next(state: &SyncContext) -> Result<bool, AppError> {
     let mut tx = state.pool.begin().await?;
     let Some(event) = inbox::claim_next(&mut tx).await? else {
         return Ok(false);
@@ -66,8 +68,9 @@ pub async fn process_next(state: &AppState) -> Result<bool, AppError> {
     Ok(true)
 }
 
-/// Applies every due event, then returns how many were processed. For tests and tools.
-pub async fn drain(state: &AppState) -> Result<usize, AppError> {
+/// Applies every due event (pending, and failed ones whose backoff has passed), then returns
+/// how many were processed.
+pub async fn drain(state: &SyncContext) -> Result<usize, AppError> {
     let mut n = 0;
     while process_next(state).await? {
         n += 1;
@@ -80,7 +83,7 @@ pub async fn drain(state: &AppState) -> Result<usize, AppError> {
 /// the error and a backoff; a lost database connection leaves the event as it was (the claim
 /// rolls back) and is returned as an error.
 pub async fn process(
-    state: &AppState,
+    state: &SyncContext,
     mut tx: Transaction<'static, Postgres>,
     event: Claimed,
 ) -> Result<&'static str, AppError> {
@@ -92,16 +95,16 @@ pub async fn process(
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
-    let env = state.cache.env(&event.environment_id).cloned();
-    let client = env.as_ref().and_then(|e| state.stripe.client(&e.config));
-    let result = match &env {
+    let env = state.environment(&event.environment_id);
+    let client = env.and_then(|e| state.stripe.client(e));
+    let result = match env {
         None => Err(ApplyError::Rejected(
             "the event's environment is no longer configured".into(),
         )),
-        Some(env) => {
+        Some(config) => {
             let ctx = Context {
                 environment_id: &event.environment_id,
-                config: &env.config,
+                config,
                 client: client.as_ref(),
             };
             apply::apply(&mut tx, &ctx, &event).await

@@ -10,6 +10,8 @@ use crate::cache::Change;
 use crate::config::{Config, LogFormat};
 use crate::{app, cache, db, seed, store};
 
+mod progress;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "entitled",
@@ -37,6 +39,13 @@ pub enum Command {
     Seed {
         /// The catalog file, e.g. fixtures/demo-catalog.toml.
         file: PathBuf,
+    },
+    /// One full Stripe reconciliation, with progress, then a summary. Exits non-zero if any
+    /// run failed.
+    Reconcile {
+        /// Only this environment (default: every environment with a stripe_api_key).
+        #[arg(long, value_name = "KEY")]
+        environment: Option<String>,
     },
 }
 
@@ -153,6 +162,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{secret}");
             Ok(())
         }
+        Command::Reconcile { environment } => reconcile(config, environment).await,
         Command::Seed { file } => {
             let pool = db::pool(&config)?;
             if config.database.migrate_on_start {
@@ -163,6 +173,92 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `entitled reconcile`: runs in the foreground; Ctrl-C stops at the next safe point.
+async fn reconcile(config: Config, environment: Option<String>) -> anyhow::Result<()> {
+    use crate::stripe::reconcile::{self as rec, Trigger};
+    use crate::stripe::{Stripe, SyncContext};
+
+    if let Some(key) = &environment {
+        let env = config.environment(key).ok_or_else(|| {
+            let known: Vec<_> = config.environments.iter().map(|e| e.key.as_str()).collect();
+            anyhow::anyhow!(
+                "--environment {key:?} is not configured (known: {})",
+                known.join(", ")
+            )
+        })?;
+        if env.stripe_api_key.is_empty() {
+            anyhow::bail!(
+                "environment {key:?} has no stripe_api_key: Stripe sync is disabled for it"
+            );
+        }
+    } else if config
+        .environments
+        .iter()
+        .all(|e| e.stripe_api_key.is_empty())
+    {
+        anyhow::bail!(
+            "no environment has a stripe_api_key; set environments[].stripe_api_key \
+             (or ENTITLED_ENVIRONMENTS__0__STRIPE_API_KEY)"
+        );
+    }
+    let pool = db::pool(&config)?;
+    if config.database.migrate_on_start {
+        db::migrate(&pool).await?;
+    }
+    let envs = db::sync_environments(&pool, &config.environments).await?;
+    let pairs: Vec<(String, crate::config::EnvironmentConfig)> = envs
+        .iter()
+        .zip(config.environments.iter())
+        .map(|(e, c)| (e.id.clone(), c.clone()))
+        .collect();
+    let sync = SyncContext {
+        pool: pool.clone(),
+        stripe: std::sync::Arc::new(Stripe::default()),
+        environments: std::sync::Arc::new(pairs.iter().cloned().collect()),
+        origin: crate::ids::new_id("cli"),
+        cache: None,
+    };
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!("stopping at the next safe point…");
+        token.cancel();
+    });
+    let mut all_ok = true;
+    for (env_id, env_config) in &pairs {
+        let wanted = match &environment {
+            Some(k) => &env_config.key == k,
+            None => !env_config.stripe_api_key.is_empty(),
+        };
+        if !wanted {
+            continue;
+        }
+        let started = rec::start(&sync, env_id, Trigger::Cli).await?;
+        eprintln!(
+            "reconciling environment {} with {} (at most {} requests/s), run {}",
+            env_config.key,
+            env_config.stripe_api_base,
+            env_config.stripe_max_requests_per_sec,
+            started.record.id
+        );
+        let progress = progress::Terminal::new();
+        let began = std::time::Instant::now();
+        let run = started.run(&sync, &progress, &cancel).await?;
+        progress.finish();
+        print!("{}", progress::summary(&run, began.elapsed()));
+        all_ok &= run.status == "succeeded";
+        if cancel.is_cancelled() {
+            break;
+        }
+    }
+    pool.close().await;
+    if !all_ok {
+        anyhow::bail!("reconcile did not succeed (see the errors above)");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
