@@ -2,6 +2,7 @@
 //! expired overrides marked and recorded.
 
 mod common;
+mod fake_stripe;
 
 use std::time::{Duration, Instant};
 
@@ -67,41 +68,37 @@ async fn expire_overrides_marks_and_records_expiries() {
 
 #[tokio::test]
 async fn two_servers_run_each_tick_once() {
-    let every_second =
-        "[schedule]\nexpire_overrides = \"* * * * * *\"\ngrant_credits = \"* * * * * *\"\n";
-    let a = common::spawn_app_with(every_second).await;
-    let b = common::spawn_on(&a.db_url, every_second).await;
-    // A company on a plan that grants credits daily: however many ticks and servers, one grant.
-    let plan = a
-        .create("/plans", json!({"name": "Daily", "plan_type": "plan"}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let credit = a
-        .create("/billing/credits", json!({"name": "Daily credits"}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    a.create("/billing/credits/plan-grants", json!({"plan_id": plan, "credit_id": credit, "credit_amount": 3, "reset_cadence": "daily", "reset_start": "first_of_month"})).await;
-    let company = a
-        .create(
-            "/companies",
-            json!({"keys": {"id": "ticks"}, "base_plan_id": plan}),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // Every job every second, reconcile included (against the fake Stripe).
+    let fake = fake_stripe::FakeStripe::start(common::stripe::API_KEY).await;
+    for i in 0..5 {
+        fake.put(common::stripe::customer(
+            &format!("cus_tick_{i}"),
+            &format!("Tick {i}"),
+            json!({}),
+        ));
+    }
+    let every_second = format!(
+        "{}[schedule]\nreconcile = \"* * * * * *\"\nexpire_overrides = \"* * * * * *\"\n\
+         grant_credits = \"* * * * * *\"\nretry_inbox = \"* * * * * *\"\n",
+        common::stripe::config(&format!(
+            "stripe_api_key = \"{}\"\nstripe_api_base = \"{}\"",
+            common::stripe::API_KEY,
+            fake.base
+        ))
+    );
+    let a = common::spawn_app_with(&every_second).await;
+    let b = common::spawn_on(&a.db_url, &every_second).await;
     let started = Instant::now();
     // Wait for a few ticks of both jobs.
-    common::eventually(Duration::from_secs(10), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE status = 'succeeded'")
-            .fetch_one(&a.pool)
-            .await
-            .unwrap();
-        (n >= 8).then_some(())
+    common::eventually(Duration::from_secs(15), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT job) FILTER (WHERE n >= 3) FROM
+                 (SELECT job, count(*) AS n FROM job_runs WHERE status = 'succeeded' GROUP BY job) j",
+        )
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+        (n == 4).then_some(())
     })
     .await;
     let elapsed = started.elapsed().as_secs() as i64 + 2;
@@ -110,7 +107,7 @@ async fn two_servers_run_each_tick_once() {
             .fetch_all(&a.pool)
             .await
             .unwrap();
-    assert_eq!(per_job.len(), 2, "{per_job:?}");
+    assert_eq!(per_job.len(), 4, "{per_job:?}");
     for (job, runs) in per_job {
         // At most one run per second of schedule, though two servers tick every second.
         assert!(runs <= elapsed, "{job}: {runs} runs in ~{elapsed} s");
@@ -125,10 +122,31 @@ async fn two_servers_run_each_tick_once() {
         grants, 1,
         "one daily grant, whatever the number of ticks and servers"
     );
-    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE status = 'failed'")
-        .fetch_one(&a.pool)
-        .await
-        .unwrap();
-    assert_eq!(failed, 0);
+    let failed: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT job, error FROM job_runs WHERE status = 'failed'")
+            .fetch_all(&a.pool)
+            .await
+            .unwrap();
+    assert_eq!(failed, []);
     b.stop().await;
+    // Every reconcile tick that ran (rather than finding the previous run still going) made
+    // exactly one run: no tick ran on both servers.
+    let ran: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_runs WHERE job = 'reconcile' AND NOT summary ? 'skipped'",
+    )
+    .fetch_one(&a.pool)
+    .await
+    .unwrap();
+    let runs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM stripe_reconcile_runs WHERE trigger = 'schedule'")
+            .fetch_one(&a.pool)
+            .await
+            .unwrap();
+    assert_eq!(ran, runs);
+    assert!(runs >= 3, "{runs}");
+    assert_eq!(
+        a.count("SELECT count(*) FROM companies").await,
+        6,
+        "five Stripe customers and the test's own company, each once"
+    );
 }

@@ -118,14 +118,16 @@ pub async fn find(
     }
 }
 
-/// Adds keys, replacing the value of a key name the entity already has.
+/// Adds keys, replacing the value of a key name the entity already has. Returns whether
+/// any key was added or changed.
 pub async fn put(
     conn: &mut PgConnection,
     entity: Entity,
     env_id: &str,
     id: &str,
     keys: &[(String, String)],
-) -> Result<(), AppError> {
+) -> Result<bool, AppError> {
+    let mut changed = false;
     let sql = format!(
         "INSERT INTO {table} (environment_id, {col}, key, value) VALUES ($1, $2, $3, $4)
          ON CONFLICT ({col}, key) DO UPDATE SET value = EXCLUDED.value
@@ -141,17 +143,20 @@ pub async fn put(
             .bind(v)
             .execute(&mut *conn)
             .await;
-        if let Err(e) = res {
-            if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION).is_some() {
-                return Err(AppError::Conflict(format!(
-                    "key {k}={v:?} already belongs to another {}",
-                    entity.noun()
-                )));
+        match res {
+            Ok(done) => changed |= done.rows_affected() > 0,
+            Err(e) => {
+                if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION).is_some() {
+                    return Err(AppError::Conflict(format!(
+                        "key {k}={v:?} already belongs to another {}",
+                        entity.noun()
+                    )));
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Finds the entity `keys` identify or creates it (unless `update_only`), adds the keys, and
@@ -166,6 +171,29 @@ pub async fn upsert(
     traits: Option<&serde_json::Map<String, serde_json::Value>>,
     update_only: bool,
 ) -> Result<(String, bool), AppError> {
+    let u = upsert_reporting(conn, entity, env_id, keys, name, traits, update_only).await?;
+    Ok((u.id, u.created))
+}
+
+/// What [`upsert_reporting`] did.
+#[derive(Debug)]
+pub struct Upserted {
+    pub id: String,
+    pub created: bool,
+    /// Keys, name or traits of an existing entity changed.
+    pub changed: bool,
+}
+
+/// [`upsert`], also telling whether an existing entity changed.
+pub async fn upsert_reporting(
+    conn: &mut PgConnection,
+    entity: Entity,
+    env_id: &str,
+    keys: &[(String, String)],
+    name: Option<&str>,
+    traits: Option<&serde_json::Map<String, serde_json::Value>>,
+    update_only: bool,
+) -> Result<Upserted, AppError> {
     validate("keys", keys)?;
     lock(conn, entity, env_id, keys).await?;
     let (id, created) = match find(conn, entity, env_id, keys).await? {
@@ -189,9 +217,9 @@ pub async fn upsert(
             (id, true)
         }
     };
-    put(conn, entity, env_id, &id, keys).await?;
+    let mut changed = put(conn, entity, env_id, &id, keys).await?;
     if name.is_some() || traits.is_some() {
-        sqlx::query(&format!(
+        changed |= sqlx::query(&format!(
             "UPDATE {} SET name = COALESCE($2, name),
                  traits = jsonb_strip_nulls(traits || $3), updated_at = now()
              WHERE id = $1
@@ -203,7 +231,13 @@ pub async fn upsert(
         .bind(name)
         .bind(sqlx::types::Json(traits.cloned().unwrap_or_default()))
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected()
+            > 0;
     }
-    Ok((id, created))
+    Ok(Upserted {
+        id,
+        created,
+        changed: changed && !created,
+    })
 }

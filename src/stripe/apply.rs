@@ -205,24 +205,27 @@ async fn put_customer(
     c: &Customer,
     deleted: bool,
 ) -> Result<(String, Written), ApplyError> {
-    let req = UpsertCompany {
-        keys: customer_keys(ctx.config, c),
-        name: non_empty(&c.name)
-            .or(non_empty(&c.email))
-            .map(str::to_string),
-        ..Default::default()
-    };
-    let (company_id, company_created) = companies::upsert(conn, ctx.environment_id, &req)
-        .await
-        .map_err(|e| match e {
-            AppError::Conflict(msg) => ApplyError::Rejected(format!(
-                "customer {}: {msg}. The customer's metadata names a company other than the one \
+    // The company's own upsert (keys, name), reporting whether it changed.
+    let company = keys::upsert_reporting(
+        conn,
+        Entity::Company,
+        ctx.environment_id,
+        &customer_keys(ctx.config, c),
+        non_empty(&c.name).or(non_empty(&c.email)),
+        None,
+        false,
+    )
+    .await
+    .map_err(|e| match e {
+        AppError::Conflict(msg) => ApplyError::Rejected(format!(
+            "customer {}: {msg}. The customer's metadata names a company other than the one \
                  already linked to {CUSTOMER_KEY}={}; fix the metadata or merge the companies, \
                  then retry this event",
-                c.id, c.id
-            )),
-            other => other.into(),
-        })?;
+            c.id, c.id
+        )),
+        other => other.into(),
+    })?;
+    let company_id = company.id;
     let written = store::upsert_customer(
         conn,
         ctx.environment_id,
@@ -233,9 +236,10 @@ async fn put_customer(
         deleted,
     )
     .await?;
-    let written = match (company_created, written) {
-        (true, _) => Some(Write::Created),
-        (false, w) => w,
+    let written = match (company.created, company.changed, written) {
+        (true, _, _) => Some(Write::Created),
+        (false, true, None) => Some(Write::Updated),
+        (false, _, w) => w,
     };
     Ok((company_id, written))
 }
