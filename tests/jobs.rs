@@ -88,6 +88,29 @@ async fn two_servers_run_each_tick_once() {
     );
     let a = common::spawn_app_with(&every_second).await;
     let b = common::spawn_on(&a.db_url, &every_second).await;
+    // A company on a plan that grants credits daily: however many ticks and servers, one grant.
+    let plan = a
+        .create("/plans", json!({"name": "Daily", "plan_type": "plan"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let credit = a
+        .create("/billing/credits", json!({"name": "Daily credits"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.create("/billing/credits/plan-grants", json!({"plan_id": plan, "credit_id": credit, "credit_amount": 3, "reset_cadence": "daily", "reset_start": "first_of_month"})).await;
+    let company = a
+        .create(
+            "/companies",
+            json!({"keys": {"id": "ticks"}, "base_plan_id": plan}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let started = Instant::now();
     // Wait for a few ticks of both jobs.
     common::eventually(Duration::from_secs(15), || async {
