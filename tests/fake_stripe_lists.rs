@@ -556,6 +556,18 @@ async fn populated_objects_have_fixture_shapes_and_page_completely() {
     assert_eq!(sub["customer"], "cus_0000007");
     assert_eq!(sub["status"], "active");
     assert_eq!(sub["items"]["total_count"], 1);
+    assert_eq!(sub["items"]["has_more"], false);
+    assert_eq!(
+        sub["items"]["url"],
+        "/v1/subscription_items?subscription=sub_0000007"
+    );
+    for key in ["created", "start_date", "billing_cycle_anchor"] {
+        assert_eq!(sub[key], spec.created(7), "{key}");
+    }
+    assert_eq!(sub["latest_invoice"], "in_0000007");
+    assert!(sub["trial_end"].is_null() && sub["canceled_at"].is_null());
+    assert!(!sub.to_string().contains("@@hole"), "{sub}");
+    assert!(!customer.to_string().contains("@@hole"), "{customer}");
     let item = &sub["items"]["data"][0];
     assert_eq!(keys(item), keys(&fixture_sub["items"]["data"][0]));
     assert_eq!(item["id"], "si_0000007");

@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -312,15 +313,43 @@ impl FakeStripe {
             for key in ["trial_start", "trial_end", "canceled_at", "ended_at"] {
                 s[key] = Value::Null;
             }
+            // Holes: 0 id, 1 customer, 2 created, 3 latest invoice, 4 status, 5 items url,
+            // 6 item id, 7 period end.
+            for key in ["created", "start_date", "billing_cycle_anchor"] {
+                s[key] = Template::hole(2);
+            }
+            s["id"] = Template::hole(0);
+            s["customer"] = Template::hole(1);
+            s["latest_invoice"] = Template::hole(3);
+            s["status"] = Template::hole(4);
+            item["id"] = Template::hole(6);
+            item["subscription"] = Template::hole(0);
+            item["created"] = Template::hole(2);
+            item["current_period_start"] = Template::hole(2);
+            item["current_period_end"] = Template::hole(7);
             s["items"] = json!({"object": "list", "data": [item], "has_more": false,
-                "total_count": 1, "url": ""});
-            subs.push(s);
+                "total_count": 1, "url": Template::hole(5)});
+            subs.push(Template::new(&s));
         }
+        // Holes: 0 id, 1 created, 2 name, 3 email, 4 invoice prefix, 5 metadata.
         let mut customer = fixture_object(CUSTOMER_FIXTURE);
         customer["description"] = Value::Null;
+        for (i, key) in [
+            "id",
+            "created",
+            "name",
+            "email",
+            "invoice_prefix",
+            "metadata",
+        ]
+        .iter()
+        .enumerate()
+        {
+            customer[*key] = Template::hole(i);
+        }
         store.gen = Some(Box::new(Generated {
             spec: spec.clone(),
-            customer,
+            customer: Template::new(&customer),
             subs,
         }));
         for n in 1..=spec.customers {
@@ -651,9 +680,49 @@ impl Collection {
 
 struct Generated {
     spec: Populate,
-    customer: Value,
+    customer: Template,
     /// Per price (index k - 1): a subscription with one item on that price.
-    subs: Vec<Value>,
+    subs: Vec<Template>,
+}
+
+/// JSON text with holes, for rendering generated objects fast: `literals[0]`, the argument
+/// `slots[0]`, `literals[1]`, … Holes are strings `"@@hole<n>@@"` in the template value.
+struct Template {
+    literals: Vec<String>,
+    slots: Vec<usize>,
+}
+
+const HOLE: &str = "\"@@hole";
+
+impl Template {
+    fn hole(n: usize) -> Value {
+        json!(format!("@@hole{n}@@"))
+    }
+
+    fn new(value: &Value) -> Template {
+        let text = value.to_string();
+        let mut literals = Vec::new();
+        let mut slots = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(HOLE) {
+            literals.push(rest[..at].to_string());
+            let after = &rest[at + HOLE.len()..];
+            let end = after.find("@@\"").expect("a hole's end");
+            slots.push(after[..end].parse().expect("a hole's number"));
+            rest = &after[end + 3..];
+        }
+        literals.push(rest.to_string());
+        Template { literals, slots }
+    }
+
+    /// Writes the template with `args` (JSON text: quoted strings, numbers, objects).
+    fn write(&self, out: &mut Vec<u8>, args: &[&str]) {
+        for (literal, slot) in self.literals.iter().zip(&self.slots) {
+            out.extend_from_slice(literal.as_bytes());
+            out.extend_from_slice(args[*slot].as_bytes());
+        }
+        out.extend_from_slice(self.literals.last().expect("a literal").as_bytes());
+    }
 }
 
 #[derive(Default)]
@@ -748,32 +817,35 @@ impl Store {
         }
     }
 
-    /// Renders a live object; a subscription embeds at most `embed` items.
-    fn render(&self, kind: Kind, pos: &Pos, entry: &Entry, embed: usize) -> Value {
+    /// Writes a live object as JSON; a subscription embeds at most `embed` items.
+    fn write(&self, out: &mut Vec<u8>, kind: Kind, pos: &Pos, entry: &Entry, embed: usize) {
         match &entry.obj {
-            Obj::Value(v) => (**v).clone(),
+            Obj::Value(v) => serde_json::to_writer(out, v).expect("JSON"),
             Obj::Sub(s) => {
                 let mut object = s.object.clone();
                 let data: Vec<Value> = s.items.iter().take(embed).cloned().collect();
                 object["items"] = items_list(&entry.id, data, s.items.len());
-                object
+                serde_json::to_writer(out, &object).expect("JSON");
             }
-            Obj::GenCustomer(n) => self.render_customer(*n as usize, pos.created),
-            Obj::GenSub { n, status } => {
-                let mut s = self.render_sub(*n as usize, pos.created);
-                s["status"] = json!(status);
-                s
-            }
+            Obj::GenCustomer(n) => self.write_customer(out, *n as usize, pos.created),
+            Obj::GenSub { n, status } => self.write_sub(out, *n as usize, pos.created, status),
             Obj::Gone => panic!("rendering a gone {}", kind.noun()),
         }
+    }
+
+    /// A live object as a value; a subscription embeds at most `embed` items.
+    fn render(&self, kind: Kind, pos: &Pos, entry: &Entry, embed: usize) -> Value {
+        let mut out = Vec::new();
+        self.write(&mut out, kind, pos, entry, embed);
+        serde_json::from_slice(&out).expect("rendered JSON")
     }
 
     /// A subscription's full item list.
     fn items(&self, entry: &Entry, pos: &Pos) -> Vec<Value> {
         match &entry.obj {
             Obj::Sub(s) => s.items.clone(),
-            Obj::GenSub { n, .. } => {
-                let mut s = self.render_sub(*n as usize, pos.created);
+            Obj::GenSub { .. } => {
+                let mut s = self.render(Kind::Subscription, pos, entry, usize::MAX);
                 match s["items"]["data"].take() {
                     Value::Array(items) => items,
                     _ => Vec::new(),
@@ -783,41 +855,43 @@ impl Store {
         }
     }
 
-    fn render_customer(&self, n: usize, created: i64) -> Value {
+    fn write_customer(&self, out: &mut Vec<u8>, n: usize, created: i64) {
         let gen = self.gen.as_ref().expect("generated");
-        let mut c = gen.customer.clone();
         let company = Populate::company_id(n);
-        c["id"] = json!(Populate::customer_id(n));
-        c["created"] = json!(created);
-        c["name"] = json!(format!("Acme {n:06}"));
-        c["email"] = json!(format!("billing@{company}.test"));
-        c["invoice_prefix"] = json!(format!("AC{n:06}"));
-        c["metadata"] = if gen.spec.company_metadata {
-            json!({ "company_id": company })
+        let metadata = if gen.spec.company_metadata {
+            format!("{{\"company_id\":\"{company}\"}}")
         } else {
-            json!({})
+            "{}".to_string()
         };
-        c
+        gen.customer.write(
+            out,
+            &[
+                &format!("\"{}\"", Populate::customer_id(n)),
+                &created.to_string(),
+                &format!("\"Acme {n:06}\""),
+                &format!("\"billing@{company}.test\""),
+                &format!("\"AC{n:06}\""),
+                &metadata,
+            ],
+        );
     }
 
-    fn render_sub(&self, n: usize, created: i64) -> Value {
+    fn write_sub(&self, out: &mut Vec<u8>, n: usize, created: i64, status: &str) {
         let gen = self.gen.as_ref().expect("generated");
-        let mut s = gen.subs[(n - 1) % gen.subs.len()].clone();
         let id = Populate::subscription_id(n);
-        s["customer"] = json!(Populate::customer_id(n));
-        s["created"] = json!(created);
-        s["start_date"] = json!(created);
-        s["billing_cycle_anchor"] = json!(created);
-        s["latest_invoice"] = json!(format!("in_{n:07}"));
-        s["items"]["url"] = json!(format!("/v1/subscription_items?subscription={id}"));
-        let item = &mut s["items"]["data"][0];
-        item["id"] = json!(Populate::item_id(n));
-        item["subscription"] = json!(id);
-        item["created"] = json!(created);
-        item["current_period_start"] = json!(created);
-        item["current_period_end"] = json!(created + 30 * 86_400);
-        s["id"] = json!(id);
-        s
+        gen.subs[(n - 1) % gen.subs.len()].write(
+            out,
+            &[
+                &format!("\"{id}\""),
+                &format!("\"{}\"", Populate::customer_id(n)),
+                &created.to_string(),
+                &format!("\"in_{n:07}\""),
+                &format!("\"{status}\""),
+                &format!("\"/v1/subscription_items?subscription={id}\""),
+                &format!("\"{}\"", Populate::item_id(n)),
+                &(created + 30 * 86_400).to_string(),
+            ],
+        );
     }
 }
 
@@ -964,7 +1038,7 @@ async fn handle(
         // Render under the read lock; serialize after it.
         let answer = answer(&fake.store(), &method, path, query);
         match answer {
-            Ok(body) => Json(body).into_response(),
+            Ok(body) => ([(CONTENT_TYPE, "application/json")], body).into_response(),
             Err(e) => e.into_response(),
         }
     };
@@ -979,7 +1053,8 @@ async fn handle(
     response
 }
 
-fn answer(store: &Store, method: &Method, path: &str, query: &str) -> Result<Value, ApiError> {
+/// The JSON body answering a request, or the error.
+fn answer(store: &Store, method: &Method, path: &str, query: &str) -> Result<Vec<u8>, ApiError> {
     let unrecognized = || ApiError::unrecognized(method, path);
     if method != Method::GET {
         return Err(unrecognized());
@@ -990,7 +1065,10 @@ fn answer(store: &Store, method: &Method, path: &str, query: &str) -> Result<Val
         .split('/')
         .collect();
     match parts[..] {
-        ["subscription_items"] => list_items(store, &parse_list(None, query)?),
+        ["subscription_items"] => {
+            let items = list_items(store, &parse_list(None, query)?)?;
+            Ok(serde_json::to_vec(&items).expect("JSON"))
+        }
         [collection] => {
             let kind = Kind::from_collection(collection).ok_or_else(unrecognized)?;
             list(store, kind, &parse_list(Some(kind), query)?)
@@ -1003,13 +1081,17 @@ fn answer(store: &Store, method: &Method, path: &str, query: &str) -> Result<Val
     }
 }
 
-fn retrieve(store: &Store, kind: Kind, id: &str) -> Result<Value, ApiError> {
+fn retrieve(store: &Store, kind: Kind, id: &str) -> Result<Vec<u8>, ApiError> {
     let col = store.col(kind);
     match col.ids.get(id).and_then(|p| col.index.get_key_value(p)) {
         Some((pos, entry)) if entry.live == Live::Yes => {
-            Ok(store.render(kind, pos, entry, EMBEDDED_ITEMS))
+            let mut out = Vec::new();
+            store.write(&mut out, kind, pos, entry, EMBEDDED_ITEMS);
+            Ok(out)
         }
-        Some((_, entry)) if entry.live == Live::Deleted => Ok(deleted_customer(id)),
+        Some((_, entry)) if entry.live == Live::Deleted => {
+            Ok(serde_json::to_vec(&deleted_customer(id)).expect("JSON"))
+        }
         _ => Err(ApiError::missing(
             StatusCode::NOT_FOUND,
             kind.noun(),
@@ -1249,7 +1331,7 @@ fn take_page<'a>(
     (page, has_more)
 }
 
-fn list(store: &Store, kind: Kind, q: &ListQuery) -> Result<Value, ApiError> {
+fn list(store: &Store, kind: Kind, q: &ListQuery) -> Result<Vec<u8>, ApiError> {
     let col = store.col(kind);
     let cursor = |id: &str, param: &str| {
         col.ids
@@ -1308,16 +1390,21 @@ fn list(store: &Store, kind: Kind, q: &ListQuery) -> Result<Value, ApiError> {
     if backwards {
         page.reverse();
     }
-    let data: Vec<Value> = page
-        .into_iter()
-        .map(|(pos, e)| store.render(kind, pos, e, EMBEDDED_ITEMS))
-        .collect();
-    Ok(json!({
-        "object": "list",
-        "url": format!("/v1/{}", kind.collection()),
-        "has_more": has_more,
-        "data": data,
-    }))
+    // Written straight into the body: generated objects are templates with holes.
+    let mut out = Vec::with_capacity(1024 + page.len() * 3072);
+    out.extend_from_slice(b"{\"object\":\"list\",\"url\":\"/v1/");
+    out.extend_from_slice(kind.collection().as_bytes());
+    out.extend_from_slice(b"\",\"has_more\":");
+    out.extend_from_slice(if has_more { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"data\":[");
+    for (i, (pos, e)) in page.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        store.write(&mut out, kind, pos, e, EMBEDDED_ITEMS);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(out)
 }
 
 fn matches(e: &Entry, q: &ListQuery, gen: Option<&Generated>) -> bool {
