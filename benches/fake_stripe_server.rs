@@ -1,0 +1,116 @@
+//! The fake Stripe API (`tests/fake_stripe/mod.rs`) as a standalone server, populated with a
+//! large generated account, for benchmarking a reconciliation job against it.
+//!
+//! Usage: cargo bench --bench fake_stripe_server (or run the built binary), configured by
+//! environment variables: `CUSTOMERS` (default 100000; one active subscription each),
+//! `PRODUCTS` (default 5; one monthly price each), `API_KEY` (default `sk_test_bench`),
+//! `PORT` (default 0: any free port), and optionally `FAIL_EVERY` (every nth request answers
+//! 429 with `Retry-After: 1`) and `LATENCY_MS` (added to every answer).
+//!
+//! When ready it prints exactly one line on stdout, `FAKE_STRIPE_URL=http://127.0.0.1:<port>`.
+//! Population time and memory go to stderr. On SIGTERM or ctrl-c it prints a summary to
+//! stderr (requests in total, per route and per status, and the most requests in any one
+//! second) and exits.
+
+#[path = "../tests/fake_stripe/mod.rs"]
+mod fake_stripe;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use fake_stripe::{Failure, FakeStripe, Populate};
+
+fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+/// This process's resident set size, from /proc (Linux), if readable.
+fn rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(line.trim_start_matches("VmRSS:").trim().to_string())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() {
+    let customers: usize = var("CUSTOMERS", 100_000);
+    let products: usize = var("PRODUCTS", 5);
+    let api_key: String = var("API_KEY", "sk_test_bench".to_string());
+    let port: u16 = var("PORT", 0);
+    let fail_every: usize = var("FAIL_EVERY", 0);
+    let latency_ms: u64 = var("LATENCY_MS", 0);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let fake = FakeStripe::new(&api_key);
+        let started = Instant::now();
+        fake.populate(&Populate {
+            customers,
+            products,
+            ..Populate::default()
+        });
+        eprintln!(
+            "fake_stripe_server: populated {customers} customers, {customers} subscriptions, \
+             {products} products and prices in {:.3} s; RSS {}",
+            started.elapsed().as_secs_f64(),
+            rss().unwrap_or_else(|| "unknown".into())
+        );
+        if fail_every > 0 {
+            fake.fail_every(
+                fail_every,
+                Failure::RateLimited {
+                    retry_after_secs: 1,
+                },
+            );
+        }
+        fake.set_latency(Duration::from_millis(latency_ms));
+        let fake = fake.serve_on(&format!("127.0.0.1:{port}")).await;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "FAKE_STRIPE_URL={}", fake.base).unwrap();
+        stdout.flush().unwrap();
+
+        shutdown_signal().await;
+
+        let log = fake.requests();
+        let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+        for r in &log {
+            *statuses.entry(r.status).or_default() += 1;
+        }
+        eprintln!("fake_stripe_server: {} requests in total", log.len());
+        for (route, n) in fake.requests_per_route() {
+            eprintln!("  {route}: {n}");
+        }
+        for (status, n) in statuses {
+            eprintln!("  status {status}: {n}");
+        }
+        eprintln!(
+            "  max requests in any 1 s window: {}",
+            fake.max_requests_in_any_window(Duration::from_secs(1))
+        );
+        eprintln!("  RSS {}", rss().unwrap_or_else(|| "unknown".into()));
+    });
+}
