@@ -266,8 +266,9 @@ async fn deletions_and_cancellations_in_stripe_are_reflected() {
     let run = reconcile(&app).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(counts(&run, "customers"), [30, 1, 0, 1]);
-    // sub_00002 canceled (updated), sub_00003 gone (deleted), sub_new created.
-    assert_eq!(counts(&run, "subscriptions"), [30, 1, 1, 1]);
+    // sub_00002 canceled and sub_00001 canceled with its deleted customer (as Stripe does):
+    // updated; sub_00003 gone: deleted; sub_new created.
+    assert_eq!(counts(&run, "subscriptions"), [30, 1, 2, 1]);
     assert_eq!(counts(&run, "products")[3], 1);
 
     for i in [1, 2, 3] {

@@ -188,14 +188,18 @@ pub async fn set_events_cursor(
     Ok(())
 }
 
-/// Objects of `object_type` that entitled holds as live but that no listing or event since
-/// `since` has mentioned: a full listing that started at `since` did not see them, so Stripe
-/// no longer has them. At most `limit`, in id order after `after`.
+/// Objects of `object_type` that entitled holds as live but that the run `marker`, whose
+/// listing started in the second `since`, did not see: their version is neither this run's
+/// nor an event from that second on. (A version left by an earlier reconcile counts as
+/// unseen even within the same second; one left by an event of that second is kept, as the
+/// object may have been created after the listing passed.) At most `limit`, in id order
+/// after `after`.
 pub async fn vanished(
     conn: &mut PgConnection,
     env_id: &str,
     object_type: &str,
     since: DateTime<Utc>,
+    marker: &str,
     after: &str,
     limit: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -218,13 +222,17 @@ pub async fn vanished(
          LEFT JOIN stripe_object_versions v
                 ON v.environment_id = t.environment_id AND v.object_id = t.id
          WHERE t.environment_id = $1 AND {live} AND t.id > $3
-           AND (v.last_event_created IS NULL OR v.last_event_created < $2)
+           AND (v.last_event_id IS NULL
+                OR (v.last_event_id <> $5
+                    AND (v.last_event_created < $2
+                         OR (v.last_event_id LIKE 'reconcile:%' AND v.last_event_created <= $2))))
          ORDER BY t.id LIMIT $4"
     ))
     .bind(env_id)
     .bind(since)
     .bind(after)
     .bind(limit)
+    .bind(marker)
     .fetch_all(conn)
     .await
 }
@@ -294,7 +302,7 @@ pub async fn mark_vanished(
          ON CONFLICT (environment_id, object_id) DO UPDATE SET
              last_event_created = EXCLUDED.last_event_created,
              last_event_id = EXCLUDED.last_event_id, updated_at = now()
-         WHERE stripe_object_versions.last_event_created < EXCLUDED.last_event_created",
+         WHERE stripe_object_versions.last_event_created <= EXCLUDED.last_event_created",
     )
     .bind(env_id)
     .bind(ids)

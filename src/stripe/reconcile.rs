@@ -488,6 +488,7 @@ impl Started {
                 &self.environment_id,
                 object.singular(),
                 run_start,
+                marker,
                 &after,
                 VANISHED_BATCH,
             )
