@@ -35,3 +35,8 @@ CREATE TABLE stripe_sync_state (
 -- refreshed by the run's listing.
 CREATE INDEX stripe_object_versions_type
     ON stripe_object_versions (environment_id, object_type, last_event_created);
+
+-- A company's memberships, whatever their plan: sync_memberships and the snapshot read them
+-- per company. Without it the planner may walk a plan's memberships instead
+-- (company_plans_plan), which grows with the number of subscribers.
+CREATE INDEX company_plans_company ON company_plans (company_id, started_at);

@@ -78,12 +78,16 @@ pub async fn lock(
         .map(|(k, v)| format!("{}\u{1f}{env_id}\u{1f}{k}\u{1f}{v}", entity.noun()))
         .collect();
     names.sort();
-    for n in names {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(n)
-            .execute(&mut *conn)
-            .await?;
-    }
+    names.dedup();
+    // One round trip, the locks taken in sorted order (no deadlock between two upserts
+    // sharing keys).
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(n, 0))
+         FROM unnest($1::text[]) WITH ORDINALITY AS t (n, i) ORDER BY i",
+    )
+    .bind(&names)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -207,18 +211,21 @@ pub async fn upsert_reporting(
         None => {
             let id = crate::ids::new_id(entity.id_prefix());
             sqlx::query(&format!(
-                "INSERT INTO {} (id, environment_id) VALUES ($1, $2)",
+                "INSERT INTO {} (id, environment_id, name, traits)
+                 VALUES ($1, $2, COALESCE($3, ''), jsonb_strip_nulls($4))",
                 entity.entity_table()
             ))
             .bind(&id)
             .bind(env_id)
+            .bind(name)
+            .bind(sqlx::types::Json(traits.cloned().unwrap_or_default()))
             .execute(&mut *conn)
             .await?;
             (id, true)
         }
     };
     let mut changed = put(conn, entity, env_id, &id, keys).await?;
-    if name.is_some() || traits.is_some() {
+    if !created && (name.is_some() || traits.is_some()) {
         changed |= sqlx::query(&format!(
             "UPDATE {} SET name = COALESCE($2, name),
                  traits = jsonb_strip_nulls(traits || $3), updated_at = now()

@@ -45,6 +45,35 @@ pub async fn claim_version(
     Ok(row.is_some())
 }
 
+/// [`claim_version`] for many objects of one type at once, all at the same version (a
+/// listed page). Returns the ids claimed; the others had a newer version applied.
+pub async fn claim_versions(
+    conn: &mut PgConnection,
+    env_id: &str,
+    object_ids: &[&str],
+    object_type: &str,
+    source_id: &str,
+    created: DateTime<Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO stripe_object_versions AS v
+             (environment_id, object_id, object_type, last_event_created, last_event_id)
+         SELECT $1, id, $3, $4, $5 FROM unnest($2::text[]) AS id
+         ON CONFLICT (environment_id, object_id) DO UPDATE
+             SET last_event_created = EXCLUDED.last_event_created,
+                 last_event_id = EXCLUDED.last_event_id, updated_at = now()
+             WHERE v.last_event_created <= EXCLUDED.last_event_created
+         RETURNING object_id",
+    )
+    .bind(env_id)
+    .bind(object_ids)
+    .bind(object_type)
+    .bind(created)
+    .bind(source_id)
+    .fetch_all(conn)
+    .await
+}
+
 /// A product as Stripe last described it.
 #[derive(Debug, Clone)]
 pub struct ProductFields {
@@ -299,24 +328,16 @@ pub async fn put_subscription(
     .bind(s.stripe_created)
     .fetch_optional(&mut *conn)
     .await?;
-    let mut items_changed = false;
+    // Items the object no longer lists go, the others are upserted: one statement (the two
+    // touch disjoint rows). With a partial item list, nothing is deleted.
     let item_ids: Vec<&str> = s.items.iter().map(|i| i.id.as_str()).collect();
-    if !s.items_partial {
-        items_changed |= sqlx::query(
-            "DELETE FROM stripe_subscription_items
-             WHERE environment_id = $1 AND subscription_id = $2 AND id <> ALL($3)",
-        )
-        .bind(env_id)
-        .bind(&s.id)
-        .bind(&item_ids)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-            > 0;
-    }
-    if !s.items.is_empty() {
-        items_changed |= sqlx::query(
-            "INSERT INTO stripe_subscription_items AS t (environment_id, id, subscription_id,
+    let (deleted, upserted): (i64, i64) = sqlx::query_as(
+        "WITH gone AS (
+             DELETE FROM stripe_subscription_items
+             WHERE environment_id = $1 AND subscription_id = $2 AND id <> ALL($3) AND NOT $9
+             RETURNING 1
+         ), put AS (
+             INSERT INTO stripe_subscription_items AS t (environment_id, id, subscription_id,
                  price_id, product_id, quantity, current_period_start, current_period_end)
              SELECT $1, i.id, $2, i.price_id, i.product_id, i.quantity, i.period_start, i.period_end
              FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::timestamptz[],
@@ -331,41 +352,43 @@ pub async fn put_subscription(
                     t.current_period_start, t.current_period_end)
                    IS DISTINCT FROM
                    (EXCLUDED.subscription_id, EXCLUDED.price_id, EXCLUDED.product_id,
-                    EXCLUDED.quantity, EXCLUDED.current_period_start, EXCLUDED.current_period_end)",
-        )
-        .bind(env_id)
-        .bind(&s.id)
-        .bind(&item_ids)
-        .bind(
-            s.items
-                .iter()
-                .map(|i| i.price_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            s.items
-                .iter()
-                .map(|i| i.product_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(s.items.iter().map(|i| i.quantity).collect::<Vec<_>>())
-        .bind(
-            s.items
-                .iter()
-                .map(|i| i.current_period_start)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            s.items
-                .iter()
-                .map(|i| i.current_period_end)
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-            > 0;
-    }
+                    EXCLUDED.quantity, EXCLUDED.current_period_start, EXCLUDED.current_period_end)
+             RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM put)",
+    )
+    .bind(env_id)
+    .bind(&s.id)
+    .bind(&item_ids)
+    .bind(
+        s.items
+            .iter()
+            .map(|i| i.price_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        s.items
+            .iter()
+            .map(|i| i.product_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(s.items.iter().map(|i| i.quantity).collect::<Vec<_>>())
+    .bind(
+        s.items
+            .iter()
+            .map(|i| i.current_period_start)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        s.items
+            .iter()
+            .map(|i| i.current_period_end)
+            .collect::<Vec<_>>(),
+    )
+    .bind(s.items_partial)
+    .fetch_one(&mut *conn)
+    .await?;
+    let items_changed = deleted > 0 || upserted > 0;
     let (previous, inserted) = match row {
         Some((previous, inserted)) => (previous, Some(inserted)),
         None => (None, items_changed.then_some(false)),
@@ -415,6 +438,7 @@ struct CurrentRow {
     stripe_subscription_item_id: Option<String>,
     stripe_status: Option<String>,
     trial_end: Option<DateTime<Utc>>,
+    source: String,
 }
 
 /// What the company's Stripe memberships should be: one per plan linked (by
@@ -483,15 +507,22 @@ pub async fn sync_memberships(
     let desired = desired(rows);
     let current: Vec<CurrentRow> = sqlx::query_as(
         "SELECT id, plan_id, is_base, quantity, period_start, period_end, stripe_subscription_id,
-                stripe_subscription_item_id, stripe_status, trial_end
+                stripe_subscription_item_id, stripe_status, trial_end, source
          FROM company_plans
-         WHERE company_id = $1 AND source = 'stripe' AND ended_at IS NULL",
+         WHERE company_id = $1 AND ended_at IS NULL",
     )
     .bind(company_id)
     .fetch_all(&mut *conn)
     .await?;
+    // Manual memberships a Stripe one would replace: (plan, is_base) pairs.
+    let manual: Vec<(String, bool)> = current
+        .iter()
+        .filter(|r| r.source != "stripe")
+        .map(|r| (r.plan_id.clone(), r.is_base))
+        .collect();
     let mut current: HashMap<(String, bool), CurrentRow> = current
         .into_iter()
+        .filter(|r| r.source == "stripe")
         .map(|r| ((r.plan_id.clone(), r.is_base), r))
         .collect();
     let mut changed = false;
@@ -549,16 +580,21 @@ pub async fn sync_memberships(
     for d in to_insert {
         // Stripe wins over a manual membership of the same plan, and a Stripe base plan over
         // a manual base plan.
-        sqlx::query(
-            "UPDATE company_plans SET ended_at = now(), updated_at = now()
+        let replaces_manual = manual
+            .iter()
+            .any(|(plan, is_base)| *plan == d.plan_id || (d.is_base && *is_base));
+        if replaces_manual {
+            sqlx::query(
+                "UPDATE company_plans SET ended_at = now(), updated_at = now()
              WHERE company_id = $1 AND source = 'manual' AND ended_at IS NULL
                AND (plan_id = $2 OR ($3 AND is_base))",
-        )
-        .bind(company_id)
-        .bind(&d.plan_id)
-        .bind(d.is_base)
-        .execute(&mut *conn)
-        .await?;
+            )
+            .bind(company_id)
+            .bind(&d.plan_id)
+            .bind(d.is_base)
+            .execute(&mut *conn)
+            .await?;
+        }
         sqlx::query(
             "INSERT INTO company_plans (id, environment_id, company_id, plan_id, is_base, source,
                  quantity, period_start, period_end, stripe_subscription_id,

@@ -74,6 +74,26 @@ impl From<AppError> for ApplyError {
 pub struct Version<'a> {
     pub id: &'a str,
     pub created: DateTime<Utc>,
+    /// The caller already claimed this version for the object in this transaction (a
+    /// reconcile page claims all its objects in one statement).
+    pub claimed: bool,
+}
+
+impl Version<'_> {
+    /// Claims this version for the object unless the caller did; false: skip the object,
+    /// something newer was applied.
+    async fn claim(
+        &self,
+        conn: &mut PgConnection,
+        env_id: &str,
+        object_id: &str,
+        object_type: &str,
+    ) -> Result<bool, sqlx::Error> {
+        if self.claimed {
+            return Ok(true);
+        }
+        store::claim_version(conn, env_id, object_id, object_type, self.id, self.created).await
+    }
 }
 
 /// What applying one object did, when it was not skipped as older than what was applied.
@@ -117,6 +137,7 @@ pub async fn apply(
     let v = Version {
         id: &event.id,
         created: event.created,
+        claimed: false,
     };
     let applied = if kind.starts_with("customer.subscription.") {
         let s = parse("subscription", object)?;
@@ -252,15 +273,9 @@ pub async fn customer(
     deleted: bool,
     v: Version<'_>,
 ) -> Result<Option<Applied>, ApplyError> {
-    if !store::claim_version(
-        conn,
-        ctx.environment_id,
-        &customer.id,
-        "customer",
-        v.id,
-        v.created,
-    )
-    .await?
+    if !v
+        .claim(conn, ctx.environment_id, &customer.id, "customer")
+        .await?
     {
         return Ok(None);
     }
@@ -289,7 +304,7 @@ pub async fn product(
     deleted: bool,
     v: Version<'_>,
 ) -> Result<Option<Applied>, ApplyError> {
-    if !store::claim_version(conn, ctx.environment_id, &p.id, "product", v.id, v.created).await? {
+    if !v.claim(conn, ctx.environment_id, &p.id, "product").await? {
         return Ok(None);
     }
     let fields = ProductFields {
@@ -317,7 +332,7 @@ pub async fn price(
     deleted: bool,
     v: Version<'_>,
 ) -> Result<Option<Applied>, ApplyError> {
-    if !store::claim_version(conn, ctx.environment_id, &p.id, "price", v.id, v.created).await? {
+    if !v.claim(conn, ctx.environment_id, &p.id, "price").await? {
         return Ok(None);
     }
     let fields = PriceFields {
@@ -354,6 +369,11 @@ async fn company_for_customer(
     customer_id: &str,
 ) -> Result<String, ApplyError> {
     let keys = [(CUSTOMER_KEY.to_string(), customer_id.to_string())];
+    // Almost always known already: a hit needs no lock (the lock only serialises creating
+    // the company).
+    if let Some(id) = keys::find(conn, Entity::Company, ctx.environment_id, &keys).await? {
+        return Ok(id);
+    }
     keys::lock(conn, Entity::Company, ctx.environment_id, &keys).await?;
     if let Some(id) = keys::find(conn, Entity::Company, ctx.environment_id, &keys).await? {
         return Ok(id);
@@ -428,15 +448,9 @@ pub async fn subscription(
     v: Version<'_>,
     refetch: Option<&StripeClient>,
 ) -> Result<Option<Applied>, ApplyError> {
-    if !store::claim_version(
-        conn,
-        ctx.environment_id,
-        &given.id,
-        "subscription",
-        v.id,
-        v.created,
-    )
-    .await?
+    if !v
+        .claim(conn, ctx.environment_id, &given.id, "subscription")
+        .await?
     {
         return Ok(None);
     }
