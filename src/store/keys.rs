@@ -209,19 +209,54 @@ pub async fn upsert_reporting(
             )))
         }
         None => {
+            // The entity and its keys in one statement. Under the key locks nobody else
+            // can have taken these keys since `find`.
             let id = crate::ids::new_id(entity.id_prefix());
-            sqlx::query(&format!(
-                "INSERT INTO {} (id, environment_id, name, traits)
-                 VALUES ($1, $2, COALESCE($3, ''), jsonb_strip_nulls($4))",
-                entity.entity_table()
+            // A key name given twice: the last value wins, as in `put`.
+            let mut unique: Vec<(&str, &str)> = Vec::with_capacity(keys.len());
+            for (k, v) in keys {
+                match unique.iter_mut().find(|(name, _)| *name == k.as_str()) {
+                    Some(slot) => slot.1 = v.as_str(),
+                    None => unique.push((k.as_str(), v.as_str())),
+                }
+            }
+            let (names, values): (Vec<&str>, Vec<&str>) = unique.into_iter().unzip();
+            let res = sqlx::query(&format!(
+                "WITH e AS (
+                     INSERT INTO {entity_table} (id, environment_id, name, traits)
+                     VALUES ($1, $2, COALESCE($3, ''), jsonb_strip_nulls($4))
+                     RETURNING id
+                 )
+                 INSERT INTO {table} (environment_id, {col}, key, value)
+                 SELECT $2, e.id, k.key, k.value
+                 FROM e, unnest($5::text[], $6::text[]) AS k (key, value)",
+                entity_table = entity.entity_table(),
+                table = entity.table(),
+                col = entity.column(),
             ))
             .bind(&id)
             .bind(env_id)
             .bind(name)
             .bind(sqlx::types::Json(traits.cloned().unwrap_or_default()))
+            .bind(&names)
+            .bind(&values)
             .execute(&mut *conn)
-            .await?;
-            (id, true)
+            .await;
+            if let Err(e) = res {
+                if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION).is_some() {
+                    return Err(AppError::Conflict(format!(
+                        "keys identify more than one {}; send keys of one {}",
+                        entity.noun(),
+                        entity.noun()
+                    )));
+                }
+                return Err(e.into());
+            }
+            return Ok(Upserted {
+                id,
+                created: true,
+                changed: false,
+            });
         }
     };
     let mut changed = put(conn, entity, env_id, &id, keys).await?;

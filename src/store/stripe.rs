@@ -413,7 +413,26 @@ pub struct Desired {
     pub trial_end: Option<DateTime<Utc>>,
 }
 
+/// A row of [`sync_memberships`]' one query: a grant (part 0) or a current membership (1).
 #[derive(sqlx::FromRow)]
+struct SyncRow {
+    part: i32,
+    #[allow(dead_code)]
+    ord: i64,
+    plan_id: String,
+    plan_type: Option<String>,
+    is_base: Option<bool>,
+    quantity: i64,
+    period_start: Option<DateTime<Utc>>,
+    period_end: Option<DateTime<Utc>>,
+    subscription_id: Option<String>,
+    item_id: Option<String>,
+    status: Option<String>,
+    trial_end: Option<DateTime<Utc>>,
+    id: Option<String>,
+    source: Option<String>,
+}
+
 struct GrantRow {
     plan_id: String,
     plan_type: String,
@@ -426,7 +445,7 @@ struct GrantRow {
     trial_end: Option<DateTime<Utc>>,
 }
 
-#[derive(sqlx::FromRow, Debug)]
+#[derive(Debug)]
 struct CurrentRow {
     id: String,
     plan_id: String,
@@ -487,33 +506,71 @@ pub async fn sync_memberships(
     env_id: &str,
     company_id: &str,
 ) -> Result<bool, sqlx::Error> {
-    let rows: Vec<GrantRow> = sqlx::query_as(
-        "SELECT p.id AS plan_id, p.plan_type, i.quantity, i.current_period_start,
-                i.current_period_end, s.id AS subscription_id, i.id AS item_id, s.status, s.trial_end
-         FROM stripe_subscriptions s
-         JOIN stripe_subscription_items i
-              ON i.environment_id = s.environment_id AND i.subscription_id = s.id
-         JOIN plans p ON p.billing_product_id = i.product_id
-         LEFT JOIN stripe_customers c ON c.environment_id = s.environment_id AND c.id = s.customer_id
-         WHERE s.environment_id = $1 AND s.company_id = $2
-           AND s.status IN ('trialing', 'active', 'past_due')
-           AND c.deleted_at IS NULL
-         ORDER BY s.stripe_created DESC, s.id DESC, i.id",
+    // One round trip for both sides: what the subscriptions grant (part 0, newest
+    // subscription first) and the company's current memberships (part 1).
+    let rows: Vec<SyncRow> = sqlx::query_as(
+        "SELECT * FROM (
+             SELECT 0 AS part,
+                    row_number() OVER (ORDER BY s.stripe_created DESC, s.id DESC, i.id) AS ord,
+                    p.id AS plan_id, p.plan_type, NULL::boolean AS is_base, i.quantity,
+                    i.current_period_start AS period_start, i.current_period_end AS period_end,
+                    s.id AS subscription_id, i.id AS item_id, s.status, s.trial_end,
+                    NULL::text AS id, NULL::text AS source
+             FROM stripe_subscriptions s
+             JOIN stripe_subscription_items i
+                  ON i.environment_id = s.environment_id AND i.subscription_id = s.id
+             JOIN plans p ON p.billing_product_id = i.product_id
+             LEFT JOIN stripe_customers c
+                  ON c.environment_id = s.environment_id AND c.id = s.customer_id
+             WHERE s.environment_id = $1 AND s.company_id = $2
+               AND s.status IN ('trialing', 'active', 'past_due')
+               AND c.deleted_at IS NULL
+             UNION ALL
+             SELECT 1, 0, plan_id, NULL, is_base, quantity, period_start, period_end,
+                    stripe_subscription_id, stripe_subscription_item_id, stripe_status, trial_end,
+                    id, source
+             FROM company_plans
+             WHERE company_id = $2 AND ended_at IS NULL
+         ) x ORDER BY part, ord",
     )
     .bind(env_id)
     .bind(company_id)
     .fetch_all(&mut *conn)
     .await?;
-    let desired = desired(rows);
-    let current: Vec<CurrentRow> = sqlx::query_as(
-        "SELECT id, plan_id, is_base, quantity, period_start, period_end, stripe_subscription_id,
-                stripe_subscription_item_id, stripe_status, trial_end, source
-         FROM company_plans
-         WHERE company_id = $1 AND ended_at IS NULL",
-    )
-    .bind(company_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let (grants, current): (Vec<SyncRow>, Vec<SyncRow>) =
+        rows.into_iter().partition(|r| r.part == 0);
+    let desired = desired(
+        grants
+            .into_iter()
+            .map(|r| GrantRow {
+                plan_id: r.plan_id,
+                plan_type: r.plan_type.unwrap_or_default(),
+                quantity: r.quantity,
+                current_period_start: r.period_start,
+                current_period_end: r.period_end,
+                subscription_id: r.subscription_id.unwrap_or_default(),
+                item_id: r.item_id.unwrap_or_default(),
+                status: r.status.unwrap_or_default(),
+                trial_end: r.trial_end,
+            })
+            .collect(),
+    );
+    let current: Vec<CurrentRow> = current
+        .into_iter()
+        .map(|r| CurrentRow {
+            id: r.id.unwrap_or_default(),
+            plan_id: r.plan_id,
+            is_base: r.is_base.unwrap_or_default(),
+            quantity: r.quantity,
+            period_start: r.period_start,
+            period_end: r.period_end,
+            stripe_subscription_id: r.subscription_id,
+            stripe_subscription_item_id: r.item_id,
+            stripe_status: r.status,
+            trial_end: r.trial_end,
+            source: r.source.unwrap_or_default(),
+        })
+        .collect();
     // Manual memberships a Stripe one would replace: (plan, is_base) pairs.
     let manual: Vec<(String, bool)> = current
         .iter()

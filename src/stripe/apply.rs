@@ -111,6 +111,9 @@ pub struct Context<'a> {
     pub config: &'a EnvironmentConfig,
     /// Present when the environment has an API key.
     pub client: Option<&'a StripeClient>,
+    /// Customer id → company id, looked up in advance for a batch (a reconcile page of
+    /// subscriptions); customers not in it are looked up one by one.
+    pub companies: Option<&'a std::collections::HashMap<String, String>>,
 }
 
 impl Context<'_> {
@@ -368,6 +371,9 @@ async fn company_for_customer(
     ctx: &Context<'_>,
     customer_id: &str,
 ) -> Result<String, ApplyError> {
+    if let Some(id) = ctx.companies.and_then(|m| m.get(customer_id)) {
+        return Ok(id.clone());
+    }
     let keys = [(CUSTOMER_KEY.to_string(), customer_id.to_string())];
     // Almost always known already: a hit needs no lock (the lock only serialises creating
     // the company).

@@ -422,11 +422,12 @@ impl Started {
             }
             let Some(page) = rx.recv().await else { break };
             pages += 1;
-            if pages.is_power_of_two() && pages >= 4 {
+            if matches!(pages, 4 | 16 | 64) {
                 // A first import grows these tables far faster than autovacuum re-analyzes
                 // them, and plans made while they were nearly empty (a hash join over the
-                // whole of company_keys, say) get slower with every page. Fresh statistics
-                // at 4, 8, 16, … pages keep every lookup an index probe.
+                // whole of company_keys, say) get slower with every page. Statistics taken
+                // at 4, 16 and 64 pages make the plans index probes, which stay right as
+                // the tables grow further.
                 analyze(sync).await?;
             }
             let task_sync = sync.clone();
@@ -723,10 +724,28 @@ async fn apply_page(
     page: ListedPage,
     marker: &str,
 ) -> Result<(), Fatal> {
+    // Subscriptions: their customers' companies in one query (customers were applied
+    // before).
+    let companies = match object {
+        Object::Subscriptions => {
+            let customers: Vec<&str> = page
+                .objects
+                .iter()
+                .filter_map(|o| match &o["customer"] {
+                    Value::String(id) => Some(id.as_str()),
+                    other => other["id"].as_str(),
+                })
+                .collect();
+            let mut conn = sync.pool.acquire().await?;
+            Some(companies_of_customers(&mut conn, env_id, &customers).await?)
+        }
+        _ => None,
+    };
     let ctx = Context {
         environment_id: env_id,
         config,
         client: None,
+        companies: companies.as_ref(),
     };
     let v = Version {
         id: marker,
@@ -814,6 +833,24 @@ async fn apply_page(
         }
     }
     Ok(())
+}
+
+/// Customer id → company id for the customers entitled knows.
+async fn companies_of_customers(
+    conn: &mut PgConnection,
+    env_id: &str,
+    customers: &[&str],
+) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT value, company_id FROM company_keys
+         WHERE environment_id = $1 AND key = $2 AND value = ANY($3)",
+    )
+    .bind(env_id)
+    .bind(apply::CUSTOMER_KEY)
+    .bind(customers)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 fn tally(state: &RunState, object: Object, results: &[Option<Applied>]) {

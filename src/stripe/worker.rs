@@ -106,6 +106,7 @@ pub async fn process(
                 environment_id: &event.environment_id,
                 config,
                 client: client.as_ref(),
+                companies: None,
             };
             apply::apply(&mut tx, &ctx, &event).await
         }
