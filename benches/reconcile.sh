@@ -32,11 +32,21 @@ TMP=$(mktemp -d)
 FAKE_PID=
 cleanup() { [ -n "$FAKE_PID" ] && kill "$FAKE_PID" 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
-CUSTOMERS=$CUSTOMERS PRODUCTS=$PRODUCTS API_KEY=$KEY "$FAKE" >"$TMP/fake.out" 2>"$TMP/fake.err" &
-FAKE_PID=$!
-for _ in $(seq 1 300); do grep -q FAKE_STRIPE_URL "$TMP/fake.out" && break; sleep 0.1; done
-URL=$(sed -n 's/^FAKE_STRIPE_URL=//p' "$TMP/fake.out")
-[ -n "$URL" ] || { echo "the fake Stripe did not start"; cat "$TMP/fake.err"; exit 1; }
+
+# A fresh fake per scenario, so its request log (max requests in any one-second window,
+# printed when it stops) covers that scenario only.
+start_fake() {
+  CUSTOMERS=$CUSTOMERS PRODUCTS=$PRODUCTS API_KEY=$KEY "$FAKE" >"$TMP/fake.out" 2>"$TMP/fake.err" &
+  FAKE_PID=$!
+  for _ in $(seq 1 300); do grep -q FAKE_STRIPE_URL "$TMP/fake.out" && break; sleep 0.1; done
+  URL=$(sed -n 's/^FAKE_STRIPE_URL=//p' "$TMP/fake.out")
+  [ -n "$URL" ] || { echo "the fake Stripe did not start"; cat "$TMP/fake.err"; exit 1; }
+  export ENTITLED_ENVIRONMENTS__0__STRIPE_API_BASE=$URL
+}
+stop_fake() {
+  kill "$FAKE_PID"; wait "$FAKE_PID" 2>/dev/null || true; FAKE_PID=
+  echo "fake Stripe: $(grep -i 'max requests in any 1 s window' "$TMP/fake.err" | sed 's/^ *//')" >&2
+}
 
 # One base plan per generated product, so every subscription becomes a membership.
 {
@@ -48,7 +58,6 @@ URL=$(sed -n 's/^FAKE_STRIPE_URL=//p' "$TMP/fake.out")
 export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
 export ENTITLED_LOG__LEVEL=warn
 export ENTITLED_ENVIRONMENTS__0__STRIPE_API_KEY=$KEY
-export ENTITLED_ENVIRONMENTS__0__STRIPE_API_BASE=$URL
 
 fresh_db() {
   $PSQL -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
@@ -82,18 +91,25 @@ PY
     echo "WRONG RESULT: $companies companies, $members memberships for $CUSTOMERS customers" >&2
     exit 1
   fi
-  local floor
-  floor=$(python3 -c "print(f'{$requests / $rate:.1f}')")
-  printf '%-22s rate=%-7s wall=%6ss requests=%-5s floor=%6ss wall/floor=%5s peak_rss=%s MB\n' \
-    "$label" "$rate" "$wall" "$requests" "$floor" \
-    "$(python3 -c "print(f'{$wall / max($floor, 0.001):.2f}')")" "$((rss / 1024))"
+  if [ "$rate" -ge 100000 ]; then
+    printf '%-22s rate=unlimited wall=%6ss requests=%-5s peak_rss=%s MB\n' \
+      "$label" "$wall" "$requests" "$((rss / 1024))"
+  else
+    local floor
+    floor=$(python3 -c "print(f'{$requests / $rate:.1f}')")
+    printf '%-22s rate=%s/s wall=%6ss requests=%-5s floor=%6ss wall/floor=%5s peak_rss=%s MB\n' \
+      "$label" "$rate" "$wall" "$requests" "$floor" \
+      "$(python3 -c "print(f'{$wall / $floor:.2f}')")" "$((rss / 1024))"
+  fi
 }
 
-echo "==> $CUSTOMERS customers + $CUSTOMERS subscriptions, $PRODUCTS products (fake Stripe at $URL)" >&2
+echo "==> $CUSTOMERS customers + $CUSTOMERS subscriptions, $PRODUCTS products" >&2
+start_fake
 fresh_db
 run "unlimited, first run" 100000
 run "unlimited, second run" 100000
+stop_fake
+start_fake
 fresh_db
 run "limited, first run" "$RATE"
-kill "$FAKE_PID"; wait "$FAKE_PID" 2>/dev/null || true; FAKE_PID=
-echo "fake Stripe: $(grep -i 'max requests in any 1 s window' "$TMP/fake.err" || true)" >&2
+stop_fake

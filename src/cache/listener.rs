@@ -31,16 +31,27 @@ pub fn spawn_listener(
             };
             match next {
                 Ok(Some(notification)) => {
-                    let payload = notification.payload();
-                    if payload.split('|').next() == Some(cache.origin()) {
-                        continue; // refreshed synchronously after our own commit
+                    // Take whatever else has arrived too: a burst (a reconcile page, a bulk
+                    // import) reloads its companies in a few queries instead of six each.
+                    let mut changes = Vec::new();
+                    let mut next = Some(notification);
+                    while let Some(n) = next {
+                        let payload = n.payload();
+                        // Our own commits were refreshed synchronously.
+                        if payload.split('|').next() != Some(cache.origin()) {
+                            match Change::decode(payload) {
+                                Some((_, change)) => changes.push(change),
+                                None => tracing::warn!(payload, "unknown cache notification"),
+                            }
+                        }
+                        next = if changes.len() < MAX_BATCH {
+                            listener.next_buffered()
+                        } else {
+                            None
+                        };
                     }
-                    let Some((_, change)) = Change::decode(payload) else {
-                        tracing::warn!(payload, "unknown cache notification");
-                        continue;
-                    };
-                    if let Err(e) = cache.reload(&change).await {
-                        tracing::warn!(error = %e, ?change, "cache reload failed; reloading everything");
+                    if let Err(e) = apply_changes(&cache, changes).await {
+                        tracing::warn!(error = %e, "cache reload failed; reloading everything");
                         reload_all_until_ok(&cache, &shutdown).await;
                     }
                 }
@@ -62,6 +73,37 @@ pub fn spawn_listener(
             }
         }
     });
+}
+
+/// Notifications handled together at most.
+const MAX_BATCH: usize = 1000;
+
+/// Reloads what `changes` name: companies grouped per environment, the rest one by one.
+async fn apply_changes(cache: &Cache, changes: Vec<Change>) -> Result<(), sqlx::Error> {
+    let mut companies: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for change in changes {
+        match change {
+            Change::Company { environment_id, id } => {
+                companies.entry(environment_id).or_default().push(id);
+            }
+            other => cache.reload(&other).await?,
+        }
+    }
+    for (environment_id, mut ids) in companies {
+        ids.sort_unstable();
+        ids.dedup();
+        if let [id] = ids.as_slice() {
+            cache
+                .reload(&Change::Company {
+                    environment_id,
+                    id: id.clone(),
+                })
+                .await?;
+        } else {
+            cache.reload_companies(&environment_id, &ids).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn reconnect_and_reload(
