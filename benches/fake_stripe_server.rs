@@ -1,7 +1,8 @@
 //! The fake Stripe API (`tests/fake_stripe/mod.rs`) as a standalone server, populated with a
 //! large generated account, for benchmarking a reconciliation job against it.
 //!
-//! Usage: cargo bench --bench fake_stripe_server (or run the built binary), configured by
+//! Usage: cargo bench --bench fake_stripe_server -- serve (or the built binary with `serve`;
+//! without it, as `cargo test --all-targets` runs it, it exits at once), configured by
 //! environment variables: `CUSTOMERS` (default 100000; one active subscription each),
 //! `PRODUCTS` (default 5; one monthly price each), `API_KEY` (default `sk_test_bench`),
 //! `PORT` (default 0: any free port), and optionally `FAIL_EVERY` (every nth request answers
@@ -54,6 +55,11 @@ async fn shutdown_signal() {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() != Some("serve") {
+        // `cargo test --all-targets` runs bench binaries without arguments: nothing to serve.
+        eprintln!("usage: fake_stripe_server serve (configured by CUSTOMERS, PRODUCTS, API_KEY, PORT; run by benches/reconcile.sh)");
+        return;
+    }
     let customers: usize = var("CUSTOMERS", 100_000);
     let products: usize = var("PRODUCTS", 5);
     let api_key: String = var("API_KEY", "sk_test_bench".to_string());

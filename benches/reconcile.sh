@@ -36,7 +36,7 @@ trap cleanup EXIT
 # A fresh fake per scenario, so its request log (max requests in any one-second window,
 # printed when it stops) covers that scenario only.
 start_fake() {
-  CUSTOMERS=$CUSTOMERS PRODUCTS=$PRODUCTS API_KEY=$KEY "$FAKE" >"$TMP/fake.out" 2>"$TMP/fake.err" &
+  CUSTOMERS=$CUSTOMERS PRODUCTS=$PRODUCTS API_KEY=$KEY "$FAKE" serve >"$TMP/fake.out" 2>"$TMP/fake.err" &
   FAKE_PID=$!
   for _ in $(seq 1 300); do grep -q FAKE_STRIPE_URL "$TMP/fake.out" && break; sleep 0.1; done
   URL=$(sed -n 's/^FAKE_STRIPE_URL=//p' "$TMP/fake.out")

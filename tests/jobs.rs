@@ -173,3 +173,62 @@ async fn two_servers_run_each_tick_once() {
         "five Stripe customers and the test's own company, each once"
     );
 }
+
+#[tokio::test]
+async fn retry_inbox_applies_failed_events_once_their_backoff_passed() {
+    let fake = fake_stripe::FakeStripe::start(common::stripe::API_KEY).await;
+    let config = format!(
+        "{}[schedule]\nretry_inbox = \"\"\n",
+        common::stripe::config(&format!(
+            "stripe_api_key = \"{}\"\nstripe_api_base = \"{}\"",
+            common::stripe::API_KEY,
+            fake.base
+        ))
+    );
+    let app = common::spawn_app_with(&config).await;
+    // Stripe refuses the refetch and says not to retry: the event fails.
+    let sub = common::stripe::subscription(
+        "sub_retry",
+        "cus_retry",
+        "active",
+        &[common::stripe::Item {
+            id: "si_retry",
+            price: "price_x",
+            product: "prod_x",
+            quantity: 1,
+        }],
+    );
+    fake.put(sub.clone());
+    fake.put(common::stripe::customer("cus_retry", "Retry", json!({})));
+    fake.fail_next(1, fake_stripe::Failure::ServerErrorNoRetry);
+    let event = common::stripe::event(
+        "customer.subscription.updated",
+        "evt_retry_job",
+        common::stripe::now(),
+        sub,
+    );
+    assert_eq!(app.deliver(&event).await, "failed");
+
+    let (state, _l) = entitled::app::build_state(app.config.clone())
+        .await
+        .unwrap();
+    let ctx = JobContext::new(&state, tokio_util::sync::CancellationToken::new());
+    // Its backoff has not passed: nothing to do.
+    let s = Job::RetryInbox.run_once(&ctx, Utc::now()).await.unwrap();
+    assert_eq!(s["processed"], 0);
+    assert_eq!(
+        app.event_status("evt_retry_job").await.as_deref(),
+        Some("failed")
+    );
+    // Once it has, the job applies it.
+    sqlx::query("UPDATE stripe_events SET next_attempt_at = now() WHERE id = 'evt_retry_job'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let s = Job::RetryInbox.run_once(&ctx, Utc::now()).await.unwrap();
+    assert_eq!(s["processed"], 1);
+    assert_eq!(
+        app.event_status("evt_retry_job").await.as_deref(),
+        Some("applied")
+    );
+}

@@ -552,3 +552,45 @@ async fn the_cli_reconciles_with_a_summary_and_fails_clearly() {
     let _ = std::fs::remove_dir_all(&dir);
     common::drop_database(db_name);
 }
+
+#[tokio::test]
+async fn items_past_the_embedded_ten_are_fetched() {
+    let fake = FakeStripe::start(s::API_KEY).await;
+    populate(&fake, 1);
+    // 25 items of Pro, 2 seats each: Stripe embeds ten and says has_more.
+    let ids: Vec<String> = (0..25).map(|i| format!("si_many_{i:02}")).collect();
+    let items: Vec<Item> = ids
+        .iter()
+        .map(|id| Item {
+            id,
+            quantity: 2,
+            ..PRO
+        })
+        .collect();
+    fake.put(s::customer("cus_many", "Many Items", json!({})));
+    fake.put(s::subscription("sub_many", "cus_many", "active", &items));
+    let app = seeded(&config(&fake, "")).await;
+    let run = reconcile(&app).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM stripe_subscription_items WHERE subscription_id = 'sub_many'"
+        )
+        .await,
+        25
+    );
+    assert!(fake
+        .requests()
+        .iter()
+        .any(|r| r.path == "/v1/subscription_items" && r.query.contains("subscription=sub_many")));
+    let quantity: i64 = sqlx::query_scalar(
+        "SELECT cp.quantity FROM company_plans cp
+         JOIN company_keys k ON k.company_id = cp.company_id
+         WHERE k.key = 'stripe_customer_id' AND k.value = 'cus_many' AND cp.ended_at IS NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(quantity, 50, "items of one plan add up");
+}
