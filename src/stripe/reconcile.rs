@@ -428,7 +428,10 @@ impl Started {
                 // whole of company_keys, say) get slower with every page. Statistics taken
                 // at 4, 16 and 64 pages make the plans index probes, which stay right as
                 // the tables grow further.
-                analyze(sync).await?;
+                // Best effort: without it the run is slower, not wrong.
+                if let Err(e) = analyze(sync).await {
+                    tracing::warn!(error = %e, "ANALYZE of the reconciled tables failed");
+                }
             }
             let task_sync = sync.clone();
             let task_state = state.clone();
