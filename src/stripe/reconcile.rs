@@ -771,14 +771,24 @@ async fn apply_page(
         .iter()
         .filter_map(|o| o["id"].as_str())
         .collect();
-    let claimed: std::collections::HashSet<String> =
-        claim_versions(&mut tx, env_id, &ids, object.singular(), marker, page.as_of)
-            .await?
-            .into_iter()
-            .collect();
+    let claimed: Option<std::collections::HashSet<String>> =
+        match claim_versions(&mut tx, env_id, &ids, object.singular(), marker, page.as_of).await {
+            Ok(ids) => Some(ids.into_iter().collect()),
+            Err(e) if is_unavailable(&e) => return Err(e.into()),
+            // E.g. an id twice in one page: the slow path sorts it out object by object.
+            Err(e) => {
+                tracing::debug!(error = %e, "claiming the page's versions failed");
+                None
+            }
+        };
     let mut results = Vec::with_capacity(page.objects.len());
-    let mut failed = false;
-    for o in &page.objects {
+    let mut failed = claimed.is_none();
+    let claimed = claimed.unwrap_or_default();
+    for o in page
+        .objects
+        .iter()
+        .take(if failed { 0 } else { usize::MAX })
+    {
         if !o["id"].as_str().is_some_and(|id| claimed.contains(id)) {
             // Skipped (newer state applied), or no id: the slow path reports it.
             if o["id"].as_str().is_none() {
