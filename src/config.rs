@@ -113,6 +113,8 @@ pub struct EnvironmentConfig {
     pub stripe_webhook_secrets: Vec<Secret>,
     pub stripe_webhook_tolerance_secs: u64,
     pub stripe_max_requests_per_sec: u32,
+    /// How long one Stripe API request may take before it counts as failed (and retried).
+    pub stripe_timeout_secs: u64,
     pub stripe_refetch_on_webhook: bool,
     pub stripe_customer_metadata_keys: Vec<String>,
     pub fallback_plan: String,
@@ -278,6 +280,11 @@ impl Config {
             }
             if env.name.trim().is_empty() {
                 return invalid(format!("environments[{i}].name is empty"));
+            }
+            if env.stripe_timeout_secs == 0 {
+                return invalid(format!(
+                    "environments[{i}].stripe_timeout_secs must be at least 1"
+                ));
             }
             if env.stripe_max_requests_per_sec == 0 {
                 return invalid(format!(
@@ -474,6 +481,16 @@ mod tests {
         assert!(err.to_string().contains("schedule.grant_credits"), "{err}");
         let err = Config::from_layers(Some(("x.toml", "[server")), &[]).unwrap_err();
         assert!(err.to_string().contains("x.toml"), "{err}");
+        let err = Config::from_layers(
+            None,
+            &env(&[("ENTITLED_ENVIRONMENTS__0__STRIPE_TIMEOUT_SECS", "0")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("environments[0].stripe_timeout_secs"),
+            "{err}"
+        );
     }
 
     #[test]

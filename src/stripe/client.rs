@@ -171,15 +171,17 @@ pub struct StripeClient {
     api_key: String,
     limiter: Arc<RateLimiter>,
     policy: RetryPolicy,
+    /// Per request (`stripe_timeout_secs`).
+    timeout: Duration,
     /// Requests sent through this client and its clones.
     sent: Arc<AtomicU64>,
 }
 
-/// The shared HTTP client: connection pool, timeouts.
+/// The shared HTTP client: connection pool, connect timeout (each request sets its own
+/// total timeout from its environment's `stripe_timeout_secs`).
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
         .user_agent(concat!("entitled/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
@@ -197,6 +199,7 @@ impl StripeClient {
         base: &str,
         api_key: &str,
         limiter: Arc<RateLimiter>,
+        timeout: Duration,
     ) -> Self {
         StripeClient {
             http,
@@ -204,6 +207,7 @@ impl StripeClient {
             api_key: api_key.to_string(),
             limiter,
             policy: RetryPolicy::APPLY,
+            timeout,
             sent: Arc::default(),
         }
     }
@@ -272,6 +276,7 @@ impl StripeClient {
                 .http
                 .get(&url)
                 .query(query)
+                .timeout(self.timeout)
                 .bearer_auth(&self.api_key)
                 .send()
                 .await;

@@ -78,6 +78,7 @@ impl Stripe {
             &config.stripe_api_base,
             config.stripe_api_key.expose(),
             limiter,
+            std::time::Duration::from_secs(config.stripe_timeout_secs),
         ))
     }
 }
