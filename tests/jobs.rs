@@ -178,7 +178,7 @@ async fn two_servers_run_each_tick_once() {
 async fn retry_inbox_applies_failed_events_once_their_backoff_passed() {
     let fake = fake_stripe::FakeStripe::start(common::stripe::API_KEY).await;
     let config = format!(
-        "{}[schedule]\nretry_inbox = \"\"\n",
+        "{}[schedule]\nretry_inbox = \"\"\nreconcile = \"\"\n",
         common::stripe::config(&format!(
             "stripe_api_key = \"{}\"\nstripe_api_base = \"{}\"",
             common::stripe::API_KEY,
@@ -200,7 +200,8 @@ async fn retry_inbox_applies_failed_events_once_their_backoff_passed() {
     );
     fake.put(sub.clone());
     fake.put(common::stripe::customer("cus_retry", "Retry", json!({})));
-    fake.fail_next(1, fake_stripe::Failure::ServerErrorNoRetry);
+    // Until told otherwise, every request fails.
+    fake.fail_every(1, fake_stripe::Failure::ServerErrorNoRetry);
     let event = common::stripe::event(
         "customer.subscription.updated",
         "evt_retry_job",
@@ -220,7 +221,8 @@ async fn retry_inbox_applies_failed_events_once_their_backoff_passed() {
         app.event_status("evt_retry_job").await.as_deref(),
         Some("failed")
     );
-    // Once it has, the job applies it.
+    // Once Stripe answers again and the backoff has passed, the job applies it.
+    fake.fail_every(0, fake_stripe::Failure::ServerErrorNoRetry);
     sqlx::query("UPDATE stripe_events SET next_attempt_at = now() WHERE id = 'evt_retry_job'")
         .execute(&app.pool)
         .await

@@ -111,10 +111,6 @@ fn counts(run: &Value, object: &str) -> [u64; 4] {
     ["seen", "created", "updated", "deleted"].map(|k| c[k].as_u64().unwrap_or(u64::MAX))
 }
 
-async fn count(app: &common::TestApp, sql: &str) -> i64 {
-    app.count(sql).await
-}
-
 /// Every Stripe membership row, for comparing two states.
 async fn membership_rows(app: &common::TestApp) -> Vec<(String, String, bool, i64, String)> {
     sqlx::query_as(
@@ -146,20 +142,13 @@ async fn a_full_reconcile_mirrors_stripe_and_a_second_run_changes_nothing() {
 
     // Exactly the companies and memberships Stripe holds.
     assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM company_keys WHERE key = 'stripe_customer_id'"
-        )
-        .await,
+        app.count("SELECT count(*) FROM company_keys WHERE key = 'stripe_customer_id'")
+            .await,
         N as i64
     );
+    assert_eq!(app.count("SELECT count(*) FROM companies").await, N as i64);
     assert_eq!(
-        count(&app, "SELECT count(*) FROM companies").await,
-        N as i64
-    );
-    assert_eq!(
-        count(
-            &app,
+        app.count(
             "SELECT count(*) FROM company_plans WHERE source = 'stripe' AND ended_at IS NULL"
         )
         .await,
@@ -286,17 +275,13 @@ async fn deletions_and_cancellations_in_stripe_are_reflected() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM stripe_customers WHERE id = 'cus_00001' AND deleted_at IS NOT NULL"
+        app.count("SELECT count(*) FROM stripe_customers WHERE id = 'cus_00001' AND deleted_at IS NOT NULL"
         )
         .await,
         1
     );
     assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM billing_products WHERE id = 'prod_demo_analytics' AND deleted_at IS NOT NULL"
+        app.count("SELECT count(*) FROM billing_products WHERE id = 'prod_demo_analytics' AND deleted_at IS NOT NULL"
         )
         .await,
         1
@@ -335,11 +320,8 @@ async fn rate_limited_answers_are_survived_and_pause_the_client() {
     assert!(log[1].at.duration_since(log[0].at) >= Duration::from_millis(990));
     assert!(log[2].at.duration_since(log[1].at) >= Duration::from_millis(990));
     assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM company_keys WHERE key = 'stripe_customer_id'"
-        )
-        .await,
+        app.count("SELECT count(*) FROM company_keys WHERE key = 'stripe_customer_id'")
+            .await,
         150
     );
 }
@@ -482,9 +464,14 @@ async fn the_api_refuses_what_it_cannot_do() {
         &config(&fake, "stripe_max_requests_per_sec = 1"),
     )
     .await;
+    let before = fake.request_count();
     let (status, second) = b.post("/stripe/reconcile", json!({})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{second}");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Stop once the run is under way (it has asked Stripe for something).
+    common::eventually(Duration::from_secs(10), || async {
+        (fake.request_count() > before).then_some(())
+    })
+    .await;
     b.stop().await;
     let (status, errors): (String, sqlx::types::Json<Value>) =
         sqlx::query_as("SELECT status, errors FROM stripe_reconcile_runs WHERE id = $1")
@@ -573,8 +560,7 @@ async fn items_past_the_embedded_ten_are_fetched() {
     let run = reconcile(&app).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(
-        count(
-            &app,
+        app.count(
             "SELECT count(*) FROM stripe_subscription_items WHERE subscription_id = 'sub_many'"
         )
         .await,

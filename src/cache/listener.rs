@@ -50,7 +50,7 @@ pub fn spawn_listener(
                             None
                         };
                     }
-                    if let Err(e) = apply_changes(&cache, changes).await {
+                    if let Err(e) = cache.reload_changes(&changes).await {
                         tracing::warn!(error = %e, "cache reload failed; reloading everything");
                         reload_all_until_ok(&cache, &shutdown).await;
                     }
@@ -77,34 +77,6 @@ pub fn spawn_listener(
 
 /// Notifications handled together at most.
 const MAX_BATCH: usize = 1000;
-
-/// Reloads what `changes` name: companies grouped per environment, the rest one by one.
-async fn apply_changes(cache: &Cache, changes: Vec<Change>) -> Result<(), sqlx::Error> {
-    let mut companies: std::collections::HashMap<String, Vec<String>> = Default::default();
-    for change in changes {
-        match change {
-            Change::Company { environment_id, id } => {
-                companies.entry(environment_id).or_default().push(id);
-            }
-            other => cache.reload(&other).await?,
-        }
-    }
-    for (environment_id, mut ids) in companies {
-        ids.sort_unstable();
-        ids.dedup();
-        if let [id] = ids.as_slice() {
-            cache
-                .reload(&Change::Company {
-                    environment_id,
-                    id: id.clone(),
-                })
-                .await?;
-        } else {
-            cache.reload_companies(&environment_id, &ids).await?;
-        }
-    }
-    Ok(())
-}
 
 async fn reconnect_and_reload(
     cache: &Cache,

@@ -515,32 +515,40 @@ impl Cache {
     /// After a local commit: refresh now, so this process reads its own writes. Failures are
     /// logged; the notification will be retried by the listener's periodic full reload.
     pub async fn after_commit(&self, changes: &[Change]) {
-        // Many companies at once (a reconcile page) load in one go.
+        if let Err(e) = self.reload_changes(changes).await {
+            tracing::warn!(error = %e, changes = changes.len(), "cache refresh after commit failed");
+        }
+    }
+
+    /// Reloads what `changes` name: companies grouped per environment (a reconcile page, a
+    /// burst of notifications: six queries, not six per company), the rest one by one.
+    pub async fn reload_changes(&self, changes: &[Change]) -> Result<(), sqlx::Error> {
         let mut companies: HashMap<&str, Vec<String>> = HashMap::new();
         for change in changes {
-            if let Change::Company { environment_id, id } = change {
-                companies
-                    .entry(environment_id)
-                    .or_default()
-                    .push(id.clone());
-            }
-        }
-        companies.retain(|_, ids| ids.len() > 1);
-        for (environment_id, ids) in &companies {
-            if let Err(e) = self.reload_companies(environment_id, ids).await {
-                tracing::warn!(error = %e, environment_id, companies = ids.len(), "cache refresh after commit failed");
-            }
-        }
-        for change in changes {
-            if let Change::Company { environment_id, .. } = change {
-                if companies.contains_key(environment_id.as_str()) {
-                    continue;
+            match change {
+                Change::Company { environment_id, id } => {
+                    companies
+                        .entry(environment_id)
+                        .or_default()
+                        .push(id.clone());
                 }
-            }
-            if let Err(e) = self.reload(change).await {
-                tracing::warn!(error = %e, ?change, "cache refresh after commit failed");
+                other => self.reload(other).await?,
             }
         }
+        for (environment_id, mut ids) in companies {
+            ids.sort_unstable();
+            ids.dedup();
+            if let [id] = ids.as_slice() {
+                self.reload(&Change::Company {
+                    environment_id: environment_id.to_string(),
+                    id: id.clone(),
+                })
+                .await?;
+            } else {
+                self.reload_companies(environment_id, &ids).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Reloads several companies of one environment with six queries.

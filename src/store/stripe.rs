@@ -417,8 +417,6 @@ pub struct Desired {
 #[derive(sqlx::FromRow)]
 struct SyncRow {
     part: i32,
-    #[allow(dead_code)]
-    ord: i64,
     plan_id: String,
     plan_type: Option<String>,
     is_base: Option<bool>,

@@ -193,6 +193,16 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
+impl Page<serde_json::Value> {
+    /// `starting_after` for the next page: the last object's id, or `None` at the end.
+    pub fn next_after(&self) -> Option<String> {
+        if !self.has_more {
+            return None;
+        }
+        self.data.last()?["id"].as_str().map(str::to_string)
+    }
+}
+
 impl StripeClient {
     pub fn new(
         http: reqwest::Client,

@@ -579,12 +579,8 @@ impl Started {
                     Err(StoreEventError::Database(e)) => return Err(e.into()),
                 }
             }
-            after = page
-                .data
-                .last()
-                .and_then(|e| e["id"].as_str())
-                .map(str::to_string);
-            if !page.has_more || after.is_none() {
+            after = page.next_after();
+            if after.is_none() {
                 break;
             }
         }
@@ -663,11 +659,7 @@ async fn page_through(
         let page = client
             .list::<Value>(object.path(), &params, after.as_deref())
             .await?;
-        after = page
-            .data
-            .last()
-            .and_then(|o| o["id"].as_str())
-            .map(str::to_string);
+        after = page.next_after();
         let mut objects = page.data;
         if object == Object::Subscriptions {
             for s in &mut objects {
@@ -677,7 +669,7 @@ async fn page_through(
         if tx.send(ListedPage { objects, as_of }).await.is_err() {
             return Ok(()); // the appliers stopped
         }
-        if !page.has_more || after.is_none() {
+        if after.is_none() {
             return Ok(());
         }
     }
@@ -701,13 +693,9 @@ async fn complete_items(client: &StripeClient, s: &mut Value) -> Result<(), Clie
                 after.as_deref(),
             )
             .await?;
-        after = page
-            .data
-            .last()
-            .and_then(|o| o["id"].as_str())
-            .map(str::to_string);
+        after = page.next_after();
         items.extend(page.data);
-        if !page.has_more || after.is_none() {
+        if after.is_none() {
             break;
         }
     }
