@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::str::FromStr;
 
 use serde::Deserialize;
 
@@ -254,7 +255,7 @@ impl Config {
             ("retry_inbox", &self.schedule.retry_inbox),
         ] {
             if !expr.trim().is_empty() {
-                crate::jobs::parse_schedule(key, expr).map_err(ConfigError::Invalid)?;
+                parse_schedule(key, expr).map_err(ConfigError::Invalid)?;
             }
         }
         let mut seen = HashSet::new();
@@ -381,6 +382,13 @@ fn set_path(
         }
         _ => Err(format!("{head} is not a section")),
     }
+}
+
+/// Parses a six-field cron expression (with seconds), naming the key on error.
+pub fn parse_schedule(key: &str, expr: &str) -> Result<cron::Schedule, String> {
+    cron::Schedule::from_str(expr).map_err(|e| {
+        format!("schedule.{key} = {expr:?} is not a cron expression with seconds: {e}")
+    })
 }
 
 #[cfg(test)]

@@ -12,9 +12,10 @@ use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::cache::{self, Cache};
-use crate::error::{AppError, AppResult};
+use crate::cache::Cache;
+use crate::changes::{Change, Publisher};
 use crate::store::events::{self, CreditContext, Ingested, NewEvent};
+use crate::store::{self, Error};
 
 /// At most this many events are combined into one transaction.
 const MAX_GROUP_EVENTS: usize = 2000;
@@ -23,7 +24,7 @@ const WRITERS: usize = 2;
 
 struct Job {
     events: Vec<NewEvent>,
-    reply: oneshot::Sender<AppResult<Ingested>>,
+    reply: oneshot::Sender<store::Result<Ingested>>,
 }
 
 /// A handle to the writer tasks. Cloning is cheap.
@@ -34,13 +35,14 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// Starts the writers; they stop when the last handle is dropped.
-    pub fn start(pool: PgPool, cache: Arc<Cache>) -> Ingestor {
+    pub fn start(pool: PgPool, cache: Arc<Cache>, changes: Publisher) -> Ingestor {
         let (tx, rx) = mpsc::channel::<Job>(1024);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..WRITERS {
             let rx = rx.clone();
             let pool = pool.clone();
             let cache = cache.clone();
+            let changes = changes.clone();
             tokio::spawn(async move {
                 loop {
                     let group = {
@@ -59,7 +61,7 @@ impl Ingestor {
                         }
                         group
                     };
-                    write_group(&pool, &cache, group).await;
+                    write_group(&pool, &cache, &changes, group).await;
                 }
             });
         }
@@ -67,18 +69,17 @@ impl Ingestor {
     }
 
     /// Stores `events` durably (with everything they imply) and publishes the changes.
-    pub async fn ingest(&self, events: Vec<NewEvent>) -> AppResult<Ingested> {
+    pub async fn ingest(&self, events: Vec<NewEvent>) -> Result<Ingested, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { events, reply })
             .await
-            .map_err(|_| AppError::Internal(anyhow::anyhow!("the event writers have stopped")))?;
-        rx.await
-            .map_err(|_| AppError::Internal(anyhow::anyhow!("the event writer dropped a batch")))?
+            .map_err(|_| IngestError::Stopped)?;
+        Ok(rx.await.map_err(|_| IngestError::Stopped)??)
     }
 }
 
-async fn write_group(pool: &PgPool, cache: &Arc<Cache>, group: Vec<Job>) {
+async fn write_group(pool: &PgPool, cache: &Cache, changes: &Publisher, group: Vec<Job>) {
     let started = Instant::now();
     let credit_ctx = CreditContext {
         fallback_plans: cache.fallback_plans(),
@@ -86,7 +87,7 @@ async fn write_group(pool: &PgPool, cache: &Arc<Cache>, group: Vec<Job>) {
     };
     if group.len() == 1 {
         let job = group.into_iter().next().expect("one job");
-        let result = write(pool, cache, &job.events, &credit_ctx).await;
+        let result = write(pool, changes, &job.events, &credit_ctx).await;
         let _ = job.reply.send(result);
         return;
     }
@@ -94,7 +95,7 @@ async fn write_group(pool: &PgPool, cache: &Arc<Cache>, group: Vec<Job>) {
         .iter()
         .flat_map(|j| j.events.iter().cloned())
         .collect();
-    match write(pool, cache, &all, &credit_ctx).await {
+    match write(pool, changes, &all, &credit_ctx).await {
         Ok(done) => {
             // Hand each request its slice of the results.
             let mut offset = 0;
@@ -103,7 +104,7 @@ async fn write_group(pool: &PgPool, cache: &Arc<Cache>, group: Vec<Job>) {
                 let part = Ingested {
                     ids: done.ids[offset..offset + n].to_vec(),
                     duplicate: done.duplicate[offset..offset + n].to_vec(),
-                    changes: Vec::new(),
+                    touched: Default::default(),
                 };
                 offset += n;
                 let _ = job.reply.send(Ok(part));
@@ -118,7 +119,7 @@ async fn write_group(pool: &PgPool, cache: &Arc<Cache>, group: Vec<Job>) {
             // Something in the group is bad (or conflicted): each request on its own, so only
             // the bad one fails.
             for job in group {
-                let result = write(pool, cache, &job.events, &credit_ctx).await;
+                let result = write(pool, changes, &job.events, &credit_ctx).await;
                 let _ = job.reply.send(result);
             }
         }
@@ -128,40 +129,41 @@ async fn write_group(pool: &PgPool, cache: &Arc<Cache>, group: Vec<Job>) {
 /// One transaction, retried on deadlock or serialization failure.
 async fn write(
     pool: &PgPool,
-    cache: &Arc<Cache>,
+    publisher: &Publisher,
     events: &[NewEvent],
     credit_ctx: &CreditContext,
-) -> AppResult<Ingested> {
+) -> store::Result<Ingested> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let result = async {
-            let mut tx = pool.begin().await?;
+            let mut tx = store::begin(pool).await?;
             let done = events::ingest(&mut tx, events, credit_ctx, Utc::now()).await?;
-            cache::notify_all(&mut tx, cache.origin(), &done.changes).await?;
+            let changes = Change::from_touched(done.touched.clone());
+            publisher.notify(&mut tx, &changes).await?;
             tx.commit().await?;
-            Ok::<_, AppError>(done)
+            Ok::<_, Error>((done, changes))
         }
         .await;
         match result {
-            Ok(done) => {
-                cache.after_commit(&done.changes).await;
+            Ok((done, changes)) => {
+                publisher.refresh(&changes).await;
                 let new = done.duplicate.iter().filter(|d| !**d).count();
                 crate::metrics::EVENTS_INGESTED.inc_by(new as u64);
                 crate::metrics::EVENTS_DUPLICATE.inc_by((events.len() - new) as u64);
                 return Ok(done);
             }
-            Err(e) if attempt < 3 && is_retryable(&e) => continue,
+            Err(e) if attempt < 3 && e.is_retryable() => continue,
             Err(e) => return Err(e),
         }
     }
 }
 
-fn is_retryable(e: &AppError) -> bool {
-    match e {
-        AppError::Database(sqlx::Error::Database(db)) => {
-            matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
-        }
-        _ => false,
-    }
+/// Why a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] Error),
+    #[error("the event writers have stopped")]
+    Stopped,
 }

@@ -14,7 +14,9 @@ use chrono::{DateTime, DurationRound, Utc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::AppState;
+use sqlx::PgPool;
+
+pub use crate::store::insights::Drained;
 
 #[derive(Default)]
 struct FlagCounts {
@@ -33,15 +35,6 @@ struct EnvCounts {
 /// Per-process check counters, by environment and flag.
 pub struct CheckCounts {
     envs: Vec<EnvCounts>,
-}
-
-/// Counts taken out of memory for one flush.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drained {
-    pub environment_id: String,
-    pub flag_id: String,
-    pub checks: u64,
-    pub allowed: u64,
 }
 
 impl CheckCounts {
@@ -145,14 +138,13 @@ pub fn bucket_of(at: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// Moves the in-memory counts into Postgres; on failure they stay in memory.
-pub async fn flush(state: &AppState) -> Result<usize, sqlx::Error> {
-    let drained = state.checks.drain();
+pub async fn flush(pool: &PgPool, checks: &CheckCounts) -> crate::store::Result<usize> {
+    let drained = checks.drain();
     if drained.is_empty() {
         return Ok(0);
     }
     let result = async {
-        let mut conn = state.pool.acquire().await?;
-        crate::store::insights::add_check_counts(&mut conn, bucket_of(Utc::now()), &drained).await
+        crate::store::insights::add_check_counts(pool, bucket_of(Utc::now()), &drained).await
     }
     .await;
     match result {
@@ -162,7 +154,7 @@ pub async fn flush(state: &AppState) -> Result<usize, sqlx::Error> {
         }
         Err(e) => {
             crate::metrics::CHECK_COUNT_FLUSHES.inc("error");
-            state.checks.restore(&drained);
+            checks.restore(&drained);
             Err(e)
         }
     }
@@ -170,7 +162,8 @@ pub async fn flush(state: &AppState) -> Result<usize, sqlx::Error> {
 
 /// Flushes every `interval` until `shutdown`, then once more.
 pub fn spawn_flusher(
-    state: AppState,
+    pool: PgPool,
+    checks: Arc<CheckCounts>,
     interval: Duration,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
@@ -184,11 +177,11 @@ pub fn spawn_flusher(
                 _ = ticker.tick() => {}
                 _ = shutdown.cancelled() => break,
             }
-            if let Err(e) = flush(&state).await {
+            if let Err(e) = flush(&pool, &checks).await {
                 tracing::warn!(error = %e, "flushing check counts failed; keeping them for the next flush");
             }
         }
-        match flush(&state).await {
+        match flush(&pool, &checks).await {
             Ok(n) => tracing::debug!(flags = n, "check counts flushed at shutdown"),
             Err(e) => tracing::warn!(error = %e, "flushing check counts at shutdown failed; they are lost"),
         }

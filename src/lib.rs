@@ -1,24 +1,30 @@
 //! entitled: a self-hosted entitlement layer for B2B SaaS.
 //!
-//! Where things live: `api/` (HTTP routes, auth, one file per resource), `engine/` (pure
-//! evaluation of checks), `cache/` (the in-memory snapshot checks read, and its
-//! LISTEN/NOTIFY invalidation), `store/` (SQL per aggregate), `stripe/` (webhooks: signature, inbox, apply, API client),
-//! `cli` (the `entitled` command).
+//! Where things live (see `docs/architecture.md`; imports point down this list only):
+//! - `app` — the composition root: builds the state, starts background tasks, serves.
+//! - `cli` — the `entitled` command; `seed` loads catalog files.
+//! - `api/` — HTTP: the route table, auth extractor, one module per resource, errors mapped
+//!   to statuses (`api/error.rs`), MCP (`api/mcp.rs`).
+//! - services: `stripe/` (webhook signature, inbox, apply, API client, reconcile),
+//!   `jobs/` (the scheduler and its jobs), `ingest` (event group commit), `insights`.
+//! - `changes` — what a write changed: notify inside the transaction, commit, refresh.
+//! - `cache/` — the in-memory snapshot checks read (`cache/check.rs` evaluates a check).
+//! - `store/` — all SQL, the pool and migrations, and the store's error type.
+//! - `engine/` — pure evaluation: rules, most-generous merge, metric periods.
+//! - leaves: `config`, `ids`, `metrics`.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
 pub mod cache;
+pub mod changes;
 pub mod cli;
 pub mod config;
-pub mod db;
 pub mod engine;
-pub mod error;
 pub mod ids;
 pub mod ingest;
 pub mod insights;
 pub mod jobs;
-pub mod mcp;
 pub mod metrics;
 pub mod seed;
 pub mod store;

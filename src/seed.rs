@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::cache::{self, Change};
+use crate::changes::{Change, Publisher};
 use crate::engine::FeatureType;
 use crate::ids;
 use crate::store::values::ValueInput;
@@ -135,10 +135,12 @@ pub async fn seed(pool: &PgPool, catalog: &Catalog) -> anyhow::Result<Summary> {
         })?;
         summary.plan_entitlements[outcome] += 1;
     }
-    if summary.changed() {
-        cache::notify(&mut tx, "seed", &Change::Catalog).await?;
-    }
-    tx.commit().await?;
+    let changes = if summary.changed() {
+        vec![Change::Catalog]
+    } else {
+        Vec::new()
+    };
+    Publisher::detached("seed").commit(tx, &changes).await?;
     Ok(summary)
 }
 

@@ -450,19 +450,7 @@ const TWO_ENVS: &str =
 
 /// A read-write key for environment `b`.
 async fn key_for_b(app: &common::TestApp) -> String {
-    let env_id: String = sqlx::query_scalar("SELECT id FROM environments WHERE key = 'b'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let mut conn = app.pool.acquire().await.unwrap();
-    let (_, key) = entitled::store::api_keys::create(&mut conn, &env_id, "b", false)
-        .await
-        .unwrap();
-    // Tell the server, as `entitled api-key create` does.
-    entitled::cache::notify(&mut conn, "test", &entitled::cache::Change::ApiKeys)
-        .await
-        .unwrap();
-    key
+    common::create_api_key(&app.pool, "b").await
 }
 
 /// Waits until the new key is in the serving snapshot.

@@ -250,7 +250,7 @@ async fn job_context(app: &common::TestApp) -> JobContext {
     let (state, _listener) = entitled::app::build_state(app.config.clone())
         .await
         .unwrap();
-    JobContext::new(&state, tokio_util::sync::CancellationToken::new())
+    state.job_context(tokio_util::sync::CancellationToken::new())
 }
 
 fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {

@@ -35,19 +35,7 @@ async fn setup() -> Setup {
     entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
         .await
         .unwrap();
-    let staging: String = sqlx::query_scalar("SELECT id FROM environments WHERE key = 'staging'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let mut conn = app.pool.acquire().await.unwrap();
-    let (_, staging_key) = entitled::store::api_keys::create(&mut conn, &staging, "staging", false)
-        .await
-        .unwrap();
-    // As `entitled api-key create` does: tell the running server.
-    entitled::cache::notify(&mut conn, "test", &entitled::cache::Change::ApiKeys)
-        .await
-        .unwrap();
-    drop(conn);
+    let staging_key = common::create_api_key(&app.pool, "staging").await;
     // The catalog reload and the new key reach the snapshot. (Each wait counts exactly one
     // successful check of `sso` per environment.)
     common::eventually(Duration::from_secs(5), || async {

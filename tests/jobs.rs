@@ -7,7 +7,7 @@ mod fake_stripe;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use entitled::jobs::{Job, JobContext};
+use entitled::jobs::Job;
 use serde_json::json;
 
 #[tokio::test]
@@ -33,7 +33,7 @@ async fn expire_overrides_marks_and_records_expiries() {
     let (state, _l) = entitled::app::build_state(app.config.clone())
         .await
         .unwrap();
-    let ctx = JobContext::new(&state, tokio_util::sync::CancellationToken::new());
+    let ctx = state.job_context(tokio_util::sync::CancellationToken::new());
 
     // Before its expiration date: nothing to do.
     let s = Job::ExpireOverrides
@@ -213,7 +213,7 @@ async fn retry_inbox_applies_failed_events_once_their_backoff_passed() {
     let (state, _l) = entitled::app::build_state(app.config.clone())
         .await
         .unwrap();
-    let ctx = JobContext::new(&state, tokio_util::sync::CancellationToken::new());
+    let ctx = state.job_context(tokio_util::sync::CancellationToken::new());
     // Its backoff has not passed: nothing to do.
     let s = Job::RetryInbox.run_once(&ctx, Utc::now()).await.unwrap();
     assert_eq!(s["processed"], 0);

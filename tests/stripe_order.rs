@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use entitled::app::AppState;
+use entitled::api::AppState;
 use entitled::stripe::{inbox, worker};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
-use crate::app::AppState;
+use crate::api::error::AppError;
+use crate::api::AppState;
 use crate::cache::EnvCache;
-use crate::error::AppError;
 
 pub const API_KEY_HEADER: &str = "x-schematic-api-key";
 

@@ -14,10 +14,10 @@ use super::envelope::Envelope;
 use super::extract::{parse_json, read_body, Path};
 use super::openapi::{Enveloped, Errors};
 use super::views::{key_pairs, EntitlementView};
-use crate::app::AppState;
+use crate::api::error::{AppError, AppResult};
+use crate::api::AppState;
 use crate::cache::{CheckOutcome, KeyMap};
 use crate::engine::MetricPeriod;
-use crate::error::{AppError, AppResult};
 use crate::metrics;
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -11,13 +11,14 @@ use sqlx::PgConnection;
 use super::auth::Auth;
 use super::envelope;
 use super::extract::{Json, Path, Query};
-use crate::app::AppState;
-use crate::cache::Change;
+use crate::api::error::{AppError, AppResult};
+use crate::api::AppState;
+use crate::changes::Change;
 use crate::engine::period::{ResetCadence, ResetStart};
-use crate::error::{sqlstate, violated_constraint, AppError, AppResult};
 use crate::ids;
 use crate::store::catalog::{slugify, validate_key, validate_name};
 use crate::store::credits::{self, from_micros, to_micros, NewGrant};
+use crate::store::error::{sqlstate, violated_constraint};
 
 /// The largest amount one request may grant or configure, in credits.
 const MAX_CREDITS: f64 = 1e12;

@@ -15,8 +15,8 @@ use super::envelope;
 use super::extract::{parse_json, read_body, Json, Path, Query};
 use super::openapi::{Enveloped, Errors};
 use super::views::key_pairs;
-use crate::app::AppState;
-use crate::error::{AppError, AppResult};
+use crate::api::error::{AppError, AppResult};
+use crate::api::AppState;
 use crate::store::events::{self as store, Identify, IdentifyCompany, Kind, NewEvent, Track};
 use crate::store::keys;
 

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::app::AppState;
-use crate::error::AppError;
+use crate::api::error::AppError;
+use crate::api::AppState;
 
 /// A JSON body. Size over the limit → 413; bad JSON or a wrong field → 400 naming the field.
 pub struct Json<T>(pub T);

@@ -9,9 +9,9 @@ use serde::Serialize;
 use super::auth::Auth;
 use super::envelope;
 use super::extract::Query;
-use crate::app::AppState;
+use crate::api::error::{AppError, AppResult};
+use crate::api::AppState;
 use crate::engine::RuleType;
-use crate::error::{AppError, AppResult};
 
 /// `FeatureUsageResponseData`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -15,10 +15,10 @@ use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::flags::{self, FlagView};
 use super::openapi::{Deleted, Enveloped, Errors};
-use crate::app::AppState;
-use crate::cache::Change;
+use crate::api::error::{AppError, AppResult};
+use crate::api::AppState;
+use crate::changes::Change;
 use crate::engine::FeatureType;
-use crate::error::{AppError, AppResult};
 use crate::store::catalog::{self as store, FeatureFields, FeatureRow, FlagFields};
 
 /// `FeatureResponseData`: a feature without its flags and plans.

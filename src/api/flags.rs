@@ -15,11 +15,11 @@ use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::features::FeatureSummary;
 use super::openapi::{Deleted, Enveloped, Errors};
-use crate::app::AppState;
-use crate::cache::Change;
+use crate::api::error::{AppError, AppResult};
+use crate::api::AppState;
+use crate::changes::Change;
 use crate::engine::rules::{ConditionType, Operator, TraitEntity};
 use crate::engine::{Condition, MetricPeriod, MonthReset, RuleKind};
-use crate::error::{AppError, AppResult};
 use crate::store::catalog::{self as store, FlagFields, FlagRow, NewRule, RuleRow};
 
 /// `FlagResponseData`: a flag without its feature and rules.

@@ -6,8 +6,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::openapi::ErrorBody;
-use crate::app::AppState;
-use crate::db;
+use crate::api::AppState;
+use crate::store;
 
 /// `{"status": "ok"}` or `{"status": "ready"}`.
 #[derive(utoipa::ToSchema)]
@@ -30,7 +30,7 @@ pub async fn health() -> Response {
         (status = 503, description = "Postgres unreachable or migrations pending", body = ErrorBody),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    match db::migrations_applied(&state.pool).await {
+    match store::db::migrations_applied(&state.pool).await {
         Ok(true) => axum::Json(json!({"status": "ready"})).into_response(),
         Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -56,11 +56,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     // Postgres does not answer within a second).
     let depth = tokio::time::timeout(
         std::time::Duration::from_secs(1),
-        sqlx::query_as::<_, (String, i64)>(
-            "SELECT s.status, count(e.id) FROM unnest(ARRAY['pending','applied','skipped','ignored','failed']) AS s(status)
-             LEFT JOIN stripe_events e ON e.status = s.status GROUP BY s.status",
-        )
-        .fetch_all(&state.pool),
+        store::stripe_inbox::depth(&state.pool),
     )
     .await;
     if let Ok(Ok(rows)) = depth {

@@ -13,8 +13,8 @@ use super::auth::Auth;
 use super::envelope;
 use super::extract::Query;
 use super::openapi::{Enveloped, Errors};
-use crate::app::AppState;
-use crate::error::{AppError, AppResult};
+use crate::api::error::{AppError, AppResult};
+use crate::api::AppState;
 use crate::store::insights::{self as store, Granularity, Ranking};
 
 /// The default window: the last 30 days.

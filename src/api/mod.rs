@@ -5,6 +5,7 @@ pub mod checks;
 pub mod companies;
 pub mod credits;
 pub mod envelope;
+pub mod error;
 pub mod events;
 pub mod extract;
 pub mod feature_usage;
@@ -12,10 +13,12 @@ pub mod features;
 pub mod flags;
 pub mod health;
 pub mod insights;
+pub mod mcp;
 pub mod openapi;
 pub mod overrides;
 pub mod plan_entitlements;
 pub mod plans;
+pub mod state;
 pub mod stripe;
 pub mod users;
 pub mod views;
@@ -28,8 +31,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
 use axum::Router;
 
-use crate::app::AppState;
-use crate::error::AppError;
+use crate::api::error::AppError;
+pub use state::AppState;
 
 /// One route: the router and the OpenAPI document are both checked against this table.
 pub struct Route {
@@ -191,7 +194,7 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/insights/summary", insights::summary),
         route(M::GET, "/insights/top-features", insights::top_features),
         route(M::GET, "/insights/plan-growth", insights::plan_growth),
-        route(M::POST, "/mcp", crate::mcp::handle),
+        route(M::POST, "/mcp", crate::api::mcp::handle),
     ]
 }
 

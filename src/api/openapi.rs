@@ -104,7 +104,7 @@ use super::{
         insights::summary,
         insights::top_features,
         insights::plan_growth,
-        crate::mcp::handle,
+        crate::api::mcp::handle,
     ),
     modifiers(&SecuritySchemes),
     security(("api_key" = []), ("bearer" = [])),

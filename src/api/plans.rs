@@ -15,9 +15,9 @@ use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
 use super::plan_entitlements::{self, FeatureView, PlanEntitlementView};
-use crate::app::AppState;
-use crate::cache::Change;
-use crate::error::{AppError, AppResult};
+use crate::api::error::{AppError, AppResult};
+use crate::api::AppState;
+use crate::changes::Change;
 use crate::store::catalog::{self, contains_pattern};
 use crate::store::plans::{self as store, PlanFields, PlanRow};
 

@@ -14,9 +14,9 @@ use super::envelope;
 use super::extract::{Json, Page, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
 use super::views::{self, KeyView, TraitView};
-use crate::app::AppState;
-use crate::cache::Change;
-use crate::error::{AppError, AppResult};
+use crate::api::error::{AppError, AppResult};
+use crate::api::AppState;
+use crate::changes::Change;
 use crate::store::keys::{self, Entity};
 use crate::store::users::{self as store, UpsertUser};
 

@@ -117,12 +117,12 @@ pub fn trait_views(
 pub fn key_pairs(
     field: &str,
     keys: &Map<String, Value>,
-) -> Result<Vec<(String, String)>, crate::error::AppError> {
+) -> Result<Vec<(String, String)>, crate::api::error::AppError> {
     keys.iter()
         .map(|(k, v)| match v {
             Value::String(s) => Ok((k.clone(), s.clone())),
             Value::Number(n) => Ok((k.clone(), n.to_string())),
-            _ => Err(crate::error::AppError::bad_request(format!(
+            _ => Err(crate::api::error::AppError::bad_request(format!(
                 "{field}.{k}: must be a string"
             ))),
         })

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::Change;
+use crate::changes::Change;
+use crate::changes::Publisher;
 use crate::config::{Config, LogFormat};
-use crate::{app, cache, db, seed, store};
+use crate::store::{db, environments::sync_environments};
+use crate::{app, seed, store};
 
 mod progress;
 
@@ -145,16 +147,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             if config.database.migrate_on_start {
                 db::migrate(&pool).await?;
             }
-            let envs = db::sync_environments(&pool, &config.environments).await?;
+            let envs = sync_environments(&pool, &config.environments).await?;
             let env = envs
                 .iter()
                 .find(|e| e.key == environment)
                 .ok_or_else(|| anyhow::anyhow!("environment {environment:?} missing after sync"))?;
-            let mut tx = pool.begin().await?;
+            let mut tx = store::begin(&pool).await?;
             let (id, secret) =
                 store::api_keys::create(&mut tx, &env.id, name.trim(), readonly).await?;
-            cache::notify(&mut tx, "cli", &Change::ApiKeys).await?;
-            tx.commit().await?;
+            Publisher::detached("cli")
+                .commit(tx, &[Change::ApiKeys])
+                .await?;
             println!(
                 "created API key {id} for environment {environment}{}",
                 if readonly { " (readonly)" } else { "" }
@@ -207,19 +210,18 @@ async fn reconcile(config: Config, environment: Option<String>) -> anyhow::Resul
     if config.database.migrate_on_start {
         db::migrate(&pool).await?;
     }
-    let envs = db::sync_environments(&pool, &config.environments).await?;
+    let envs = sync_environments(&pool, &config.environments).await?;
     let pairs: Vec<(String, crate::config::EnvironmentConfig)> = envs
         .iter()
         .zip(config.environments.iter())
         .map(|(e, c)| (e.id.clone(), c.clone()))
         .collect();
-    let sync = SyncContext {
-        pool: pool.clone(),
-        stripe: std::sync::Arc::new(Stripe::default()),
-        environments: std::sync::Arc::new(pairs.iter().cloned().collect()),
-        origin: crate::ids::new_id("cli"),
-        cache: None,
-    };
+    let sync = SyncContext::new(
+        pool.clone(),
+        std::sync::Arc::new(Stripe::default()),
+        pairs.iter().cloned(),
+        Publisher::detached("cli"),
+    );
     let cancel = CancellationToken::new();
     let token = cancel.clone();
     tokio::spawn(async move {

@@ -124,6 +124,26 @@ pub struct UsageCounter {
     pub version: i64,
 }
 
+/// Merges `incoming` counters into `usage`: per event, period and reset, the newest window
+/// wins, and within a window the highest version.
+pub fn merge_usage(usage: &mut Vec<UsageCounter>, incoming: &[UsageCounter]) {
+    for new in incoming {
+        let same = |c: &UsageCounter| {
+            c.event == new.event && c.period == new.period && c.month_reset == new.month_reset
+        };
+        match usage.iter_mut().find(|c| same(c)) {
+            Some(old) => {
+                let newer = new.window_start > old.window_start
+                    || (new.window_start == old.window_start && new.version > old.version);
+                if newer {
+                    *old = new.clone();
+                }
+            }
+            None => usage.push(new.clone()),
+        }
+    }
+}
+
 /// One credit grant as checks see it. Amounts are in credits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreditGrant {

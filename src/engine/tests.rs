@@ -627,3 +627,33 @@ fn a_billing_cycle_without_subscription_counts_the_calendar_month() {
         "with a subscription, billing-cycle usage has counters of its own"
     );
 }
+
+mod usage_merge {
+    use super::super::*;
+
+    fn counter(event: &str, start: i64, count: i64, version: i64) -> UsageCounter {
+        UsageCounter {
+            event: event.into(),
+            period: MetricPeriod::CurrentMonth,
+            month_reset: MonthReset::FirstOfMonth,
+            window_start: chrono::DateTime::from_timestamp(start, 0).unwrap(),
+            count,
+            version,
+        }
+    }
+
+    #[test]
+    fn merging_keeps_the_newest_counter() {
+        let mut usage = vec![counter("a", 100, 5, 3)];
+        merge_usage(&mut usage, &[counter("a", 100, 4, 2)]); // older version: ignored
+        assert_eq!(usage[0].count, 5);
+        merge_usage(&mut usage, &[counter("a", 100, 9, 4)]);
+        assert_eq!(usage[0].count, 9);
+        merge_usage(&mut usage, &[counter("a", 50, 1, 9)]); // an earlier window: ignored
+        assert_eq!(usage[0].count, 9);
+        merge_usage(&mut usage, &[counter("a", 200, 1, 1)]); // a new window replaces
+        assert_eq!((usage[0].count, usage.len()), (1, 1));
+        merge_usage(&mut usage, &[counter("b", 200, 1, 1)]);
+        assert_eq!(usage.len(), 2);
+    }
+}

@@ -6,37 +6,16 @@
 use chrono::{DateTime, Utc};
 
 use super::{JobContext, Summary};
-use crate::cache::Change;
+use crate::changes::Change;
+use crate::store::overrides;
 
 pub async fn run_once(ctx: &JobContext, now: DateTime<Utc>) -> anyhow::Result<Summary> {
-    let mut tx = ctx.pool.begin().await?;
-    let expired: Vec<(String, String, String, String, DateTime<Utc>)> = sqlx::query_as(
-        "UPDATE company_overrides SET expired_at = $1, updated_at = now()
-         WHERE expired_at IS NULL AND expiration_date <= $1
-         RETURNING id, environment_id, company_id, feature_id, expiration_date",
-    )
-    .bind(now)
-    .fetch_all(&mut *tx)
-    .await?;
+    let mut tx = crate::store::begin(&ctx.pool).await?;
+    let expired = overrides::expire_due(&mut tx, now).await?;
     let mut changes = Vec::new();
-    for (id, env, company, feature, expiration) in &expired {
-        sqlx::query(
-            "INSERT INTO override_expiries (override_id, environment_id, company_id, feature_id, expiration_date, expired_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(env)
-        .bind(company)
-        .bind(feature)
-        .bind(expiration)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tracing::info!(override_id = %id, company_id = %company, "override expired");
-        changes.push(Change::Company {
-            environment_id: env.clone(),
-            id: company.clone(),
-        });
+    for e in &expired {
+        tracing::info!(override_id = %e.id, company_id = %e.company_id, "override expired");
+        changes.push(Change::company(&e.environment_id, &e.company_id));
     }
     changes.dedup();
     ctx.commit(tx, &changes).await?;

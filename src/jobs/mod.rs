@@ -15,7 +15,6 @@ pub mod grant_credits;
 pub mod reconcile;
 pub mod retry_inbox;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +23,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{Cache, Change};
+use crate::cache::Cache;
+use crate::changes::{Change, Publisher};
 use crate::config::Config;
+use crate::store::jobs;
+use crate::store::locks::SessionLock;
 use crate::stripe::{Stripe, SyncContext};
 
 /// What jobs need.
@@ -35,36 +37,31 @@ pub struct JobContext {
     pub cache: Arc<Cache>,
     pub config: Arc<Config>,
     pub stripe: Arc<Stripe>,
+    pub changes: Publisher,
     /// Cancelled at shutdown: long jobs stop at their next safe point.
     pub shutdown: CancellationToken,
 }
 
 impl JobContext {
-    pub fn new(state: &crate::app::AppState, shutdown: CancellationToken) -> Self {
-        JobContext {
-            pool: state.pool.clone(),
-            cache: state.cache.clone(),
-            config: state.config.clone(),
-            stripe: state.stripe.clone(),
-            shutdown,
-        }
-    }
-
     /// What applying Stripe state needs.
     pub fn sync(&self) -> SyncContext {
-        SyncContext::from_cache(self.pool.clone(), self.stripe.clone(), self.cache.clone())
+        SyncContext::new(
+            self.pool.clone(),
+            self.stripe.clone(),
+            self.cache
+                .environments()
+                .map(|e| (e.environment.id.clone(), e.config.clone())),
+            self.changes.clone(),
+        )
     }
 
     /// Commits `tx` with `changes` published to every replica's snapshot.
     pub async fn commit(
         &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
         changes: &[Change],
-    ) -> Result<(), sqlx::Error> {
-        crate::cache::notify_all(&mut tx, self.cache.origin(), changes).await?;
-        tx.commit().await?;
-        self.cache.after_commit(changes).await;
-        Ok(())
+    ) -> crate::store::Result<()> {
+        self.changes.commit(tx, changes).await
     }
 }
 
@@ -115,13 +112,6 @@ pub const JOBS: [Job; 4] = [
     Job::RetryInbox,
 ];
 
-/// Parses a six-field cron expression (with seconds), naming the key on error.
-pub fn parse_schedule(key: &str, expr: &str) -> Result<cron::Schedule, String> {
-    cron::Schedule::from_str(expr).map_err(|e| {
-        format!("schedule.{key} = {expr:?} is not a cron expression with seconds: {e}")
-    })
-}
-
 /// Starts one task per scheduled job (an empty expression disables a job).
 pub fn spawn(ctx: JobContext, shutdown: CancellationToken, tracker: &TaskTracker) {
     for job in JOBS {
@@ -130,7 +120,7 @@ pub fn spawn(ctx: JobContext, shutdown: CancellationToken, tracker: &TaskTracker
             tracing::info!(job = job.name(), "job disabled");
             continue;
         }
-        let schedule = match parse_schedule(job.name(), expr) {
+        let schedule = match crate::config::parse_schedule(job.name(), expr) {
             Ok(s) => s,
             Err(e) => {
                 // Config::validate rejects these at start; be loud if one slips through.
@@ -167,73 +157,55 @@ pub async fn run_tick(
     ctx: &JobContext,
     job: Job,
     tick: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    let claimed = sqlx::query(
-        "INSERT INTO job_runs (job, tick, instance) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(job.name())
-    .bind(tick)
-    .bind(ctx.cache.origin())
-    .execute(&ctx.pool)
-    .await?
-    .rows_affected()
-        == 1;
-    if !claimed {
+) -> crate::store::Result<bool> {
+    if !jobs::claim_tick(&ctx.pool, job.name(), tick, ctx.changes.origin()).await? {
         crate::metrics::record_job_run(job.name(), "skipped", 0.0);
         return Ok(false);
     }
-    // The job's lock, on a connection of its own: closing it releases the lock whatever
-    // happens to this task.
-    let mut lock =
-        <sqlx::PgConnection as sqlx::Connection>::connect_with(&ctx.pool.connect_options()).await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-        .bind(format!("entitled:job:{}", job.name()))
-        .fetch_one(&mut lock)
-        .await?;
-    if !locked {
+    let Some(lock) =
+        SessionLock::try_acquire(&ctx.pool, &format!("entitled:job:{}", job.name())).await?
+    else {
         tracing::info!("previous run of this job is still going; tick skipped");
         crate::metrics::record_job_run(job.name(), "skipped", 0.0);
-        sqlx::query(
-            "UPDATE job_runs SET status = 'succeeded', finished_at = clock_timestamp(), summary = $3
-             WHERE job = $1 AND tick = $2",
+        let summary = serde_json::json!({"skipped": "the previous run of this job is still going"});
+        jobs::finish_tick(
+            &ctx.pool,
+            job.name(),
+            tick,
+            "succeeded",
+            Some(&summary),
+            None,
         )
-        .bind(job.name())
-        .bind(tick)
-        .bind(sqlx::types::Json(serde_json::json!({"skipped": "the previous run of this job is still going"})))
-        .execute(&ctx.pool)
         .await?;
-        let _ = sqlx::Connection::close(lock).await;
         return Ok(true);
-    }
+    };
     let started = std::time::Instant::now();
     let result = job.run_once(ctx, Utc::now()).await;
     let elapsed = started.elapsed();
-    let _ = sqlx::Connection::close(lock).await;
-    let (status, summary, error) = match &result {
-        Ok(summary) => ("succeeded", Some(summary.clone()), None),
-        Err(e) => ("failed", None, Some(format!("{e:#}"))),
-    };
+    lock.release().await;
     crate::metrics::record_job_run(
         job.name(),
         if result.is_ok() { "ok" } else { "error" },
         elapsed.as_secs_f64(),
     );
     match &result {
-        Ok(summary) => tracing::info!(elapsed_ms = elapsed.as_millis() as u64, %summary, "job ran"),
+        Ok(summary) => {
+            tracing::info!(elapsed_ms = elapsed.as_millis() as u64, %summary, "job ran");
+            jobs::finish_tick(
+                &ctx.pool,
+                job.name(),
+                tick,
+                "succeeded",
+                Some(summary),
+                None,
+            )
+            .await?;
+        }
         Err(e) => {
-            tracing::error!(elapsed_ms = elapsed.as_millis() as u64, error = %e, "job failed")
+            tracing::error!(elapsed_ms = elapsed.as_millis() as u64, error = %e, "job failed");
+            let error = format!("{e:#}");
+            jobs::finish_tick(&ctx.pool, job.name(), tick, "failed", None, Some(&error)).await?;
         }
     }
-    sqlx::query(
-        "UPDATE job_runs SET status = $3, finished_at = clock_timestamp(), summary = $4, error = $5
-         WHERE job = $1 AND tick = $2",
-    )
-    .bind(job.name())
-    .bind(tick)
-    .bind(status)
-    .bind(summary.map(sqlx::types::Json))
-    .bind(error)
-    .execute(&ctx.pool)
-    .await?;
     Ok(true)
 }

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::PgConnection;
 
+use super::error::{sqlstate, violated_constraint, Error};
 use crate::engine::{Condition, FeatureType, RuleKind};
-use crate::error::{sqlstate, violated_constraint, AppError};
 use crate::ids;
 
 /// The rule the schema's `key` CHECK enforces, in words.
@@ -15,7 +15,7 @@ pub const KEY_RULE: &str =
     "1 to 128 characters of letters, digits, '_', '.', ':' or '-', starting with a letter or digit";
 
 /// A feature, flag or plan key as the schema accepts it.
-pub fn validate_key(field: &str, key: &str) -> Result<(), AppError> {
+pub fn validate_key(field: &str, key: &str) -> Result<(), Error> {
     let mut chars = key.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && key.len() <= 128
@@ -23,17 +23,17 @@ pub fn validate_key(field: &str, key: &str) -> Result<(), AppError> {
     if ok {
         Ok(())
     } else {
-        Err(AppError::bad_request(format!(
+        Err(Error::invalid(format!(
             "{field}: {key:?} is not a valid key; use {KEY_RULE}"
         )))
     }
 }
 
 /// A display name: 1 to 255 characters.
-pub fn validate_name(field: &str, name: &str) -> Result<(), AppError> {
+pub fn validate_name(field: &str, name: &str) -> Result<(), Error> {
     let n = name.chars().count();
     if name.trim().is_empty() || n > 255 {
-        return Err(AppError::bad_request(format!(
+        return Err(Error::invalid(format!(
             "{field}: must be 1 to 255 characters"
         )));
     }
@@ -240,20 +240,18 @@ pub struct FlagFields {
 }
 
 /// Turns the violations a feature or flag write can hit into errors naming the field.
-fn catalog_error(err: sqlx::Error, key: &str, feature_id: Option<&str>) -> AppError {
+fn catalog_error(err: sqlx::Error, key: &str, feature_id: Option<&str>) -> Error {
     let feature = feature_id.unwrap_or("");
     if let Some(c) = violated_constraint(&err, sqlstate::UNIQUE_VIOLATION) {
         match c {
             "features_key_key" => {
-                return AppError::Conflict(format!(
-                    "key: a feature with key {key:?} already exists"
-                ))
+                return Error::Conflict(format!("key: a feature with key {key:?} already exists"))
             }
             "flags_key_key" => {
-                return AppError::Conflict(format!("key: a flag with key {key:?} already exists"))
+                return Error::Conflict(format!("key: a flag with key {key:?} already exists"))
             }
             "flags_feature_id_key" => {
-                return AppError::Conflict(format!(
+                return Error::Conflict(format!(
                     "feature_id: feature {feature:?} already has a flag"
                 ))
             }
@@ -261,15 +259,12 @@ fn catalog_error(err: sqlx::Error, key: &str, feature_id: Option<&str>) -> AppEr
         }
     }
     if violated_constraint(&err, sqlstate::FOREIGN_KEY_VIOLATION) == Some("flags_feature_id_fkey") {
-        return AppError::NotFound(format!("feature_id: feature {feature:?} not found"));
+        return Error::NotFound(format!("feature_id: feature {feature:?} not found"));
     }
     err.into()
 }
 
-pub async fn insert_feature(
-    conn: &mut PgConnection,
-    f: &FeatureFields,
-) -> Result<String, AppError> {
+pub async fn insert_feature(conn: &mut PgConnection, f: &FeatureFields) -> Result<String, Error> {
     let id = ids::new_id(ids::prefix::FEATURE);
     sqlx::query(
         "INSERT INTO features (id, key, name, description, feature_type, event_subtype, trait_id)
@@ -293,7 +288,7 @@ pub async fn update_feature(
     conn: &mut PgConnection,
     id: &str,
     f: &FeatureFields,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     sqlx::query(
         "UPDATE features SET name = $2, description = $3, feature_type = $4, event_subtype = $5,
              trait_id = $6, updated_at = now()
@@ -331,7 +326,7 @@ pub async fn delete_feature(
     Ok((n > 0).then_some(companies))
 }
 
-pub async fn insert_flag(conn: &mut PgConnection, f: &FlagFields) -> Result<String, AppError> {
+pub async fn insert_flag(conn: &mut PgConnection, f: &FlagFields) -> Result<String, Error> {
     let id = ids::new_id(ids::prefix::FLAG);
     sqlx::query(
         "INSERT INTO flags (id, key, name, description, flag_type, default_value, feature_id)
@@ -349,11 +344,7 @@ pub async fn insert_flag(conn: &mut PgConnection, f: &FlagFields) -> Result<Stri
     Ok(id)
 }
 
-pub async fn update_flag(
-    conn: &mut PgConnection,
-    id: &str,
-    f: &FlagFields,
-) -> Result<(), AppError> {
+pub async fn update_flag(conn: &mut PgConnection, id: &str, f: &FlagFields) -> Result<(), Error> {
     sqlx::query(
         "UPDATE flags SET key = $2, name = $3, description = $4, default_value = $5,
              feature_id = $6, updated_at = now()
@@ -378,7 +369,7 @@ pub async fn update_flag_of_feature(
     name: Option<&str>,
     description: Option<&str>,
     default_value: Option<bool>,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     sqlx::query(
         "UPDATE flags SET name = COALESCE($2, name), description = COALESCE($3, description),
              default_value = COALESCE($4, default_value), updated_at = now()

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
 use super::keys::{self, Entity};
-use crate::error::AppError;
+use super::Error;
 use crate::ids;
 
 /// What `POST /companies` (and identify/track) asks for.
@@ -25,7 +25,7 @@ pub async fn upsert(
     conn: &mut PgConnection,
     env_id: &str,
     req: &UpsertCompany,
-) -> Result<(String, bool), AppError> {
+) -> Result<(String, bool), Error> {
     let (id, created) = keys::upsert(
         conn,
         Entity::Company,
@@ -50,12 +50,12 @@ pub async fn plan_type(
     conn: &mut PgConnection,
     field: &str,
     plan_id: &str,
-) -> Result<String, AppError> {
+) -> Result<String, Error> {
     sqlx::query_scalar("SELECT plan_type FROM plans WHERE id = $1")
         .bind(plan_id)
         .fetch_optional(conn)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("{field}: plan {plan_id:?} not found")))
+        .ok_or_else(|| Error::NotFound(format!("{field}: plan {plan_id:?} not found")))
 }
 
 /// Makes `plan_id` the company's base plan (ending a different current one).
@@ -64,9 +64,9 @@ pub async fn set_base_plan(
     env_id: &str,
     company_id: &str,
     plan_id: &str,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     if plan_type(conn, "base_plan_id", plan_id).await? != "plan" {
-        return Err(AppError::bad_request(format!(
+        return Err(Error::invalid(format!(
             "base_plan_id: {plan_id:?} is an add-on; use add_on_ids"
         )));
     }
@@ -105,11 +105,11 @@ pub async fn set_add_ons(
     env_id: &str,
     company_id: &str,
     plan_ids: &[String],
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     for (i, plan_id) in plan_ids.iter().enumerate() {
         let field = format!("add_on_ids[{i}]");
         if plan_type(conn, &field, plan_id).await? != "add_on" {
-            return Err(AppError::bad_request(format!(
+            return Err(Error::invalid(format!(
                 "{field}: {plan_id:?} is a base plan; use base_plan_id"
             )));
         }
@@ -146,7 +146,7 @@ pub async fn update_trait(
     name: &str,
     set: Option<&Value>,
     incr: Option<f64>,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     let res = match (set, incr) {
         (Some(v), None) => {
             sqlx::query(
@@ -171,12 +171,12 @@ pub async fn update_trait(
             .execute(&mut *conn)
             .await
         }
-        _ => return Err(AppError::bad_request("send exactly one of set or incr")),
+        _ => return Err(Error::invalid("send exactly one of set or incr")),
     };
     match res {
         Ok(_) => Ok(()),
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("22P02") => Err(
-            AppError::bad_request(format!("incr: trait {name:?} is not a number")),
+            Error::invalid(format!("incr: trait {name:?} is not a number")),
         ),
         Err(e) => Err(e.into()),
     }

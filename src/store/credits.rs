@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 
-use crate::error::AppError;
+use super::Error;
 use crate::ids;
 
 pub const MICROS: f64 = 1_000_000.0;
@@ -362,11 +362,7 @@ pub async fn balances(
 }
 
 /// The credit type's id, or a 404 naming `field`.
-pub async fn require_credit(
-    conn: &mut PgConnection,
-    field: &str,
-    id: &str,
-) -> Result<(), AppError> {
+pub async fn require_credit(conn: &mut PgConnection, field: &str, id: &str) -> Result<(), Error> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credit_types WHERE id = $1)")
             .bind(id)
@@ -375,8 +371,116 @@ pub async fn require_credit(
     if exists {
         Ok(())
     } else {
-        Err(AppError::NotFound(format!(
+        Err(Error::NotFound(format!(
             "{field}: credit type {id:?} not found"
         )))
     }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct PlanGrantDue {
+    pub plan_credit_grant_id: String,
+    pub credit_id: String,
+    pub amount_micros: i64,
+    pub reset_cadence: String,
+    pub reset_start: String,
+    pub expiry: String,
+    pub environment_id: String,
+    pub company_id: String,
+    /// The subscription's period start, or the membership's start without one.
+    pub anchor: DateTime<Utc>,
+}
+
+/// Environment id → plan id of its fallback plan, as two arrays for `unnest`.
+fn fallback_arrays(fallback: &HashMap<String, String>) -> (Vec<&str>, Vec<&str>) {
+    fallback
+        .iter()
+        .map(|(e, p)| (e.as_str(), p.as_str()))
+        .unzip()
+}
+
+/// Every (plan grant, company) pair due: memberships, plus companies without a base plan in
+/// environments with a fallback plan (`fallback`: environment id → plan id).
+pub async fn plan_grants_due(
+    pool: &sqlx::PgPool,
+    fallback: &HashMap<String, String>,
+) -> Result<Vec<PlanGrantDue>, sqlx::Error> {
+    let (fb_envs, fb_plans) = fallback_arrays(fallback);
+    sqlx::query_as(
+        "WITH fb AS (SELECT * FROM unnest($1::text[], $2::text[]) AS t(environment_id, plan_id)),
+              members AS (
+                  SELECT cp.environment_id, cp.company_id, cp.plan_id,
+                         COALESCE(cp.period_start, cp.started_at) AS anchor
+                  FROM company_plans cp WHERE cp.ended_at IS NULL
+                  UNION ALL
+                  SELECT c.environment_id, c.id, fb.plan_id, c.created_at
+                  FROM companies c JOIN fb ON fb.environment_id = c.environment_id
+                  WHERE NOT EXISTS (SELECT 1 FROM company_plans b
+                                    WHERE b.company_id = c.id AND b.is_base AND b.ended_at IS NULL))
+         SELECT g.id AS plan_credit_grant_id, g.credit_id, g.amount_micros, g.reset_cadence,
+                g.reset_start, g.expiry, m.environment_id, m.company_id, m.anchor
+         FROM plan_credit_grants g JOIN members m ON m.plan_id = g.plan_id
+         ORDER BY m.company_id, g.id",
+    )
+    .bind(&fb_envs)
+    .bind(&fb_plans)
+    .fetch_all(pool)
+    .await
+}
+
+/// A company's grants from a plan grant in periods before `before` that still hold credits.
+pub async fn open_plan_grants_before(
+    conn: &mut PgConnection,
+    plan_credit_grant_id: &str,
+    company_id: &str,
+    before: DateTime<Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM credit_grants
+                 WHERE plan_credit_grant_id = $1 AND company_id = $2 AND period_start < $3
+                   AND zeroed_at IS NULL AND granted_micros > used_micros + zeroed_micros",
+    )
+    .bind(plan_credit_grant_id)
+    .bind(company_id)
+    .bind(before)
+    .fetch_all(conn)
+    .await
+}
+
+/// Plan grants still holding credits for companies no longer on the plan (the fallback
+/// plan included).
+pub async fn open_plan_grants_of_departed(
+    pool: &sqlx::PgPool,
+    fallback: &HashMap<String, String>,
+) -> Result<Vec<String>, sqlx::Error> {
+    let (fb_envs, fb_plans) = fallback_arrays(fallback);
+    sqlx::query_scalar(
+        "WITH fb AS (SELECT * FROM unnest($1::text[], $2::text[]) AS t(environment_id, plan_id))
+         SELECT g.id FROM credit_grants g JOIN plan_credit_grants pg ON pg.id = g.plan_credit_grant_id
+         WHERE g.zeroed_at IS NULL AND g.granted_micros > g.used_micros + g.zeroed_micros
+           AND NOT EXISTS (SELECT 1 FROM company_plans cp WHERE cp.company_id = g.company_id
+                           AND cp.plan_id = pg.plan_id AND cp.ended_at IS NULL)
+           AND NOT EXISTS (SELECT 1 FROM fb WHERE fb.environment_id = g.environment_id
+                           AND fb.plan_id = pg.plan_id
+                           AND NOT EXISTS (SELECT 1 FROM company_plans b WHERE b.company_id = g.company_id
+                                           AND b.is_base AND b.ended_at IS NULL))",
+    )
+    .bind(&fb_envs)
+    .bind(&fb_plans)
+    .fetch_all(pool)
+    .await
+}
+
+/// Grants past their expiry at `now` that still hold credits.
+pub async fn open_grants_expired_at(
+    pool: &sqlx::PgPool,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM credit_grants WHERE expires_at <= $1 AND zeroed_at IS NULL
+           AND granted_micros > used_micros + zeroed_micros",
+    )
+    .bind(now)
+    .fetch_all(pool)
+    .await
 }

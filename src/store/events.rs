@@ -11,9 +11,8 @@ use sqlx::PgConnection;
 use super::companies::{self, UpsertCompany};
 use super::credits;
 use super::users::{self, UpsertUser};
-use crate::cache::{Change, MAX_COUNTERS_PER_NOTIFICATION};
+use super::Error;
 use crate::engine::{period, MetricPeriod, MonthReset, UsageCounter};
-use crate::error::AppError;
 use crate::ids;
 
 pub type Keys = Vec<(String, String)>;
@@ -66,8 +65,32 @@ pub struct Ingested {
     /// The stored event's id, or for a duplicate the id of the first event with its key.
     pub ids: Vec<String>,
     pub duplicate: Vec<bool>,
-    /// Snapshot changes to publish after commit.
-    pub changes: Vec<Change>,
+    /// What the batch changed, for the snapshot.
+    pub touched: Touched,
+}
+
+/// The companies, users, credit balances and usage counters a batch changed, each as
+/// `(environment_id, id)`, in the order they were written.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Touched {
+    pub companies: Vec<(String, String)>,
+    pub users: Vec<(String, String)>,
+    pub credits: Vec<(String, String)>,
+    /// New absolute values of counters, per company.
+    pub usage: Vec<(String, String, Vec<UsageCounter>)>,
+}
+
+impl Touched {
+    /// Drops repeated entries, keeping the first of each.
+    fn dedup(&mut self) {
+        fn first_of_each(v: &mut Vec<(String, String)>) {
+            let mut seen = std::collections::HashSet::new();
+            v.retain(|k| seen.insert(k.clone()));
+        }
+        first_of_each(&mut self.companies);
+        first_of_each(&mut self.users);
+        first_of_each(&mut self.credits);
+    }
 }
 
 /// The windows every track event counts in. Day and week windows are the same for either
@@ -94,14 +117,14 @@ pub async fn ingest(
     events: &[NewEvent],
     credit_ctx: &CreditContext,
     now: DateTime<Utc>,
-) -> Result<Ingested, AppError> {
+) -> Result<Ingested, Error> {
     let mut out = Ingested {
         ids: events
             .iter()
             .map(|_| ids::new_sortable_id("evnt"))
             .collect(),
         duplicate: vec![false; events.len()],
-        changes: Vec::new(),
+        touched: Touched::default(),
     };
     dedupe(conn, events, &mut out).await?;
 
@@ -128,8 +151,8 @@ pub async fn ingest(
                 },
             )
             .await
-            .map_err(|err| at(i, err))?;
-            out.changes.push(company_change(env, &id));
+            .map_err(|err| err.at(i))?;
+            out.touched.companies.push((env.clone(), id.clone()));
             company_of[i] = Some(id);
         }
         if !ident.keys.is_empty() {
@@ -145,11 +168,8 @@ pub async fn ingest(
                 },
             )
             .await
-            .map_err(|err| at(i, err))?;
-            out.changes.push(Change::User {
-                environment_id: env.clone(),
-                id: done.id.clone(),
-            });
+            .map_err(|err| err.at(i))?;
+            out.touched.users.push((env.clone(), done.id.clone()));
             user_of[i] = Some(done.id);
         }
     }
@@ -161,25 +181,8 @@ pub async fn ingest(
     if credit_ctx.credits_exist {
         burn_credits(conn, events, &mut out, &company_of, credit_ctx, now).await?;
     }
-    out.changes.dedup();
+    out.touched.dedup();
     Ok(out)
-}
-
-/// Prefixes an error with the event it is about.
-fn at(i: usize, err: AppError) -> AppError {
-    match err {
-        AppError::BadRequest(m) => AppError::BadRequest(format!("events[{i}]: {m}")),
-        AppError::Conflict(m) => AppError::Conflict(format!("events[{i}]: {m}")),
-        AppError::NotFound(m) => AppError::NotFound(format!("events[{i}]: {m}")),
-        other => other,
-    }
-}
-
-fn company_change(env: &str, id: &str) -> Change {
-    Change::Company {
-        environment_id: env.to_string(),
-        id: id.to_string(),
-    }
 }
 
 /// Marks events whose idempotency key was seen in the last 24 hours (in this batch or
@@ -265,7 +268,7 @@ async fn resolve_track_companies(
     events: &[NewEvent],
     out: &mut Ingested,
     company_of: &mut [Option<String>],
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     let tracks = || {
         events
             .iter()
@@ -288,7 +291,7 @@ async fn resolve_track_companies(
             Resolved::One(id) => company_of[i] = Some(id),
             Resolved::None => missing.push((i, e, t)),
             Resolved::Several(ids) => {
-                return Err(AppError::Conflict(format!(
+                return Err(Error::Conflict(format!(
                     "events[{i}].body.company: keys identify more than one company ({})",
                     ids.join(", ")
                 )))
@@ -309,9 +312,11 @@ async fn resolve_track_companies(
             },
         )
         .await
-        .map_err(|err| at(i, err))?;
+        .map_err(|err| err.at(i))?;
         if created {
-            out.changes.push(company_change(&e.environment_id, &id));
+            out.touched
+                .companies
+                .push((e.environment_id.clone(), id.clone()));
         }
         company_of[i] = Some(id);
     }
@@ -335,7 +340,7 @@ async fn resolve_track_companies(
         .bind(sqlx::types::Json(&tr))
         .execute(&mut *conn)
         .await?;
-        out.changes.push(company_change(&env, &id));
+        out.touched.companies.push((env.clone(), id.clone()));
     }
     Ok(())
 }
@@ -348,7 +353,7 @@ async fn resolve_track_users(
     out: &mut Ingested,
     company_of: &[Option<String>],
     user_of: &mut [Option<String>],
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     let tracks = || {
         events
             .iter()
@@ -375,7 +380,7 @@ async fn resolve_track_users(
             Resolved::One(id) => user_of[i] = Some(id),
             Resolved::None => missing.push((i, e, t)),
             Resolved::Several(ids) => {
-                return Err(AppError::Conflict(format!(
+                return Err(Error::Conflict(format!(
                     "events[{i}].body.user: keys identify more than one user ({})",
                     ids.join(", ")
                 )))
@@ -393,11 +398,10 @@ async fn resolve_track_users(
             },
         )
         .await
-        .map_err(|err| at(i, err))?;
-        out.changes.push(Change::User {
-            environment_id: e.environment_id.clone(),
-            id: done.id.clone(),
-        });
+        .map_err(|err| err.at(i))?;
+        out.touched
+            .users
+            .push((e.environment_id.clone(), done.id.clone()));
         user_of[i] = Some(done.id);
     }
     for (i, e, _) in tracks() {
@@ -624,10 +628,7 @@ async fn burn_credits(
     }
     for ((env, company, credit), list) in burns {
         credits::burn(conn, &env, &company, &credit, &list, now).await?;
-        out.changes.push(Change::Credits {
-            environment_id: env,
-            company_id: company,
-        });
+        out.touched.credits.push((env, company));
     }
     Ok(())
 }
@@ -743,13 +744,7 @@ async fn count_usage(
             .copied()
             .unwrap_or_default()
             .to_string();
-        for chunk in counters.chunks(MAX_COUNTERS_PER_NOTIFICATION) {
-            out.changes.push(Change::Usage {
-                environment_id: env.clone(),
-                company_id: company.clone(),
-                counters: chunk.to_vec(),
-            });
-        }
+        out.touched.usage.push((env, company, counters));
     }
     Ok(())
 }

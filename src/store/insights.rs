@@ -4,14 +4,21 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::insights::Drained;
+/// Check counts taken out of a process's memory for one flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drained {
+    pub environment_id: String,
+    pub flag_id: String,
+    pub checks: u64,
+    pub allowed: u64,
+}
 
 /// Adds drained in-memory check counts to the hourly bucket `bucket_start`.
 pub async fn add_check_counts(
-    conn: &mut PgConnection,
+    pool: &sqlx::PgPool,
     bucket_start: DateTime<Utc>,
     counts: &[Drained],
-) -> Result<(), sqlx::Error> {
+) -> super::Result<()> {
     let env_ids: Vec<&str> = counts.iter().map(|c| c.environment_id.as_str()).collect();
     let flag_ids: Vec<&str> = counts.iter().map(|c| c.flag_id.as_str()).collect();
     let checks: Vec<i64> = counts.iter().map(|c| c.checks as i64).collect();
@@ -29,7 +36,7 @@ pub async fn add_check_counts(
     .bind(&flag_ids)
     .bind(&checks)
     .bind(&allowed)
-    .execute(conn)
+    .execute(pool)
     .await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use sqlx::PgConnection;
 
-use crate::error::{sqlstate, violated_constraint, AppError};
+use super::error::{sqlstate, violated_constraint, Error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entity {
@@ -44,20 +44,20 @@ impl Entity {
     }
 }
 
-pub fn validate(field: &str, keys: &[(String, String)]) -> Result<(), AppError> {
+pub fn validate(field: &str, keys: &[(String, String)]) -> Result<(), Error> {
     if keys.is_empty() {
-        return Err(AppError::bad_request(format!(
+        return Err(Error::invalid(format!(
             "{field}: at least one key is required, e.g. {{\"id\": \"acme\"}}"
         )));
     }
     for (k, v) in keys {
         if k.is_empty() || k.len() > 255 {
-            return Err(AppError::bad_request(format!(
+            return Err(Error::invalid(format!(
                 "{field}: key names must be 1 to 255 characters"
             )));
         }
         if v.is_empty() || v.len() > 1024 {
-            return Err(AppError::bad_request(format!(
+            return Err(Error::invalid(format!(
                 "{field}.{k}: value must be 1 to 1024 characters"
             )));
         }
@@ -97,7 +97,7 @@ pub async fn find(
     entity: Entity,
     env_id: &str,
     keys: &[(String, String)],
-) -> Result<Option<String>, AppError> {
+) -> Result<Option<String>, Error> {
     let (names, values): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
     let ids: Vec<String> = sqlx::query_scalar(&format!(
         "SELECT DISTINCT {col} FROM {table}
@@ -113,7 +113,7 @@ pub async fn find(
     match ids.len() {
         0 => Ok(None),
         1 => Ok(ids.into_iter().next()),
-        _ => Err(AppError::Conflict(format!(
+        _ => Err(Error::Conflict(format!(
             "keys identify more than one {} ({}); send keys of one {}",
             entity.noun(),
             ids.join(", "),
@@ -130,7 +130,7 @@ pub async fn put(
     env_id: &str,
     id: &str,
     keys: &[(String, String)],
-) -> Result<bool, AppError> {
+) -> Result<bool, Error> {
     let mut changed = false;
     let sql = format!(
         "INSERT INTO {table} (environment_id, {col}, key, value) VALUES ($1, $2, $3, $4)
@@ -151,7 +151,7 @@ pub async fn put(
             Ok(done) => changed |= done.rows_affected() > 0,
             Err(e) => {
                 if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION).is_some() {
-                    return Err(AppError::Conflict(format!(
+                    return Err(Error::Conflict(format!(
                         "key {k}={v:?} already belongs to another {}",
                         entity.noun()
                     )));
@@ -174,7 +174,7 @@ pub async fn upsert(
     name: Option<&str>,
     traits: Option<&serde_json::Map<String, serde_json::Value>>,
     update_only: bool,
-) -> Result<(String, bool), AppError> {
+) -> Result<(String, bool), Error> {
     let u = upsert_reporting(conn, entity, env_id, keys, name, traits, update_only).await?;
     Ok((u.id, u.created))
 }
@@ -197,13 +197,13 @@ pub async fn upsert_reporting(
     name: Option<&str>,
     traits: Option<&serde_json::Map<String, serde_json::Value>>,
     update_only: bool,
-) -> Result<Upserted, AppError> {
+) -> Result<Upserted, Error> {
     validate("keys", keys)?;
     lock(conn, entity, env_id, keys).await?;
     let (id, created) = match find(conn, entity, env_id, keys).await? {
         Some(id) => (id, false),
         None if update_only => {
-            return Err(AppError::NotFound(format!(
+            return Err(Error::NotFound(format!(
                 "no {} has these keys (update_only is set)",
                 entity.noun()
             )))
@@ -244,7 +244,7 @@ pub async fn upsert_reporting(
             .await;
             if let Err(e) = res {
                 if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION).is_some() {
-                    return Err(AppError::Conflict(format!(
+                    return Err(Error::Conflict(format!(
                         "keys identify more than one {}; send keys of one {}",
                         entity.noun(),
                         entity.noun()
@@ -282,4 +282,23 @@ pub async fn upsert_reporting(
         created,
         changed: changed && !created,
     })
+}
+
+/// `value` → company id, for the companies with key `key` set to one of `values`.
+pub async fn companies_by_key_values(
+    conn: &mut PgConnection,
+    env_id: &str,
+    key: &str,
+    values: &[&str],
+) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT value, company_id FROM company_keys
+         WHERE environment_id = $1 AND key = $2 AND value = ANY($3)",
+    )
+    .bind(env_id)
+    .bind(key)
+    .bind(values)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }

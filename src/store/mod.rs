@@ -1,16 +1,49 @@
-//! SQL per aggregate. Functions that write take a connection or transaction; callers own
-//! the transaction boundary.
+//! All SQL, per aggregate, and the pool it runs on. Nothing above `store/` writes SQL:
+//! handlers, services and jobs call functions here named for what they answer.
+//!
+//! Functions that write take a connection or transaction (`&mut PgConnection`), so the
+//! caller owns the transaction boundary and ends it with `changes::Publisher::commit`.
+//! Errors are `store::Error`: data terms (not found, conflict, invalid), never HTTP.
+//! `store/` imports only `engine`, `config`, `ids` and `metrics` from the crate.
 
 pub mod api_keys;
 pub mod catalog;
 pub mod companies;
 pub mod credits;
+pub mod db;
+pub mod environments;
+pub mod error;
 pub mod events;
 pub mod insights;
+pub mod jobs;
 pub mod keys;
+pub mod locks;
+pub mod notify;
 pub mod overrides;
 pub mod plans;
 pub mod reconcile;
+pub mod snapshot;
 pub mod stripe;
+pub mod stripe_inbox;
 pub mod users;
 pub mod values;
+
+pub use error::{Error, Result};
+
+/// A transaction on the pool, for a caller that writes through several store functions.
+pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// Begins a transaction.
+pub async fn begin(pool: &sqlx::PgPool) -> Result<Tx> {
+    Ok(pool.begin().await?)
+}
+
+/// Lets the transaction commit without waiting for its WAL flush. Only for transactions
+/// that a crash may lose safely, because what they record stays durable elsewhere (an
+/// applied inbox event is pending again and simply applied again).
+pub async fn relax_commit(conn: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::error::{sqlstate, violated_constraint, AppError};
+use super::error::{sqlstate, violated_constraint, Error};
 use crate::ids;
 use crate::store::values::EntitlementValues;
 
@@ -46,7 +46,7 @@ pub async fn require_company(
     env_id: &str,
     field: &str,
     company_id: &str,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     let found: Option<i32> =
         sqlx::query_scalar("SELECT 1 FROM companies WHERE environment_id = $1 AND id = $2")
             .bind(env_id)
@@ -55,7 +55,7 @@ pub async fn require_company(
             .await?;
     found
         .map(|_| ())
-        .ok_or_else(|| AppError::NotFound(format!("{field}: company {company_id:?} not found")))
+        .ok_or_else(|| Error::NotFound(format!("{field}: company {company_id:?} not found")))
 }
 
 /// Makes room for a new live override of (company, feature): a live one that has already
@@ -65,7 +65,7 @@ pub async fn retire_lapsed(
     company_id: &str,
     feature_id: &str,
     now: DateTime<Utc>,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     let live: Option<(String, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT id, expiration_date FROM company_overrides
          WHERE company_id = $1 AND feature_id = $2 AND expired_at IS NULL FOR UPDATE",
@@ -91,8 +91,8 @@ pub async fn retire_lapsed(
     }
 }
 
-fn live_conflict(id: &str) -> AppError {
-    AppError::Conflict(format!(
+fn live_conflict(id: &str) -> Error {
+    Error::Conflict(format!(
         "feature_id: the company already has an override for this feature ({id}); update or delete it"
     ))
 }
@@ -101,7 +101,7 @@ pub async fn insert(
     conn: &mut PgConnection,
     env_id: &str,
     new: &NewOverride,
-) -> Result<String, AppError> {
+) -> Result<String, Error> {
     let id = ids::new_id(ids::prefix::OVERRIDE);
     let v = &new.values;
     let res = sqlx::query(
@@ -133,7 +133,7 @@ pub async fn insert(
             if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION)
                 == Some("company_overrides_live") =>
         {
-            Err(AppError::Conflict(
+            Err(Error::Conflict(
                 "feature_id: the company already has an override for this feature (created concurrently); update or delete it".into(),
             ))
         }
@@ -165,7 +165,7 @@ pub async fn update(
     values: &EntitlementValues,
     expiration_date: Option<DateTime<Utc>>,
     note: &str,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     sqlx::query(
         "UPDATE company_overrides SET value_type = $2, value_bool = $3, value_numeric = $4,
              value_trait_id = $5, value_credit_id = $6, credit_consumption_rate = $7,
@@ -203,4 +203,49 @@ pub async fn delete(
     .bind(id)
     .fetch_optional(conn)
     .await
+}
+
+/// An override the expiry job just expired.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Expired {
+    pub id: String,
+    pub environment_id: String,
+    pub company_id: String,
+    pub feature_id: String,
+    pub expiration_date: DateTime<Utc>,
+}
+
+/// Marks every override whose expiration date has passed at `now` as expired, and records
+/// each expiry in `override_expiries`.
+pub async fn expire_due(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+) -> Result<Vec<Expired>, Error> {
+    let expired: Vec<Expired> = sqlx::query_as(
+        "UPDATE company_overrides SET expired_at = $1, updated_at = now()
+         WHERE expired_at IS NULL AND expiration_date <= $1
+         RETURNING id, environment_id, company_id, feature_id, expiration_date",
+    )
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let ids: Vec<&str> = expired.iter().map(|e| e.id.as_str()).collect();
+    let envs: Vec<&str> = expired.iter().map(|e| e.environment_id.as_str()).collect();
+    let companies: Vec<&str> = expired.iter().map(|e| e.company_id.as_str()).collect();
+    let features: Vec<&str> = expired.iter().map(|e| e.feature_id.as_str()).collect();
+    let dates: Vec<DateTime<Utc>> = expired.iter().map(|e| e.expiration_date).collect();
+    sqlx::query(
+        "INSERT INTO override_expiries (override_id, environment_id, company_id, feature_id, expiration_date, expired_at)
+         SELECT *, $6 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&envs)
+    .bind(&companies)
+    .bind(&features)
+    .bind(&dates)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(expired)
 }

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+use super::error::{sqlstate, violated_constraint, Error};
 use crate::engine::FeatureType;
-use crate::error::{sqlstate, violated_constraint, AppError};
 use crate::ids;
 use crate::store::catalog;
 use crate::store::values::EntitlementValues;
@@ -36,18 +36,18 @@ pub struct PlanFields {
     pub billing_product_id: Option<String>,
 }
 
-pub fn validate_plan_type(plan_type: &str) -> Result<(), AppError> {
+pub fn validate_plan_type(plan_type: &str) -> Result<(), Error> {
     match plan_type {
         "plan" | "add_on" => Ok(()),
-        other => Err(AppError::bad_request(format!(
+        other => Err(Error::invalid(format!(
             "plan_type: {other:?} is not one of plan, add_on"
         ))),
     }
 }
 
-pub fn validate_billing_product_id(id: &str) -> Result<(), AppError> {
+pub fn validate_billing_product_id(id: &str) -> Result<(), Error> {
     if id.len() > 255 || id.chars().any(char::is_whitespace) {
-        return Err(AppError::bad_request(format!(
+        return Err(Error::invalid(format!(
             "billing_product_id: {id:?} is not a Stripe product id (e.g. prod_…)"
         )));
     }
@@ -85,13 +85,13 @@ pub async fn free_key(conn: &mut PgConnection, base: &str) -> Result<String, sql
 }
 
 /// Unique violations on plans, as 409s naming the field.
-fn plan_conflict(err: sqlx::Error, fields: &PlanFields) -> AppError {
+fn plan_conflict(err: sqlx::Error, fields: &PlanFields) -> Error {
     match violated_constraint(&err, sqlstate::UNIQUE_VIOLATION) {
-        Some("plans_key_key") => AppError::Conflict(format!(
+        Some("plans_key_key") => Error::Conflict(format!(
             "key: a plan with key {:?} already exists",
             fields.key
         )),
-        Some("plans_billing_product_id_key") => AppError::Conflict(format!(
+        Some("plans_billing_product_id_key") => Error::Conflict(format!(
             "billing_product_id: another plan is already linked to {:?}",
             fields.billing_product_id.as_deref().unwrap_or("")
         )),
@@ -99,7 +99,7 @@ fn plan_conflict(err: sqlx::Error, fields: &PlanFields) -> AppError {
     }
 }
 
-pub async fn insert(conn: &mut PgConnection, fields: &PlanFields) -> Result<PlanRow, AppError> {
+pub async fn insert(conn: &mut PgConnection, fields: &PlanFields) -> Result<PlanRow, Error> {
     sqlx::query_as(&format!(
         "INSERT INTO plans (id, key, name, description, plan_type, billing_product_id)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {PLAN_COLUMNS}"
@@ -132,7 +132,7 @@ pub async fn update(
     conn: &mut PgConnection,
     id: &str,
     fields: &PlanFields,
-) -> Result<PlanRow, AppError> {
+) -> Result<PlanRow, Error> {
     sqlx::query_as(&format!(
         "UPDATE plans SET key = $2, name = $3, description = $4, plan_type = $5,
              billing_product_id = $6, updated_at = now()
@@ -174,20 +174,20 @@ pub async fn feature_type(
     conn: &mut PgConnection,
     field: &str,
     feature_id: &str,
-) -> Result<FeatureType, AppError> {
+) -> Result<FeatureType, Error> {
     let t: Option<String> = sqlx::query_scalar("SELECT feature_type FROM features WHERE id = $1")
         .bind(feature_id)
         .fetch_optional(conn)
         .await?;
     t.as_deref()
         .and_then(FeatureType::parse)
-        .ok_or_else(|| AppError::NotFound(format!("{field}: feature {feature_id:?} not found")))
+        .ok_or_else(|| Error::NotFound(format!("{field}: feature {feature_id:?} not found")))
 }
 
-pub fn validate_price_behavior(pb: &str) -> Result<(), AppError> {
+pub fn validate_price_behavior(pb: &str) -> Result<(), Error> {
     match pb {
         "pay_in_advance" | "pay_as_you_go" | "overage" | "credit_burndown" | "tier" => Ok(()),
-        other => Err(AppError::bad_request(format!(
+        other => Err(Error::invalid(format!(
             "price_behavior: {other:?} is not one of pay_in_advance, pay_as_you_go, overage, credit_burndown, tier"
         ))),
     }
@@ -211,7 +211,7 @@ pub async fn insert_entitlement(
     feature_id: &str,
     values: &EntitlementValues,
     price_behavior: Option<&str>,
-) -> Result<String, AppError> {
+) -> Result<String, Error> {
     let id = ids::new_id(ids::prefix::PLAN_ENTITLEMENT);
     let res = sqlx::query(
         "INSERT INTO plan_entitlements (id, plan_id, feature_id, value_type, value_bool,
@@ -239,7 +239,7 @@ pub async fn insert_entitlement(
             if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION)
                 == Some("plan_entitlements_plan_feature") =>
         {
-            Err(AppError::Conflict(format!(
+            Err(Error::Conflict(format!(
                 "feature_id: plan {plan_id:?} already has an entitlement for feature {feature_id:?}; update that one"
             )))
         }
@@ -268,7 +268,7 @@ pub async fn update_entitlement(
     id: &str,
     values: &EntitlementValues,
     price_behavior: Option<&str>,
-) -> Result<(), AppError> {
+) -> Result<(), Error> {
     sqlx::query(
         "UPDATE plan_entitlements SET value_type = $2, value_bool = $3, value_numeric = $4,
              value_trait_id = $5, value_credit_id = $6, credit_consumption_rate = $7,

@@ -5,7 +5,7 @@ use sqlx::PgConnection;
 
 use super::companies::{self, UpsertCompany};
 use super::keys::{self, Entity};
-use crate::error::AppError;
+use super::Error;
 
 #[derive(Debug, Default, Clone)]
 pub struct UpsertUser {
@@ -30,7 +30,7 @@ pub async fn upsert(
     conn: &mut PgConnection,
     env_id: &str,
     req: &UpsertUser,
-) -> Result<Upserted, AppError> {
+) -> Result<Upserted, Error> {
     keys::validate("keys", &req.keys)?;
     let mut companies = Vec::new();
     for (i, ck) in req.company_keys.iter().enumerate() {
@@ -55,7 +55,7 @@ pub async fn upsert(
         .fetch_one(&mut *conn)
         .await?;
         if !exists {
-            return Err(AppError::NotFound(format!(
+            return Err(Error::NotFound(format!(
                 "company_ids[{i}]: company {company_id:?} not found"
             )));
         }

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Error;
 use crate::engine::{self, FeatureType};
-use crate::error::AppError;
 
 /// The value columns as stored (and as returned by the API).
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -58,8 +58,8 @@ impl ValueInput {
         &self,
         current: Option<&EntitlementValues>,
         feature_type: FeatureType,
-    ) -> Result<EntitlementValues, AppError> {
-        let bad = |m: String| Err(AppError::BadRequest(m));
+    ) -> Result<EntitlementValues, Error> {
+        let bad = |m: String| Err(Error::Invalid(m));
         let value_type = match (&self.value_type, current) {
             (Some(t), _) => t.clone(),
             (None, Some(c)) => c.value_type.clone(),
@@ -113,12 +113,12 @@ impl ValueInput {
         match value_type.as_str() {
             "boolean" => {
                 out.value_bool = Some(value_bool.ok_or_else(|| {
-                    AppError::bad_request("value_bool: required when value_type is boolean")
+                    Error::invalid("value_bool: required when value_type is boolean")
                 })?);
             }
             "numeric" => {
                 let n = value_numeric.ok_or_else(|| {
-                    AppError::bad_request("value_numeric: required when value_type is numeric")
+                    Error::invalid("value_numeric: required when value_type is numeric")
                 })?;
                 if n < 0 {
                     return bad("value_numeric: must not be negative".into());
@@ -128,14 +128,14 @@ impl ValueInput {
             "unlimited" => {}
             "trait" => {
                 out.value_trait_id = Some(value_trait_id.ok_or_else(|| {
-                    AppError::bad_request(
+                    Error::invalid(
                         "value_trait_id: required when value_type is trait (the name of a numeric company trait)",
                     )
                 })?);
             }
             "credit" => {
                 out.value_credit_id = Some(value_credit_id.ok_or_else(|| {
-                    AppError::bad_request(
+                    Error::invalid(
                         "value_credit_id: required when value_type is credit (the id of a credit type)",
                     )
                 })?);

@@ -15,9 +15,8 @@ use sqlx::PgConnection;
 use super::client::StripeClient;
 use super::inbox::{self, Claimed};
 use super::objects::{self, Customer, Price, Product, Subscription};
-use crate::cache::Change;
+use crate::changes::Change;
 use crate::config::EnvironmentConfig;
-use crate::error::AppError;
 use crate::store::companies::{self, UpsertCompany};
 use crate::store::keys::{self, Entity};
 use crate::store::stripe::{
@@ -59,10 +58,12 @@ pub enum ApplyError {
     Database(#[from] sqlx::Error),
 }
 
-impl From<AppError> for ApplyError {
-    fn from(e: AppError) -> Self {
+impl From<crate::store::Error> for ApplyError {
+    fn from(e: crate::store::Error) -> Self {
         match e {
-            AppError::Database(e) | AppError::Unavailable(e) => ApplyError::Database(e),
+            crate::store::Error::Database(e) | crate::store::Error::Unavailable(e) => {
+                ApplyError::Database(e)
+            }
             other => ApplyError::Rejected(other.to_string()),
         }
     }
@@ -241,7 +242,7 @@ async fn put_customer(
     )
     .await
     .map_err(|e| match e {
-        AppError::Conflict(msg) => ApplyError::Rejected(format!(
+        crate::store::Error::Conflict(msg) => ApplyError::Rejected(format!(
             "customer {}: {msg}. The customer's metadata names a company other than the one \
                  already linked to {CUSTOMER_KEY}={}; fix the metadata or merge the companies, \
                  then retry this event",

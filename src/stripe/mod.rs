@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{Cache, Change};
+use crate::changes::{Change, Publisher};
 use crate::config::EnvironmentConfig;
 use client::{RateLimiter, StripeClient};
 
@@ -91,25 +91,22 @@ pub struct SyncContext {
     pub stripe: Arc<Stripe>,
     /// Environment id → its configuration.
     pub environments: Arc<HashMap<String, EnvironmentConfig>>,
-    /// This process in cache notifications.
-    pub origin: String,
-    /// `serve` refreshes its own snapshot right after each commit; the CLI has none.
-    pub cache: Option<Arc<Cache>>,
+    /// Publishes what each commit changed (and, in `serve`, refreshes the snapshot).
+    pub changes: Publisher,
 }
 
 impl SyncContext {
-    /// The context of a serving process.
-    pub fn from_cache(pool: PgPool, stripe: Arc<Stripe>, cache: Arc<Cache>) -> Self {
-        let environments = cache
-            .environments()
-            .map(|e| (e.environment.id.clone(), e.config.clone()))
-            .collect();
+    pub fn new(
+        pool: PgPool,
+        stripe: Arc<Stripe>,
+        environments: impl IntoIterator<Item = (String, EnvironmentConfig)>,
+        changes: Publisher,
+    ) -> Self {
         SyncContext {
             pool,
             stripe,
-            environments: Arc::new(environments),
-            origin: cache.origin().to_string(),
-            cache: Some(cache),
+            environments: Arc::new(environments.into_iter().collect()),
+            changes,
         }
     }
 
@@ -120,14 +117,9 @@ impl SyncContext {
     /// Commits `tx` with `changes` published to every replica's snapshot (and this one's).
     pub async fn commit(
         &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
         changes: &[Change],
-    ) -> Result<(), sqlx::Error> {
-        crate::cache::notify_all(&mut tx, &self.origin, changes).await?;
-        tx.commit().await?;
-        if let Some(cache) = &self.cache {
-            cache.after_commit(changes).await;
-        }
-        Ok(())
+    ) -> crate::store::Result<()> {
+        self.changes.commit(tx, changes).await
     }
 }

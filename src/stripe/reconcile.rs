@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration as TimeDelta, DurationRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -34,9 +34,10 @@ use super::client::{ClientError, RetryPolicy, StripeClient};
 use super::inbox::{self, NewEvent};
 use super::objects::{Customer, Price, Product, Subscription};
 use super::{worker, SyncContext};
-use crate::cache::Change;
+use crate::changes::Change;
 use crate::config::EnvironmentConfig;
-use crate::error::is_unavailable;
+use crate::store::error::is_unavailable;
+use crate::store::locks::SessionLock;
 use crate::store::reconcile::{self as store, Run};
 use crate::store::stripe::{claim_versions, sync_memberships, Write};
 
@@ -164,7 +165,13 @@ pub enum StartError {
         run: Option<Box<Run>>,
     },
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] crate::store::Error),
+}
+
+impl From<sqlx::Error> for StartError {
+    fn from(e: sqlx::Error) -> Self {
+        StartError::Database(e.into())
+    }
 }
 
 /// A run that holds its environment's lock and has its record; [`Started::run`] does it.
@@ -174,8 +181,8 @@ pub struct Started {
     config: EnvironmentConfig,
     client: StripeClient,
     trigger: Trigger,
-    /// The session advisory lock lives as long as this connection.
-    lock: PgConnection,
+    /// One run per environment across replicas, for as long as the run lasts.
+    lock: SessionLock,
 }
 
 fn lock_key(environment_id: &str) -> String {
@@ -197,19 +204,22 @@ pub async fn start(
         .client(&config)
         .ok_or_else(|| StartError::Disabled(config.key.clone()))?
         .with_policy(RetryPolicy::RECONCILE);
-    let mut lock = PgConnection::connect_with(&sync.pool.connect_options()).await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-        .bind(lock_key(environment_id))
-        .fetch_one(&mut lock)
-        .await?;
-    if !locked {
-        let run = store::running(&mut lock, environment_id).await?;
+    let Some(mut lock) = SessionLock::try_acquire(&sync.pool, &lock_key(environment_id)).await?
+    else {
+        let mut conn = sync.pool.acquire().await?;
+        let run = store::running(&mut conn, environment_id).await?;
         return Err(StartError::AlreadyRunning {
             environment: config.key.clone(),
             run: run.map(Box::new),
         });
-    }
-    let record = store::start_run(&mut lock, environment_id, trigger.name(), &sync.origin).await?;
+    };
+    let record = store::start_run(
+        lock.conn(),
+        environment_id,
+        trigger.name(),
+        sync.changes.origin(),
+    )
+    .await?;
     tracing::info!(run_id = %record.id, environment = %config.key, trigger = trigger.name(), "reconcile started");
     Ok(Started {
         record,
@@ -282,9 +292,15 @@ enum Fatal {
     #[error("Stripe API: {0}")]
     Stripe(#[from] ClientError),
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] crate::store::Error),
     #[error("stopped: the process is shutting down")]
     Cancelled,
+}
+
+impl From<sqlx::Error> for Fatal {
+    fn from(e: sqlx::Error) -> Self {
+        Fatal::Database(e.into())
+    }
 }
 
 impl Started {
@@ -317,7 +333,7 @@ impl Started {
             "failed"
         };
         let record = store::finish_run(
-            &mut self.lock,
+            self.lock.conn(),
             &self.record.id,
             status,
             &state.counts_json(),
@@ -337,8 +353,7 @@ impl Started {
             errors = errors.len(),
             "reconcile finished"
         );
-        // Closing the connection releases the advisory lock.
-        let _ = self.lock.close().await;
+        self.lock.release().await;
         record
     }
 
@@ -379,7 +394,7 @@ impl Started {
             let counts = state.add(object, |_| {});
             progress.update(object, counts, true);
             store::update_run(
-                &mut self.lock,
+                self.lock.conn(),
                 &self.record.id,
                 &state.counts_json(),
                 self.client.requests_sent() as i64,
@@ -429,7 +444,7 @@ impl Started {
                 // at 4, 16 and 64 pages make the plans index probes, which stay right as
                 // the tables grow further.
                 // Best effort: without it the run is slower, not wrong.
-                if let Err(e) = analyze(sync).await {
+                if let Err(e) = store::analyze_written_tables(&sync.pool).await {
                     tracing::warn!(error = %e, "ANALYZE of the reconciled tables failed");
                 }
             }
@@ -455,7 +470,7 @@ impl Started {
             if last_saved.elapsed() >= std::time::Duration::from_secs(2) {
                 last_saved = std::time::Instant::now();
                 store::update_run(
-                    &mut self.lock,
+                    self.lock.conn(),
                     &self.record.id,
                     &state.counts_json(),
                     self.client.requests_sent() as i64,
@@ -471,7 +486,7 @@ impl Started {
         pager_cancel.cancel();
         drop(rx);
         let paged = pager.await.unwrap_or_else(|e| {
-            Err(Fatal::Database(sqlx::Error::Protocol(format!(
+            Err(Fatal::from(sqlx::Error::Protocol(format!(
                 "the pager task failed: {e}"
             ))))
         });
@@ -546,7 +561,7 @@ impl Started {
         progress: &dyn Progress,
         cancel: &CancellationToken,
     ) -> Result<u64, Fatal> {
-        let cursor = store::events_cursor(&mut self.lock, &self.environment_id)
+        let cursor = store::events_cursor(self.lock.conn(), &self.environment_id)
             .await?
             .unwrap_or_else(|| Utc::now() - TimeDelta::days(FIRST_CATCH_UP_DAYS));
         let mut params: Vec<(&str, String)> =
@@ -601,7 +616,7 @@ impl Started {
             }
         }
         if let Some(newest) = newest {
-            store::set_events_cursor(&mut self.lock, &self.environment_id, newest).await?;
+            store::set_events_cursor(self.lock.conn(), &self.environment_id, newest).await?;
         }
         progress.events(listed, new_ids.len() as u64);
         tracing::info!(listed, new = new_ids.len(), since = %cursor, "Stripe events caught up");
@@ -609,26 +624,9 @@ impl Started {
     }
 }
 
-/// The tables a reconcile writes.
-const WRITTEN_TABLES: &str = "companies, company_keys, company_plans, stripe_customers, \
-     stripe_subscriptions, stripe_subscription_items, stripe_object_versions, \
-     billing_products, billing_prices";
-
-async fn analyze(sync: &SyncContext) -> Result<(), sqlx::Error> {
-    let started = std::time::Instant::now();
-    sqlx::query(&format!("ANALYZE {WRITTEN_TABLES}"))
-        .execute(&sync.pool)
-        .await?;
-    tracing::debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "tables analyzed"
-    );
-    Ok(())
-}
-
 fn flatten(done: Result<Result<(), Fatal>, tokio::task::JoinError>) -> Result<(), Fatal> {
     done.unwrap_or_else(|e| {
-        Err(Fatal::Database(sqlx::Error::Protocol(format!(
+        Err(Fatal::from(sqlx::Error::Protocol(format!(
             "an applier task failed: {e}"
         ))))
     })
@@ -728,7 +726,15 @@ async fn apply_page(
                 })
                 .collect();
             let mut conn = sync.pool.acquire().await?;
-            Some(companies_of_customers(&mut conn, env_id, &customers).await?)
+            Some(
+                crate::store::keys::companies_by_key_values(
+                    &mut conn,
+                    env_id,
+                    apply::CUSTOMER_KEY,
+                    &customers,
+                )
+                .await?,
+            )
         }
         _ => None,
     };
@@ -749,9 +755,7 @@ async fn apply_page(
 
     let mut tx = sync.pool.begin().await?;
     // A lost commit is repaired by the next run: no need to wait for the WAL flush.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
+    crate::store::relax_commit(&mut tx).await?;
     // Claim every object's version in one statement; objects a newer event already
     // reached are skipped.
     let ids: Vec<&str> = page
@@ -807,7 +811,7 @@ async fn apply_page(
                 tally(state, object, &results);
                 return Ok(());
             }
-            Err(e) if is_unavailable(&e) => return Err(e.into()),
+            Err(e) if e.is_unavailable() => return Err(e.into()),
             Err(e) => {
                 tracing::debug!(error = %e, "page commit failed; applying one by one");
             }
@@ -834,24 +838,6 @@ async fn apply_page(
         }
     }
     Ok(())
-}
-
-/// Customer id → company id for the customers entitled knows.
-async fn companies_of_customers(
-    conn: &mut PgConnection,
-    env_id: &str,
-    customers: &[&str],
-) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT value, company_id FROM company_keys
-         WHERE environment_id = $1 AND key = $2 AND value = ANY($3)",
-    )
-    .bind(env_id)
-    .bind(apply::CUSTOMER_KEY)
-    .bind(customers)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().collect())
 }
 
 fn tally(state: &RunState, object: Object, results: &[Option<Applied>]) {

@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 use super::apply::{self, ApplyError, Context, Outcome};
 use super::inbox::{self, Claimed};
 use super::SyncContext;
-use crate::app::AppState;
-use crate::error::{is_unavailable, AppError};
+use crate::store;
+use crate::store::error::is_unavailable;
 
 /// How long a worker waits before trying again after losing the database.
 const RECONNECT: Duration = Duration::from_secs(1);
@@ -26,9 +26,13 @@ pub fn worker_count(max_connections: u32) -> usize {
     (max_connections / 2).clamp(1, 16) as usize
 }
 
-pub fn spawn(state: AppState, shutdown: CancellationToken, tracker: &TaskTracker) {
-    let n = worker_count(state.config.database.max_connections);
-    let sync = state.sync();
+pub fn spawn(
+    sync: SyncContext,
+    max_connections: u32,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let n = worker_count(max_connections);
     for worker in 0..n {
         let state = sync.clone();
         let shutdown = shutdown.clone();
@@ -59,7 +63,7 @@ pub fn spawn(state: AppState, shutdown: CancellationToken, tracker: &TaskTracker
 }
 
 /// Claims and applies the next due event. `false` when there was none.
-pub async fn process_next(state: &SyncContext) -> Result<bool, AppError> {
+pub async fn process_next(state: &SyncContext) -> store::Result<bool> {
     let mut tx = state.pool.begin().await?;
     let Some(event) = inbox::claim_next(&mut tx).await? else {
         return Ok(false);
@@ -70,7 +74,7 @@ pub async fn process_next(state: &SyncContext) -> Result<bool, AppError> {
 
 /// Applies every due event (pending, and failed ones whose backoff has passed), then returns
 /// how many were processed.
-pub async fn drain(state: &SyncContext) -> Result<usize, AppError> {
+pub async fn drain(state: &SyncContext) -> store::Result<usize> {
     let mut n = 0;
     while process_next(state).await? {
         n += 1;
@@ -86,15 +90,13 @@ pub async fn process(
     state: &SyncContext,
     mut tx: Transaction<'static, Postgres>,
     event: Claimed,
-) -> Result<&'static str, AppError> {
+) -> store::Result<&'static str> {
     // The event is already durable in the inbox, and its status changes in this same
     // transaction: if Postgres loses this commit in a crash, the event is pending again and
     // is simply applied again. So the apply need not wait for its WAL flush, which matters:
     // the commit holds the global NOTIFY lock until then, serialising every applier behind
     // one fsync at a time.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
+    store::relax_commit(&mut tx).await?;
     let env = state.environment(&event.environment_id);
     let client = env.and_then(|e| state.stripe.client(e));
     let result = match env {
@@ -123,7 +125,7 @@ pub async fn process(
             tracing::info!(event_id = %event.id, event_type = %event.kind, status, "Stripe event processed");
             Ok(status)
         }
-        Err(ApplyError::Database(e)) if is_unavailable(&e) => Err(AppError::Unavailable(e)),
+        Err(ApplyError::Database(e)) if is_unavailable(&e) => Err(store::Error::Unavailable(e)),
         Err(e) => {
             // Undo everything the attempt wrote, then record the failure on its own. The row
             // lock goes with the rollback; if another worker claims the event in between,

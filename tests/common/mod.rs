@@ -107,9 +107,9 @@ pub async fn spawn_app_with(extra: &str) -> TestApp {
 /// Spawns a server on an existing database (a second replica, say).
 pub async fn spawn_on(db_url: &str, extra: &str) -> TestApp {
     let config = test_config(db_url, extra);
-    let pool = entitled::db::pool(&config).unwrap();
-    entitled::db::migrate(&pool).await.unwrap();
-    let envs = entitled::db::sync_environments(&pool, &config.environments)
+    let pool = entitled::store::db::pool(&config).unwrap();
+    entitled::store::db::migrate(&pool).await.unwrap();
+    let envs = entitled::store::environments::sync_environments(&pool, &config.environments)
         .await
         .unwrap();
     let mut conn = pool.acquire().await.unwrap();
@@ -279,4 +279,24 @@ pub async fn run_python(app: &TestApp, script: &'static str, extra: &[String]) {
         output.status.success() && stdout.contains("OK"),
         "{script} failed:\nstdout: {stdout}\nstderr: {stderr}"
     );
+}
+
+/// Creates a read-write key for the environment `env_key` and tells running servers, as
+/// `entitled api-key create` does. Returns the secret.
+#[allow(dead_code)]
+pub async fn create_api_key(pool: &sqlx::PgPool, env_key: &str) -> String {
+    let env_id: String = sqlx::query_scalar("SELECT id FROM environments WHERE key = $1")
+        .bind(env_key)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let (_, key) = entitled::store::api_keys::create(&mut tx, &env_id, env_key, false)
+        .await
+        .unwrap();
+    entitled::changes::Publisher::detached("test")
+        .commit(tx, &[entitled::changes::Change::ApiKeys])
+        .await
+        .unwrap();
+    key
 }

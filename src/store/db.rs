@@ -1,12 +1,11 @@
-//! The Postgres pool, the migrator, and syncing configured environments into the database.
+//! The Postgres pool and the migrator.
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
-use crate::config::{Config, EnvironmentConfig};
-use crate::ids;
+use crate::config::Config;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -40,46 +39,11 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// True when every migration this binary knows is applied.
-pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
+pub async fn migrations_applied(pool: &PgPool) -> super::Result<bool> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let applied: Option<i64> =
         sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
             .fetch_one(pool)
             .await?;
     Ok(applied.unwrap_or(0) >= latest)
-}
-
-/// An environment as stored: its database id and its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Environment {
-    pub id: String,
-    pub key: String,
-    pub name: String,
-}
-
-/// Creates or renames the configured environments; returns them in configuration order.
-/// Environments removed from the configuration are kept (their data stays).
-pub async fn sync_environments(
-    pool: &PgPool,
-    envs: &[EnvironmentConfig],
-) -> Result<Vec<Environment>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let mut out = Vec::with_capacity(envs.len());
-    for env in envs {
-        let (id, key, name): (String, String, String) = sqlx::query_as(
-            "INSERT INTO environments (id, key, name) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name,
-                 updated_at = CASE WHEN environments.name = EXCLUDED.name
-                                   THEN environments.updated_at ELSE now() END
-             RETURNING id, key, name",
-        )
-        .bind(ids::new_id(ids::prefix::ENVIRONMENT))
-        .bind(&env.key)
-        .bind(&env.name)
-        .fetch_one(&mut *tx)
-        .await?;
-        out.push(Environment { id, key, name });
-    }
-    tx.commit().await?;
-    Ok(out)
 }

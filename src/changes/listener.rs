@@ -4,21 +4,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Cache, Change, CHANNEL};
+use super::{wire, Publisher};
+use crate::cache::Cache;
+use crate::store;
 
-/// Subscribes before the snapshot is loaded, so no change falls between load and listen.
-pub async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
-}
+pub use store::notify::subscribe;
 
+/// Notifications handled together at most.
+const MAX_BATCH: usize = 1000;
+
+/// Listens until `shutdown`, refreshing `cache` with every change another process publishes.
 pub fn spawn_listener(
     cache: Arc<Cache>,
+    publisher: Publisher,
     mut listener: PgListener,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
@@ -38,8 +39,8 @@ pub fn spawn_listener(
                     while let Some(n) = next {
                         let payload = n.payload();
                         // Our own commits were refreshed synchronously.
-                        if payload.split('|').next() != Some(cache.origin()) {
-                            match Change::decode(payload) {
+                        if payload.split('|').next() != Some(publisher.origin()) {
+                            match wire::decode(payload) {
                                 Some((_, change)) => changes.push(change),
                                 None => tracing::warn!(payload, "unknown cache notification"),
                             }
@@ -50,7 +51,7 @@ pub fn spawn_listener(
                             None
                         };
                     }
-                    if let Err(e) = cache.reload_changes(&changes).await {
+                    if let Err(e) = super::apply(&cache, &changes).await {
                         tracing::warn!(error = %e, "cache reload failed; reloading everything");
                         reload_all_until_ok(&cache, &shutdown).await;
                     }
@@ -64,9 +65,8 @@ pub fn spawn_listener(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cache listener error; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    if !pause(&shutdown).await {
+                        return;
                     }
                     reconnect_and_reload(&cache, &mut listener, &shutdown).await;
                 }
@@ -75,8 +75,13 @@ pub fn spawn_listener(
     });
 }
 
-/// Notifications handled together at most.
-const MAX_BATCH: usize = 1000;
+/// Waits a second; false when shutdown came first.
+async fn pause(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+    }
+}
 
 async fn reconnect_and_reload(
     cache: &Cache,
@@ -85,13 +90,12 @@ async fn reconnect_and_reload(
 ) {
     // Re-listen first (a no-op if already connected), then reload, so nothing falls between.
     loop {
-        match listener.listen(CHANNEL).await {
+        match store::notify::relisten(listener).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "cache listener cannot reconnect yet");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                if !pause(shutdown).await {
+                    return;
                 }
             }
         }
@@ -108,9 +112,8 @@ async fn reload_all_until_ok(cache: &Cache, shutdown: &CancellationToken) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "full cache reload failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                if !pause(shutdown).await {
+                    return;
                 }
             }
         }

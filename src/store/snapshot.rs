@@ -1,20 +1,72 @@
-//! Reading the snapshot's pieces from Postgres.
+//! Reading the snapshot's pieces from Postgres: what checks need about the catalog, API
+//! keys, companies and users, assembled into the shapes `cache` indexes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use super::{
-    ApiKeyInfo, Catalog, CompanyState, Membership, PlanEntitlementInfo, PlanInfo, UserState,
-};
+use super::values::EntitlementValues;
 use crate::engine::{self, Candidate, Source};
-use crate::store::values::EntitlementValues;
 
-pub fn hash_key(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
+/// An API key as the auth extractor needs it.
+#[derive(Debug, Clone)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub environment_id: String,
+    pub readonly: bool,
+}
+
+/// Plans, features, flags and entitlements: shared by every environment.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub flags_by_key: HashMap<String, Arc<engine::Flag>>,
+    pub plans: HashMap<String, PlanInfo>,
+    pub plan_ids_by_key: HashMap<String, String>,
+    /// `(plan_id, feature_id)` → the entitlement as a candidate.
+    pub entitlements: HashMap<(String, String), PlanEntitlementInfo>,
+    /// Whether any credit type exists (when none does, nothing burns credits).
+    pub credit_types_exist: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanInfo {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub is_add_on: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanEntitlementInfo {
+    pub candidate: Candidate,
+    pub pay_in_advance: bool,
+}
+
+/// A company's plan membership.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Membership {
+    pub plan_id: String,
+    pub is_base: bool,
+    pub quantity: i64,
+}
+
+/// Everything a check needs about one company.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompanyState {
+    pub keys: Vec<(String, String)>,
+    /// The evaluation context, without the fallback plan (resolved at check time).
+    pub context: engine::CompanyContext,
+    pub memberships: Vec<Membership>,
+    /// Live overrides by feature id.
+    pub overrides: HashMap<String, Candidate>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserState {
+    pub keys: Vec<(String, String)>,
+    pub context: engine::UserContext,
 }
 
 pub async fn api_keys(pool: &PgPool) -> Result<HashMap<[u8; 32], ApiKeyInfo>, sqlx::Error> {
@@ -247,7 +299,7 @@ struct GrantRow {
 
 impl GrantRow {
     fn into_engine(self) -> engine::CreditGrant {
-        use crate::store::credits::from_micros;
+        use super::credits::from_micros;
         engine::CreditGrant {
             credit_id: self.credit_id,
             granted: from_micros(self.granted_micros),
@@ -361,7 +413,7 @@ fn assemble_companies(
                 count: r.count,
                 version: r.version,
             };
-            super::merge_usage(&mut c.context.usage, std::slice::from_ref(&counter));
+            engine::merge_usage(&mut c.context.usage, std::slice::from_ref(&counter));
         }
     }
     for o in overrides {

@@ -26,10 +26,10 @@ use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 
 use crate::api::auth::{self, Auth};
+use crate::api::error::{AppError, AppResult};
 use crate::api::extract::Page;
+use crate::api::AppState;
 use crate::api::{checks, companies, events, insights, users};
-use crate::app::AppState;
-use crate::error::{AppError, AppResult};
 
 /// The MCP server for one request, with the state every tool reads.
 #[derive(Clone)]

@@ -1,0 +1,81 @@
+//! What every handler shares through `State`.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::auth::Auth;
+use crate::api::error::AppResult;
+use crate::cache::Cache;
+use crate::changes::{Change, Publisher};
+use crate::config::Config;
+use crate::ingest::Ingestor;
+use crate::insights::CheckCounts;
+use crate::jobs::JobContext;
+use crate::store;
+use crate::stripe::{Stripe, SyncContext};
+
+/// Shared by every handler through `State`.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub cache: Arc<Cache>,
+    pub config: Arc<Config>,
+    /// Publishes what each write changed (notify, commit, refresh).
+    pub changes: Publisher,
+    /// Event writers (group commit).
+    pub ingestor: Ingestor,
+    /// Checks per environment and flag, counted in memory for insights.
+    pub checks: Arc<CheckCounts>,
+    /// The Stripe inbox worker's wake-up call and the Stripe API's HTTP client.
+    pub stripe: Arc<Stripe>,
+}
+
+impl AppState {
+    /// Resolves an API key secret from the snapshot (no database on the hot path).
+    pub fn authenticate(&self, secret: &str) -> Option<Auth> {
+        let info = self.cache.api_key(&store::api_keys::hash_key(secret))?;
+        let env = self.cache.env(&info.environment_id)?.clone();
+        Some(Auth {
+            env,
+            key_id: info.id,
+            readonly: info.readonly,
+        })
+    }
+
+    /// What applying Stripe state needs, from this process.
+    pub fn sync(&self) -> SyncContext {
+        SyncContext::new(
+            self.pool.clone(),
+            self.stripe.clone(),
+            self.cache
+                .environments()
+                .map(|e| (e.environment.id.clone(), e.config.clone())),
+            self.changes.clone(),
+        )
+    }
+
+    /// What the scheduler's jobs need, from this process.
+    pub fn job_context(&self, shutdown: CancellationToken) -> JobContext {
+        JobContext {
+            pool: self.pool.clone(),
+            cache: self.cache.clone(),
+            config: self.config.clone(),
+            stripe: self.stripe.clone(),
+            changes: self.changes.clone(),
+            shutdown,
+        }
+    }
+
+    /// Begins a transaction for a handler that writes through several store functions.
+    pub async fn begin(&self) -> AppResult<store::Tx> {
+        Ok(store::begin(&self.pool).await?)
+    }
+
+    /// Commits `tx` and refreshes this process's snapshot; other replicas hear of it through
+    /// the notifications queued in the transaction.
+    pub async fn commit(&self, tx: store::Tx, changes: &[Change]) -> AppResult<()> {
+        Ok(self.changes.commit(tx, changes).await?)
+    }
+}

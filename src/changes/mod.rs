@@ -1,0 +1,196 @@
+//! What a write changed, and how every process hears of it: the one path from a committed
+//! write to the snapshot that checks read.
+//!
+//! Every writer (API handlers, event ingestion, the Stripe worker and reconcile, jobs, the
+//! CLI and seeding) ends its transaction with [`Publisher::commit`]: the changes are queued
+//! with `NOTIFY` inside the transaction (Postgres delivers them only if it commits), the
+//! transaction commits, and this process refreshes its own snapshot at once so a client
+//! reads its own writes. Every other replica's [`listener`] hears the notifications and
+//! refreshes the same way. A lost listener connection reloads everything on reconnect.
+//!
+//! Outboxes (meter events, outbound webhooks) are rows written in the same transaction as
+//! the change they report, by the writer, before it calls `commit`.
+
+pub mod listener;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use crate::cache::Cache;
+use crate::engine::UsageCounter;
+use crate::store;
+
+pub use listener::{spawn_listener, subscribe};
+
+/// What a write changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Features, flags, rules, plans, entitlements or credit types.
+    Catalog,
+    Company {
+        environment_id: String,
+        id: String,
+    },
+    User {
+        environment_id: String,
+        id: String,
+    },
+    ApiKeys,
+    /// A company's credit grants changed (a grant, a burn, a zero-out).
+    Credits {
+        environment_id: String,
+        company_id: String,
+    },
+    /// New absolute values of a company's usage counters, applied without reading Postgres.
+    Usage {
+        environment_id: String,
+        company_id: String,
+        counters: Vec<UsageCounter>,
+    },
+}
+
+impl Change {
+    pub fn company(environment_id: &str, id: &str) -> Change {
+        Change::Company {
+            environment_id: environment_id.to_string(),
+            id: id.to_string(),
+        }
+    }
+
+    pub fn user(environment_id: &str, id: &str) -> Change {
+        Change::User {
+            environment_id: environment_id.to_string(),
+            id: id.to_string(),
+        }
+    }
+
+    pub fn credits(environment_id: &str, company_id: &str) -> Change {
+        Change::Credits {
+            environment_id: environment_id.to_string(),
+            company_id: company_id.to_string(),
+        }
+    }
+
+    /// The changes of an event batch, in the order the snapshot should take them.
+    pub fn from_touched(t: store::events::Touched) -> Vec<Change> {
+        let mut out = Vec::new();
+        out.extend(t.companies.iter().map(|(e, id)| Change::company(e, id)));
+        out.extend(t.users.iter().map(|(e, id)| Change::user(e, id)));
+        out.extend(t.credits.iter().map(|(e, id)| Change::credits(e, id)));
+        out.extend(
+            t.usage
+                .into_iter()
+                .map(|(environment_id, company_id, counters)| Change::Usage {
+                    environment_id,
+                    company_id,
+                    counters,
+                }),
+        );
+        out
+    }
+}
+
+/// Publishes changes from this process: to every replica through `NOTIFY`, and to this
+/// process's snapshot directly. Cloning is cheap.
+#[derive(Clone)]
+pub struct Publisher {
+    origin: Arc<str>,
+    /// `serve` refreshes its snapshot right after each commit; the CLI has none.
+    cache: Option<Arc<Cache>>,
+}
+
+impl Publisher {
+    /// The publisher of a serving process, refreshing `cache` after each commit.
+    pub fn new(cache: Arc<Cache>) -> Publisher {
+        Publisher {
+            origin: crate::ids::new_id("inst").into(),
+            cache: Some(cache),
+        }
+    }
+
+    /// A publisher without a snapshot of its own (the CLI): it only notifies.
+    pub fn detached(origin: &str) -> Publisher {
+        Publisher {
+            origin: crate::ids::new_id(origin).into(),
+            cache: None,
+        }
+    }
+
+    /// This process in notifications: its own are skipped by its listener.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        self.cache.as_ref()
+    }
+
+    /// Queues `changes` in the transaction (delivered only if it commits), without
+    /// committing: for callers that commit themselves.
+    pub async fn notify(&self, conn: &mut PgConnection, changes: &[Change]) -> store::Result<()> {
+        let payloads: Vec<String> = changes
+            .iter()
+            .flat_map(|c| wire::encode(&self.origin, c))
+            .collect();
+        store::notify::queue(conn, &payloads).await
+    }
+
+    /// Notifies, commits and refreshes this process's snapshot: the end of every write.
+    pub async fn commit(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        changes: &[Change],
+    ) -> store::Result<()> {
+        self.notify(&mut tx, changes).await?;
+        tx.commit().await?;
+        self.refresh(changes).await;
+        Ok(())
+    }
+
+    /// Refreshes this process's snapshot after a commit. A failure is logged: the listener's
+    /// reconnect-and-reload repairs whatever was missed.
+    pub async fn refresh(&self, changes: &[Change]) {
+        let Some(cache) = &self.cache else { return };
+        if let Err(e) = apply(cache, changes).await {
+            tracing::warn!(error = %e, changes = changes.len(), "snapshot refresh after commit failed");
+        }
+    }
+}
+
+/// Brings the snapshot up to date with `changes`: companies grouped per environment (a
+/// reconcile page or a burst of notifications reloads in a few queries, not a few per
+/// company), usage applied from the payload, the rest reloaded one by one.
+pub async fn apply(cache: &Cache, changes: &[Change]) -> store::Result<()> {
+    let mut companies: HashMap<&str, Vec<String>> = HashMap::new();
+    for change in changes {
+        match change {
+            Change::Company { environment_id, id } => {
+                companies
+                    .entry(environment_id)
+                    .or_default()
+                    .push(id.clone());
+            }
+            Change::Catalog => cache.reload_catalog().await?,
+            Change::ApiKeys => cache.reload_api_keys().await?,
+            Change::User { environment_id, id } => cache.reload_user(environment_id, id).await?,
+            Change::Credits {
+                environment_id,
+                company_id,
+            } => cache.reload_credits(environment_id, company_id).await?,
+            Change::Usage {
+                environment_id,
+                company_id,
+                counters,
+            } => cache.apply_usage(environment_id, company_id, counters),
+        }
+    }
+    for (environment_id, mut ids) in companies {
+        ids.sort_unstable();
+        ids.dedup();
+        cache.reload_companies(environment_id, &ids).await?;
+    }
+    Ok(())
+}
