@@ -65,6 +65,8 @@ pub mod prefix {
     pub const COMPANY_PLAN: &str = "cpln";
     pub const OVERRIDE: &str = "cmov";
     pub const RECONCILE_RUN: &str = "rcn";
+    pub const CREDIT_TYPE: &str = "bcrd";
+    pub const PLAN_CREDIT_GRANT: &str = "bcpg";
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! `entitled seed FILE`: loads a catalog (features, plans, entitlements) from JSON or TOML,
-//! idempotently: objects are matched by `key`, and running it twice changes nothing.
+//! `entitled seed FILE`: loads a catalog (features, plans, credit types, plan entitlements
+//! and plan credit grants) from JSON or TOML, idempotently: objects are matched by `key`
+//! (entitlements and grants by plan and feature or credit), and running it twice changes
+//! nothing. The SQL is `store::seed`.
 
 use std::fmt;
 use std::path::Path;
@@ -9,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::changes::{Change, Publisher};
 use crate::engine::FeatureType;
-use crate::ids;
+use crate::store::seed::{self as store, Outcome};
 use crate::store::values::ValueInput;
 
 #[derive(Debug, Default, Deserialize)]
@@ -20,11 +22,37 @@ pub struct Catalog {
     #[serde(default)]
     pub plans: Vec<SeedPlan>,
     #[serde(default)]
-    pub credits: Vec<serde_json::Value>,
+    pub credits: Vec<SeedCredit>,
     #[serde(default)]
     pub plan_entitlements: Vec<SeedEntitlement>,
     #[serde(default)]
-    pub plan_credit_grants: Vec<serde_json::Value>,
+    pub plan_credit_grants: Vec<SeedPlanCreditGrant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedCredit {
+    pub key: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedPlanCreditGrant {
+    /// The plan's key.
+    pub plan: String,
+    /// The credit type's key.
+    pub credit: String,
+    /// Credits per period.
+    pub credit_amount: f64,
+    /// `monthly` (default), `yearly`, `daily` or `weekly`.
+    pub reset_cadence: Option<String>,
+    /// `billing_period` (default) or `first_of_month`.
+    pub reset_start: Option<String>,
+    /// `period_end` (default: unused credits lapse) or `never` (they roll over).
+    pub expiry: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +82,7 @@ pub struct SeedPlan {
 pub struct SeedEntitlement {
     pub plan: String,
     pub feature: String,
+    /// For credit entitlements, `value_credit_id` may name the credit type by its key.
     pub price_behavior: Option<String>,
     #[serde(flatten)]
     pub value: ValueInput,
@@ -64,24 +93,38 @@ pub struct SeedEntitlement {
 pub struct Summary {
     pub features: [u32; 3],
     pub plans: [u32; 3],
+    pub credits: [u32; 3],
     pub plan_entitlements: [u32; 3],
+    pub plan_credit_grants: [u32; 3],
 }
 
 impl Summary {
-    pub fn changed(&self) -> bool {
-        [self.features, self.plans, self.plan_entitlements]
-            .iter()
-            .any(|c| c[0] + c[1] > 0)
+    fn kinds(&self) -> [(&'static str, [u32; 3]); 5] {
+        [
+            ("features", self.features),
+            ("plans", self.plans),
+            ("credits", self.credits),
+            ("plan_entitlements", self.plan_entitlements),
+            ("plan_credit_grants", self.plan_credit_grants),
+        ]
     }
+
+    pub fn changed(&self) -> bool {
+        self.kinds().iter().any(|(_, c)| c[0] + c[1] > 0)
+    }
+}
+
+fn count(counts: &mut [u32; 3], outcome: Outcome) {
+    counts[match outcome {
+        Outcome::Created => 0,
+        Outcome::Updated => 1,
+        Outcome::Unchanged => 2,
+    }] += 1;
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (name, c) in [
-            ("features", self.features),
-            ("plans", self.plans),
-            ("plan_entitlements", self.plan_entitlements),
-        ] {
+        for (name, c) in self.kinds() {
             writeln!(
                 f,
                 "{name}: {} created, {} updated, {} unchanged",
@@ -110,30 +153,37 @@ pub async fn seed_file(pool: &PgPool, path: &Path) -> anyhow::Result<Summary> {
 }
 
 pub async fn seed(pool: &PgPool, catalog: &Catalog) -> anyhow::Result<Summary> {
-    if !catalog.credits.is_empty() || !catalog.plan_credit_grants.is_empty() {
-        anyhow::bail!(
-            "credits and plan_credit_grants are not supported by this version of entitled yet"
-        );
-    }
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::store::begin(pool).await?;
     let mut summary = Summary::default();
     for (i, f) in catalog.features.iter().enumerate() {
         let outcome = upsert_feature(&mut tx, f)
             .await
             .map_err(|e| anyhow::anyhow!("features[{i}] ({}): {e}", f.key))?;
-        summary.features[outcome] += 1;
+        count(&mut summary.features, outcome);
     }
     for (i, p) in catalog.plans.iter().enumerate() {
         let outcome = upsert_plan(&mut tx, p)
             .await
             .map_err(|e| anyhow::anyhow!("plans[{i}] ({}): {e}", p.key))?;
-        summary.plans[outcome] += 1;
+        count(&mut summary.plans, outcome);
+    }
+    for (i, c) in catalog.credits.iter().enumerate() {
+        let outcome = store::upsert_credit_type(&mut tx, &c.key, &c.name, &c.description)
+            .await
+            .map_err(|e| anyhow::anyhow!("credits[{i}] ({}): {e}", c.key))?;
+        count(&mut summary.credits, outcome);
     }
     for (i, e) in catalog.plan_entitlements.iter().enumerate() {
         let outcome = upsert_entitlement(&mut tx, e).await.map_err(|err| {
             anyhow::anyhow!("plan_entitlements[{i}] ({} / {}): {err}", e.plan, e.feature)
         })?;
-        summary.plan_entitlements[outcome] += 1;
+        count(&mut summary.plan_entitlements, outcome);
+    }
+    for (i, g) in catalog.plan_credit_grants.iter().enumerate() {
+        let outcome = upsert_plan_credit_grant(&mut tx, g).await.map_err(|err| {
+            anyhow::anyhow!("plan_credit_grants[{i}] ({} / {}): {err}", g.plan, g.credit)
+        })?;
+        count(&mut summary.plan_credit_grants, outcome);
     }
     let changes = if summary.changed() {
         vec![Change::Catalog]
@@ -144,151 +194,107 @@ pub async fn seed(pool: &PgPool, catalog: &Catalog) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-const CREATED: usize = 0;
-const UPDATED: usize = 1;
-const UNCHANGED: usize = 2;
-
-/// `(id, inserted)` from an upsert's RETURNING, or `None` when the row was unchanged.
-type Upserted = Option<(String, bool)>;
-
-fn outcome(row: &Upserted) -> usize {
-    match row {
-        Some((_, true)) => CREATED,
-        Some((_, false)) => UPDATED,
-        None => UNCHANGED,
-    }
-}
-
-async fn upsert_feature(conn: &mut PgConnection, f: &SeedFeature) -> anyhow::Result<usize> {
+async fn upsert_feature(conn: &mut PgConnection, f: &SeedFeature) -> anyhow::Result<Outcome> {
     let ft = FeatureType::parse(&f.feature_type).ok_or_else(|| {
         anyhow::anyhow!(
             "feature_type {:?} is not boolean, event or trait",
             f.feature_type
         )
     })?;
-    let event_subtype = f.event_subtype.clone().filter(|_| ft == FeatureType::Event);
-    let trait_id = f.trait_id.clone().filter(|_| ft == FeatureType::Trait);
-    let row: Upserted = sqlx::query_as(
-        "INSERT INTO features (id, key, name, description, feature_type, event_subtype, trait_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description,
-             feature_type = EXCLUDED.feature_type, event_subtype = EXCLUDED.event_subtype,
-             trait_id = EXCLUDED.trait_id, updated_at = now()
-         WHERE (features.name, features.description, features.feature_type, features.event_subtype, features.trait_id)
-               IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.description, EXCLUDED.feature_type, EXCLUDED.event_subtype, EXCLUDED.trait_id)
-         RETURNING id, (xmax = 0)",
-    )
-    .bind(ids::new_id(ids::prefix::FEATURE))
-    .bind(&f.key)
-    .bind(&f.name)
-    .bind(&f.description)
-    .bind(ft.as_str())
-    .bind(&event_subtype)
-    .bind(&trait_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    // Every feature has a flag with its key.
-    let feature_id: String = sqlx::query_scalar("SELECT id FROM features WHERE key = $1")
-        .bind(&f.key)
-        .fetch_one(&mut *conn)
-        .await?;
-    let flag: Upserted = sqlx::query_as(
-        "INSERT INTO flags (id, key, name, description, feature_id) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, feature_id = EXCLUDED.feature_id,
-             updated_at = now()
-         WHERE (flags.name, flags.feature_id) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.feature_id)
-         RETURNING id, (xmax = 0)",
-    )
-    .bind(ids::new_id(ids::prefix::FLAG))
-    .bind(&f.key)
-    .bind(&f.name)
-    .bind(&f.description)
-    .bind(&feature_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(match (outcome(&row), outcome(&flag)) {
-        (UNCHANGED, UNCHANGED) => UNCHANGED,
-        (UNCHANGED, _) => UPDATED,
-        (o, _) => o,
-    })
+    let feature = store::Feature {
+        key: &f.key,
+        name: &f.name,
+        description: &f.description,
+        feature_type: ft.as_str(),
+        event_subtype: f
+            .event_subtype
+            .as_deref()
+            .filter(|_| ft == FeatureType::Event),
+        trait_id: f.trait_id.as_deref().filter(|_| ft == FeatureType::Trait),
+    };
+    Ok(store::upsert_feature(conn, &feature).await?)
 }
 
-async fn upsert_plan(conn: &mut PgConnection, p: &SeedPlan) -> anyhow::Result<usize> {
+async fn upsert_plan(conn: &mut PgConnection, p: &SeedPlan) -> anyhow::Result<Outcome> {
     if p.plan_type != "plan" && p.plan_type != "add_on" {
         anyhow::bail!("plan_type {:?} is not plan or add_on", p.plan_type);
     }
-    let row: Upserted = sqlx::query_as(
-        "INSERT INTO plans (id, key, name, description, plan_type, billing_product_id)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description,
-             plan_type = EXCLUDED.plan_type, billing_product_id = EXCLUDED.billing_product_id,
-             updated_at = now()
-         WHERE (plans.name, plans.description, plans.plan_type, plans.billing_product_id)
-               IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.description, EXCLUDED.plan_type, EXCLUDED.billing_product_id)
-         RETURNING id, (xmax = 0)",
-    )
-    .bind(ids::new_id(ids::prefix::PLAN))
-    .bind(&p.key)
-    .bind(&p.name)
-    .bind(&p.description)
-    .bind(&p.plan_type)
-    .bind(p.billing_product_id.as_deref().filter(|s| !s.is_empty()))
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(outcome(&row))
+    let plan = store::Plan {
+        key: &p.key,
+        name: &p.name,
+        description: &p.description,
+        plan_type: &p.plan_type,
+        billing_product_id: p.billing_product_id.as_deref().filter(|s| !s.is_empty()),
+    };
+    Ok(store::upsert_plan(conn, &plan).await?)
 }
 
-async fn upsert_entitlement(conn: &mut PgConnection, e: &SeedEntitlement) -> anyhow::Result<usize> {
-    let plan_id: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = $1")
-        .bind(&e.plan)
-        .fetch_optional(&mut *conn)
+async fn plan_id(conn: &mut PgConnection, key: &str) -> anyhow::Result<String> {
+    store::plan_id(conn, key)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("plan {:?} is not in the catalog", e.plan))?;
-    let (feature_id, feature_type): (String, String) =
-        sqlx::query_as("SELECT id, feature_type FROM features WHERE key = $1")
-            .bind(&e.feature)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("feature {:?} is not in the catalog", e.feature))?;
+        .ok_or_else(|| anyhow::anyhow!("plan {key:?} is not in the catalog"))
+}
+
+async fn credit_id(conn: &mut PgConnection, key: &str) -> anyhow::Result<String> {
+    store::credit_id(conn, key)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("credit {key:?} is not in the catalog"))
+}
+
+async fn upsert_entitlement(
+    conn: &mut PgConnection,
+    e: &SeedEntitlement,
+) -> anyhow::Result<Outcome> {
+    let plan_id = plan_id(conn, &e.plan).await?;
+    let (feature_id, feature_type) = store::feature(conn, &e.feature)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("feature {:?} is not in the catalog", e.feature))?;
     let ft = FeatureType::parse(&feature_type).unwrap_or(FeatureType::Boolean);
-    let v = e
-        .value
+    let mut value = e.value.clone();
+    // A catalog names credit types by key; an id is accepted too.
+    if let Some(credit) = &value.value_credit_id {
+        if let Some(id) = store::credit_id(conn, credit).await? {
+            value.value_credit_id = Some(id);
+        }
+    }
+    let v = value
         .resolve(None, ft)
         .map_err(|err| anyhow::anyhow!("{err}"))?;
-    let row: Upserted = sqlx::query_as(
-        "INSERT INTO plan_entitlements (id, plan_id, feature_id, value_type, value_bool, value_numeric,
-             value_trait_id, value_credit_id, credit_consumption_rate, metric_period,
-             metric_period_month_reset, price_behavior)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-         ON CONFLICT (plan_id, feature_id) DO UPDATE SET value_type = EXCLUDED.value_type,
-             value_bool = EXCLUDED.value_bool, value_numeric = EXCLUDED.value_numeric,
-             value_trait_id = EXCLUDED.value_trait_id, value_credit_id = EXCLUDED.value_credit_id,
-             credit_consumption_rate = EXCLUDED.credit_consumption_rate,
-             metric_period = EXCLUDED.metric_period,
-             metric_period_month_reset = EXCLUDED.metric_period_month_reset,
-             price_behavior = EXCLUDED.price_behavior, updated_at = now()
-         WHERE (plan_entitlements.value_type, plan_entitlements.value_bool, plan_entitlements.value_numeric,
-                plan_entitlements.value_trait_id, plan_entitlements.value_credit_id,
-                plan_entitlements.credit_consumption_rate, plan_entitlements.metric_period,
-                plan_entitlements.metric_period_month_reset, plan_entitlements.price_behavior)
-               IS DISTINCT FROM (EXCLUDED.value_type, EXCLUDED.value_bool, EXCLUDED.value_numeric,
-                EXCLUDED.value_trait_id, EXCLUDED.value_credit_id, EXCLUDED.credit_consumption_rate,
-                EXCLUDED.metric_period, EXCLUDED.metric_period_month_reset, EXCLUDED.price_behavior)
-         RETURNING id, (xmax = 0)",
+    Ok(
+        store::upsert_entitlement(conn, &plan_id, &feature_id, &v, e.price_behavior.as_deref())
+            .await?,
     )
-    .bind(ids::new_id(ids::prefix::PLAN_ENTITLEMENT))
-    .bind(&plan_id)
-    .bind(&feature_id)
-    .bind(&v.value_type)
-    .bind(v.value_bool)
-    .bind(v.value_numeric)
-    .bind(&v.value_trait_id)
-    .bind(&v.value_credit_id)
-    .bind(v.credit_consumption_rate)
-    .bind(&v.metric_period)
-    .bind(&v.metric_period_month_reset)
-    .bind(&e.price_behavior)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(outcome(&row))
+}
+
+async fn upsert_plan_credit_grant(
+    conn: &mut PgConnection,
+    g: &SeedPlanCreditGrant,
+) -> anyhow::Result<Outcome> {
+    let plan_id = plan_id(conn, &g.plan).await?;
+    let credit_id = credit_id(conn, &g.credit).await?;
+    if !(g.credit_amount.is_finite() && g.credit_amount > 0.0) {
+        anyhow::bail!("credit_amount: must be a positive number of credits");
+    }
+    let amount_micros = (g.credit_amount * crate::store::credits::MICROS).round() as i64;
+    let cadence = g.reset_cadence.as_deref().unwrap_or("monthly");
+    let start = g.reset_start.as_deref().unwrap_or("billing_period");
+    let expiry = g.expiry.as_deref().unwrap_or("period_end");
+    if !["daily", "weekly", "monthly", "yearly"].contains(&cadence) {
+        anyhow::bail!("reset_cadence: {cadence:?} is not monthly, yearly, daily or weekly");
+    }
+    if !["billing_period", "first_of_month"].contains(&start) {
+        anyhow::bail!("reset_start: {start:?} is not billing_period or first_of_month");
+    }
+    if !["period_end", "never"].contains(&expiry) {
+        anyhow::bail!("expiry: {expiry:?} is not period_end or never");
+    }
+    let grant = store::PlanCreditGrant {
+        plan_id: &plan_id,
+        credit_id: &credit_id,
+        amount_micros,
+        reset_cadence: cadence,
+        reset_start: start,
+        expiry,
+    };
+    Ok(store::upsert_plan_credit_grant(conn, &grant).await?)
 }

@@ -683,3 +683,78 @@ async fn bad_credit_input_is_named() {
     let (s, _) = app.delete(&format!("/billing/credits/{credit}")).await;
     assert_eq!(s, StatusCode::CONFLICT);
 }
+
+/// A catalog file with credit types, a credit entitlement naming its credit by key, and a
+/// plan credit grant: seeded once it creates them (and the job grants the plan's credits),
+/// seeded again it changes nothing.
+#[tokio::test]
+async fn seeding_credits_and_plan_credit_grants() {
+    let app = common::spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("entitled-seed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("catalog-with-credits.json");
+    std::fs::write(
+        &file,
+        json!({
+            "features": [{"key": "ai-tokens", "name": "AI tokens", "feature_type": "event", "event_subtype": "ai_tokens"}],
+            "plans": [{"key": "pro", "name": "Pro", "plan_type": "plan"}],
+            "credits": [{"key": "tokens", "name": "Tokens", "description": "AI tokens"}],
+            "plan_entitlements": [{"plan": "pro", "feature": "ai-tokens", "value_type": "credit", "value_credit_id": "tokens", "credit_consumption_rate": 2.0}],
+            "plan_credit_grants": [{"plan": "pro", "credit": "tokens", "credit_amount": 500, "reset_cadence": "monthly", "reset_start": "first_of_month"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let first = entitled::seed::seed_file(&app.pool, &file).await.unwrap();
+    assert_eq!(
+        (first.credits[0], first.plan_credit_grants[0]),
+        (1, 1),
+        "{first}"
+    );
+    let again = entitled::seed::seed_file(&app.pool, &file).await.unwrap();
+    assert!(!again.changed(), "{again}");
+    assert_eq!(
+        (again.credits[2], again.plan_credit_grants[2]),
+        (1, 1),
+        "{again}"
+    );
+
+    let (s, credits) = app.get("/billing/credits").await;
+    assert_eq!(s, StatusCode::OK, "{credits}");
+    let credit = credits["data"][0].clone();
+    assert_eq!(credit["name"], "Tokens", "{credits}");
+    let credit_id = credit["id"].as_str().unwrap().to_string();
+    let (_, ents) = app.get("/plan-entitlements").await;
+    assert_eq!(ents["data"][0]["value_type"], "credit", "{ents}");
+    assert_eq!(
+        ents["data"][0]["value_credit_id"],
+        credit_id.as_str(),
+        "{ents}"
+    );
+
+    // A company on Pro receives the seeded grant from the job.
+    let pro: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'pro'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let company = company_on(&app, "seeded-co", &pro).await;
+    let ctx = job_context(&app).await;
+    Job::GrantCredits.run_once(&ctx, Utc::now()).await.unwrap();
+    let b = balance(&app, &company).await;
+    assert_eq!(b["credit_id"], credit_id.as_str(), "{b}");
+    assert_eq!(b["remaining"], 500.0, "{b}");
+
+    // A grant naming a credit that is not in the catalog is refused, naming it.
+    std::fs::write(
+        &file,
+        json!({"plan_credit_grants": [{"plan": "pro", "credit": "nope", "credit_amount": 1}]})
+            .to_string(),
+    )
+    .unwrap();
+    let err = entitled::seed::seed_file(&app.pool, &file)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("plan_credit_grants[0]"), "{err}");
+    assert!(err.to_string().contains("\"nope\""), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

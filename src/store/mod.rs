@@ -22,6 +22,7 @@ pub mod notify;
 pub mod overrides;
 pub mod plans;
 pub mod reconcile;
+pub mod seed;
 pub mod snapshot;
 pub mod stripe;
 pub mod stripe_inbox;
