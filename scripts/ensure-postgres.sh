@@ -2,7 +2,7 @@
 # Makes sure a PostgreSQL server answers on 127.0.0.1:5432 and that the `entitled` database
 # exists. On a fresh Debian machine: installs the postgresql package, creates and starts a
 # local cluster, and allows local TCP connections for the postgres user without a password
-# (a development setup; see docs/deployment.md for production).
+# (a development setup; see "Deployment" in README.md for production).
 set -euo pipefail
 
 HOST=127.0.0.1

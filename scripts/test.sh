@@ -19,6 +19,8 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/pip" freeze 2>/dev/null | grep -q
 fi
 export ENTITLED_SDK_PYTHON="$PWD/$VENV/bin/python"
 
+echo "==> module edges point one way (docs/architecture.md)"
+python3 scripts/module-edges.py --check >/dev/null
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
