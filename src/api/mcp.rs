@@ -201,6 +201,16 @@ fn answer<T: Serialize>(data: AppResult<T>, params: Value) -> Result<CallToolRes
     }
 }
 
+/// [`answer`] for the functions that return their view with the parameters they used.
+fn answer_with_params<T: Serialize>(
+    result: AppResult<(T, Value)>,
+) -> Result<CallToolResult, ErrorData> {
+    match result {
+        Ok((view, params)) => answer(Ok(view), params),
+        Err(e) => Ok(tool_error(e)),
+    }
+}
+
 /// A failure the caller should see, with the HTTP status the REST API would answer.
 fn tool_error(e: AppError) -> CallToolResult {
     e.log();
@@ -438,10 +448,7 @@ impl EntitledMcp {
             limit: a.limit,
             by: a.by,
         };
-        match insights::top_features_of(&self.state, &auth, &args).await {
-            Ok((view, params)) => answer(Ok(view), params),
-            Err(e) => Ok(tool_error(e)),
-        }
+        answer_with_params(insights::top_features_of(&self.state, &auth, &args).await)
     }
 
     /// Companies joining and leaving each plan per day (or month) over a window, and the
@@ -462,10 +469,7 @@ impl EntitledMcp {
             granularity: a.granularity,
             months: a.months,
         };
-        match insights::plan_growth_of(&self.state, &auth, &args).await {
-            Ok((view, params)) => answer(Ok(view), params),
-            Err(e) => Ok(tool_error(e)),
-        }
+        answer_with_params(insights::plan_growth_of(&self.state, &auth, &args).await)
     }
 
     /// May this company (and user) use this feature now? The flag's value, the rule that
