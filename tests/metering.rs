@@ -407,3 +407,53 @@ async fn usage_earned_under_an_expired_override_is_kept() {
         )
     );
 }
+
+/// A dozen track events with distinct 255-character event names for one company: every
+/// counter of the batch goes out in notifications of under 8,000 bytes (Postgres refuses
+/// larger ones, which used to fail the whole batch), so the batch commits and another
+/// replica's snapshot gets every counter.
+#[tokio::test]
+async fn long_event_names_commit_and_reach_every_replica() {
+    let a = seeded().await;
+    let b = common::spawn_on(&a.db_url, "").await;
+    let company = on_plan(&a, "long-names", "free").await;
+    let names: Vec<String> = (0..12)
+        .map(|i| format!("{i:02}{}", "n".repeat(253)))
+        .collect();
+    let last = names[11].clone();
+    let feature = a
+        .create(
+            "/features",
+            json!({"key": "long-event", "name": "Long event", "feature_type": "event", "event_subtype": last}),
+        )
+        .await;
+    a.create(
+        "/company-overrides",
+        json!({"company_id": company, "feature_id": feature["id"], "value_type": "numeric", "value_numeric": 3}),
+    )
+    .await;
+    let events: Vec<Value> = names
+        .iter()
+        .map(|n| track("long-names", n, if *n == last { 3 } else { 1 }))
+        .collect();
+    let (s, body) = a.post("/event-batch", json!({"events": events})).await;
+    assert!(s.is_success(), "{s}: {body}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE company_id = $1")
+        .bind(&company)
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 12);
+    // The other replica hears of the counters (it never reads them from Postgres for this).
+    common::eventually(Duration::from_secs(2), || async {
+        let (_, c) = b
+            .post(
+                "/flags/long-event/check",
+                json!({"company": {"id": "long-names"}}),
+            )
+            .await;
+        (c["data"]["feature_usage"] == 3 && c["data"]["value"] == false).then_some(())
+    })
+    .await;
+    b.stop().await;
+}
