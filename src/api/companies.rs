@@ -7,7 +7,6 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::PgConnection;
 
 use super::auth::Auth;
 use super::envelope;
@@ -17,8 +16,10 @@ use super::views::{self, EntitlementView, KeyView, TraitView};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
+pub use crate::store::companies::CompanyFilter;
 use crate::store::companies::{self as store, UpsertCompany};
 use crate::store::keys::{self, Entity};
+use crate::store::Conn;
 
 /// `CompanyPlanWithBillingSubView`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -144,68 +145,20 @@ pub struct CompanyView {
     pub payment_methods: Vec<Value>,
 }
 
-#[derive(sqlx::FromRow)]
-struct CompanyRow {
-    id: String,
-    name: String,
-    traits: sqlx::types::Json<Map<String, Value>>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-#[derive(sqlx::FromRow)]
-struct PlanRow {
-    company_id: String,
-    plan_id: String,
-    is_base: bool,
-    source: String,
-    quantity: i64,
-    started_at: DateTime<Utc>,
-    name: String,
-    description: String,
-    billing_product_id: Option<String>,
-}
-
 /// Full views of `ids`, in that order (ids not found are skipped).
 pub async fn details(
-    conn: &mut PgConnection,
+    conn: &mut Conn,
     state: &AppState,
     auth: &Auth,
     ids: &[String],
 ) -> AppResult<Vec<CompanyView>> {
     let env_id = auth.env_id();
-    let rows: Vec<CompanyRow> = sqlx::query_as(
-        "SELECT id, name, traits, created_at, updated_at FROM companies
-         WHERE environment_id = $1 AND id = ANY($2)",
-    )
-    .bind(env_id)
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let keys: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT company_id, key, value, created_at FROM company_keys
-         WHERE company_id = ANY($1) ORDER BY created_at, key",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let plans: Vec<PlanRow> = sqlx::query_as(
-        "SELECT cp.company_id, cp.plan_id, cp.is_base, cp.source, cp.quantity, cp.started_at,
-                p.name, p.description, p.billing_product_id
-         FROM company_plans cp JOIN plans p ON p.id = cp.plan_id
-         WHERE cp.company_id = ANY($1) AND cp.ended_at IS NULL ORDER BY cp.started_at",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let user_counts: HashMap<String, i64> = sqlx::query_as(
-        "SELECT company_id, count(*) FROM company_memberships WHERE company_id = ANY($1) GROUP BY 1",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .collect();
+    let store::DetailsRows {
+        companies: rows,
+        keys,
+        plans,
+        user_counts,
+    } = store::details_rows(conn, env_id, ids).await?;
 
     let mut by_id: HashMap<String, CompanyView> = rows
         .into_iter()
@@ -319,16 +272,6 @@ async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<CompanyView> 
         .ok_or_else(|| AppError::not_found("company", id))
 }
 
-/// Which companies of the caller's environment to list. Empty lists do not filter.
-#[derive(Debug, Default)]
-pub struct CompanyFilter {
-    pub ids: Vec<String>,
-    pub plan_ids: Vec<String>,
-    /// Matches the name or any key value.
-    pub q: Option<String>,
-    pub without_plan: bool,
-}
-
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
@@ -372,32 +315,8 @@ pub async fn list_companies(
     filter: &CompanyFilter,
     page: Page,
 ) -> AppResult<Vec<CompanyView>> {
-    let q = filter
-        .q
-        .as_deref()
-        .map(|s| format!("%{}%", s.replace('%', "\\%").replace('_', "\\_")));
     let mut conn = state.pool.acquire().await?;
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT c.id FROM companies c
-         WHERE c.environment_id = $1
-           AND (cardinality($2::text[]) = 0 OR c.id = ANY($2))
-           AND (cardinality($3::text[]) = 0 OR EXISTS (SELECT 1 FROM company_plans cp
-                WHERE cp.company_id = c.id AND cp.ended_at IS NULL AND cp.plan_id = ANY($3)))
-           AND ($4::text IS NULL OR c.name ILIKE $4 OR EXISTS (SELECT 1 FROM company_keys k
-                WHERE k.company_id = c.id AND k.value ILIKE $4))
-           AND (NOT $5 OR NOT EXISTS (SELECT 1 FROM company_plans cp
-                WHERE cp.company_id = c.id AND cp.ended_at IS NULL))
-         ORDER BY c.created_at DESC, c.id DESC LIMIT $6 OFFSET $7",
-    )
-    .bind(auth.env_id())
-    .bind(&filter.ids)
-    .bind(&filter.plan_ids)
-    .bind(&q)
-    .bind(filter.without_plan)
-    .bind(page.limit)
-    .bind(page.offset)
-    .fetch_all(&mut *conn)
-    .await?;
+    let ids = store::list_ids(&mut conn, auth.env_id(), filter, page.limit, page.offset).await?;
     details(&mut conn, state, auth, &ids).await
 }
 
@@ -510,13 +429,7 @@ pub async fn delete(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
-    let n = sqlx::query("DELETE FROM companies WHERE environment_id = $1 AND id = $2")
-        .bind(auth.env_id())
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if n == 0 {
+    if !store::delete(&mut tx, auth.env_id(), &id).await? {
         return Err(AppError::not_found("company", &id));
     }
     state

@@ -17,7 +17,9 @@ use super::openapi::{Enveloped, Errors};
 use super::views::key_pairs;
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
-use crate::store::events::{self as store, Identify, IdentifyCompany, Kind, NewEvent, Track};
+use crate::store::events::{
+    self as store, EventFilter, EventRow, Identify, IdentifyCompany, Kind, NewEvent, Track,
+};
 use crate::store::keys;
 
 /// Events in one batch, at most.
@@ -423,22 +425,19 @@ pub async fn capture(
 }
 
 /// `EventDetailResponseData`.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     id: String,
     #[serde(rename = "type")]
-    #[sqlx(rename = "event_type")]
     event_type: String,
     #[serde(rename = "subtype")]
-    #[sqlx(rename = "event_name")]
     subtype: Option<String>,
     environment_id: String,
     company_id: Option<String>,
     user_id: Option<String>,
     quantity: i64,
     #[schema(value_type = Object)]
-    body: sqlx::types::Json<Value>,
-    #[sqlx(skip)]
+    body: Value,
     body_preview: String,
     idempotency_key: Option<String>,
     sent_at: Option<DateTime<Utc>>,
@@ -447,30 +446,39 @@ pub struct EventView {
     created_at: DateTime<Utc>,
     processed_at: Option<DateTime<Utc>>,
     feature_ids: Vec<String>,
-    #[sqlx(skip)]
     #[schema(value_type = Vec<Object>)]
     features: Vec<Value>,
-    #[sqlx(skip)]
     error_message: Option<String>,
 }
 
-const EVENT_SELECT: &str =
-    "SELECT e.id, e.event_type, e.event_name, e.environment_id, e.company_id,
-        e.user_id, e.quantity, e.body, e.idempotency_key, e.sent_at, e.status, e.created_at,
-        e.created_at AS processed_at,
-        COALESCE((SELECT array_agg(f.id ORDER BY f.key) FROM features f
-                  WHERE f.event_subtype = e.event_name), '{}') AS feature_ids
-     FROM events e";
-
-fn finish(mut v: EventView) -> EventView {
-    let preview = v.body.0.to_string();
-    v.body_preview = preview.chars().take(200).collect();
-    v.features = v
-        .feature_ids
-        .iter()
-        .map(|id| serde_json::json!({"id": id, "name": id}))
-        .collect();
-    v
+impl From<EventRow> for EventView {
+    fn from(r: EventRow) -> Self {
+        let preview = r.body.0.to_string();
+        let features = r
+            .feature_ids
+            .iter()
+            .map(|id| serde_json::json!({"id": id, "name": id}))
+            .collect();
+        EventView {
+            id: r.id,
+            event_type: r.event_type,
+            subtype: r.event_name,
+            environment_id: r.environment_id,
+            company_id: r.company_id,
+            user_id: r.user_id,
+            quantity: r.quantity,
+            body: r.body.0,
+            body_preview: preview.chars().take(200).collect(),
+            idempotency_key: r.idempotency_key,
+            sent_at: r.sent_at,
+            status: r.status,
+            created_at: r.created_at,
+            processed_at: r.processed_at,
+            feature_ids: r.feature_ids,
+            features,
+            error_message: None,
+        }
+    }
 }
 
 #[derive(utoipa::IntoParams)]
@@ -500,27 +508,16 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
             )));
         }
     }
-    let rows: Vec<EventView> = sqlx::query_as(&format!(
-        "{EVENT_SELECT}
-         WHERE e.environment_id = $1
-           AND ($2::text IS NULL OR e.company_id = $2)
-           AND ($3::text IS NULL OR e.user_id = $3)
-           AND ($4::text IS NULL OR e.event_name = $4)
-           AND ($5::text IS NULL OR e.idempotency_key = $5)
-           AND (cardinality($6::text[]) = 0 OR e.event_type = ANY($6))
-         ORDER BY e.created_at DESC, e.id DESC LIMIT $7 OFFSET $8"
-    ))
-    .bind(auth.env_id())
-    .bind(query.get("company_id"))
-    .bind(query.get("user_id"))
-    .bind(query.get("event_subtype"))
-    .bind(query.get("idempotency_key"))
-    .bind(&types)
-    .bind(page.limit)
-    .bind(page.offset)
-    .fetch_all(&state.pool)
-    .await?;
-    let data: Vec<EventView> = rows.into_iter().map(finish).collect();
+    let filter = EventFilter {
+        company_id: query.get("company_id").map(str::to_string),
+        user_id: query.get("user_id").map(str::to_string),
+        event_subtype: query.get("event_subtype").map(str::to_string),
+        idempotency_key: query.get("idempotency_key").map(str::to_string),
+        event_types: types,
+    };
+    let mut conn = state.pool.acquire().await?;
+    let rows = store::list(&mut conn, auth.env_id(), &filter, page.limit, page.offset).await?;
+    let data: Vec<EventView> = rows.into_iter().map(EventView::from).collect();
     Ok(envelope::ok(data, query.params(Some(page))))
 }
 
@@ -533,13 +530,9 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    let row: Option<EventView> = sqlx::query_as(&format!(
-        "{EVENT_SELECT} WHERE e.environment_id = $1 AND e.id = $2"
-    ))
-    .bind(auth.env_id())
-    .bind(&id)
-    .fetch_optional(&state.pool)
-    .await?;
-    let row = row.ok_or_else(|| AppError::not_found("event", &id))?;
-    Ok(envelope::ok_empty(finish(row)))
+    let mut conn = state.pool.acquire().await?;
+    let row = store::get(&mut conn, auth.env_id(), &id)
+        .await?
+        .ok_or_else(|| AppError::not_found("event", &id))?;
+    Ok(envelope::ok_empty(EventView::from(row)))
 }

@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 
 use super::auth::Auth;
 use super::companies::Preview;
@@ -19,7 +18,8 @@ use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
 use crate::engine::FeatureType;
-use crate::store::catalog::{self as store, FeatureFields, FeatureRow, FlagFields};
+use crate::store::catalog::{self as store, FeatureFields, FeatureFilter, FeatureRow, FlagFields};
+use crate::store::Conn;
 
 /// `FeatureResponseData`: a feature without its flags and plans.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -66,11 +66,7 @@ pub struct FeatureView {
 }
 
 /// Full views of `ids`, in that order (ids not found are skipped).
-pub async fn details(
-    conn: &mut PgConnection,
-    env_id: &str,
-    ids: &[String],
-) -> AppResult<Vec<FeatureView>> {
+pub async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult<Vec<FeatureView>> {
     let rows = store::features(conn, ids).await?;
     let flag_rows = store::flags_of_features(conn, ids).await?;
     let flag_views = flags::views(conn, env_id, flag_rows).await?;
@@ -138,31 +134,18 @@ struct ListParams {
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
-    let ids_filter = query.get_all("ids");
-    let types = query
+    let feature_types = query
         .get_all("feature_type")
         .iter()
-        .map(|t| parse_feature_type("query parameter feature_type", t).map(|t| t.as_str()))
+        .map(|t| parse_feature_type("query parameter feature_type", t))
         .collect::<AppResult<Vec<_>>>()?;
-    let q = query
-        .get("q")
-        .filter(|s| !s.is_empty())
-        .map(store::contains_pattern);
+    let filter = FeatureFilter {
+        ids: query.get_all("ids"),
+        feature_types,
+        q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
+    };
     let mut conn = state.pool.acquire().await?;
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT f.id FROM features f
-         WHERE (cardinality($1::text[]) = 0 OR f.id = ANY($1))
-           AND (cardinality($2::text[]) = 0 OR f.feature_type = ANY($2))
-           AND ($3::text IS NULL OR f.name ILIKE $3 OR f.key ILIKE $3)
-         ORDER BY f.created_at DESC, f.id DESC LIMIT $4 OFFSET $5",
-    )
-    .bind(&ids_filter)
-    .bind(&types)
-    .bind(&q)
-    .bind(page.limit)
-    .bind(page.offset)
-    .fetch_all(&mut *conn)
-    .await?;
+    let ids = store::list_feature_ids(&mut conn, &filter, page.limit, page.offset).await?;
     let data = details(&mut conn, auth.env_id(), &ids).await?;
     Ok(envelope::ok(data, query.params(Some(page))))
 }

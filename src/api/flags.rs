@@ -8,7 +8,6 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgConnection;
 
 use super::auth::Auth;
 use super::envelope;
@@ -20,7 +19,8 @@ use crate::api::AppState;
 use crate::changes::Change;
 use crate::engine::rules::{ConditionType, Operator, TraitEntity};
 use crate::engine::{Condition, MetricPeriod, MonthReset, RuleKind};
-use crate::store::catalog::{self as store, FlagFields, FlagRow, NewRule, RuleRow};
+use crate::store::catalog::{self as store, FlagFields, FlagFilter, FlagRow, NewRule, RuleRow};
+use crate::store::Conn;
 
 /// `FlagResponseData`: a flag without its feature and rules.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -179,11 +179,7 @@ impl RuleView {
 }
 
 /// Full views of these flags, in their order, with their features and rules.
-pub async fn views(
-    conn: &mut PgConnection,
-    env_id: &str,
-    flags: Vec<FlagRow>,
-) -> AppResult<Vec<FlagView>> {
+pub async fn views(conn: &mut Conn, env_id: &str, flags: Vec<FlagRow>) -> AppResult<Vec<FlagView>> {
     let flag_ids: Vec<String> = flags.iter().map(|f| f.id.clone()).collect();
     let feature_ids: Vec<String> = flags.iter().filter_map(|f| f.feature_id.clone()).collect();
     let features: HashMap<String, FeatureSummary> = store::features(conn, &feature_ids)
@@ -210,11 +206,7 @@ pub async fn views(
 }
 
 /// Full views of `ids`, in that order (ids not found are skipped).
-pub async fn details(
-    conn: &mut PgConnection,
-    env_id: &str,
-    ids: &[String],
-) -> AppResult<Vec<FlagView>> {
+pub async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult<Vec<FlagView>> {
     let mut rows: HashMap<String, FlagRow> = store::flags(conn, ids)
         .await?
         .into_iter()
@@ -250,27 +242,16 @@ struct ListParams {
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
-    let ids_filter = query.get_all("ids");
-    let feature_id = query.get("feature_id").filter(|s| !s.is_empty());
-    let q = query
-        .get("q")
-        .filter(|s| !s.is_empty())
-        .map(store::contains_pattern);
+    let filter = FlagFilter {
+        ids: query.get_all("ids"),
+        feature_id: query
+            .get("feature_id")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
+    };
     let mut conn = state.pool.acquire().await?;
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT f.id FROM flags f
-         WHERE (cardinality($1::text[]) = 0 OR f.id = ANY($1))
-           AND ($2::text IS NULL OR f.feature_id = $2)
-           AND ($3::text IS NULL OR f.name ILIKE $3 OR f.key ILIKE $3)
-         ORDER BY f.created_at DESC, f.id DESC LIMIT $4 OFFSET $5",
-    )
-    .bind(&ids_filter)
-    .bind(feature_id)
-    .bind(&q)
-    .bind(page.limit)
-    .bind(page.offset)
-    .fetch_all(&mut *conn)
-    .await?;
+    let ids = store::list_flag_ids(&mut conn, &filter, page.limit, page.offset).await?;
     let data = details(&mut conn, auth.env_id(), &ids).await?;
     Ok(envelope::ok(data, query.params(Some(page))))
 }

@@ -13,21 +13,20 @@ use axum::extract::State;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 
 use super::auth::Auth;
 use super::companies;
 use super::envelope;
-use super::extract::{Json, Page, Path, Query};
+use super::extract::{Json, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
 use super::plan_entitlements::FeatureView;
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
-use crate::store::catalog::contains_pattern;
-use crate::store::overrides::{self as store, NewOverride};
+use crate::store::overrides::{self as store, NewOverride, OverrideFilter};
 use crate::store::plans::feature_type;
 use crate::store::values::{EntitlementValues, ValueInput};
+use crate::store::Conn;
 
 /// `CompanyOverrideNoteResponseData`. entitled keeps one note per override.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -65,81 +64,16 @@ pub struct OverrideView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: String,
-    company_id: String,
-    feature_id: String,
-    #[sqlx(flatten)]
-    values: EntitlementValues,
-    expiration_date: Option<DateTime<Utc>>,
-    expired_at: Option<DateTime<Utc>>,
-    note: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    f_key: String,
-    f_name: String,
-    f_description: String,
-    f_feature_type: String,
-    f_event_subtype: Option<String>,
-    f_trait_id: Option<String>,
-    f_created_at: DateTime<Utc>,
-    f_updated_at: DateTime<Utc>,
-}
-
-/// Which overrides of the caller's environment to read. Empty lists do not filter.
-#[derive(Debug, Default)]
-struct Filter {
-    ids: Vec<String>,
-    company_ids: Vec<String>,
-    feature_ids: Vec<String>,
-    /// Leave out overrides that are marked expired or past their `expiration_date`.
-    without_expired: bool,
-    /// Matches the feature's name or key, or the note.
-    q: Option<String>,
-    page: Option<Page>,
-}
-
 /// Overrides with their company and feature, newest first.
 async fn fetch(
-    conn: &mut PgConnection,
+    conn: &mut Conn,
     state: &AppState,
     auth: &Auth,
-    filter: &Filter,
+    filter: &OverrideFilter,
     now: DateTime<Utc>,
 ) -> AppResult<Vec<OverrideView>> {
     let env_id = auth.env_id();
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT o.id, o.company_id, o.feature_id, o.value_type, o.value_bool, o.value_numeric,
-                o.value_trait_id, o.value_credit_id, o.credit_consumption_rate, o.metric_period,
-                o.metric_period_month_reset, o.expiration_date, o.expired_at, o.note,
-                o.created_at, o.updated_at,
-                f.key AS f_key, f.name AS f_name, f.description AS f_description,
-                f.feature_type AS f_feature_type, f.event_subtype AS f_event_subtype,
-                f.trait_id AS f_trait_id, f.created_at AS f_created_at,
-                f.updated_at AS f_updated_at
-         FROM company_overrides o JOIN features f ON f.id = o.feature_id
-         WHERE o.environment_id = $1
-           AND (cardinality($2::text[]) = 0 OR o.id = ANY($2))
-           AND (cardinality($3::text[]) = 0 OR o.company_id = ANY($3))
-           AND (cardinality($4::text[]) = 0 OR o.feature_id = ANY($4))
-           AND (NOT $5 OR (o.expired_at IS NULL
-                AND (o.expiration_date IS NULL OR o.expiration_date > $6)))
-           AND ($7::text IS NULL OR f.name ILIKE $7 OR f.key ILIKE $7 OR o.note ILIKE $7)
-         ORDER BY o.created_at DESC, o.id DESC
-         LIMIT $8 OFFSET $9",
-    )
-    .bind(env_id)
-    .bind(&filter.ids)
-    .bind(&filter.company_ids)
-    .bind(&filter.feature_ids)
-    .bind(filter.without_expired)
-    .bind(now)
-    .bind(filter.q.as_deref().map(contains_pattern))
-    .bind(filter.page.map(|p| p.limit))
-    .bind(filter.page.map_or(0, |p| p.offset))
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = store::list(conn, env_id, filter, now).await?;
 
     let mut company_ids: Vec<String> = rows.iter().map(|r| r.company_id.clone()).collect();
     company_ids.sort();
@@ -202,7 +136,7 @@ async fn fetch(
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<OverrideView> {
     let mut conn = state.pool.acquire().await?;
-    let filter = Filter {
+    let filter = OverrideFilter {
         ids: vec![id.to_string()],
         ..Default::default()
     };
@@ -240,13 +174,14 @@ struct ListParams {
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
-    let filter = Filter {
+    let filter = OverrideFilter {
         ids: query.get_all("ids"),
         company_ids: ids_param(&query, "company_id", "company_ids"),
         feature_ids: ids_param(&query, "feature_id", "feature_ids"),
         without_expired: query.bool("without_expired")?.unwrap_or(false),
         q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
-        page: Some(page),
+        limit: Some(page.limit),
+        offset: page.offset,
     };
     let mut conn = state.pool.acquire().await?;
     let data = fetch(&mut conn, &state, &auth, &filter, Utc::now()).await?;

@@ -6,19 +6,18 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgConnection;
 
 use super::auth::Auth;
 use super::envelope;
-use super::extract::{Json, Page, Path, Query};
+use super::extract::{Json, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
-use crate::store::catalog::contains_pattern;
 use crate::store::companies::plan_type;
-use crate::store::plans as store;
+use crate::store::plans::{self as store, EntitlementFilter};
 use crate::store::values::{EntitlementValues, ValueInput};
+use crate::store::Conn;
 
 /// `FeatureResponseData`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -73,80 +72,13 @@ pub struct PlanEntitlementView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: String,
-    plan_id: String,
-    feature_id: String,
-    price_behavior: Option<String>,
-    #[sqlx(flatten)]
-    values: EntitlementValues,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    f_key: String,
-    f_name: String,
-    f_description: String,
-    f_feature_type: String,
-    f_event_subtype: Option<String>,
-    f_trait_id: Option<String>,
-    f_created_at: DateTime<Utc>,
-    f_updated_at: DateTime<Utc>,
-    p_key: String,
-    p_name: String,
-    p_description: String,
-    p_plan_type: String,
-    p_created_at: DateTime<Utc>,
-    p_updated_at: DateTime<Utc>,
-}
-
-/// Which entitlements to read. Empty lists do not filter.
-#[derive(Debug, Default)]
-pub struct Filter {
-    pub ids: Vec<String>,
-    pub plan_ids: Vec<String>,
-    pub feature_ids: Vec<String>,
-    /// Matches the feature's or plan's name or key.
-    pub q: Option<String>,
-    /// `None`: all of them.
-    pub page: Option<Page>,
-}
-
 /// Entitlements with their feature and plan, newest first.
 pub async fn fetch(
-    conn: &mut PgConnection,
+    conn: &mut Conn,
     env_id: &str,
-    filter: &Filter,
+    filter: &EntitlementFilter,
 ) -> AppResult<Vec<PlanEntitlementView>> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT e.id, e.plan_id, e.feature_id, e.price_behavior, e.value_type, e.value_bool,
-                e.value_numeric, e.value_trait_id, e.value_credit_id, e.credit_consumption_rate,
-                e.metric_period, e.metric_period_month_reset, e.created_at, e.updated_at,
-                f.key AS f_key, f.name AS f_name, f.description AS f_description,
-                f.feature_type AS f_feature_type, f.event_subtype AS f_event_subtype,
-                f.trait_id AS f_trait_id, f.created_at AS f_created_at,
-                f.updated_at AS f_updated_at,
-                p.key AS p_key, p.name AS p_name, p.description AS p_description,
-                p.plan_type AS p_plan_type, p.created_at AS p_created_at,
-                p.updated_at AS p_updated_at
-         FROM plan_entitlements e
-         JOIN features f ON f.id = e.feature_id
-         JOIN plans p ON p.id = e.plan_id
-         WHERE (cardinality($1::text[]) = 0 OR e.id = ANY($1))
-           AND (cardinality($2::text[]) = 0 OR e.plan_id = ANY($2))
-           AND (cardinality($3::text[]) = 0 OR e.feature_id = ANY($3))
-           AND ($4::text IS NULL OR f.name ILIKE $4 OR f.key ILIKE $4
-                OR p.name ILIKE $4 OR p.key ILIKE $4)
-         ORDER BY e.created_at DESC, e.id DESC
-         LIMIT $5 OFFSET $6",
-    )
-    .bind(&filter.ids)
-    .bind(&filter.plan_ids)
-    .bind(&filter.feature_ids)
-    .bind(filter.q.as_deref().map(contains_pattern))
-    .bind(filter.page.map(|p| p.limit))
-    .bind(filter.page.map_or(0, |p| p.offset))
-    .fetch_all(conn)
-    .await?;
+    let rows = store::list_entitlements(conn, filter).await?;
     Ok(rows
         .into_iter()
         .map(|r| PlanEntitlementView {
@@ -191,7 +123,7 @@ pub async fn fetch(
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<PlanEntitlementView> {
     let mut conn = state.pool.acquire().await?;
-    let filter = Filter {
+    let filter = EntitlementFilter {
         ids: vec![id.to_string()],
         ..Default::default()
     };
@@ -227,12 +159,13 @@ struct ListParams {
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
-    let filter = Filter {
+    let filter = EntitlementFilter {
         ids: query.get_all("ids"),
         plan_ids: ids_param(&query, "plan_id", "plan_ids"),
         feature_ids: ids_param(&query, "feature_id", "feature_ids"),
         q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
-        page: Some(page),
+        limit: Some(page.limit),
+        offset: page.offset,
     };
     let mut conn = state.pool.acquire().await?;
     let data = fetch(&mut conn, auth.env_id(), &filter).await?;

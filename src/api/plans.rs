@@ -8,7 +8,6 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgConnection;
 
 use super::auth::Auth;
 use super::envelope;
@@ -18,8 +17,9 @@ use super::plan_entitlements::{self, FeatureView, PlanEntitlementView};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
-use crate::store::catalog::{self, contains_pattern};
-use crate::store::plans::{self as store, PlanFields, PlanRow};
+use crate::store::catalog;
+use crate::store::plans::{self as store, EntitlementFilter, PlanFields, PlanFilter};
+use crate::store::Conn;
 
 /// `PreviewObject`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -70,31 +70,12 @@ pub struct PlanView {
     pub updated_at: DateTime<Utc>,
 }
 
-const PLAN_SELECT: &str = "SELECT id, key, name, description, plan_type, billing_product_id,
-        created_at, updated_at FROM plans";
-
 /// Full views of `ids`, in that order (ids not found are skipped).
-pub async fn details(
-    conn: &mut PgConnection,
-    auth: &Auth,
-    ids: &[String],
-) -> AppResult<Vec<PlanView>> {
+pub async fn details(conn: &mut Conn, auth: &Auth, ids: &[String]) -> AppResult<Vec<PlanView>> {
     let env_id = auth.env_id();
-    let rows: Vec<PlanRow> = sqlx::query_as(&format!("{PLAN_SELECT} WHERE id = ANY($1)"))
-        .bind(ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    let counts: HashMap<String, i64> = sqlx::query_as(
-        "SELECT plan_id, count(DISTINCT company_id) FROM company_plans
-         WHERE environment_id = $1 AND plan_id = ANY($2) AND ended_at IS NULL GROUP BY 1",
-    )
-    .bind(env_id)
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .collect();
-    let filter = plan_entitlements::Filter {
+    let rows = store::rows(conn, ids).await?;
+    let counts = store::company_counts(conn, env_id, ids).await?;
+    let filter = EntitlementFilter {
         plan_ids: ids.to_vec(),
         ..Default::default()
     };
@@ -102,14 +83,7 @@ pub async fn details(
     // Oldest first within a plan reads more naturally.
     entitlements.reverse();
     let feature_ids: Vec<String> = entitlements.iter().map(|e| e.feature_id.clone()).collect();
-    let entitling: Vec<(String, String, String, String)> = sqlx::query_as(
-        "SELECT e.feature_id, p.id, p.name, p.description
-         FROM plan_entitlements e JOIN plans p ON p.id = e.plan_id
-         WHERE e.feature_id = ANY($1) ORDER BY p.created_at, p.id",
-    )
-    .bind(&feature_ids)
-    .fetch_all(&mut *conn)
-    .await?;
+    let entitling = catalog::plans_of_features(conn, &feature_ids).await?;
     let mut plans_by_feature: HashMap<String, Vec<PlanPreview>> = HashMap::new();
     for (feature_id, id, name, description) in entitling {
         plans_by_feature
@@ -200,33 +174,18 @@ struct ListParams {
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
-    let ids_filter = query.get_all("ids");
     let plan_type = query.get("plan_type").filter(|s| !s.is_empty());
     if let Some(t) = plan_type {
         store::validate_plan_type(t)?;
     }
-    let q = query
-        .get("q")
-        .filter(|s| !s.is_empty())
-        .map(contains_pattern);
-    let has_product_id = query.bool("has_product_id")?;
+    let filter = PlanFilter {
+        ids: query.get_all("ids"),
+        plan_type: plan_type.map(str::to_string),
+        q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
+        has_product_id: query.bool("has_product_id")?,
+    };
     let mut conn = state.pool.acquire().await?;
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM plans
-         WHERE (cardinality($1::text[]) = 0 OR id = ANY($1))
-           AND ($2::text IS NULL OR plan_type = $2)
-           AND ($3::text IS NULL OR name ILIKE $3 OR key ILIKE $3)
-           AND ($4::boolean IS NULL OR (billing_product_id IS NOT NULL) = $4)
-         ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6",
-    )
-    .bind(&ids_filter)
-    .bind(plan_type)
-    .bind(&q)
-    .bind(has_product_id)
-    .bind(page.limit)
-    .bind(page.offset)
-    .fetch_all(&mut *conn)
-    .await?;
+    let ids = store::list_ids(&mut conn, &filter, page.limit, page.offset).await?;
     let data = details(&mut conn, &auth, &ids).await?;
     Ok(envelope::ok(data, query.params(Some(page))))
 }

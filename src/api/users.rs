@@ -7,7 +7,6 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::PgConnection;
 
 use super::auth::Auth;
 use super::envelope;
@@ -18,7 +17,9 @@ use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
 use crate::store::keys::{self, Entity};
+pub use crate::store::users::UserFilter;
 use crate::store::users::{self as store, UpsertUser};
+use crate::store::Conn;
 
 /// `CompanyResponseData`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -56,52 +57,12 @@ pub struct UserView {
     pub last_seen_at: Option<DateTime<Utc>>,
 }
 
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    id: String,
-    name: String,
-    traits: sqlx::types::Json<Map<String, Value>>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-#[derive(sqlx::FromRow)]
-struct MembershipRow {
-    user_id: String,
-    company_id: String,
-    created_at: DateTime<Utc>,
-    name: String,
-    company_created_at: DateTime<Utc>,
-    company_updated_at: DateTime<Utc>,
-}
-
-async fn details(
-    conn: &mut PgConnection,
-    env_id: &str,
-    ids: &[String],
-) -> AppResult<Vec<UserView>> {
-    let rows: Vec<UserRow> = sqlx::query_as(
-        "SELECT id, name, traits, created_at, updated_at FROM users WHERE environment_id = $1 AND id = ANY($2)",
-    )
-    .bind(env_id)
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let keys: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT user_id, key, value, created_at FROM user_keys WHERE user_id = ANY($1) ORDER BY created_at, key",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let memberships: Vec<MembershipRow> = sqlx::query_as(
-        "SELECT m.user_id, m.company_id, m.created_at, c.name, c.created_at AS company_created_at,
-                c.updated_at AS company_updated_at
-         FROM company_memberships m JOIN companies c ON c.id = m.company_id
-         WHERE m.user_id = ANY($1) ORDER BY m.created_at",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
+async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult<Vec<UserView>> {
+    let store::DetailsRows {
+        users: rows,
+        keys,
+        memberships,
+    } = store::details_rows(conn, env_id, ids).await?;
     let mut by_id: HashMap<String, UserView> = rows
         .into_iter()
         .map(|r| {
@@ -156,15 +117,6 @@ async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<UserView> {
         .ok_or_else(|| AppError::not_found("user", id))
 }
 
-/// Which users of the caller's environment to list. Empty lists do not filter.
-#[derive(Debug, Default)]
-pub struct UserFilter {
-    pub ids: Vec<String>,
-    pub company_id: Option<String>,
-    /// Matches the name or any key value.
-    pub q: Option<String>,
-}
-
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
@@ -199,29 +151,8 @@ pub async fn list_users(
     filter: &UserFilter,
     page: Page,
 ) -> AppResult<Vec<UserView>> {
-    let q = filter
-        .q
-        .as_deref()
-        .map(|s| format!("%{}%", s.replace('%', "\\%").replace('_', "\\_")));
     let mut conn = state.pool.acquire().await?;
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT u.id FROM users u
-         WHERE u.environment_id = $1
-           AND (cardinality($2::text[]) = 0 OR u.id = ANY($2))
-           AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM company_memberships m
-                WHERE m.user_id = u.id AND m.company_id = $3))
-           AND ($4::text IS NULL OR u.name ILIKE $4 OR EXISTS (SELECT 1 FROM user_keys k
-                WHERE k.user_id = u.id AND k.value ILIKE $4))
-         ORDER BY u.created_at DESC, u.id DESC LIMIT $5 OFFSET $6",
-    )
-    .bind(auth.env_id())
-    .bind(&filter.ids)
-    .bind(&filter.company_id)
-    .bind(&q)
-    .bind(page.limit)
-    .bind(page.offset)
-    .fetch_all(&mut *conn)
-    .await?;
+    let ids = store::list_ids(&mut conn, auth.env_id(), filter, page.limit, page.offset).await?;
     details(&mut conn, auth.env_id(), &ids).await
 }
 
@@ -340,13 +271,7 @@ pub async fn delete(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
-    let n = sqlx::query("DELETE FROM users WHERE environment_id = $1 AND id = $2")
-        .bind(auth.env_id())
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if n == 0 {
+    if !store::delete(&mut tx, auth.env_id(), &id).await? {
         return Err(AppError::not_found("user", &id));
     }
     state

@@ -122,6 +122,39 @@ pub async fn features(
     .await
 }
 
+/// Which features to list. Empty lists do not filter.
+#[derive(Debug, Default)]
+pub struct FeatureFilter {
+    pub ids: Vec<String>,
+    pub feature_types: Vec<FeatureType>,
+    /// Matches the name or key.
+    pub q: Option<String>,
+}
+
+/// The ids of the features `filter` selects, newest first.
+pub async fn list_feature_ids(
+    conn: &mut PgConnection,
+    filter: &FeatureFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let types: Vec<&str> = filter.feature_types.iter().map(|t| t.as_str()).collect();
+    sqlx::query_scalar(
+        "SELECT f.id FROM features f
+         WHERE (cardinality($1::text[]) = 0 OR f.id = ANY($1))
+           AND (cardinality($2::text[]) = 0 OR f.feature_type = ANY($2))
+           AND ($3::text IS NULL OR f.name ILIKE $3 OR f.key ILIKE $3)
+         ORDER BY f.created_at DESC, f.id DESC LIMIT $4 OFFSET $5",
+    )
+    .bind(&filter.ids)
+    .bind(&types)
+    .bind(filter.q.as_deref().map(contains_pattern))
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(conn)
+    .await
+}
+
 /// One feature, locked for the rest of the transaction.
 pub async fn feature_for_update(
     conn: &mut PgConnection,
@@ -141,6 +174,39 @@ pub async fn flags(conn: &mut PgConnection, ids: &[String]) -> Result<Vec<FlagRo
         "SELECT {FLAG_COLUMNS} FROM flags WHERE id = ANY($1)"
     ))
     .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// Which flags to list. Empty lists do not filter.
+#[derive(Debug, Default)]
+pub struct FlagFilter {
+    pub ids: Vec<String>,
+    /// Only the flag of this feature.
+    pub feature_id: Option<String>,
+    /// Matches the name or key.
+    pub q: Option<String>,
+}
+
+/// The ids of the flags `filter` selects, newest first.
+pub async fn list_flag_ids(
+    conn: &mut PgConnection,
+    filter: &FlagFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT f.id FROM flags f
+         WHERE (cardinality($1::text[]) = 0 OR f.id = ANY($1))
+           AND ($2::text IS NULL OR f.feature_id = $2)
+           AND ($3::text IS NULL OR f.name ILIKE $3 OR f.key ILIKE $3)
+         ORDER BY f.created_at DESC, f.id DESC LIMIT $4 OFFSET $5",
+    )
+    .bind(&filter.ids)
+    .bind(&filter.feature_id)
+    .bind(filter.q.as_deref().map(contains_pattern))
+    .bind(limit)
+    .bind(offset)
     .fetch_all(conn)
     .await
 }

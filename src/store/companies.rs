@@ -1,6 +1,10 @@
-//! Companies: upsert by keys, traits, plan memberships. Every function takes the caller's
-//! connection or transaction; the caller owns the boundary.
+//! Companies: upsert by keys, traits, plan memberships, delete, and the reads behind the
+//! company views (list, details). Every function takes the caller's connection or
+//! transaction; the caller owns the boundary.
 
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
@@ -180,4 +184,149 @@ pub async fn update_trait(
         ),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Which companies of an environment to list. Empty lists do not filter.
+#[derive(Debug, Default)]
+pub struct CompanyFilter {
+    pub ids: Vec<String>,
+    pub plan_ids: Vec<String>,
+    /// Matches the name or any key value.
+    pub q: Option<String>,
+    pub without_plan: bool,
+}
+
+/// The ids of the environment's companies `filter` selects, newest first.
+pub async fn list_ids(
+    conn: &mut PgConnection,
+    env_id: &str,
+    filter: &CompanyFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let q = filter
+        .q
+        .as_deref()
+        .map(|s| format!("%{}%", s.replace('%', "\\%").replace('_', "\\_")));
+    sqlx::query_scalar(
+        "SELECT c.id FROM companies c
+         WHERE c.environment_id = $1
+           AND (cardinality($2::text[]) = 0 OR c.id = ANY($2))
+           AND (cardinality($3::text[]) = 0 OR EXISTS (SELECT 1 FROM company_plans cp
+                WHERE cp.company_id = c.id AND cp.ended_at IS NULL AND cp.plan_id = ANY($3)))
+           AND ($4::text IS NULL OR c.name ILIKE $4 OR EXISTS (SELECT 1 FROM company_keys k
+                WHERE k.company_id = c.id AND k.value ILIKE $4))
+           AND (NOT $5 OR NOT EXISTS (SELECT 1 FROM company_plans cp
+                WHERE cp.company_id = c.id AND cp.ended_at IS NULL))
+         ORDER BY c.created_at DESC, c.id DESC LIMIT $6 OFFSET $7",
+    )
+    .bind(env_id)
+    .bind(&filter.ids)
+    .bind(&filter.plan_ids)
+    .bind(&q)
+    .bind(filter.without_plan)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(conn)
+    .await
+}
+
+/// A `companies` row.
+#[derive(Debug, sqlx::FromRow)]
+pub struct CompanyRow {
+    pub id: String,
+    pub name: String,
+    pub traits: sqlx::types::Json<Map<String, Value>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A company's key: `(company_id, key, value, created_at)`.
+pub type KeyRow = (String, String, String, DateTime<Utc>);
+
+/// A current plan membership of a company, with the plan's names.
+#[derive(Debug, sqlx::FromRow)]
+pub struct CompanyPlanRow {
+    pub company_id: String,
+    pub plan_id: String,
+    pub is_base: bool,
+    pub source: String,
+    pub quantity: i64,
+    pub started_at: DateTime<Utc>,
+    pub name: String,
+    pub description: String,
+    pub billing_product_id: Option<String>,
+}
+
+/// What a full view of some companies is made of.
+#[derive(Debug)]
+pub struct DetailsRows {
+    /// The companies found, in no particular order.
+    pub companies: Vec<CompanyRow>,
+    /// Their keys, oldest first.
+    pub keys: Vec<KeyRow>,
+    /// Their current plans, oldest first.
+    pub plans: Vec<CompanyPlanRow>,
+    /// Members per company; companies without members are absent.
+    pub user_counts: HashMap<String, i64>,
+}
+
+/// The rows, keys, current plans and member counts of the environment's companies `ids`.
+pub async fn details_rows(
+    conn: &mut PgConnection,
+    env_id: &str,
+    ids: &[String],
+) -> Result<DetailsRows, sqlx::Error> {
+    let companies: Vec<CompanyRow> = sqlx::query_as(
+        "SELECT id, name, traits, created_at, updated_at FROM companies
+         WHERE environment_id = $1 AND id = ANY($2)",
+    )
+    .bind(env_id)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let keys: Vec<KeyRow> = sqlx::query_as(
+        "SELECT company_id, key, value, created_at FROM company_keys
+         WHERE company_id = ANY($1) ORDER BY created_at, key",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let plans: Vec<CompanyPlanRow> = sqlx::query_as(
+        "SELECT cp.company_id, cp.plan_id, cp.is_base, cp.source, cp.quantity, cp.started_at,
+                p.name, p.description, p.billing_product_id
+         FROM company_plans cp JOIN plans p ON p.id = cp.plan_id
+         WHERE cp.company_id = ANY($1) AND cp.ended_at IS NULL ORDER BY cp.started_at",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let user_counts: HashMap<String, i64> = sqlx::query_as(
+        "SELECT company_id, count(*) FROM company_memberships WHERE company_id = ANY($1) GROUP BY 1",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(DetailsRows {
+        companies,
+        keys,
+        plans,
+        user_counts,
+    })
+}
+
+/// Deletes the environment's company `id` (what refers to it cascades). False when there was
+/// none.
+pub async fn delete(conn: &mut PgConnection, env_id: &str, id: &str) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query("DELETE FROM companies WHERE environment_id = $1 AND id = $2")
+            .bind(env_id)
+            .bind(id)
+            .execute(conn)
+            .await?
+            .rows_affected()
+            > 0,
+    )
 }

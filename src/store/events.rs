@@ -1,6 +1,6 @@
 //! Ingesting track and identify events: idempotency, companies and users created on first
 //! sight, the event rows, and usage counters per metric window, all in the caller's
-//! transaction so a batch applies whole or not at all.
+//! transaction so a batch applies whole or not at all. And reading stored events back.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -747,4 +747,89 @@ async fn count_usage(
         out.touched.usage.push((env, company, counters));
     }
     Ok(())
+}
+
+/// A stored event, with the features whose `event_subtype` is its name.
+#[derive(Debug, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: String,
+    pub event_type: String,
+    pub event_name: Option<String>,
+    pub environment_id: String,
+    pub company_id: Option<String>,
+    pub user_id: Option<String>,
+    pub quantity: i64,
+    pub body: sqlx::types::Json<Value>,
+    pub idempotency_key: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    /// Ordered by feature key.
+    pub feature_ids: Vec<String>,
+}
+
+const EVENT_SELECT: &str =
+    "SELECT e.id, e.event_type, e.event_name, e.environment_id, e.company_id,
+        e.user_id, e.quantity, e.body, e.idempotency_key, e.sent_at, e.status, e.created_at,
+        e.created_at AS processed_at,
+        COALESCE((SELECT array_agg(f.id ORDER BY f.key) FROM features f
+                  WHERE f.event_subtype = e.event_name), '{}') AS feature_ids
+     FROM events e";
+
+/// Which events of an environment to list. `None` and empty lists do not filter.
+#[derive(Debug, Default)]
+pub struct EventFilter {
+    pub company_id: Option<String>,
+    pub user_id: Option<String>,
+    /// The event name of track events.
+    pub event_subtype: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// `track` and/or `identify`.
+    pub event_types: Vec<String>,
+}
+
+/// The environment's events `filter` selects, newest first.
+pub async fn list(
+    conn: &mut PgConnection,
+    env_id: &str,
+    filter: &EventFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{EVENT_SELECT}
+         WHERE e.environment_id = $1
+           AND ($2::text IS NULL OR e.company_id = $2)
+           AND ($3::text IS NULL OR e.user_id = $3)
+           AND ($4::text IS NULL OR e.event_name = $4)
+           AND ($5::text IS NULL OR e.idempotency_key = $5)
+           AND (cardinality($6::text[]) = 0 OR e.event_type = ANY($6))
+         ORDER BY e.created_at DESC, e.id DESC LIMIT $7 OFFSET $8"
+    ))
+    .bind(env_id)
+    .bind(&filter.company_id)
+    .bind(&filter.user_id)
+    .bind(&filter.event_subtype)
+    .bind(&filter.idempotency_key)
+    .bind(&filter.event_types)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(conn)
+    .await
+}
+
+/// The environment's event `id`.
+pub async fn get(
+    conn: &mut PgConnection,
+    env_id: &str,
+    id: &str,
+) -> Result<Option<EventRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{EVENT_SELECT} WHERE e.environment_id = $1 AND e.id = $2"
+    ))
+    .bind(env_id)
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }

@@ -31,6 +31,10 @@ pub mod values;
 
 pub use error::{Error, Result};
 
+/// The connection store functions run on: a pooled one (`&mut conn` from `pool.acquire()`)
+/// or a transaction (`&mut tx`). Code above `store/` names it through this alias.
+pub type Conn = sqlx::PgConnection;
+
 /// A transaction on the pool, for a caller that writes through several store functions.
 pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 

@@ -9,6 +9,7 @@ use sqlx::PgConnection;
 
 use super::error::{sqlstate, violated_constraint, Error};
 use crate::ids;
+use crate::store::catalog::contains_pattern;
 use crate::store::values::EntitlementValues;
 
 /// A `company_overrides` row.
@@ -202,6 +203,85 @@ pub async fn delete(
     .bind(env_id)
     .bind(id)
     .fetch_optional(conn)
+    .await
+}
+
+/// Which overrides of an environment to read. Empty lists do not filter.
+#[derive(Debug, Default)]
+pub struct OverrideFilter {
+    pub ids: Vec<String>,
+    pub company_ids: Vec<String>,
+    pub feature_ids: Vec<String>,
+    /// Leave out overrides that are marked expired or past their `expiration_date`.
+    pub without_expired: bool,
+    /// Matches the feature's name or key, or the note.
+    pub q: Option<String>,
+    /// At most this many; `None`: all of them.
+    pub limit: Option<i64>,
+    pub offset: i64,
+}
+
+/// An override with its feature's columns (`f_`).
+#[derive(Debug, sqlx::FromRow)]
+pub struct OverrideDetailRow {
+    pub id: String,
+    pub company_id: String,
+    pub feature_id: String,
+    #[sqlx(flatten)]
+    pub values: EntitlementValues,
+    pub expiration_date: Option<DateTime<Utc>>,
+    pub expired_at: Option<DateTime<Utc>>,
+    pub note: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub f_key: String,
+    pub f_name: String,
+    pub f_description: String,
+    pub f_feature_type: String,
+    pub f_event_subtype: Option<String>,
+    pub f_trait_id: Option<String>,
+    pub f_created_at: DateTime<Utc>,
+    pub f_updated_at: DateTime<Utc>,
+}
+
+/// The environment's overrides `filter` selects, with their feature, newest first; `now`
+/// decides which have expired.
+pub async fn list(
+    conn: &mut PgConnection,
+    env_id: &str,
+    filter: &OverrideFilter,
+    now: DateTime<Utc>,
+) -> Result<Vec<OverrideDetailRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT o.id, o.company_id, o.feature_id, o.value_type, o.value_bool, o.value_numeric,
+                o.value_trait_id, o.value_credit_id, o.credit_consumption_rate, o.metric_period,
+                o.metric_period_month_reset, o.expiration_date, o.expired_at, o.note,
+                o.created_at, o.updated_at,
+                f.key AS f_key, f.name AS f_name, f.description AS f_description,
+                f.feature_type AS f_feature_type, f.event_subtype AS f_event_subtype,
+                f.trait_id AS f_trait_id, f.created_at AS f_created_at,
+                f.updated_at AS f_updated_at
+         FROM company_overrides o JOIN features f ON f.id = o.feature_id
+         WHERE o.environment_id = $1
+           AND (cardinality($2::text[]) = 0 OR o.id = ANY($2))
+           AND (cardinality($3::text[]) = 0 OR o.company_id = ANY($3))
+           AND (cardinality($4::text[]) = 0 OR o.feature_id = ANY($4))
+           AND (NOT $5 OR (o.expired_at IS NULL
+                AND (o.expiration_date IS NULL OR o.expiration_date > $6)))
+           AND ($7::text IS NULL OR f.name ILIKE $7 OR f.key ILIKE $7 OR o.note ILIKE $7)
+         ORDER BY o.created_at DESC, o.id DESC
+         LIMIT $8 OFFSET $9",
+    )
+    .bind(env_id)
+    .bind(&filter.ids)
+    .bind(&filter.company_ids)
+    .bind(&filter.feature_ids)
+    .bind(filter.without_expired)
+    .bind(now)
+    .bind(filter.q.as_deref().map(contains_pattern))
+    .bind(filter.limit)
+    .bind(filter.offset)
+    .fetch_all(conn)
     .await
 }
 

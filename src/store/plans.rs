@@ -1,6 +1,8 @@
 //! Plans and their entitlements: the catalog's plan aggregate. Every function takes the
 //! caller's connection or transaction; the caller owns the boundary.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
@@ -147,6 +149,72 @@ pub async fn update(
     .fetch_one(conn)
     .await
     .map_err(|e| plan_conflict(e, fields))
+}
+
+/// Which plans to list. Empty lists do not filter.
+#[derive(Debug, Default)]
+pub struct PlanFilter {
+    pub ids: Vec<String>,
+    /// `plan` or `add_on` (see `validate_plan_type`).
+    pub plan_type: Option<String>,
+    /// Matches the name or key.
+    pub q: Option<String>,
+    /// Only plans with (or without) a Stripe product.
+    pub has_product_id: Option<bool>,
+}
+
+/// The ids of the plans `filter` selects, newest first.
+pub async fn list_ids(
+    conn: &mut PgConnection,
+    filter: &PlanFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM plans
+         WHERE (cardinality($1::text[]) = 0 OR id = ANY($1))
+           AND ($2::text IS NULL OR plan_type = $2)
+           AND ($3::text IS NULL OR name ILIKE $3 OR key ILIKE $3)
+           AND ($4::boolean IS NULL OR (billing_product_id IS NOT NULL) = $4)
+         ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6",
+    )
+    .bind(&filter.ids)
+    .bind(&filter.plan_type)
+    .bind(filter.q.as_deref().map(catalog::contains_pattern))
+    .bind(filter.has_product_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(conn)
+    .await
+}
+
+/// The plans with these ids, in no particular order.
+pub async fn rows(conn: &mut PgConnection, ids: &[String]) -> Result<Vec<PlanRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {PLAN_COLUMNS} FROM plans WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// Per plan of `plan_ids`, the environment's companies currently on it; plans without any
+/// are absent.
+pub async fn company_counts(
+    conn: &mut PgConnection,
+    env_id: &str,
+    plan_ids: &[String],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    Ok(sqlx::query_as(
+        "SELECT plan_id, count(DISTINCT company_id) FROM company_plans
+         WHERE environment_id = $1 AND plan_id = ANY($2) AND ended_at IS NULL GROUP BY 1",
+    )
+    .bind(env_id)
+    .bind(plan_ids)
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .collect())
 }
 
 /// Companies currently on the plan, in every environment.
@@ -299,6 +367,83 @@ pub async fn delete_entitlement(conn: &mut PgConnection, id: &str) -> Result<boo
         .await?
         .rows_affected()
         > 0)
+}
+
+/// Which entitlements to read. Empty lists do not filter.
+#[derive(Debug, Default)]
+pub struct EntitlementFilter {
+    pub ids: Vec<String>,
+    pub plan_ids: Vec<String>,
+    pub feature_ids: Vec<String>,
+    /// Matches the feature's or plan's name or key.
+    pub q: Option<String>,
+    /// At most this many; `None`: all of them.
+    pub limit: Option<i64>,
+    pub offset: i64,
+}
+
+/// An entitlement with its feature's (`f_`) and plan's (`p_`) columns.
+#[derive(Debug, sqlx::FromRow)]
+pub struct EntitlementDetailRow {
+    pub id: String,
+    pub plan_id: String,
+    pub feature_id: String,
+    pub price_behavior: Option<String>,
+    #[sqlx(flatten)]
+    pub values: EntitlementValues,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub f_key: String,
+    pub f_name: String,
+    pub f_description: String,
+    pub f_feature_type: String,
+    pub f_event_subtype: Option<String>,
+    pub f_trait_id: Option<String>,
+    pub f_created_at: DateTime<Utc>,
+    pub f_updated_at: DateTime<Utc>,
+    pub p_key: String,
+    pub p_name: String,
+    pub p_description: String,
+    pub p_plan_type: String,
+    pub p_created_at: DateTime<Utc>,
+    pub p_updated_at: DateTime<Utc>,
+}
+
+/// The entitlements `filter` selects, with their feature and plan, newest first.
+pub async fn list_entitlements(
+    conn: &mut PgConnection,
+    filter: &EntitlementFilter,
+) -> Result<Vec<EntitlementDetailRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT e.id, e.plan_id, e.feature_id, e.price_behavior, e.value_type, e.value_bool,
+                e.value_numeric, e.value_trait_id, e.value_credit_id, e.credit_consumption_rate,
+                e.metric_period, e.metric_period_month_reset, e.created_at, e.updated_at,
+                f.key AS f_key, f.name AS f_name, f.description AS f_description,
+                f.feature_type AS f_feature_type, f.event_subtype AS f_event_subtype,
+                f.trait_id AS f_trait_id, f.created_at AS f_created_at,
+                f.updated_at AS f_updated_at,
+                p.key AS p_key, p.name AS p_name, p.description AS p_description,
+                p.plan_type AS p_plan_type, p.created_at AS p_created_at,
+                p.updated_at AS p_updated_at
+         FROM plan_entitlements e
+         JOIN features f ON f.id = e.feature_id
+         JOIN plans p ON p.id = e.plan_id
+         WHERE (cardinality($1::text[]) = 0 OR e.id = ANY($1))
+           AND (cardinality($2::text[]) = 0 OR e.plan_id = ANY($2))
+           AND (cardinality($3::text[]) = 0 OR e.feature_id = ANY($3))
+           AND ($4::text IS NULL OR f.name ILIKE $4 OR f.key ILIKE $4
+                OR p.name ILIKE $4 OR p.key ILIKE $4)
+         ORDER BY e.created_at DESC, e.id DESC
+         LIMIT $5 OFFSET $6",
+    )
+    .bind(&filter.ids)
+    .bind(&filter.plan_ids)
+    .bind(&filter.feature_ids)
+    .bind(filter.q.as_deref().map(catalog::contains_pattern))
+    .bind(filter.limit)
+    .bind(filter.offset)
+    .fetch_all(conn)
+    .await
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Users: upsert by keys, with company memberships.
+//! Users: upsert by keys, with company memberships; delete; the reads behind the user views.
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
@@ -90,4 +91,129 @@ pub async fn upsert(
         created,
         companies,
     })
+}
+
+/// Which users of an environment to list. Empty lists do not filter.
+#[derive(Debug, Default)]
+pub struct UserFilter {
+    pub ids: Vec<String>,
+    pub company_id: Option<String>,
+    /// Matches the name or any key value.
+    pub q: Option<String>,
+}
+
+/// The ids of the environment's users `filter` selects, newest first.
+pub async fn list_ids(
+    conn: &mut PgConnection,
+    env_id: &str,
+    filter: &UserFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let q = filter
+        .q
+        .as_deref()
+        .map(|s| format!("%{}%", s.replace('%', "\\%").replace('_', "\\_")));
+    sqlx::query_scalar(
+        "SELECT u.id FROM users u
+         WHERE u.environment_id = $1
+           AND (cardinality($2::text[]) = 0 OR u.id = ANY($2))
+           AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM company_memberships m
+                WHERE m.user_id = u.id AND m.company_id = $3))
+           AND ($4::text IS NULL OR u.name ILIKE $4 OR EXISTS (SELECT 1 FROM user_keys k
+                WHERE k.user_id = u.id AND k.value ILIKE $4))
+         ORDER BY u.created_at DESC, u.id DESC LIMIT $5 OFFSET $6",
+    )
+    .bind(env_id)
+    .bind(&filter.ids)
+    .bind(&filter.company_id)
+    .bind(&q)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(conn)
+    .await
+}
+
+/// A `users` row.
+#[derive(Debug, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: String,
+    pub name: String,
+    pub traits: sqlx::types::Json<Map<String, Value>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A user's key: `(user_id, key, value, created_at)`.
+pub type KeyRow = (String, String, String, DateTime<Utc>);
+
+/// A user's membership of a company, with the company's name and times.
+#[derive(Debug, sqlx::FromRow)]
+pub struct MembershipRow {
+    pub user_id: String,
+    pub company_id: String,
+    pub created_at: DateTime<Utc>,
+    pub name: String,
+    pub company_created_at: DateTime<Utc>,
+    pub company_updated_at: DateTime<Utc>,
+}
+
+/// What a full view of some users is made of.
+#[derive(Debug)]
+pub struct DetailsRows {
+    /// The users found, in no particular order.
+    pub users: Vec<UserRow>,
+    /// Their keys, oldest first.
+    pub keys: Vec<KeyRow>,
+    /// Their memberships, oldest first.
+    pub memberships: Vec<MembershipRow>,
+}
+
+/// The rows, keys and memberships of the environment's users `ids`.
+pub async fn details_rows(
+    conn: &mut PgConnection,
+    env_id: &str,
+    ids: &[String],
+) -> Result<DetailsRows, sqlx::Error> {
+    let users: Vec<UserRow> = sqlx::query_as(
+        "SELECT id, name, traits, created_at, updated_at FROM users WHERE environment_id = $1 AND id = ANY($2)",
+    )
+    .bind(env_id)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let keys: Vec<KeyRow> = sqlx::query_as(
+        "SELECT user_id, key, value, created_at FROM user_keys WHERE user_id = ANY($1) ORDER BY created_at, key",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let memberships: Vec<MembershipRow> = sqlx::query_as(
+        "SELECT m.user_id, m.company_id, m.created_at, c.name, c.created_at AS company_created_at,
+                c.updated_at AS company_updated_at
+         FROM company_memberships m JOIN companies c ON c.id = m.company_id
+         WHERE m.user_id = ANY($1) ORDER BY m.created_at",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(DetailsRows {
+        users,
+        keys,
+        memberships,
+    })
+}
+
+/// Deletes the environment's user `id` (what refers to it cascades). False when there was
+/// none.
+pub async fn delete(conn: &mut PgConnection, env_id: &str, id: &str) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query("DELETE FROM users WHERE environment_id = $1 AND id = $2")
+            .bind(env_id)
+            .bind(id)
+            .execute(conn)
+            .await?
+            .rows_affected()
+            > 0,
+    )
 }
