@@ -5,10 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgConnection;
 
-use super::Error;
+use super::error::{sqlstate, violated_constraint, Error};
 use crate::ids;
 
 pub const MICROS: f64 = 1_000_000.0;
@@ -37,8 +36,9 @@ pub struct NewGrant {
 }
 
 /// Inserts a grant and its ledger row. For plan grants the insert is idempotent per
-/// (plan grant, company, period): `None` when that period was already granted.
-pub async fn grant(conn: &mut PgConnection, g: &NewGrant) -> Result<Option<String>, sqlx::Error> {
+/// (plan grant, company, period): `None` when that period was already granted. A company,
+/// credit type, bundle or plan grant that does not exist is `NotFound` naming the field.
+pub async fn grant(conn: &mut PgConnection, g: &NewGrant) -> Result<Option<String>, Error> {
     let id = ids::new_id("bcgr");
     let source = if g.plan_credit_grant_id.is_some() {
         "plan"
@@ -65,7 +65,8 @@ pub async fn grant(conn: &mut PgConnection, g: &NewGrant) -> Result<Option<Strin
     .bind(g.micros)
     .bind(g.expires_at)
     .fetch_optional(&mut *conn)
-    .await?;
+    .await
+    .map_err(|e| grant_error(e, g))?;
     if inserted.is_some() {
         ledger(
             conn,
@@ -82,6 +83,28 @@ pub async fn grant(conn: &mut PgConnection, g: &NewGrant) -> Result<Option<Strin
         .await?;
     }
     Ok(inserted)
+}
+
+/// A grant's foreign-key violations, in terms of the field that named what does not exist.
+fn grant_error(err: sqlx::Error, g: &NewGrant) -> Error {
+    let missing = match violated_constraint(&err, sqlstate::FOREIGN_KEY_VIOLATION) {
+        Some("credit_grants_environment_id_company_id_fkey") => {
+            format!("company_id: company {:?} not found", g.company_id)
+        }
+        Some("credit_grants_credit_id_fkey") => {
+            format!("credit_id: credit type {:?} not found", g.credit_id)
+        }
+        Some("credit_grants_bundle_id_fkey") => format!(
+            "bundle_id: credit bundle {:?} not found",
+            g.bundle_id.as_deref().unwrap_or("")
+        ),
+        Some("credit_grants_plan_credit_grant_id_fkey") => format!(
+            "plan_credit_grant_id: plan credit grant {:?} not found",
+            g.plan_credit_grant_id.as_deref().unwrap_or("")
+        ),
+        _ => return err.into(),
+    };
+    Error::NotFound(missing)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -316,29 +339,160 @@ pub async fn rules_for(
     Ok(out)
 }
 
-/// `{credit_id, credit_key, granted, used, zeroed, remaining}` per credit type.
-#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct Balance {
+/// A `credit_grants` row, with its company's and credit type's names.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GrantRow {
+    pub id: String,
+    pub company_id: String,
+    pub company_name: String,
+    pub credit_id: String,
+    pub credit_name: String,
+    /// `plan` or `company`.
+    pub source: String,
+    pub reason: String,
+    pub plan_credit_grant_id: Option<String>,
+    pub bundle_id: Option<String>,
+    pub period_start: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub zeroed_at: Option<DateTime<Utc>>,
+    pub zero_reason: Option<String>,
+    pub granted_micros: i64,
+    pub used_micros: i64,
+    pub zeroed_micros: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The columns of a [`GrantRow`].
+macro_rules! grant_select {
+    () => {
+        "SELECT g.id, g.company_id, c.name AS company_name, g.credit_id,
+            t.name AS credit_name, g.source, g.reason, g.plan_credit_grant_id, g.bundle_id,
+            g.period_start, g.expires_at, g.zeroed_at, g.zero_reason, g.granted_micros,
+            g.used_micros, g.zeroed_micros, g.created_at, g.updated_at
+         FROM credit_grants g JOIN companies c ON c.id = g.company_id
+         JOIN credit_types t ON t.id = g.credit_id"
+    };
+}
+
+/// The grant, if the environment has one with this id.
+pub async fn grant_in_environment(
+    conn: &mut PgConnection,
+    env_id: &str,
+    id: &str,
+) -> Result<Option<GrantRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        grant_select!(),
+        " WHERE g.environment_id = $1 AND g.id = $2"
+    ))
+    .bind(env_id)
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The company's grants, newest first.
+pub async fn grants_of_company(
+    conn: &mut PgConnection,
+    env_id: &str,
+    company_id: &str,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<GrantRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        grant_select!(),
+        " WHERE g.environment_id = $1 AND g.company_id = $2
+         ORDER BY g.created_at DESC, g.id DESC LIMIT $3 OFFSET $4"
+    ))
+    .bind(env_id)
+    .bind(company_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(conn)
+    .await
+}
+
+/// The company holding the grant, if the environment has one with this id.
+pub async fn company_of_grant(
+    conn: &mut PgConnection,
+    env_id: &str,
+    grant_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT company_id FROM credit_grants WHERE environment_id = $1 AND id = $2")
+        .bind(env_id)
+        .bind(grant_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// A `credit_ledger` row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LedgerRow {
+    pub id: String,
+    pub company_id: String,
+    pub credit_id: String,
+    pub grant_id: String,
+    /// `grant`, `usage` or `zero_out`.
+    pub event_type: String,
+    pub amount_micros: i64,
+    pub reason: String,
+    pub feature_id: Option<String>,
+    pub usage_event_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The company's ledger, newest first; only rows of `credit_id` when given.
+pub async fn ledger_of_company(
+    conn: &mut PgConnection,
+    env_id: &str,
+    company_id: &str,
+    credit_id: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<LedgerRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, company_id, credit_id, grant_id, event_type, amount_micros, reason, feature_id,
+                usage_event_id, created_at
+         FROM credit_ledger WHERE environment_id = $1 AND company_id = $2
+           AND ($3::text IS NULL OR credit_id = $3)
+         ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5",
+    )
+    .bind(env_id)
+    .bind(company_id)
+    .bind(credit_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(conn)
+    .await
+}
+
+/// A company's totals of one credit type, in micro-credits.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct CreditBalanceRow {
     pub credit_id: String,
     pub credit_key: String,
     pub credit_name: String,
-    pub granted: f64,
-    pub used: f64,
-    pub zeroed: f64,
-    /// What checks see now: unexpired grants only.
-    pub remaining: f64,
+    pub granted_micros: i64,
+    pub used_micros: i64,
+    pub zeroed_micros: i64,
+    /// What checks see at `now`: unexpired grants only.
+    pub remaining_micros: i64,
 }
 
-pub async fn balances(
+/// The company's balance per credit type it was ever granted, by credit key.
+pub async fn balance_of_company(
     conn: &mut PgConnection,
     company_id: &str,
     now: DateTime<Utc>,
-) -> Result<Vec<Balance>, sqlx::Error> {
-    let rows: Vec<(String, String, String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT g.credit_id, t.key, t.name, sum(g.granted_micros)::bigint, sum(g.used_micros)::bigint,
-                sum(g.zeroed_micros)::bigint,
+) -> Result<Vec<CreditBalanceRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT g.credit_id, t.key AS credit_key, t.name AS credit_name,
+                sum(g.granted_micros)::bigint AS granted_micros,
+                sum(g.used_micros)::bigint AS used_micros,
+                sum(g.zeroed_micros)::bigint AS zeroed_micros,
                 COALESCE(sum(g.granted_micros - g.used_micros - g.zeroed_micros)
                     FILTER (WHERE g.expires_at IS NULL OR g.expires_at > $2), 0)::bigint
+                    AS remaining_micros
          FROM credit_grants g JOIN credit_types t ON t.id = g.credit_id
          WHERE g.company_id = $1
          GROUP BY g.credit_id, t.key, t.name ORDER BY t.key",
@@ -346,35 +500,7 @@ pub async fn balances(
     .bind(company_id)
     .bind(now)
     .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(credit_id, credit_key, credit_name, g, u, z, r)| Balance {
-            credit_id,
-            credit_key,
-            credit_name,
-            granted: from_micros(g),
-            used: from_micros(u),
-            zeroed: from_micros(z),
-            remaining: from_micros(r),
-        })
-        .collect())
-}
-
-/// The credit type's id, or a 404 naming `field`.
-pub async fn require_credit(conn: &mut PgConnection, field: &str, id: &str) -> Result<(), Error> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credit_types WHERE id = $1)")
-            .bind(id)
-            .fetch_one(conn)
-            .await?;
-    if exists {
-        Ok(())
-    } else {
-        Err(Error::NotFound(format!(
-            "{field}: credit type {id:?} not found"
-        )))
-    }
+    .await
 }
 
 #[derive(sqlx::FromRow)]

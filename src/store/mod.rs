@@ -9,6 +9,9 @@
 pub mod api_keys;
 pub mod catalog;
 pub mod companies;
+pub mod credit_bundles;
+pub mod credit_plan_grants;
+pub mod credit_types;
 pub mod credits;
 pub mod db;
 pub mod environments;
