@@ -1,5 +1,6 @@
 //! The composition root: builds the state from the configuration, starts the background
-//! tasks (snapshot listener, scheduler, check-count flusher, Stripe inbox workers) and
+//! tasks (snapshot listener, scheduler, check-count flusher, outbound webhook delivery,
+//! Stripe inbox workers) and
 //! serves until shutdown. Nothing imports this module but the CLI.
 
 use std::sync::Arc;
@@ -71,6 +72,12 @@ pub async fn run(
         state.pool.clone(),
         state.checks.clone(),
         std::time::Duration::from_secs(state.config.insights.check_flush_secs),
+        shutdown.clone(),
+        &tracker,
+    );
+    // Delivers outbound webhooks, starting with whatever is due.
+    crate::outbound::Outbound::new(state.pool.clone(), state.config.webhooks.clone()).spawn(
+        state.changes.outbox_wake(),
         shutdown.clone(),
         &tracker,
     );

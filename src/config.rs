@@ -65,6 +65,22 @@ pub struct Config {
     pub environments: Vec<EnvironmentConfig>,
     pub schedule: ScheduleConfig,
     pub insights: InsightsConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// Outbound webhooks (`outbound/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Allow endpoints on loopback and private addresses (tests, local development).
+    pub allow_private_targets: bool,
+    /// One delivery attempt, connecting included.
+    pub timeout_secs: u64,
+    /// Seconds before each retry after a failed attempt (each ±20% at random); after the
+    /// last, the message is given up (`failure`).
+    pub retry_schedule_secs: Vec<u64>,
+    /// Deliveries in flight per process.
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,6 +263,22 @@ impl Config {
         }
         if self.environments.is_empty() {
             return invalid("environments: at least one environment is required".into());
+        }
+        if !(1..=300).contains(&self.webhooks.timeout_secs) {
+            return invalid("webhooks.timeout_secs must be between 1 and 300".into());
+        }
+        if self.webhooks.concurrency == 0 || self.webhooks.concurrency > 1024 {
+            return invalid("webhooks.concurrency must be between 1 and 1024".into());
+        }
+        if let Some(i) = self
+            .webhooks
+            .retry_schedule_secs
+            .iter()
+            .position(|s| *s == 0 || *s > 7 * 86_400)
+        {
+            return invalid(format!(
+                "webhooks.retry_schedule_secs[{i}] must be between 1 and 604800 seconds"
+            ));
         }
         for (key, expr) in [
             ("reconcile", &self.schedule.reconcile),

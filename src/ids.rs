@@ -67,6 +67,8 @@ pub mod prefix {
     pub const RECONCILE_RUN: &str = "rcn";
     pub const CREDIT_TYPE: &str = "bcrd";
     pub const PLAN_CREDIT_GRANT: &str = "bcpg";
+    pub const WEBHOOK: &str = "whk";
+    pub const WEBHOOK_MESSAGE: &str = "msg";
 }
 
 #[cfg(test)]

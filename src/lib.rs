@@ -6,7 +6,9 @@
 //! - `api/` — HTTP: the route table, auth extractor, one module per resource, errors mapped
 //!   to statuses (`api/error.rs`), MCP (`api/mcp.rs`).
 //! - services: `stripe/` (webhook signature, inbox, apply, API client, reconcile),
-//!   `jobs/` (the scheduler and its jobs), `ingest` (event group commit), `insights`.
+//!   `jobs/` (the scheduler and its jobs), `ingest` (event group commit), `insights`,
+//!   `outbound/` (outbound webhooks: emitting into the outbox, signing, delivery),
+//!   `outbox` (the claim-lease-deliver loop every outbox drains with).
 //! - `changes` — what a write changed: notify inside the transaction, commit, refresh.
 //! - `cache/` — the in-memory snapshot checks read (`cache/check.rs` evaluates a check).
 //! - `store/` — all SQL, the pool and migrations, and the store's error type.
@@ -26,6 +28,8 @@ pub mod ingest;
 pub mod insights;
 pub mod jobs;
 pub mod metrics;
+pub mod outbound;
+pub mod outbox;
 pub mod seed;
 pub mod store;
 pub mod stripe;

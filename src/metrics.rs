@@ -578,6 +578,21 @@ pub static RECONCILE_RUNS: CounterVec<2> = CounterVec::new(
 
 /// Everything, in the Prometheus text exposition format. `gauges` are point-in-time values
 /// the caller reads (pool use, cache sizes).
+pub static WEBHOOK_OUT_DELIVERIES: FixedCounter<3> = FixedCounter::new(
+    "entitled_webhook_deliveries_total",
+    "Outbound webhook delivery attempts, by result: success, retry (failed, tried again later), failure (given up).",
+    "result",
+    ["success", "retry", "failure"],
+);
+pub static WEBHOOK_OUT_SECONDS: Histogram = Histogram::latency(
+    "entitled_webhook_delivery_duration_seconds",
+    "Time for one outbound webhook delivery attempt.",
+);
+pub static WEBHOOK_OUT_DISABLED: Counter = Counter::new(
+    "entitled_webhook_endpoints_disabled_total",
+    "Outbound webhook endpoints disabled by entitled (410 Gone, or 90% failures).",
+);
+
 pub fn render(gauges: &[(&str, &str, f64)]) -> String {
     let mut out = String::with_capacity(4096);
     CHECKS.render(&mut out);
@@ -599,6 +614,9 @@ pub fn render(gauges: &[(&str, &str, f64)]) -> String {
     STRIPE_API_REQUESTS.render(&mut out);
     RECONCILE_OBJECTS.render(&mut out);
     RECONCILE_RUNS.render(&mut out);
+    WEBHOOK_OUT_DELIVERIES.render(&mut out);
+    WEBHOOK_OUT_SECONDS.render(&mut out);
+    WEBHOOK_OUT_DISABLED.render(&mut out);
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");

@@ -16,6 +16,7 @@ use super::views::{self, EntitlementView, KeyView, TraitView};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
+use crate::outbound::Event;
 pub use crate::store::companies::CompanyFilter;
 use crate::store::companies::{self as store, UpsertCompany};
 use crate::store::keys::{self, Entity};
@@ -387,6 +388,114 @@ pub async fn upsert(
     ))
 }
 
+/// The outbound webhook messages of a company write: the view before it (when a webhook
+/// wants one), and after it, compared to decide between created, updated (only when the view
+/// changed) and plan_changed (base plan or add-ons differ).
+pub struct CompanyWatch {
+    before: Option<Value>,
+    wanted: bool,
+}
+
+impl CompanyWatch {
+    /// Before the write: reads the company the keys name, if a webhook wants its events.
+    pub async fn start(
+        state: &AppState,
+        auth: &Auth,
+        conn: &mut Conn,
+        keys: &[(String, String)],
+    ) -> AppResult<CompanyWatch> {
+        let wanted = ["company.created", "company.updated", "company.plan_changed"]
+            .iter()
+            .any(|t| state.wants(auth, t));
+        if !wanted {
+            return Ok(CompanyWatch {
+                before: None,
+                wanted,
+            });
+        }
+        let before = match keys::find(conn, Entity::Company, auth.env_id(), keys).await {
+            Ok(Some(id)) => details(conn, state, auth, &[id]).await?.pop(),
+            _ => None,
+        };
+        Ok(CompanyWatch {
+            before: before.map(|v| serde_json::to_value(v).unwrap_or(Value::Null)),
+            wanted,
+        })
+    }
+
+    /// After the write, in its transaction: the messages it makes.
+    pub async fn finish(
+        self,
+        state: &AppState,
+        auth: &Auth,
+        conn: &mut Conn,
+        id: &str,
+        created: bool,
+    ) -> AppResult<Option<Change>> {
+        if !self.wanted {
+            return Ok(None);
+        }
+        let Some(after) = details(conn, state, auth, &[id.to_string()]).await?.pop() else {
+            return Ok(None);
+        };
+        let after = serde_json::to_value(after).unwrap_or(Value::Null);
+        let before = if created { None } else { self.before };
+        let mut events = Vec::new();
+        match &before {
+            None => events.push(Event::new("company.created", &after)),
+            Some(b) if comparable(b) != comparable(&after) => {
+                events.push(Event::new("company.updated", &after).with_previous(b));
+            }
+            Some(_) => {}
+        }
+        let plans = |v: Option<&Value>| {
+            v.map(|v| (v["plan"]["id"].clone(), plan_ids(&v["add_ons"])))
+                .unwrap_or((Value::Null, Vec::new()))
+        };
+        let (old_plan, old_add_ons) = plans(before.as_ref());
+        let (new_plan, new_add_ons) = plans(Some(&after));
+        if (old_plan, old_add_ons) != (new_plan, new_add_ons) {
+            let data = serde_json::json!({
+                "company": after,
+                "previous_plan": before.as_ref().map(|b| b["plan"].clone()).unwrap_or(Value::Null),
+                "plan": after["plan"],
+                "previous_add_ons": before.as_ref().map(|b| b["add_ons"].clone()).unwrap_or(Value::Array(vec![])),
+                "add_ons": after["add_ons"],
+                "source": "manual",
+            });
+            events.push(Event::new("company.plan_changed", data));
+        }
+        events.retain(|e| state.wants(auth, e.request_type));
+        state.emit(conn, auth, &events).await
+    }
+}
+
+/// A company view without what changes on its own (timestamps, usage, metrics).
+fn comparable(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        for k in [
+            "updated_at",
+            "last_seen_at",
+            "usage",
+            "metrics",
+            "billing_credit_balances",
+        ] {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+fn plan_ids(add_ons: &Value) -> Vec<Value> {
+    let mut ids: Vec<Value> = add_ons
+        .as_array()
+        .map(|a| a.iter().map(|p| p["id"].clone()).collect())
+        .unwrap_or_default();
+    ids.sort_by_key(|v| v.to_string());
+    ids
+}
+
 /// Creates or updates the company `body.keys` identify; the REST and MCP upserts.
 pub async fn upsert_company(
     state: &AppState,
@@ -403,16 +512,11 @@ pub async fn upsert_company(
         update_only: body.update_only.unwrap_or(false),
     };
     let mut tx = state.pool.begin().await?;
+    let watched = CompanyWatch::start(state, auth, &mut tx, &req.keys).await?;
     let (id, created) = store::upsert(&mut tx, auth.env_id(), &req).await?;
-    state
-        .commit(
-            tx,
-            &[Change::Company {
-                environment_id: auth.env_id().into(),
-                id: id.clone(),
-            }],
-        )
-        .await?;
+    let mut changes = vec![Change::company(auth.env_id(), &id)];
+    changes.extend(watched.finish(state, auth, &mut tx, &id, created).await?);
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("companies");
     tracing::info!(company_id = %id, created, "company upserted");
     one(state, auth, &id).await
@@ -429,18 +533,25 @@ pub async fn delete(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
+    let before = if state.wants(&auth, "company.deleted") {
+        details(&mut tx, &state, &auth, std::slice::from_ref(&id))
+            .await?
+            .pop()
+    } else {
+        None
+    };
     if !store::delete(&mut tx, auth.env_id(), &id).await? {
         return Err(AppError::not_found("company", &id));
     }
-    state
-        .commit(
-            tx,
-            &[Change::Company {
-                environment_id: auth.env_id().into(),
-                id: id.clone(),
-            }],
-        )
-        .await?;
+    let mut changes = vec![Change::company(auth.env_id(), &id)];
+    if let Some(view) = before {
+        changes.extend(
+            state
+                .emit(&mut tx, &auth, &[Event::new("company.deleted", view)])
+                .await?,
+        );
+    }
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("companies");
     tracing::info!("company deleted");
     Ok(envelope::deleted())
@@ -488,17 +599,12 @@ pub async fn upsert_trait(
         ..Default::default()
     };
     let mut tx = state.pool.begin().await?;
-    let (id, _) = store::upsert(&mut tx, auth.env_id(), &req).await?;
+    let watched = CompanyWatch::start(&state, &auth, &mut tx, &req.keys).await?;
+    let (id, created) = store::upsert(&mut tx, auth.env_id(), &req).await?;
     store::update_trait(&mut tx, &id, &body.name, body.set.as_ref(), body.incr).await?;
-    state
-        .commit(
-            tx,
-            &[Change::Company {
-                environment_id: auth.env_id().into(),
-                id: id.clone(),
-            }],
-        )
-        .await?;
+    let mut changes = vec![Change::company(auth.env_id(), &id)];
+    changes.extend(watched.finish(&state, &auth, &mut tx, &id, created).await?);
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("company_traits");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Auth;
 use super::companies::Preview;
+use super::emit;
 use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::flags::{self, FlagView};
@@ -98,6 +99,18 @@ pub async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult
         }
     }
     Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+}
+
+/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
+async fn view_in(
+    conn: &mut Conn,
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+) -> AppResult<Option<serde_json::Value>> {
+    let _ = state;
+    let view = details(conn, auth.env_id(), &[id.to_string()]).await?.pop();
+    Ok(view.map(emit::value))
 }
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<FeatureView> {
@@ -329,6 +342,8 @@ pub async fn create(
         feature_id: None,
     };
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::FEATURE);
+    let before = None;
     let id = store::insert_feature(&mut tx, &fields).await?;
     let flag_id = store::insert_flag(
         &mut tx,
@@ -338,7 +353,28 @@ pub async fn create(
         },
     )
     .await?;
-    state.commit(tx, &[Change::Catalog]).await?;
+    let after = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
+    let mut changes = vec![Change::Catalog];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(
+                &state,
+                &auth,
+                &emit::FEATURE,
+                before,
+                after,
+            )],
+        )
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("features");
     tracing::info!(feature_id = %id, %flag_id, key = %fields.key, feature_type = fields.feature_type.as_str(), "feature created");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -356,6 +392,12 @@ pub async fn update(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::FEATURE);
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     let current = store::feature_for_update(&mut tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("feature", &id))?;
@@ -371,7 +413,28 @@ pub async fn update(
         )
         .await?;
     }
-    state.commit(tx, &[Change::Catalog]).await?;
+    let after = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
+    let mut changes = vec![Change::Catalog];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(
+                &state,
+                &auth,
+                &emit::FEATURE,
+                before,
+                after,
+            )],
+        )
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("features");
     tracing::info!(key = %fields.key, feature_type = fields.feature_type.as_str(), "feature updated");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -388,6 +451,12 @@ pub async fn delete(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::FEATURE);
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     let companies = store::delete_feature(&mut tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("feature", &id))?;
@@ -398,9 +467,26 @@ pub async fn delete(
             .into_iter()
             .map(|(environment_id, id)| Change::Company { environment_id, id }),
     );
+    let overrides_removed_for = changes.len() - 1;
+    let after = None;
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(
+                &state,
+                &auth,
+                &emit::FEATURE,
+                before,
+                after,
+            )],
+        )
+        .await?,
+    );
     state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("features");
-    tracing::info!(overrides_removed_for = changes.len() - 1, "feature deleted");
+    tracing::info!(overrides_removed_for, "feature deleted");
     Ok(envelope::deleted())
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::auth::Auth;
+use super::emit;
 use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::features::FeatureSummary;
@@ -216,6 +217,18 @@ pub async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult
     views(conn, env_id, ordered).await
 }
 
+/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
+async fn view_in(
+    conn: &mut Conn,
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+) -> AppResult<Option<serde_json::Value>> {
+    let _ = state;
+    let view = details(conn, auth.env_id(), &[id.to_string()]).await?.pop();
+    Ok(view.map(emit::value))
+}
+
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<FlagView> {
     let mut conn = state.pool.acquire().await?;
     details(&mut conn, auth.env_id(), &[id.to_string()])
@@ -343,8 +356,25 @@ pub async fn create(
     auth.require_write()?;
     let fields = body.resolve(None)?;
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::FLAG);
+    let before = None;
     let id = store::insert_flag(&mut tx, &fields).await?;
-    state.commit(tx, &[Change::Catalog]).await?;
+    let after = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
+    let mut changes = vec![Change::Catalog];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(&state, &auth, &emit::FLAG, before, after)],
+        )
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("flags");
     tracing::info!(flag_id = %id, key = %fields.key, feature_id = ?fields.feature_id, "flag created");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -362,12 +392,33 @@ pub async fn update(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::FLAG);
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     let current = store::flag_for_update(&mut tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("flag", &id))?;
     let fields = body.resolve(Some(&current))?;
     store::update_flag(&mut tx, &id, &fields).await?;
-    state.commit(tx, &[Change::Catalog]).await?;
+    let after = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
+    let mut changes = vec![Change::Catalog];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(&state, &auth, &emit::FLAG, before, after)],
+        )
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("flags");
     tracing::info!(key = %fields.key, default_value = fields.default_value, "flag updated");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -384,10 +435,27 @@ pub async fn delete(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::FLAG);
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     if !store::delete_flag(&mut tx, &id).await? {
         return Err(AppError::not_found("flag", &id));
     }
-    state.commit(tx, &[Change::Catalog]).await?;
+    let after = None;
+    let mut changes = vec![Change::Catalog];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(&state, &auth, &emit::FLAG, before, after)],
+        )
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("flags");
     tracing::info!("flag deleted");
     Ok(envelope::deleted())
@@ -512,8 +580,28 @@ pub async fn put_rules(
             "{path}.resource_ids: plan {plan_id:?} not found"
         )));
     }
+    let watch = state.wants(&auth, "flag_rules.updated");
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     store::replace_rules(&mut tx, &id, &rules).await?;
-    state.commit(tx, &[Change::Catalog]).await?;
+    let mut changes = vec![Change::Catalog];
+    if let (Some(before), Some(after)) = (
+        before,
+        view_in(&mut tx, &state, &auth, &id)
+            .await?
+            .filter(|_| watch),
+    ) {
+        let event = crate::outbound::Event::new(
+            "flag_rules.updated",
+            serde_json::json!({"flag": after, "rules": after["rules"]}),
+        )
+        .with_previous(serde_json::json!({"flag": before, "rules": before["rules"]}));
+        changes.extend(emit::write(&state, &auth, &mut tx, [Some(event)]).await?);
+    }
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("flags");
     tracing::info!(rules = rules.len(), "flag rules replaced");
     let view = one(&state, &auth, &id).await?;

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod checks;
 pub mod companies;
 pub mod credits;
+pub mod emit;
 pub mod envelope;
 pub mod error;
 pub mod events;
@@ -22,6 +23,7 @@ pub mod state;
 pub mod stripe;
 pub mod users;
 pub mod views;
+pub mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::handler::Handler;
@@ -81,6 +83,21 @@ pub fn routes() -> Vec<Route> {
             "/webhooks/stripe/{environment_key}",
             stripe::webhook,
         ),
+        route(M::GET, "/webhooks", webhooks::list),
+        route(M::POST, "/webhooks", webhooks::create),
+        route(M::GET, "/webhooks/count", webhooks::count),
+        route(M::GET, "/webhooks/{id}", webhooks::get),
+        route(M::PUT, "/webhooks/{id}", webhooks::update),
+        route(M::DELETE, "/webhooks/{id}", webhooks::delete),
+        route(M::POST, "/webhooks/{id}/test", webhooks::test),
+        route(
+            M::POST,
+            "/webhooks/{id}/rotate-secret",
+            webhooks::rotate_secret,
+        ),
+        route(M::GET, "/webhook-events", webhooks::list_events),
+        route(M::GET, "/webhook-events/count", webhooks::count_events),
+        route(M::GET, "/webhook-events/{id}", webhooks::get_event),
         route(M::GET, "/stripe/events", stripe::list_events),
         route(M::POST, "/stripe/events/{id}/retry", stripe::retry_event),
         route(M::POST, "/stripe/reconcile", stripe::start_reconcile),

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::{
     checks, companies, credits, events, feature_usage, features, flags, health, insights,
-    overrides, plan_entitlements, plans, stripe, users,
+    overrides, plan_entitlements, plans, stripe, users, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -81,6 +81,17 @@ use super::{
         stripe::start_reconcile,
         stripe::list_reconcile_runs,
         stripe::get_reconcile_run,
+        webhooks::list,
+        webhooks::count,
+        webhooks::create,
+        webhooks::get,
+        webhooks::update,
+        webhooks::delete,
+        webhooks::test,
+        webhooks::rotate_secret,
+        webhooks::list_events,
+        webhooks::count_events,
+        webhooks::get_event,
         credits::types::list_credits,
         credits::types::create_credit,
         credits::types::get_credit,
@@ -114,6 +125,7 @@ use super::{
         (name = "checks", description = "Answered from memory, never from Postgres"),
         (name = "plans"), (name = "plan-entitlements"), (name = "company-overrides"),
         (name = "events"), (name = "credits"), (name = "stripe", description = "Webhooks (signed, no API key) and the inbox"), (name = "insights"),
+        (name = "webhooks", description = "Outbound webhooks: endpoints, and the messages sent to them"),
         (name = "mcp", description = "Model Context Protocol over streamable HTTP"),
     )
 )]

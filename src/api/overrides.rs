@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Auth;
 use super::companies;
+use super::emit;
 use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
@@ -132,6 +133,22 @@ async fn fetch(
             }
         })
         .collect())
+}
+
+/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
+async fn view_in(
+    conn: &mut Conn,
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+) -> AppResult<Option<serde_json::Value>> {
+    let _ = state;
+    let filter = OverrideFilter {
+        ids: vec![id.to_string()],
+        ..Default::default()
+    };
+    let view = fetch(conn, state, auth, &filter, Utc::now()).await?.pop();
+    Ok(view.map(emit::value))
 }
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<OverrideView> {
@@ -265,6 +282,8 @@ pub async fn create(
     let note = valid_note(body.note.unwrap_or_default())?;
     let env_id = auth.env_id();
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
+    let before = None;
     store::require_company(&mut tx, env_id, "company_id", &body.company_id).await?;
     let feature_type = feature_type(&mut tx, "feature_id", &body.feature_id).await?;
     let values = input.resolve(None, feature_type)?;
@@ -281,15 +300,28 @@ pub async fn create(
         },
     )
     .await?;
-    state
-        .commit(
-            tx,
-            &[Change::Company {
-                environment_id: env_id.into(),
-                id: body.company_id.clone(),
-            }],
+    let after = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
+    let mut changes = vec![Change::company(env_id, &body.company_id)];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(
+                &state,
+                &auth,
+                &emit::OVERRIDE,
+                before,
+                after,
+            )],
         )
-        .await?;
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("company_overrides");
     tracing::info!(override_id = %id, company_id = %body.company_id, feature_id = %body.feature_id, "company override created");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -341,6 +373,12 @@ pub async fn update(
     let note = body.note.map(valid_note).transpose()?;
     let env_id = auth.env_id();
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     let current = store::get_for_update(&mut tx, env_id, &id)
         .await?
         .ok_or_else(|| AppError::not_found("company override", &id))?;
@@ -359,15 +397,28 @@ pub async fn update(
         note.as_deref().unwrap_or(&current.note),
     )
     .await?;
-    state
-        .commit(
-            tx,
-            &[Change::Company {
-                environment_id: env_id.into(),
-                id: current.company_id.clone(),
-            }],
+    let after = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
+    let mut changes = vec![Change::company(env_id, &current.company_id)];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(
+                &state,
+                &auth,
+                &emit::OVERRIDE,
+                before,
+                after,
+            )],
         )
-        .await?;
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("company_overrides");
     tracing::info!(company_id = %current.company_id, "company override updated");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -385,18 +436,33 @@ pub async fn delete(
     auth.require_write()?;
     let env_id = auth.env_id();
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     let company_id = store::delete(&mut tx, env_id, &id)
         .await?
         .ok_or_else(|| AppError::not_found("company override", &id))?;
-    state
-        .commit(
-            tx,
-            &[Change::Company {
-                environment_id: env_id.into(),
-                id: company_id.clone(),
-            }],
+    let after = None;
+    let mut changes = vec![Change::company(env_id, &company_id)];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(
+                &state,
+                &auth,
+                &emit::OVERRIDE,
+                before,
+                after,
+            )],
         )
-        .await?;
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("company_overrides");
     tracing::info!(%company_id, "company override deleted");
     Ok(envelope::deleted())

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::auth::Auth;
+use super::emit;
 use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
@@ -119,6 +120,22 @@ pub async fn fetch(
             updated_at: r.updated_at,
         })
         .collect())
+}
+
+/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
+async fn view_in(
+    conn: &mut Conn,
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+) -> AppResult<Option<serde_json::Value>> {
+    let _ = state;
+    let filter = EntitlementFilter {
+        ids: vec![id.to_string()],
+        ..Default::default()
+    };
+    let view = fetch(conn, auth.env_id(), &filter).await?.pop();
+    Ok(view.map(emit::value))
 }
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<PlanEntitlementView> {
@@ -238,6 +255,8 @@ pub async fn create(
     };
     let price_behavior = price_behavior(body.price_behavior, None)?;
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
+    let before = None;
     plan_type(&mut tx, "plan_id", &body.plan_id).await?;
     let feature_type = store::feature_type(&mut tx, "feature_id", &body.feature_id).await?;
     let values = input.resolve(None, feature_type)?;
@@ -249,7 +268,28 @@ pub async fn create(
         price_behavior.as_deref(),
     )
     .await?;
-    state.commit(tx, &[Change::Catalog]).await?;
+    let after = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
+    let mut changes = vec![Change::Catalog];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(
+                &state,
+                &auth,
+                &emit::PLAN_ENTITLEMENT,
+                before,
+                after,
+            )],
+        )
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("plan_entitlements");
     tracing::info!(entitlement_id = %id, plan_id = %body.plan_id, feature_id = %body.feature_id, "plan entitlement created");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -296,6 +336,12 @@ pub async fn update(
         metric_period_month_reset: body.metric_period_month_reset,
     };
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     let current = store::entitlement_for_update(&mut tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("plan entitlement", &id))?;
@@ -303,7 +349,28 @@ pub async fn update(
     let values = input.resolve(Some(&current.values), feature_type)?;
     let price_behavior = price_behavior(body.price_behavior, current.price_behavior)?;
     store::update_entitlement(&mut tx, &id, &values, price_behavior.as_deref()).await?;
-    state.commit(tx, &[Change::Catalog]).await?;
+    let after = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
+    let mut changes = vec![Change::Catalog];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(
+                &state,
+                &auth,
+                &emit::PLAN_ENTITLEMENT,
+                before,
+                after,
+            )],
+        )
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("plan_entitlements");
     tracing::info!("plan entitlement updated");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -320,10 +387,33 @@ pub async fn delete(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     if !store::delete_entitlement(&mut tx, &id).await? {
         return Err(AppError::not_found("plan entitlement", &id));
     }
-    state.commit(tx, &[Change::Catalog]).await?;
+    let after = None;
+    let mut changes = vec![Change::Catalog];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(
+                &state,
+                &auth,
+                &emit::PLAN_ENTITLEMENT,
+                before,
+                after,
+            )],
+        )
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("plan_entitlements");
     tracing::info!("plan entitlement deleted");
     Ok(envelope::deleted())

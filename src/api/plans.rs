@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::auth::Auth;
+use super::emit;
 use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
@@ -146,6 +147,18 @@ pub async fn details(conn: &mut Conn, auth: &Auth, ids: &[String]) -> AppResult<
     Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
 }
 
+/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
+async fn view_in(
+    conn: &mut Conn,
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+) -> AppResult<Option<serde_json::Value>> {
+    let _ = state;
+    let view = details(conn, auth, &[id.to_string()]).await?.pop();
+    Ok(view.map(emit::value))
+}
+
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<PlanView> {
     let mut conn = state.pool.acquire().await?;
     details(&mut conn, auth, &[id.to_string()])
@@ -246,6 +259,8 @@ pub async fn create(
     }
     let billing_product_id = product_id(body.billing_product_id)?;
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::PLAN);
+    let before = None;
     let key = match key {
         Some(k) => k,
         None => store::free_key(&mut tx, &store::key_from_name(&body.name)).await?,
@@ -261,7 +276,22 @@ pub async fn create(
         },
     )
     .await?;
-    state.commit(tx, &[Change::Catalog]).await?;
+    let after = if watch {
+        view_in(&mut tx, &state, &auth, &plan.id).await?
+    } else {
+        None
+    };
+    let mut changes = vec![Change::Catalog];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(&state, &auth, &emit::PLAN, before, after)],
+        )
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("plans");
     tracing::info!(plan_id = %plan.id, key = %plan.key, "plan created");
     Ok(envelope::ok_empty(one(&state, &auth, &plan.id).await?))
@@ -302,6 +332,12 @@ pub async fn update(
         catalog::validate_key("key", k)?;
     }
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::PLAN);
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     let current = store::get_for_update(&mut tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("plan", &id))?;
@@ -330,7 +366,22 @@ pub async fn update(
         },
     )
     .await?;
-    state.commit(tx, &[Change::Catalog]).await?;
+    let after = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
+    let mut changes = vec![Change::Catalog];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(&state, &auth, &emit::PLAN, before, after)],
+        )
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("plans");
     tracing::info!(key = %plan.key, "plan updated");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -347,6 +398,12 @@ pub async fn delete(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::PLAN);
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     if store::get_for_update(&mut tx, &id).await?.is_none() {
         return Err(AppError::not_found("plan", &id));
     }
@@ -357,7 +414,18 @@ pub async fn delete(
         )));
     }
     store::delete(&mut tx, &id).await?;
-    state.commit(tx, &[Change::Catalog]).await?;
+    let after = None;
+    let mut changes = vec![Change::Catalog];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(&state, &auth, &emit::PLAN, before, after)],
+        )
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("plans");
     tracing::info!("plan deleted");
     Ok(envelope::deleted())

@@ -68,6 +68,26 @@ impl AppState {
         }
     }
 
+    /// Whether an outbound webhook of the key's environment wants `request_type` (so the
+    /// handler builds the message's views only then).
+    pub fn wants(&self, auth: &Auth, request_type: &str) -> bool {
+        self.cache.webhooks_want(auth.env_id(), request_type)
+    }
+
+    /// Writes outbound webhook messages for `events` in `tx` (the transaction of the change
+    /// they report). Returns the change to commit with, when anything was written.
+    pub async fn emit(
+        &self,
+        tx: &mut store::Conn,
+        auth: &Auth,
+        events: &[crate::outbound::Event],
+    ) -> AppResult<Option<Change>> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        Ok(crate::outbound::emit(tx, auth.env_id(), &auth.env.environment.key, events).await?)
+    }
+
     /// Begins a transaction for a handler that writes through several store functions.
     pub async fn begin(&self) -> AppResult<store::Tx> {
         Ok(store::begin(&self.pool).await?)

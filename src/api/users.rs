@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::auth::Auth;
+use super::emit;
 use super::envelope;
 use super::extract::{Json, Page, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
@@ -107,6 +108,18 @@ async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult<Vec
         }
     }
     Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+}
+
+/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
+async fn view_in(
+    conn: &mut Conn,
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+) -> AppResult<Option<serde_json::Value>> {
+    let _ = state;
+    let view = details(conn, auth.env_id(), &[id.to_string()]).await?.pop();
+    Ok(view.map(emit::value))
 }
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<UserView> {
@@ -271,18 +284,27 @@ pub async fn delete(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::USER);
+    let before = if watch {
+        view_in(&mut tx, &state, &auth, &id).await?
+    } else {
+        None
+    };
     if !store::delete(&mut tx, auth.env_id(), &id).await? {
         return Err(AppError::not_found("user", &id));
     }
-    state
-        .commit(
-            tx,
-            &[Change::User {
-                environment_id: auth.env_id().into(),
-                id: id.clone(),
-            }],
+    let after = None;
+    let mut changes = vec![Change::user(auth.env_id(), &id)];
+    changes.extend(
+        emit::write(
+            &state,
+            &auth,
+            &mut tx,
+            [emit::lifecycle(&state, &auth, &emit::USER, before, after)],
         )
-        .await?;
+        .await?,
+    );
+    state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("users");
     Ok(envelope::deleted())
 }

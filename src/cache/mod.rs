@@ -95,6 +95,9 @@ pub struct Cache {
     pool: PgPool,
     catalog: ArcSwap<Catalog>,
     api_keys: ArcSwap<HashMap<[u8; 32], ApiKeyInfo>>,
+    /// `(environment_id, request_type)` pairs some active outbound webhook subscribes to:
+    /// writers build messages only for these.
+    webhook_types: ArcSwap<std::collections::HashSet<(String, String)>>,
     envs: HashMap<String, Arc<EnvCache>>,
     env_ids_by_key: HashMap<String, String>,
     default_env_id: String,
@@ -129,6 +132,7 @@ impl Cache {
             pool,
             catalog: ArcSwap::from_pointee(Catalog::default()),
             api_keys: ArcSwap::from_pointee(HashMap::new()),
+            webhook_types: ArcSwap::from_pointee(Default::default()),
             envs,
             env_ids_by_key,
             default_env_id: environments
@@ -180,6 +184,21 @@ impl Cache {
             .collect()
     }
 
+    /// Whether an active outbound webhook of the environment subscribes to `request_type`.
+    pub fn webhooks_want(&self, environment_id: &str, request_type: &str) -> bool {
+        let types = self.webhook_types.load();
+        !types.is_empty() && types.contains(&(environment_id.to_string(), request_type.to_string()))
+    }
+
+    /// Reloads which request types the environments' webhooks subscribe to.
+    pub async fn reload_webhook_types(&self) -> store::Result<()> {
+        let pairs = store::webhooks::subscribed_types(&self.pool).await?;
+        self.webhook_types
+            .store(Arc::new(pairs.into_iter().collect()));
+        crate::metrics::CACHE_RELOADS.inc();
+        Ok(())
+    }
+
     pub fn api_key(&self, hash: &[u8; 32]) -> Option<ApiKeyInfo> {
         self.api_keys.load().get(hash).cloned()
     }
@@ -188,6 +207,7 @@ impl Cache {
     pub async fn reload_all(&self) -> store::Result<()> {
         self.reload_api_keys().await?;
         self.reload_catalog().await?;
+        self.reload_webhook_types().await?;
         for env in self.envs.values() {
             let (companies, users) = load::environment(&self.pool, &env.environment.id).await?;
             {

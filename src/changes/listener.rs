@@ -51,6 +51,7 @@ pub fn spawn_listener(
                             None
                         };
                     }
+                    publisher.refresh_from_elsewhere(&changes);
                     if let Err(e) = super::apply(&cache, &changes).await {
                         tracing::warn!(error = %e, "cache reload failed; reloading everything");
                         reload_all_until_ok(&cache, &shutdown).await;

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::{PgConnection, Postgres, Transaction};
+use tokio::sync::Notify;
 
 use crate::cache::Cache;
 use crate::engine::UsageCounter;
@@ -50,6 +51,10 @@ pub enum Change {
         company_id: String,
         counters: Vec<UsageCounter>,
     },
+    /// Messages were written to an outbox: wake the delivery workers (on every replica).
+    Outbox,
+    /// Outbound webhook endpoints changed (which request types are wanted).
+    Webhooks,
 }
 
 impl Change {
@@ -100,6 +105,8 @@ pub struct Publisher {
     origin: Arc<str>,
     /// `serve` refreshes its snapshot right after each commit; the CLI has none.
     cache: Option<Arc<Cache>>,
+    /// Wakes this process's outbox workers after a commit that wrote to an outbox.
+    outbox_wake: Arc<Notify>,
 }
 
 impl Publisher {
@@ -108,6 +115,7 @@ impl Publisher {
         Publisher {
             origin: crate::ids::new_id("inst").into(),
             cache: Some(cache),
+            outbox_wake: Arc::new(Notify::new()),
         }
     }
 
@@ -116,6 +124,7 @@ impl Publisher {
         Publisher {
             origin: crate::ids::new_id(origin).into(),
             cache: None,
+            outbox_wake: Arc::new(Notify::new()),
         }
     }
 
@@ -126,6 +135,11 @@ impl Publisher {
 
     pub fn cache(&self) -> Option<&Arc<Cache>> {
         self.cache.as_ref()
+    }
+
+    /// What outbox workers wait on.
+    pub fn outbox_wake(&self) -> Arc<Notify> {
+        self.outbox_wake.clone()
     }
 
     /// Queues `changes` in the transaction (delivered only if it commits), without
@@ -153,9 +167,22 @@ impl Publisher {
     /// Refreshes this process's snapshot after a commit. A failure is logged: the listener's
     /// reconnect-and-reload repairs whatever was missed.
     pub async fn refresh(&self, changes: &[Change]) {
+        if changes.contains(&Change::Outbox) {
+            self.outbox_wake.notify_one();
+        }
         let Some(cache) = &self.cache else { return };
         if let Err(e) = apply(cache, changes).await {
             tracing::warn!(error = %e, changes = changes.len(), "snapshot refresh after commit failed");
+        }
+    }
+}
+
+impl Publisher {
+    /// What another replica's changes mean beyond the snapshot: its outbox writes wake this
+    /// process's workers too (replicas share the outbox).
+    pub(crate) fn refresh_from_elsewhere(&self, changes: &[Change]) {
+        if changes.contains(&Change::Outbox) {
+            self.outbox_wake.notify_one();
         }
     }
 }
@@ -185,6 +212,8 @@ pub async fn apply(cache: &Cache, changes: &[Change]) -> store::Result<()> {
                 company_id,
                 counters,
             } => cache.apply_usage(environment_id, company_id, counters),
+            Change::Outbox => {} // not the snapshot's business: see Publisher::refresh
+            Change::Webhooks => cache.reload_webhook_types().await?,
         }
     }
     for (environment_id, mut ids) in companies {

@@ -28,6 +28,8 @@ pub fn encode(origin: &str, change: &Change) -> Vec<String> {
     match change {
         Change::Catalog => vec![format!("{origin}|catalog")],
         Change::ApiKeys => vec![format!("{origin}|api_keys")],
+        Change::Outbox => vec![format!("{origin}|outbox")],
+        Change::Webhooks => vec![format!("{origin}|webhooks")],
         Change::Company { environment_id, id } => {
             vec![format!("{origin}|company|{environment_id}|{id}")]
         }
@@ -117,6 +119,8 @@ pub fn decode(payload: &str) -> Option<(&str, Change)> {
     let change = match (parts.next()?, parts.next(), parts.next(), parts.next()) {
         ("catalog", None, None, None) => Change::Catalog,
         ("api_keys", None, None, None) => Change::ApiKeys,
+        ("outbox", None, None, None) => Change::Outbox,
+        ("webhooks", None, None, None) => Change::Webhooks,
         ("company", Some(env), Some(id), None) => Change::Company {
             environment_id: env.into(),
             id: id.into(),
@@ -154,6 +158,8 @@ mod tests {
         for c in [
             Change::Catalog,
             Change::ApiKeys,
+            Change::Outbox,
+            Change::Webhooks,
             Change::Company {
                 environment_id: "env_1".into(),
                 id: "comp_1".into(),

@@ -31,6 +31,7 @@ pub mod stripe;
 pub mod stripe_inbox;
 pub mod users;
 pub mod values;
+pub mod webhooks;
 
 pub use error::{Error, Result};
 

@@ -1,0 +1,103 @@
+//! The outbound webhook messages of API writes: `<object>.created`, `.updated` (with the
+//! view before as `previous`, and only when the view changed) and `.deleted`, built from the
+//! REST views of the object before and after the write, inside the write's transaction.
+//! Views are built only when some endpoint of the environment wants the message.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::auth::Auth;
+use crate::api::error::AppResult;
+use crate::api::AppState;
+use crate::changes::Change;
+use crate::outbound::Event;
+use crate::store;
+
+/// The request types of one kind of object.
+pub struct Kinds {
+    pub created: &'static str,
+    pub updated: &'static str,
+    pub deleted: &'static str,
+}
+
+pub const USER: Kinds = Kinds {
+    created: "user.created",
+    updated: "user.updated",
+    deleted: "user.deleted",
+};
+pub const PLAN: Kinds = Kinds {
+    created: "plan.created",
+    updated: "plan.updated",
+    deleted: "plan.deleted",
+};
+pub const PLAN_ENTITLEMENT: Kinds = Kinds {
+    created: "plan.entitlement.created",
+    updated: "plan.entitlement.updated",
+    deleted: "plan.entitlement.deleted",
+};
+pub const FEATURE: Kinds = Kinds {
+    created: "feature.created",
+    updated: "feature.updated",
+    deleted: "feature.deleted",
+};
+pub const FLAG: Kinds = Kinds {
+    created: "flag.created",
+    updated: "flag.updated",
+    deleted: "flag.deleted",
+};
+pub const OVERRIDE: Kinds = Kinds {
+    created: "company.override.created",
+    updated: "company.override.updated",
+    deleted: "company.override.deleted",
+};
+
+/// Whether any message of `kinds` is wanted in the key's environment.
+pub fn wanted(state: &AppState, auth: &Auth, kinds: &Kinds) -> bool {
+    [kinds.created, kinds.updated, kinds.deleted]
+        .iter()
+        .any(|t| state.wants(auth, t))
+}
+
+/// A view as the message carries it.
+pub fn value(view: impl Serialize) -> Value {
+    serde_json::to_value(view).unwrap_or(Value::Null)
+}
+
+/// A view without what moves on its own (timestamps), for telling whether a write changed it.
+fn comparable(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("updated_at");
+    }
+    v
+}
+
+/// The message of a write that turned `before` into `after` (`None`: absent), if wanted.
+pub fn lifecycle(
+    state: &AppState,
+    auth: &Auth,
+    kinds: &Kinds,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> Option<Event> {
+    let event = match (before, after) {
+        (None, Some(a)) => Event::new(kinds.created, a),
+        (Some(b), None) => Event::new(kinds.deleted, b),
+        (Some(b), Some(a)) if comparable(&b) != comparable(&a) => {
+            Event::new(kinds.updated, a).with_previous(b)
+        }
+        _ => return None,
+    };
+    state.wants(auth, event.request_type).then_some(event)
+}
+
+/// Writes the messages of `events` (skipping `None`) in `tx`; the change to commit with.
+pub async fn write(
+    state: &AppState,
+    auth: &Auth,
+    tx: &mut store::Conn,
+    events: impl IntoIterator<Item = Option<Event>>,
+) -> AppResult<Option<Change>> {
+    let events: Vec<Event> = events.into_iter().flatten().collect();
+    state.emit(tx, auth, &events).await
+}
