@@ -63,8 +63,13 @@ async fn operations_carry_schemas_and_security() {
                 );
             }
             // Bodiless by design: MCP documents its own protocol; a retry or a reconcile
-            // takes no input.
-            let bodiless = ["/mcp", "/stripe/events/{id}/retry", "/stripe/reconcile"];
+            // takes no input; nor does rotating a webhook secret.
+            let bodiless = [
+                "/mcp",
+                "/stripe/events/{id}/retry",
+                "/stripe/reconcile",
+                "/webhooks/{id}/rotate-secret",
+            ];
             if (method == "post" || method == "put") && !bodiless.contains(&path.as_str()) {
                 assert!(
                     op["requestBody"]["content"]["application/json"]["schema"].is_object(),
