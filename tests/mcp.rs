@@ -26,7 +26,7 @@ async fn the_python_mcp_client_lists_and_calls_every_tool() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    common::run_python(
+    common::python::run_script(
         &app,
         "tests/sdk/mcp_client.py",
         &[app.readonly_key.clone(), pro],

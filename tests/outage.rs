@@ -4,57 +4,18 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-/// Forwards connections to Postgres until `up` is false; then drops every connection and
-/// refuses new ones.
-async fn proxy(up: Arc<AtomicBool>, cut: watch::Receiver<u64>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            if !up.load(Ordering::SeqCst) {
-                drop(client);
-                continue;
-            }
-            let mut cut = cut.clone();
-            cut.borrow_and_update(); // only a cut after this connection opened ends it
-            tokio::spawn(async move {
-                let Ok(mut server) = TcpStream::connect("127.0.0.1:5432").await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    _ = cut.changed() => {}
-                }
-            });
-        }
-    });
-    port
-}
+use common::proxy::PgProxy;
 
 #[tokio::test]
 async fn checks_survive_a_database_outage() {
-    let (db_url, db_name) = common::fresh_database().await;
-    let up = Arc::new(AtomicBool::new(true));
-    let (cut_tx, cut_rx) = watch::channel(0u64);
-    let port = proxy(up.clone(), cut_rx).await;
-    let proxied = db_url.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
-    assert_ne!(
-        proxied, db_url,
-        "test database URL must point at 127.0.0.1:5432"
-    );
-    let app = common::spawn_on(&proxied, "").await;
+    let db = common::fresh_database().await;
+    let proxy = PgProxy::start().await;
+    let app = common::spawn_on(&proxy.url(&db.url), "").await;
     entitled::seed::seed_file(
         &app.pool,
         std::path::Path::new("fixtures/demo-catalog.toml"),
@@ -81,8 +42,7 @@ async fn checks_survive_a_database_outage() {
     );
 
     // Postgres goes away.
-    up.store(false, Ordering::SeqCst);
-    cut_tx.send(1).unwrap();
+    proxy.cut();
     app.pool.close().await; // the test's own pool goes through the proxy too
 
     // Checks keep answering from the snapshot.
@@ -109,7 +69,7 @@ async fn checks_survive_a_database_outage() {
     assert_eq!(s, StatusCode::OK);
 
     // It comes back: writes work again and the listener catches up.
-    up.store(true, Ordering::SeqCst);
+    proxy.restore();
     common::eventually(Duration::from_secs(10), || async {
         let (s, _) = app
             .post("/companies", json!({"keys": {"id": "back"}}))
@@ -120,5 +80,4 @@ async fn checks_survive_a_database_outage() {
     let (s, _) = app.send(Method::GET, "/ready", None, None).await;
     assert_eq!(s, StatusCode::OK);
     app.stop().await;
-    common::drop_database(db_name);
 }

@@ -31,7 +31,7 @@ async fn python_sdk_checks_flags_and_upserts_companies() {
     let analytics = id("SELECT id FROM plans WHERE key = 'analytics'").await;
     let audit_log = id("SELECT id FROM features WHERE key = 'audit-log'").await;
 
-    run_script(
+    common::python::run_script(
         &app,
         "tests/sdk/python_sdk.py",
         &[pro, analytics, audit_log],
@@ -63,26 +63,5 @@ async fn python_sdk_track_buffer_moves_usage() {
         serde_json::json!({"keys": {"id": "sdk-track"}, "base_plan_id": free}),
     )
     .await;
-    run_script(&app, "tests/sdk/python_track.py", &[]).await;
-}
-
-async fn run_script(app: &common::TestApp, script: &'static str, extra: &[String]) {
-    let python = std::env::var("ENTITLED_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut args = vec![app.base.clone(), app.key.clone()];
-    args.extend_from_slice(extra);
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&python)
-            .arg(script)
-            .args(&args)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python (set ENTITLED_SDK_PYTHON or run scripts/test.sh)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("OK"),
-        "{script} failed:\nstdout: {stdout}\nstderr: {stderr}"
-    );
+    common::python::run_script(&app, "tests/sdk/python_track.py", &[]).await;
 }

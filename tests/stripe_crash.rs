@@ -4,42 +4,23 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio::process::Command;
 
+use common::process;
 use common::stripe::{self as s, Item, SECRET};
 
 const EVENTS: usize = 600;
 const SENDERS: usize = 24;
 const KILL_AFTER_ACKS: usize = 120;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// `entitled` on `db_url` with our webhook secret and refetch off, logging errors only.
 fn entitled(db_url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_entitled"));
-    cmd.env("DATABASE_URL", db_url)
-        .env("ENTITLED_LOG__LEVEL", "error")
+    let mut cmd = process::entitled(db_url);
+    cmd.env("ENTITLED_LOG__LEVEL", "error")
         .env(
             "ENTITLED_ENVIRONMENTS__0__STRIPE_WEBHOOK_SECRETS",
             format!("[\"{SECRET}\"]"),
@@ -47,34 +28,8 @@ fn entitled(db_url: &str) -> Command {
         .env(
             "ENTITLED_ENVIRONMENTS__0__STRIPE_REFETCH_ON_WEBHOOK",
             "false",
-        )
-        .env_remove("RUST_LOG");
+        );
     cmd
-}
-
-async fn serve(db_url: &str) -> Server {
-    let port = free_port();
-    let child = entitled(db_url)
-        .arg("serve")
-        .env("ENTITLED_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    common::eventually(Duration::from_secs(20), || async {
-        let r = client
-            .get(format!("{}/ready", server.base))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-    server
 }
 
 /// Event `i`: a customer, or a subscription of a customer (so applying creates companies and
@@ -107,14 +62,11 @@ fn event(i: usize) -> serde_json::Value {
 
 #[tokio::test]
 async fn sigkill_mid_burst_loses_no_acknowledged_event() {
-    let (db_url, db_name) = common::fresh_database().await;
-    let out = entitled(&db_url).arg("migrate").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+    let db = common::fresh_database().await;
+    let mut migrate = entitled(&db.url);
+    migrate.arg("migrate");
+    process::run_ok(migrate).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     sqlx::query(
         "INSERT INTO plans (id, key, name, plan_type, billing_product_id)
          VALUES ('plan_crash', 'crash', 'Crash', 'plan', 'prod_crash')",
@@ -123,7 +75,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_event() {
     .await
     .unwrap();
 
-    let mut server = serve(&db_url).await;
+    let mut server = process::serve(entitled(&db.url)).await;
     let acked: Arc<Mutex<Vec<usize>>> = Arc::default();
     let client = reqwest::Client::new();
     let mut senders = Vec::new();
@@ -150,16 +102,14 @@ async fn sigkill_mid_burst_loses_no_acknowledged_event() {
         (acked.lock().unwrap().len() >= KILL_AFTER_ACKS).then_some(())
     })
     .await;
-    server.child.kill().unwrap(); // SIGKILL
-    server.child.wait().unwrap();
+    server.kill().await;
     for s in senders {
         s.await.unwrap();
     }
     let acked: Vec<usize> = acked.lock().unwrap().clone();
     assert!(
-        acked.len() >= KILL_AFTER_ACKS && acked.len() < EVENTS,
-        "{}",
-        acked.len()
+        acked.len() < EVENTS,
+        "all {EVENTS} acknowledged before the SIGKILL: the kill was not mid-burst"
     );
     let ids: Vec<String> = acked.iter().map(|i| format!("evt_crash_{i}")).collect();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE id = ANY($1)")
@@ -184,7 +134,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_event() {
 
     // Restart: the worker drains what the dead process left.
     let started = Instant::now();
-    let _server = serve(&db_url).await;
+    let _server = process::serve(entitled(&db.url)).await;
     common::eventually(Duration::from_secs(60), || async {
         let applied: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM stripe_events WHERE id = ANY($1) AND status = 'applied'",
@@ -220,5 +170,4 @@ async fn sigkill_mid_burst_loses_no_acknowledged_event() {
     .unwrap();
     assert_eq!(memberships as usize, subscribed);
     pool.close().await;
-    common::drop_database(db_name);
 }

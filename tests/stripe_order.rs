@@ -129,9 +129,9 @@ async fn memberships(state: &AppState, case: usize) -> (String, Vec<(String, boo
 #[test]
 fn any_order_with_duplicates_converges_to_the_newest_event() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (state, db_name) = rt.block_on(async {
-        let (db_url, db_name) = common::fresh_database().await;
-        let config = common::test_config(&db_url, &s::config("stripe_refetch_on_webhook = false"));
+    let (state, db) = rt.block_on(async {
+        let db = common::fresh_database().await;
+        let config = common::test_config(&db.url, &s::config("stripe_refetch_on_webhook = false"));
         let (state, _listener) = entitled::app::build_state(config).await.unwrap();
         sqlx::query(
             "INSERT INTO plans (id, key, name, plan_type, billing_product_id) VALUES
@@ -143,7 +143,7 @@ fn any_order_with_duplicates_converges_to_the_newest_event() {
         .execute(&state.pool)
         .await
         .unwrap();
-        (state, db_name)
+        (state, db)
     });
     let cases = AtomicUsize::new(0);
     let mut runner = TestRunner::new(Config {
@@ -172,6 +172,6 @@ fn any_order_with_duplicates_converges_to_the_newest_event() {
         })
     });
     drop(state);
-    common::drop_database(db_name);
+    drop(db);
     result.unwrap();
 }

@@ -487,38 +487,33 @@ async fn the_api_refuses_what_it_cannot_do() {
     );
 }
 
-fn cli(file: std::path::PathBuf, db_url: String, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_entitled"))
-        .arg("--config")
-        .arg(&file)
-        .args(args)
-        .env("DATABASE_URL", &db_url)
-        .env("ENTITLED_LOG__LEVEL", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+/// `entitled --config <file> <args>` on `db_url`.
+async fn cli(file: &Path, db_url: &str, args: &[&str]) -> common::process::Output {
+    let mut cmd = common::process::entitled(db_url);
+    cmd.arg("--config").arg(file).args(args);
+    common::process::run(cmd).await
 }
 
 #[tokio::test]
 async fn the_cli_reconciles_with_a_summary_and_fails_clearly() {
     let fake = FakeStripe::start(s::API_KEY).await;
     populate(&fake, 40);
-    let (db_url, db_name) = common::fresh_database().await;
-    let dir = std::env::temp_dir().join(format!("entitled-cli-{db_name}"));
+    let db = common::fresh_database().await;
+    let dir = std::env::temp_dir().join(format!("entitled-cli-{}", db.name));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("entitled.toml");
     std::fs::write(&file, config(&fake, "")).unwrap();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking({
-        let (file, db_url) = (file.clone(), db_url.clone());
-        move || cli(file, db_url, &["reconcile", "--environment", "development"])
-    })
-    .await
-    .unwrap();
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let common::process::Output {
+        status,
+        stdout,
+        stderr,
+    } = cli(
+        &file,
+        &db.url,
+        &["reconcile", "--environment", "development"],
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("succeeded"), "{stdout}");
     let customers = stdout
         .lines()
@@ -528,16 +523,14 @@ async fn the_cli_reconciles_with_a_summary_and_fails_clearly() {
     assert_eq!(fields, ["customers", "40", "40", "0", "0"], "{stdout}");
     assert!(stderr.contains("customers"), "progress on stderr: {stderr}");
 
-    let (code, _, stderr) = tokio::task::spawn_blocking({
-        let (file, db_url) = (file.clone(), db_url.clone());
-        move || cli(file, db_url, &["reconcile", "--environment", "nope"])
-    })
-    .await
-    .unwrap();
-    assert_ne!(code, Some(0));
-    assert!(stderr.contains("\"nope\" is not configured"), "{stderr}");
+    let out = cli(&file, &db.url, &["reconcile", "--environment", "nope"]).await;
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("\"nope\" is not configured"),
+        "{}",
+        out.stderr
+    );
     let _ = std::fs::remove_dir_all(&dir);
-    common::drop_database(db_name);
 }
 
 #[tokio::test]

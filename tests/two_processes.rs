@@ -4,73 +4,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn entitled(db_url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_entitled"));
-    cmd.env("DATABASE_URL", db_url)
-        .env("ENTITLED_LOG__LEVEL", "warn")
-        .env_remove("RUST_LOG");
-    cmd
-}
-
-fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-async fn serve(db_url: &str) -> Server {
-    let port = free_port();
-    let child = entitled(db_url)
-        .arg("serve")
-        .env("ENTITLED_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = client.get(format!("{}/ready", server.base)).send().await {
-            if r.status().is_success() {
-                return server;
-            }
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+use common::process::{self, entitled};
 
 async fn post(
     client: &reqwest::Client,
@@ -94,36 +32,30 @@ async fn post(
 
 #[tokio::test]
 async fn two_serve_processes_share_changes_within_a_second() {
-    let (db_url, _name) = common::fresh_database().await;
-    run_ok({
-        let mut c = entitled(&db_url);
-        c.arg("migrate");
-        c
-    });
-    let a = serve(&db_url).await;
-    let b = serve(&db_url).await;
+    let db = common::fresh_database().await;
+    let cli = |args: &[&str]| {
+        let mut c = entitled(&db.url);
+        c.args(args);
+        process::run_ok(c)
+    };
+    cli(&["migrate"]).await;
+    let a = process::serve(entitled(&db.url)).await;
+    let b = process::serve(entitled(&db.url)).await;
 
     // A key created by the CLI while both run is accepted by both.
-    let out = run_ok({
-        let mut c = entitled(&db_url);
-        c.args([
-            "api-key",
-            "create",
-            "--environment",
-            "development",
-            "--name",
-            "two",
-        ]);
-        c
-    });
+    let out = cli(&[
+        "api-key",
+        "create",
+        "--environment",
+        "development",
+        "--name",
+        "two",
+    ])
+    .await;
     let key = out.lines().last().unwrap().trim().to_string();
     assert!(key.starts_with("sch_"), "{out}");
     // The seed reaches both too.
-    run_ok({
-        let mut c = entitled(&db_url);
-        c.args(["seed", "fixtures/demo-catalog.toml"]);
-        c
-    });
+    cli(&["seed", "fixtures/demo-catalog.toml"]).await;
 
     let client = reqwest::Client::new();
     let check = |base: String| {

@@ -389,53 +389,186 @@ impl StripeClient {
 
 #[cfg(test)]
 mod tests {
+    //! On paused tokio time: the clock only moves when every task waits, and then straight to
+    //! the next timer, so start times are exact and the tests take no wall-clock time.
+
     use super::*;
 
-    #[tokio::test]
-    async fn never_more_than_the_limit_in_any_second() {
-        let limiter = RateLimiter::new(40);
-        let start = Instant::now();
+    const SEC: Duration = Duration::from_secs(1);
+    /// How long a full window holds the next request: one second plus the slack.
+    const WINDOW: Duration = Duration::from_millis(1005);
+
+    /// Acquires `n` slots from as many concurrent tasks; returns each start, as the time
+    /// since `t0`, sorted.
+    async fn concurrent_starts(limiter: &Arc<RateLimiter>, n: usize, t0: Instant) -> Vec<Duration> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move {
+                    limiter.acquire().await;
+                    Instant::now() - t0
+                })
+            })
+            .collect();
         let mut starts = Vec::new();
-        for _ in 0..100 {
-            limiter.acquire().await;
-            starts.push(Instant::now() - start);
+        for t in tasks {
+            starts.push(t.await.unwrap());
         }
-        for (i, t) in starts.iter().enumerate() {
-            let in_window = starts[i..]
-                .iter()
-                .take_while(|u| **u < *t + Duration::from_secs(1))
-                .count();
-            assert!(
-                in_window <= 40,
-                "{in_window} starts within a second of {t:?}"
-            );
-        }
-        // 100 requests at 40/s: the first 40 at once, then two more full windows.
-        assert!(starts[99] >= Duration::from_secs(2), "{:?}", starts[99]);
+        starts.sort();
+        starts
     }
 
-    #[tokio::test]
-    async fn a_pause_holds_every_request() {
-        let limiter = RateLimiter::new(0);
+    /// The most starts in any half-open window `[t, t + 1 s)`.
+    fn most_in_any_second(starts: &[Duration]) -> usize {
+        starts
+            .iter()
+            .map(|t| {
+                starts
+                    .iter()
+                    .filter(|u| **u >= *t && **u < *t + SEC)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_the_limit_in_any_second() {
+        let limiter = Arc::new(RateLimiter::new(40));
+        let t0 = Instant::now();
+        let starts = concurrent_starts(&limiter, 100, t0).await;
+        assert_eq!(most_in_any_second(&starts), 40, "{starts:?}");
+        // 100 requests at 40/s: 40 at once, 40 when the first window has passed, then 20.
+        let expected: Vec<Duration> = (0..100u32).map(|i| WINDOW * (i / 40)).collect();
+        assert_eq!(starts, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_runs_at_exactly_the_limit() {
+        let limiter = RateLimiter::new(5);
+        let t0 = Instant::now();
+        let mut starts = Vec::new();
+        for _ in 0..23 {
+            let waited = limiter.acquire().await;
+            let at = Instant::now() - t0;
+            // Each start waited exactly as long as the window made it.
+            assert_eq!(waited, at - starts.last().copied().unwrap_or_default());
+            starts.push(at);
+        }
+        assert_eq!(most_in_any_second(&starts), 5);
+        let expected: Vec<Duration> = (0..23u32).map(|i| WINDOW * (i / 5)).collect();
+        assert_eq!(starts, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_limit_never_waits() {
+        let limiter = Arc::new(RateLimiter::new(0));
+        let t0 = Instant::now();
+        let starts = concurrent_starts(&limiter, 1000, t0).await;
+        assert!(starts.iter().all(Duration::is_zero), "{starts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_request_for_exactly_that_long() {
+        let limiter = Arc::new(RateLimiter::new(0));
+        let t0 = Instant::now();
         limiter.pause(Duration::from_millis(300));
-        let waited = limiter.acquire().await;
-        assert!(waited >= Duration::from_millis(300), "{waited:?}");
-        assert!(limiter.acquire().await < Duration::from_millis(50));
+        assert_eq!(limiter.acquire().await, Duration::from_millis(300));
+        assert_eq!(Instant::now() - t0, Duration::from_millis(300));
+        // Over: the next request goes at once.
+        assert_eq!(limiter.acquire().await, Duration::ZERO);
+
+        // Every task of the environment waits, then all go at the same instant.
+        let t1 = Instant::now();
+        limiter.pause(Duration::from_millis(2500));
+        let starts = concurrent_starts(&limiter, 8, t1).await;
+        assert_eq!(starts, vec![Duration::from_millis(2500); 8]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_during_a_wait_holds_the_waiters_too() {
+        // A full window: 10 went at 0, 5 more wait for 1.005 s. At 0.5 s a 429 says
+        // `Retry-After: 3`: the waiters wake at 1.005 s, find the pause, and go at 3.5 s.
+        let limiter = Arc::new(RateLimiter::new(10));
+        let t0 = Instant::now();
+        let first = concurrent_starts(&limiter, 10, t0).await;
+        assert_eq!(first, vec![Duration::ZERO; 10]);
+        let pauser = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                limiter.pause(Duration::from_secs(3));
+            })
+        };
+        let waiters = concurrent_starts(&limiter, 5, t0).await;
+        pauser.await.unwrap();
+        assert_eq!(waiters, vec![Duration::from_millis(3500); 5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_pause_does_not_cut_a_longer_one() {
+        let limiter = RateLimiter::new(0);
+        let t0 = Instant::now();
+        limiter.pause(Duration::from_secs(2));
+        limiter.pause(Duration::from_secs(1));
+        limiter.acquire().await;
+        assert_eq!(Instant::now() - t0, Duration::from_secs(2));
+        // A longer one extends it.
+        let t1 = Instant::now();
+        limiter.pause(Duration::from_secs(1));
+        limiter.pause(Duration::from_secs(4));
+        limiter.acquire().await;
+        assert_eq!(Instant::now() - t1, Duration::from_secs(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_shorter_than_the_window_waits_for_the_window() {
+        let limiter = RateLimiter::new(2);
+        let t0 = Instant::now();
+        limiter.acquire().await;
+        limiter.acquire().await;
+        limiter.pause(Duration::from_millis(200));
+        limiter.acquire().await;
+        assert_eq!(Instant::now() - t0, WINDOW);
+    }
+
+    /// The un-jittered wait before retry `attempt`: doubling from the base, capped.
+    fn ceiling(p: &RetryPolicy, attempt: u32) -> Duration {
+        let mut d = p.base_backoff;
+        for _ in 1..attempt {
+            d = (d * 2).min(p.max_backoff);
+        }
+        d.min(p.max_backoff)
     }
 
     #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let p = RetryPolicy::RECONCILE;
-        for attempt in 1..20 {
-            let d = p.backoff(attempt);
-            let exp = p
-                .base_backoff
-                .saturating_mul(2u32.saturating_pow(attempt - 1))
-                .min(p.max_backoff);
-            assert!(
-                d >= exp / 2 && d <= exp,
-                "attempt {attempt}: {d:?} vs {exp:?}"
-            );
+    fn backoff_doubles_with_equal_jitter_and_is_capped() {
+        for p in [RetryPolicy::APPLY, RetryPolicy::RECONCILE] {
+            for attempt in 1..40 {
+                let exp = ceiling(&p, attempt);
+                let samples: Vec<Duration> = (0..200).map(|_| p.backoff(attempt)).collect();
+                for d in &samples {
+                    assert!(
+                        *d >= exp / 2 && *d <= exp,
+                        "attempt {attempt}: {d:?} outside [{:?}, {exp:?}]",
+                        exp / 2
+                    );
+                }
+                // Jittered: 200 uniform draws spanning less than a quarter of the range is
+                // all but impossible (about 200 / 4^199).
+                let (lo, hi) = (samples.iter().min().unwrap(), samples.iter().max().unwrap());
+                assert!(*hi - *lo > exp / 8, "attempt {attempt}: {lo:?}..{hi:?}");
+            }
         }
+        // The numbers a reader of the policy expects.
+        let p = RetryPolicy::RECONCILE;
+        assert_eq!(ceiling(&p, 1), Duration::from_millis(500));
+        assert_eq!(ceiling(&p, 4), Duration::from_secs(4));
+        assert_eq!(ceiling(&p, 7), Duration::from_secs(30));
+        let d = p.backoff(u32::MAX);
+        assert!(
+            d >= Duration::from_secs(15) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
     }
 }

@@ -1,7 +1,12 @@
-//! Test harness: a fresh Postgres database per test, the real server on port 0, and an HTTP
-//! client. Postgres comes from `ENTITLED_TEST_DATABASE_URL` (default: the local cluster).
+//! Test harness: a fresh Postgres database per test (dropped even when the test panics), the
+//! real server on port 0, and an HTTP client. Postgres comes from `ENTITLED_TEST_DATABASE_URL`
+//! (default: the local cluster). Beside it: `process` (the `entitled` binary as a child),
+//! `proxy` (a Postgres proxy to cut), `python` (the SDK scripts) and `stripe`.
 #![allow(dead_code)]
 
+pub mod process;
+pub mod proxy;
+pub mod python;
 pub mod stripe;
 
 use std::net::SocketAddr;
@@ -19,8 +24,15 @@ pub fn server_url() -> String {
         .to_string()
 }
 
-/// Creates an empty database and returns its URL and name.
-pub async fn fresh_database() -> (String, String) {
+/// A database of its own for one test, dropped (`WITH (FORCE)`, so open connections do not
+/// keep it) when the guard goes: at the end of the test, and also when it panics.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+}
+
+/// Creates an empty database; keep the guard for as long as the test uses it.
+pub async fn fresh_database() -> TestDb {
     let name = format!(
         "entitled_test_{}",
         entitled::ids::new_id("db").to_lowercase()
@@ -33,30 +45,44 @@ pub async fn fresh_database() -> (String, String) {
         .execute(&mut conn)
         .await
         .expect("create test database");
-    (format!("{}/{name}", server_url()), name)
+    TestDb {
+        url: format!("{}/{name}", server_url()),
+        name,
+    }
 }
 
-pub fn drop_database(name: String) {
-    // Best effort, from a thread of its own: Drop cannot await.
-    let _ = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        if let Ok(rt) = rt {
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop cannot await, and may run inside a runtime (the test's) or outside any (a
+        // test that built its own): a thread of its own with a runtime of its own works in
+        // both. Best effort: a failure here must not turn a passing test into a failing one,
+        // nor a panic into an abort.
+        let name = std::mem::take(&mut self.name);
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
             rt.block_on(async {
                 let admin = format!("{}/postgres", server_url());
-                if let Ok(mut conn) =
-                    <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
-                {
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut conn)
-                            .await;
-                }
-            });
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            })
+            .map_err(|e| format!("{name}: {e}"))
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("test database not dropped: {e}"),
+            Err(_) => eprintln!("test database not dropped: the dropping thread panicked"),
         }
-    })
-    .join();
+    }
 }
 
 /// A config for tests: defaults, then `extra` TOML, pointed at `db_url`, listening on port 0.
@@ -79,7 +105,6 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub base: String,
     pub db_url: String,
-    pub db_name: String,
     /// A read-write key for the default environment.
     pub key: String,
     pub readonly_key: String,
@@ -88,7 +113,9 @@ pub struct TestApp {
     pub config: Config,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    owns_db: bool,
+    /// The database this server was spawned on, when the app owns it. Last, so that it is
+    /// dropped after everything else.
+    db: Option<TestDb>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -97,10 +124,9 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns a server with `extra` configuration TOML on a fresh database.
 pub async fn spawn_app_with(extra: &str) -> TestApp {
-    let (db_url, db_name) = fresh_database().await;
-    let mut app = spawn_on(&db_url, extra).await;
-    app.db_name = db_name;
-    app.owns_db = true;
+    let db = fresh_database().await;
+    let mut app = spawn_on(&db.url, extra).await;
+    app.db = Some(db);
     app
 }
 
@@ -134,7 +160,6 @@ pub async fn spawn_on(db_url: &str, extra: &str) -> TestApp {
         addr,
         base: format!("http://{addr}"),
         db_url: db_url.to_string(),
-        db_name: String::new(),
         key,
         readonly_key,
         client: reqwest::Client::new(),
@@ -142,7 +167,7 @@ pub async fn spawn_on(db_url: &str, extra: &str) -> TestApp {
         config,
         shutdown,
         handle: Some(handle),
-        owns_db: false,
+        db: None,
     };
     app.wait_ready().await;
     app
@@ -150,16 +175,16 @@ pub async fn spawn_on(db_url: &str, extra: &str) -> TestApp {
 
 impl TestApp {
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = self.client.get(format!("{}/ready", self.base)).send().await {
-                if r.status() == StatusCode::OK {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "server did not become ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(Duration::from_secs(20), || async {
+            let r = self
+                .client
+                .get(format!("{}/ready", self.base))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        })
+        .await;
     }
 
     /// Sends a request with `key` (or none) and returns the status and JSON body.
@@ -218,7 +243,15 @@ impl TestApp {
         json["data"].clone()
     }
 
+    /// Shuts the server down gracefully (running jobs finish) and drops its database if it
+    /// owns one.
     pub async fn stop(mut self) {
+        self.stop_server().await;
+    }
+
+    /// Shuts the server down gracefully but keeps the app: its pool and its database stay,
+    /// for assertions on what the server left behind.
+    pub async fn stop_server(&mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
             let _ = h.await;
@@ -232,9 +265,7 @@ impl Drop for TestApp {
         if let Some(h) = self.handle.take() {
             h.abort();
         }
-        if self.owns_db {
-            drop_database(std::mem::take(&mut self.db_name));
-        }
+        // `db` (a field) drops after this, taking the database with it.
     }
 }
 
@@ -256,31 +287,6 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
-
-/// Runs a Python script of `tests/sdk/` with the SDK virtualenv's interpreter
-/// (`ENTITLED_SDK_PYTHON`, set by `scripts/test.sh`; else `python3`), passing the server's
-/// URL and key first. The script must exit 0 and print `OK`.
-pub async fn run_python(app: &TestApp, script: &'static str, extra: &[String]) {
-    let python = std::env::var("ENTITLED_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut args = vec![app.base.clone(), app.key.clone()];
-    args.extend_from_slice(extra);
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&python)
-            .arg(script)
-            .args(&args)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python (set ENTITLED_SDK_PYTHON or run scripts/test.sh)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("OK"),
-        "{script} failed:\nstdout: {stdout}\nstderr: {stderr}"
-    );
-}
-
 /// Creates a read-write key for the environment `env_key` and tells running servers, as
 /// `entitled api-key create` does. Returns the secret.
 #[allow(dead_code)]

@@ -60,7 +60,8 @@ async def tools_are_described(client):
     assert {"event", "company", "user", "quantity"} <= set(props), props
 
 
-async def full_session(mode, headers, suffix):
+async def full_session(mode, headers, suffix, n):
+    """The n-th session (from 1) on a fresh database: each adds one company and one event."""
     async with connect(headers, mode) as client:
         await tools_are_described(client)
 
@@ -95,13 +96,14 @@ async def full_session(mode, headers, suffix):
         assert after["data"]["feature_usage"] == (before["data"]["feature_usage"] or 0) + 7, after
 
         summary = await call(client, "get-insights-summary", {})
-        assert summary["data"]["total_companies"] >= 1, summary
-        assert summary["data"]["events_last_30_days"]["track"] >= 1, summary
+        assert summary["data"]["total_companies"] == n, summary
+        assert summary["data"]["events_last_30_days"]["track"] == n, summary
         top = await call(client, "get-top-features", {"limit": 3})
         assert top["data"]["features"][0]["feature_key"] == "api-calls", top
-        assert top["data"]["features"][0]["usage"] >= 7, top
+        assert top["data"]["features"][0]["usage"] == 7 * n, top
         growth = await call(client, "get-plan-growth", {})
-        assert any(p["plan_id"] == pro_id and p["joined"] >= 1 for p in growth["data"]["points"]), growth
+        joined = sum(p["joined"] for p in growth["data"]["points"] if p["plan_id"] == pro_id)
+        assert joined == n, growth
 
         # Bad input is a tool error naming the argument, not a crash.
         msg = await error_of(client, "get-plan-growth", {"start_time": "yesterday"})
@@ -132,8 +134,8 @@ async def unknown_key_is_refused():
 
 
 async def main():
-    await full_session("auto", {"Authorization": f"Bearer {api_key}"}, "modern")
-    await full_session("legacy", {"X-Schematic-Api-Key": api_key}, "legacy")
+    await full_session("auto", {"Authorization": f"Bearer {api_key}"}, "modern", 1)
+    await full_session("legacy", {"X-Schematic-Api-Key": api_key}, "legacy", 2)
     await readonly_key_reads_only()
     await unknown_key_is_refused()
     print("OK")

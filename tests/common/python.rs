@@ -1,0 +1,22 @@
+//! The Python SDK scripts of `tests/sdk/`, run with the SDK virtualenv's interpreter.
+
+use super::process;
+use super::TestApp;
+
+/// Runs `script` with `ENTITLED_SDK_PYTHON` (set by `scripts/test.sh`; else `python3`, which
+/// must have the SDKs), passing the server's URL and key, then `extra`. The script must exit
+/// 0 and print `OK`. The interpreter is killed if the test ends first.
+pub async fn run_script(app: &TestApp, script: &str, extra: &[String]) {
+    let python = std::env::var("ENTITLED_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = tokio::process::Command::new(&python);
+    cmd.arg(script).arg(&app.base).arg(&app.key).args(extra);
+    let out = process::run(cmd).await;
+    assert!(
+        out.status.success() && out.stdout.contains("OK"),
+        "{script} with {python} (set ENTITLED_SDK_PYTHON or run scripts/test.sh): {}\n\
+         stdout: {}\nstderr: {}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}
