@@ -33,7 +33,12 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
     let checks = Arc::new(CheckCounts::new(pairs.iter().map(|(e, _)| e.id.clone())));
     let cache = Cache::load(pool.clone(), &pairs).await?;
     let publisher = Publisher::new(cache.clone());
-    let ingestor = crate::ingest::Ingestor::start(pool.clone(), cache.clone(), publisher.clone());
+    let ingestor = crate::ingest::Ingestor::start(
+        pool.clone(),
+        cache.clone(),
+        publisher.clone(),
+        config.webhooks.limit_warning_percent,
+    );
     Ok((
         AppState {
             pool,

@@ -81,6 +81,8 @@ pub struct WebhooksConfig {
     pub retry_schedule_secs: Vec<u64>,
     /// Deliveries in flight per process.
     pub concurrency: usize,
+    /// `entitlement.limit.warning` fires when usage reaches this share of the allocation.
+    pub limit_warning_percent: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -266,6 +268,9 @@ impl Config {
         }
         if !(1..=300).contains(&self.webhooks.timeout_secs) {
             return invalid("webhooks.timeout_secs must be between 1 and 300".into());
+        }
+        if !(1..=99).contains(&self.webhooks.limit_warning_percent) {
+            return invalid("webhooks.limit_warning_percent must be between 1 and 99".into());
         }
         if self.webhooks.concurrency == 0 || self.webhooks.concurrency > 1024 {
             return invalid("webhooks.concurrency must be between 1 and 1024".into());

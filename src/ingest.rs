@@ -35,7 +35,12 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// Starts the writers; they stop when the last handle is dropped.
-    pub fn start(pool: PgPool, cache: Arc<Cache>, changes: Publisher) -> Ingestor {
+    pub fn start(
+        pool: PgPool,
+        cache: Arc<Cache>,
+        changes: Publisher,
+        limit_warning_percent: u32,
+    ) -> Ingestor {
         let (tx, rx) = mpsc::channel::<Job>(1024);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..WRITERS {
@@ -61,7 +66,7 @@ impl Ingestor {
                         }
                         group
                     };
-                    write_group(&pool, &cache, &changes, group).await;
+                    write_group(&pool, &cache, &changes, limit_warning_percent, group).await;
                 }
             });
         }
@@ -79,7 +84,19 @@ impl Ingestor {
     }
 }
 
-async fn write_group(pool: &PgPool, cache: &Cache, changes: &Publisher, group: Vec<Job>) {
+async fn write_group(
+    pool: &PgPool,
+    cache: &Cache,
+    changes: &Publisher,
+    limit_warning_percent: u32,
+    group: Vec<Job>,
+) {
+    let w = Writer {
+        pool,
+        cache,
+        publisher: changes,
+        limit_warning_percent,
+    };
     let started = Instant::now();
     let credit_ctx = CreditContext {
         fallback_plans: cache.fallback_plans(),
@@ -87,7 +104,7 @@ async fn write_group(pool: &PgPool, cache: &Cache, changes: &Publisher, group: V
     };
     if group.len() == 1 {
         let job = group.into_iter().next().expect("one job");
-        let result = write(pool, changes, &job.events, &credit_ctx).await;
+        let result = w.write(&job.events, &credit_ctx).await;
         let _ = job.reply.send(result);
         return;
     }
@@ -95,7 +112,7 @@ async fn write_group(pool: &PgPool, cache: &Cache, changes: &Publisher, group: V
         .iter()
         .flat_map(|j| j.events.iter().cloned())
         .collect();
-    match write(pool, changes, &all, &credit_ctx).await {
+    match w.write(&all, &credit_ctx).await {
         Ok(done) => {
             // Hand each request its slice of the results.
             let mut offset = 0;
@@ -119,42 +136,61 @@ async fn write_group(pool: &PgPool, cache: &Cache, changes: &Publisher, group: V
             // Something in the group is bad (or conflicted): each request on its own, so only
             // the bad one fails.
             for job in group {
-                let result = write(pool, changes, &job.events, &credit_ctx).await;
+                let result = w.write(&job.events, &credit_ctx).await;
                 let _ = job.reply.send(result);
             }
         }
     }
 }
 
-/// One transaction, retried on deadlock or serialization failure.
-async fn write(
-    pool: &PgPool,
-    publisher: &Publisher,
-    events: &[NewEvent],
-    credit_ctx: &CreditContext,
-) -> store::Result<Ingested> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = async {
-            let mut tx = store::begin(pool).await?;
-            let done = events::ingest(&mut tx, events, credit_ctx, Utc::now()).await?;
-            let changes = Change::from_touched(done.touched.clone());
-            publisher.notify(&mut tx, &changes).await?;
-            tx.commit().await?;
-            Ok::<_, Error>((done, changes))
-        }
-        .await;
-        match result {
-            Ok((done, changes)) => {
-                publisher.refresh(&changes).await;
-                let new = done.duplicate.iter().filter(|d| !**d).count();
-                crate::metrics::EVENTS_INGESTED.inc_by(new as u64);
-                crate::metrics::EVENTS_DUPLICATE.inc_by((events.len() - new) as u64);
-                return Ok(done);
+struct Writer<'a> {
+    pool: &'a PgPool,
+    cache: &'a Cache,
+    publisher: &'a Publisher,
+    limit_warning_percent: u32,
+}
+
+impl Writer<'_> {
+    /// One transaction, retried on deadlock or serialization failure. Limit messages for
+    /// outbound webhooks are written in it too.
+    async fn write(
+        &self,
+        events: &[NewEvent],
+        credit_ctx: &CreditContext,
+    ) -> store::Result<Ingested> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = async {
+                let now = Utc::now();
+                let mut tx = store::begin(self.pool).await?;
+                let done = events::ingest(&mut tx, events, credit_ctx, now).await?;
+                let limits = crate::outbound::limits::emit(
+                    &mut tx,
+                    self.cache,
+                    &done.touched.usage,
+                    self.limit_warning_percent,
+                    now,
+                )
+                .await?;
+                let mut changes = Change::from_touched(done.touched.clone());
+                changes.extend(limits);
+                self.publisher.notify(&mut tx, &changes).await?;
+                tx.commit().await?;
+                Ok::<_, Error>((done, changes))
             }
-            Err(e) if attempt < 3 && e.is_retryable() => continue,
-            Err(e) => return Err(e),
+            .await;
+            match result {
+                Ok((done, changes)) => {
+                    self.publisher.refresh(&changes).await;
+                    let new = done.duplicate.iter().filter(|d| !**d).count();
+                    crate::metrics::EVENTS_INGESTED.inc_by(new as u64);
+                    crate::metrics::EVENTS_DUPLICATE.inc_by((events.len() - new) as u64);
+                    return Ok(done);
+                }
+                Err(e) if attempt < 3 && e.is_retryable() => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 }

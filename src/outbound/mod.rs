@@ -12,6 +12,7 @@
 //! attempt recorded. Where a delivery may go is `target.rs`.
 
 mod deliver;
+pub mod limits;
 pub mod sign;
 pub mod target;
 

@@ -1,0 +1,121 @@
+//! `entitlement.limit.warning` and `entitlement.limit.reached`: usage crossing a share of the
+//! allocation (`webhooks.limit_warning_percent`) or the allocation itself, once per company,
+//! feature and metric window (`webhook_limit_crossings`), detected when the track events that
+//! cross it are stored and written in their transaction.
+//!
+//! The check before is the snapshot's (this batch is not in it yet), the check after the same
+//! with the batch's new counter values merged: the engine decides the allocation and the
+//! usage exactly as `POST /flags/{key}/check` would.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::PgConnection;
+
+use super::Event;
+use crate::cache::Cache;
+use crate::changes::Change;
+use crate::engine::{self, FeatureType, UsageCounter};
+use crate::store::{self, webhooks};
+
+pub const WARNING: &str = "entitlement.limit.warning";
+pub const REACHED: &str = "entitlement.limit.reached";
+
+/// Writes the limit messages the batch's counters cause. `usage`: per company, the new
+/// absolute counter values (as `store::events::Touched::usage`).
+pub async fn emit(
+    conn: &mut PgConnection,
+    cache: &Cache,
+    usage: &[(String, String, Vec<UsageCounter>)],
+    warning_percent: u32,
+    now: DateTime<Utc>,
+) -> store::Result<Option<Change>> {
+    let mut wrote = None;
+    for (env_id, company_id, counters) in usage {
+        let wants_warning = cache.webhooks_want(env_id, WARNING);
+        let wants_reached = cache.webhooks_want(env_id, REACHED);
+        if !wants_warning && !wants_reached {
+            continue;
+        }
+        let (Some(env), Some(before)) = (
+            cache.env(env_id),
+            cache.env(env_id).and_then(|e| e.company(company_id)),
+        ) else {
+            continue;
+        };
+        let mut after = (*before).clone();
+        engine::merge_usage(&mut after.context.usage, counters);
+        let after = std::sync::Arc::new(after);
+        let events: HashSet<&str> = counters.iter().map(|c| c.event.as_str()).collect();
+        let catalog = cache.catalog();
+        let mut messages = Vec::new();
+        for flag in catalog.flags_by_key.values() {
+            let Some(feature) = &flag.feature else {
+                continue;
+            };
+            let counts_these = feature.feature_type == FeatureType::Event
+                && feature
+                    .event_subtype
+                    .as_deref()
+                    .is_some_and(|e| events.contains(e));
+            if !counts_these {
+                continue;
+            }
+            let check = |state| {
+                env.check_resolved(&catalog, flag, Some((company_id.clone(), state)), None, now)
+                    .evaluation
+            };
+            let was = check(before.clone());
+            let is = check(after.clone());
+            let Some(ent) = is.entitlement.as_ref() else {
+                continue;
+            };
+            let (Some(allocation), Some(usage)) = (ent.allocation, ent.usage) else {
+                continue;
+            };
+            if allocation <= 0 {
+                continue;
+            }
+            let used_before = was.entitlement.as_ref().and_then(|e| e.usage).unwrap_or(0);
+            let warning_at = ((allocation * i64::from(warning_percent) + 99) / 100).max(1);
+            let window = ent.metric_reset_at.unwrap_or(DateTime::UNIX_EPOCH);
+            for (kind, wanted, threshold) in [
+                (WARNING, wants_warning, warning_at),
+                (REACHED, wants_reached, allocation),
+            ] {
+                if !wanted || !(used_before < threshold && usage >= threshold) {
+                    continue;
+                }
+                if !webhooks::record_crossing(conn, env_id, company_id, &feature.id, kind, window)
+                    .await?
+                {
+                    continue; // already sent for this window
+                }
+                let data = json!({
+                    "company_id": company_id,
+                    "company_keys": before.keys.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+                    "feature_id": feature.id,
+                    "feature_key": feature.key,
+                    "flag_key": flag.key,
+                    "event_name": ent.event_name,
+                    "allocation": allocation,
+                    "usage": usage,
+                    "threshold": threshold,
+                    "warning_percent": warning_percent,
+                    "metric_period": ent.metric_period.map(|p| p.as_str()),
+                    "metric_reset_at": ent.metric_reset_at,
+                    "value": is.value,
+                });
+                let mut e = Event::new(kind, data);
+                e.feature_id = Some(feature.id.clone());
+                messages.push(e);
+            }
+        }
+        if !messages.is_empty() {
+            let change = super::emit(conn, env_id, &env.environment.key, &messages).await?;
+            wrote = wrote.or(change);
+        }
+    }
+    Ok(wrote)
+}

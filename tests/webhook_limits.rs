@@ -1,0 +1,139 @@
+//! `entitlement.limit.warning` and `entitlement.limit.reached`: written to the outbox with
+//! the track events that cross 80% of the allocation and the allocation, once per company,
+//! feature and metric window, whatever the batch sizes.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+async fn seeded() -> common::TestApp {
+    // Deliveries go nowhere useful here (a closed port): this test reads the outbox.
+    let app = common::spawn_app_with(
+        "[webhooks]\nallow_private_targets = true\nretry_schedule_secs = [600]\n",
+    )
+    .await;
+    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
+        .await
+        .unwrap();
+    common::eventually(Duration::from_secs(2), || async {
+        let (s, _) = app.post("/flags/reports/check", json!({})).await;
+        s.is_success().then_some(())
+    })
+    .await;
+    app
+}
+
+async fn on_free_plan(app: &common::TestApp, company: &str) {
+    let plan: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'free'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    app.create(
+        "/companies",
+        json!({"keys": {"id": company}, "base_plan_id": plan}),
+    )
+    .await;
+}
+
+async fn track(app: &common::TestApp, company: &str, quantity: i64) {
+    app.create(
+        "/events",
+        json!({"event_type": "track", "body": {"event": "report_generated", "company": {"id": company}, "quantity": quantity}}),
+    )
+    .await;
+}
+
+/// `(type, company_id, usage)` of the webhook's messages, oldest first.
+async fn messages(app: &common::TestApp, webhook: &str) -> Vec<(String, String, i64)> {
+    let (_, list) = app
+        .get(&format!("/webhook-events?webhook_id={webhook}"))
+        .await;
+    let mut out: Vec<(String, String, i64)> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let body: Value = serde_json::from_str(m["payload"].as_str().unwrap()).unwrap();
+            assert_eq!(body["type"], m["request_type"]);
+            assert_eq!(body["data"]["allocation"], 5, "{body}");
+            assert_eq!(body["data"]["feature_key"], "reports", "{body}");
+            (
+                m["request_type"].as_str().unwrap().to_string(),
+                body["data"]["company_id"].as_str().unwrap().to_string(),
+                body["data"]["usage"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+#[tokio::test]
+async fn limit_messages_fire_once_per_crossing() {
+    let app = seeded().await;
+    let hook = app
+        .create(
+            "/webhooks",
+            json!({"name": "limits", "url": "http://127.0.0.1:9/limits",
+                   "request_types": ["entitlement.limit.warning", "entitlement.limit.reached"]}),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap().to_string();
+    on_free_plan(&app, "steady").await; // reports: 5 a month
+    let steady: String = app.get("/companies/lookup?keys[id]=steady").await.1["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    track(&app, "steady", 3).await; // 3 of 5: below 80%
+    assert_eq!(messages(&app, &hook).await, vec![]);
+    track(&app, "steady", 1).await; // 4 of 5: the warning
+    track(&app, "steady", 1).await; // 5 of 5: reached
+    track(&app, "steady", 2).await; // past it: nothing new
+    assert_eq!(
+        messages(&app, &hook).await,
+        vec![
+            ("entitlement.limit.warning".into(), steady.clone(), 4),
+            ("entitlement.limit.reached".into(), steady.clone(), 5),
+        ]
+    );
+
+    // One batch that jumps over both thresholds sends both, once.
+    on_free_plan(&app, "burst").await;
+    let burst: String = app.get("/companies/lookup?keys[id]=burst").await.1["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ev = json!({"event_type": "track", "body": {"event": "report_generated", "company": {"id": "burst"}, "quantity": 4}});
+    let (s, body) = app
+        .post("/event-batch", json!({"events": [ev.clone(), ev]}))
+        .await;
+    assert!(s.is_success(), "{body}");
+    track(&app, "burst", 1).await;
+    let all = messages(&app, &hook).await;
+    let burst_messages: Vec<_> = all.iter().filter(|m| m.1 == burst).collect();
+    assert_eq!(burst_messages.len(), 2, "{all:?}");
+    assert!(burst_messages.iter().all(|m| m.2 == 8), "{all:?}");
+
+    // A webhook that names other features in its trigger configs gets none of these.
+    let other_feature: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'sso'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let narrow = app
+        .create(
+            "/webhooks",
+            json!({"name": "narrow", "url": "http://127.0.0.1:9/narrow",
+                   "request_types": ["entitlement.limit.reached"],
+                   "entitlement_trigger_configs": [{"feature_id": other_feature}]}),
+        )
+        .await;
+    on_free_plan(&app, "third").await;
+    track(&app, "third", 5).await;
+    let narrow_messages = messages(&app, narrow["id"].as_str().unwrap()).await;
+    assert_eq!(narrow_messages, vec![]);
+    assert_eq!(messages(&app, &hook).await.len(), 6);
+}
