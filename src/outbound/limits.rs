@@ -84,7 +84,8 @@ pub async fn emit(
                 (WARNING, wants_warning, warning_at),
                 (REACHED, wants_reached, allocation),
             ] {
-                if !wanted || !(used_before < threshold && usage >= threshold) {
+                let crossed = used_before < threshold && usage >= threshold;
+                if !(wanted && crossed) {
                     continue;
                 }
                 if !webhooks::record_crossing(conn, env_id, company_id, &feature.id, kind, window)
