@@ -496,14 +496,34 @@ fn desired(rows: Vec<GrantRow>) -> Vec<Desired> {
     out
 }
 
+/// A company's plans as `(plan_id, is_base)`, for telling whether its plans changed.
+pub type PlanSlot = (String, bool);
+
+/// What [`sync_memberships`] did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MembershipSync {
+    /// Any membership row written (plans, quantities, periods, statuses).
+    pub changed: bool,
+    /// The company's active plans before and after, sorted.
+    pub before: Vec<PlanSlot>,
+    pub after: Vec<PlanSlot>,
+}
+
+impl MembershipSync {
+    /// The set of plans changed (not just a quantity or a period).
+    pub fn plans_changed(&self) -> bool {
+        self.before != self.after
+    }
+}
+
 /// Recomputes the company's Stripe memberships from its subscriptions. A Stripe base plan
 /// replaces a manual one (which is ended), and a Stripe membership of a plan replaces a
-/// manual membership of the same plan. Returns whether anything changed.
+/// manual membership of the same plan. Returns what changed.
 pub async fn sync_memberships(
     conn: &mut PgConnection,
     env_id: &str,
     company_id: &str,
-) -> Result<bool, sqlx::Error> {
+) -> Result<MembershipSync, sqlx::Error> {
     // One round trip for both sides: what the subscriptions grant (part 0, newest
     // subscription first) and the company's current memberships (part 1).
     let rows: Vec<SyncRow> = sqlx::query_as(
@@ -569,6 +589,11 @@ pub async fn sync_memberships(
             source: r.source.unwrap_or_default(),
         })
         .collect();
+    let mut before: Vec<PlanSlot> = current
+        .iter()
+        .map(|r| (r.plan_id.clone(), r.is_base))
+        .collect();
+    before.sort();
     // Manual memberships a Stripe one would replace: (plan, is_base) pairs.
     let manual: Vec<(String, bool)> = current
         .iter()
@@ -581,6 +606,21 @@ pub async fn sync_memberships(
         .map(|r| ((r.plan_id.clone(), r.is_base), r))
         .collect();
     let mut changed = false;
+    let mut after: Vec<PlanSlot> = desired
+        .iter()
+        .map(|d| (d.plan_id.clone(), d.is_base))
+        .collect();
+    after.extend(
+        manual
+            .iter()
+            .filter(|(plan, is_base)| {
+                !desired
+                    .iter()
+                    .any(|d| d.plan_id == *plan || (d.is_base && *is_base))
+            })
+            .cloned(),
+    );
+    after.sort();
 
     // Keep or update the rows still wanted; end the rest first, so the partial unique
     // indexes (one active base, one active row per plan) have room for the inserts.
@@ -672,7 +712,11 @@ pub async fn sync_memberships(
         .await?;
         changed = true;
     }
-    Ok(changed)
+    Ok(MembershipSync {
+        changed,
+        before,
+        after,
+    })
 }
 
 #[cfg(test)]

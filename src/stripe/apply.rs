@@ -20,7 +20,8 @@ use crate::config::EnvironmentConfig;
 use crate::store::companies::{self, UpsertCompany};
 use crate::store::keys::{self, Entity};
 use crate::store::stripe::{
-    self as store, ItemFields, PriceFields, ProductFields, SubscriptionFields, Write, Written,
+    self as store, ItemFields, MembershipSync, PriceFields, ProductFields, SubscriptionFields,
+    Write, Written,
 };
 
 /// The company key a Stripe customer id is stored under.
@@ -29,8 +30,8 @@ pub const CUSTOMER_KEY: &str = "stripe_customer_id";
 /// What applying an event did.
 #[derive(Debug)]
 pub enum Outcome {
-    /// State changed; these snapshot entries must be refreshed.
-    Applied(Vec<Change>),
+    /// State changed: what to refresh and report.
+    Applied(Applied),
     /// Older than the newest event already applied to its object.
     Skipped,
     /// A type entitled does not act on.
@@ -104,6 +105,9 @@ pub struct Applied {
     pub written: Written,
     /// Snapshot entries to refresh.
     pub changes: Vec<Change>,
+    /// Companies whose set of plans changed, with the plans before and after (for
+    /// `company.plan_changed`).
+    pub plan_changes: Vec<(String, MembershipSync)>,
 }
 
 /// What applying needs besides the connection.
@@ -172,7 +176,7 @@ pub async fn apply(
         return Ok(Outcome::Ignored);
     };
     Ok(match applied {
-        Some(a) => Outcome::Applied(a.changes),
+        Some(a) => Outcome::Applied(a),
         None => Outcome::Skipped,
     })
 }
@@ -284,10 +288,15 @@ pub async fn customer(
         return Ok(None);
     }
     let (company_id, mut written) = put_customer(conn, ctx, customer, deleted).await?;
+    let mut plan_changes = Vec::new();
     if deleted {
         // The company and its keys stay; its Stripe memberships end.
-        if store::sync_memberships(conn, ctx.environment_id, &company_id).await? {
+        let sync = store::sync_memberships(conn, ctx.environment_id, &company_id).await?;
+        if sync.changed {
             written = written.or(Some(Write::Updated));
+        }
+        if sync.plans_changed() {
+            plan_changes.push((company_id.clone(), sync));
         }
     }
     let changes = match written {
@@ -297,7 +306,11 @@ pub async fn customer(
         }],
         None => Vec::new(),
     };
-    Ok(Some(Applied { written, changes }))
+    Ok(Some(Applied {
+        written,
+        changes,
+        plan_changes,
+    }))
 }
 
 /// Applies a product as of `v`.
@@ -325,6 +338,7 @@ pub async fn product(
     Ok(Some(Applied {
         written,
         changes: Vec::new(),
+        plan_changes: Vec::new(),
     }))
 }
 
@@ -361,6 +375,7 @@ pub async fn price(
     Ok(Some(Applied {
         written,
         changes: Vec::new(),
+        plan_changes: Vec::new(),
     }))
 }
 
@@ -486,8 +501,13 @@ pub async fn subscription(
     let mut written = put.written;
     // Recomputed even when the subscription is as stored: a plan linked to its product
     // since, or a membership edited by hand, is repaired here.
-    if store::sync_memberships(conn, ctx.environment_id, &company_id).await? {
+    let sync = store::sync_memberships(conn, ctx.environment_id, &company_id).await?;
+    if sync.changed {
         written = written.or(Some(Write::Updated));
+    }
+    let mut plan_changes = Vec::new();
+    if sync.plans_changed() {
+        plan_changes.push((company_id.clone(), sync));
     }
     let mut changes = Vec::new();
     if written.is_some() {
@@ -497,11 +517,18 @@ pub async fn subscription(
         });
     }
     if let Some(previous) = put.previous_company {
-        store::sync_memberships(conn, ctx.environment_id, &previous).await?;
+        let sync = store::sync_memberships(conn, ctx.environment_id, &previous).await?;
+        if sync.plans_changed() {
+            plan_changes.push((previous.clone(), sync));
+        }
         changes.push(Change::Company {
             environment_id: ctx.environment_id.to_string(),
             id: previous,
         });
     }
-    Ok(Some(Applied { written, changes }))
+    Ok(Some(Applied {
+        written,
+        changes,
+        plan_changes,
+    }))
 }

@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod client;
 pub mod inbox;
+pub mod messages;
 pub mod objects;
 pub mod reconcile;
 pub mod signature;

@@ -801,11 +801,18 @@ async fn apply_page(
         }
     }
     if !failed {
-        let changes: Vec<Change> = results
+        let mut changes: Vec<Change> = results
             .iter()
             .flatten()
             .flat_map(|a| a.changes.iter().cloned())
             .collect();
+        for a in results
+            .iter()
+            .flatten()
+            .filter(|a| !a.plan_changes.is_empty())
+        {
+            changes.extend(super::messages::write(&mut tx, sync, env_id, a, None).await?);
+        }
         match sync.commit(tx, &changes).await {
             Ok(()) => {
                 tally(state, object, &results);
@@ -825,7 +832,10 @@ async fn apply_page(
         let mut tx = sync.pool.begin().await?;
         match apply_one(&mut tx, &ctx, object, o, v).await {
             Ok(r) => {
-                let changes = r.as_ref().map(|a| a.changes.clone()).unwrap_or_default();
+                let mut changes = r.as_ref().map(|a| a.changes.clone()).unwrap_or_default();
+                if let Some(a) = r.as_ref().filter(|a| !a.plan_changes.is_empty()) {
+                    changes.extend(super::messages::write(&mut tx, sync, env_id, a, None).await?);
+                }
                 sync.commit(tx, &changes).await?;
                 tally(state, object, &[r]);
             }

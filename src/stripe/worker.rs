@@ -118,7 +118,22 @@ pub async fn process(
             let status = outcome.status();
             inbox::finish(&mut tx, &event.environment_id, &event.id, status).await?;
             let changes = match outcome {
-                Outcome::Applied(changes) => changes,
+                Outcome::Applied(applied) => {
+                    let payload: Option<serde_json::Value> =
+                        serde_json::from_str(&event.payload).ok();
+                    let mut changes = applied.changes.clone();
+                    changes.extend(
+                        super::messages::write(
+                            &mut tx,
+                            state,
+                            &event.environment_id,
+                            &applied,
+                            payload.as_ref(),
+                        )
+                        .await?,
+                    );
+                    changes
+                }
                 Outcome::Skipped | Outcome::Ignored => Vec::new(),
             };
             state.commit(tx, &changes).await?;

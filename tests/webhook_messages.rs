@@ -1,6 +1,8 @@
-//! `entitlement.limit.warning` and `entitlement.limit.reached`: written to the outbox with
-//! the track events that cross 80% of the allocation and the allocation, once per company,
-//! feature and metric window, whatever the batch sizes.
+//! Messages written to the outbound webhook outbox by writers other than the REST handlers:
+//! `entitlement.limit.warning` and `entitlement.limit.reached` with the track events that
+//! cross 80% of the allocation and the allocation (once per company, feature and metric
+//! window, whatever the batch sizes), and `company.plan_changed` / `subscription.trial.ended`
+//! from Stripe webhooks.
 
 mod common;
 
@@ -136,4 +138,104 @@ async fn limit_messages_fire_once_per_crossing() {
     let narrow_messages = messages(&app, narrow["id"].as_str().unwrap()).await;
     assert_eq!(narrow_messages, vec![]);
     assert_eq!(messages(&app, &hook).await.len(), 6);
+}
+
+/// `(type, payload)` of every message of `webhook`, oldest first.
+async fn payloads(app: &common::TestApp, webhook: &str) -> Vec<(String, Value)> {
+    let (_, list) = app
+        .get(&format!("/webhook-events?webhook_id={webhook}"))
+        .await;
+    let mut out: Vec<(String, Value)> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["request_type"].as_str().unwrap().to_string(),
+                serde_json::from_str(m["payload"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+#[tokio::test]
+async fn stripe_plan_changes_and_ended_trials_are_sent() {
+    use common::stripe::{self as s, Item};
+    let app = common::spawn_app_with(&format!(
+        "{}\n[webhooks]\nallow_private_targets = true\nretry_schedule_secs = [600]\n",
+        s::config("stripe_refetch_on_webhook = false")
+    ))
+    .await;
+    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
+        .await
+        .unwrap();
+    let hook = app
+        .create(
+            "/webhooks",
+            json!({"name": "stripe", "url": "http://127.0.0.1:9/stripe",
+                   "request_types": ["company.plan_changed", "subscription.trial.ended"]}),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap().to_string();
+    let pro = [Item {
+        id: "si_pro",
+        price: "price_demo_pro_monthly",
+        product: "prod_demo_pro",
+        quantity: 1,
+    }];
+    let t = s::now();
+    // A trial starts: the company joins Pro.
+    let trial = s::subscription("sub_msg", "cus_msg", "trialing", &pro);
+    app.deliver(&s::event(
+        "customer.subscription.created",
+        "evt_msg_1",
+        t,
+        trial,
+    ))
+    .await;
+    // The trial converts: Stripe says so with previous_attributes; the plans stay.
+    let mut converted = s::event(
+        "customer.subscription.updated",
+        "evt_msg_2",
+        t + 1,
+        s::subscription("sub_msg", "cus_msg", "active", &pro),
+    );
+    converted["data"]["previous_attributes"] = json!({"status": "trialing"});
+    app.deliver(&converted).await;
+    // Canceled: the company leaves Pro.
+    app.deliver(&s::event(
+        "customer.subscription.deleted",
+        "evt_msg_3",
+        t + 2,
+        s::subscription("sub_msg", "cus_msg", "canceled", &pro),
+    ))
+    .await;
+    common::eventually(Duration::from_secs(3), || async {
+        (payloads(&app, &hook).await.len() >= 3).then_some(())
+    })
+    .await;
+    let got = payloads(&app, &hook).await;
+    let types: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "company.plan_changed",
+            "subscription.trial.ended",
+            "company.plan_changed"
+        ],
+        "{got:?}"
+    );
+    let joined = &got[0].1["data"];
+    assert_eq!(joined["source"], "stripe");
+    assert!(joined["previous_plan"].is_null(), "{joined}");
+    assert_eq!(joined["plan"]["key"], "pro", "{joined}");
+    let ended = &got[1].1["data"];
+    assert_eq!(ended["subscription_id"], "sub_msg");
+    assert_eq!(ended["status"], "active");
+    let left = &got[2].1["data"];
+    assert_eq!(left["previous_plan"]["key"], "pro", "{left}");
+    assert!(left["plan"].is_null(), "{left}");
+    assert_eq!(got[0].1["environment"], "development");
 }
