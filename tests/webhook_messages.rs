@@ -239,3 +239,98 @@ async fn stripe_plan_changes_and_ended_trials_are_sent() {
     assert!(left["plan"].is_null(), "{left}");
     assert_eq!(got[0].1["environment"], "development");
 }
+
+/// API writes send created / updated (with `previous`, only when something changed) /
+/// deleted messages of their object's REST view.
+#[tokio::test]
+async fn api_writes_send_lifecycle_messages() {
+    let app = seeded().await;
+    let hook = app
+        .create(
+            "/webhooks",
+            json!({"name": "lifecycle", "url": "http://127.0.0.1:9/lifecycle",
+                   "request_types": ["user.created", "user.updated", "user.deleted",
+                                     "plan.created", "plan.updated", "plan.deleted", "flag_rules.updated"]}),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap().to_string();
+    let user = app
+        .create(
+            "/users",
+            json!({"keys": {"email": "a@example.com"}, "name": "Ann"}),
+        )
+        .await;
+    app.create(
+        "/users",
+        json!({"keys": {"email": "a@example.com"}, "name": "Ann"}),
+    )
+    .await; // the same again: no message
+    app.create(
+        "/users",
+        json!({"keys": {"email": "a@example.com"}, "name": "Anne"}),
+    )
+    .await;
+    let (s, _) = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/users/{}", user["id"].as_str().unwrap()),
+            None,
+            Some(&app.key),
+        )
+        .await;
+    assert!(s.is_success());
+    let plan = app
+        .create("/plans", json!({"name": "Scale", "plan_type": "plan"}))
+        .await;
+    let plan_id = plan["id"].as_str().unwrap();
+    app.put(
+        &format!("/plans/{plan_id}"),
+        json!({"description": "For big teams"}),
+    )
+    .await;
+    let flag: String = sqlx::query_scalar("SELECT id FROM flags WHERE key = 'sso'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let (s, body) = app
+        .put(
+            &format!("/flags/{flag}/rules"),
+            json!({"rules": [{"name": "staff", "priority": 1, "value": true,
+                              "conditions": [{"condition_type": "trait", "operator": "eq", "trait_id": "staff", "trait_value": "yes"}]}]}),
+        )
+        .await;
+    assert!(s.is_success(), "{body}");
+    app.send(
+        reqwest::Method::DELETE,
+        &format!("/plans/{plan_id}"),
+        None,
+        Some(&app.key),
+    )
+    .await;
+
+    let got = payloads(&app, &hook).await;
+    let types: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "user.created",
+            "user.updated",
+            "user.deleted",
+            "plan.created",
+            "plan.updated",
+            "flag_rules.updated",
+            "plan.deleted"
+        ],
+        "{got:#?}"
+    );
+    assert_eq!(got[1].1["data"]["name"], "Anne");
+    assert_eq!(got[1].1["previous"]["name"], "Ann");
+    assert_eq!(got[4].1["data"]["description"], "For big teams");
+    assert_eq!(got[4].1["previous"]["description"], "");
+    assert_eq!(
+        got[5].1["data"]["rules"][0]["name"], "staff",
+        "{}",
+        got[5].1
+    );
+    assert_eq!(got[6].1["data"]["id"], plan_id);
+}

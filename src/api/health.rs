@@ -64,6 +64,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             crate::metrics::INBOX_DEPTH.set([status.as_str()], n as f64);
         }
     }
+    // The outbound webhook outbox: messages pending delivery and the oldest one's age.
+    let (webhook_pending, webhook_oldest) = match tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        store::webhooks::queue_depth(&state.pool),
+    )
+    .await
+    {
+        Ok(Ok((n, age))) => (n as f64, age),
+        _ => (f64::NAN, f64::NAN),
+    };
     let pool_size = state.pool.size() as f64;
     let idle = state.pool.num_idle() as f64;
     let companies: usize = state
@@ -94,6 +104,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             "entitled_cache_companies",
             "Companies in the check snapshot.",
             companies as f64,
+        ),
+        (
+            "entitled_webhook_queue_depth",
+            "Outbound webhook messages pending delivery (NaN when Postgres did not answer).",
+            webhook_pending,
+        ),
+        (
+            "entitled_webhook_oldest_pending_seconds",
+            "Age of the oldest outbound webhook message pending delivery.",
+            webhook_oldest,
         ),
     ]);
     (

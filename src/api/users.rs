@@ -257,7 +257,27 @@ pub async fn upsert_user(state: &AppState, auth: &Auth, body: UpsertBody) -> App
         update_only: body.update_only.unwrap_or(false),
     };
     let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(state, auth, &emit::USER);
+    let before = match watch {
+        true => match crate::store::keys::find(
+            &mut tx,
+            crate::store::keys::Entity::User,
+            auth.env_id(),
+            &req.keys,
+        )
+        .await
+        {
+            Ok(Some(id)) => view_in(&mut tx, state, auth, &id).await?,
+            _ => None,
+        },
+        false => None,
+    };
     let done = store::upsert(&mut tx, auth.env_id(), &req).await?;
+    let after = if watch {
+        view_in(&mut tx, state, auth, &done.id).await?
+    } else {
+        None
+    };
     let env_id = auth.env_id().to_string();
     let mut changes = vec![Change::User {
         environment_id: env_id.clone(),
@@ -267,6 +287,16 @@ pub async fn upsert_user(state: &AppState, auth: &Auth, body: UpsertBody) -> App
         environment_id: env_id.clone(),
         id: c.clone(),
     }));
+    let before = before.filter(|_| !done.created);
+    changes.extend(
+        emit::write(
+            state,
+            auth,
+            &mut tx,
+            [emit::lifecycle(state, auth, &emit::USER, before, after)],
+        )
+        .await?,
+    );
     state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("users");
     tracing::info!(user_id = %done.id, created = done.created, "user upserted");
