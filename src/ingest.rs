@@ -173,8 +173,16 @@ impl Writer<'_> {
                     now,
                 )
                 .await?;
+                let credit_limits = crate::outbound::limits::emit_credits(
+                    &mut tx,
+                    self.cache,
+                    &done.touched.credits,
+                    self.limit_warning_percent,
+                    now,
+                )
+                .await?;
                 let mut changes = Change::from_touched(done.touched.clone());
-                changes.extend(limits);
+                changes.extend(limits.or(credit_limits));
                 self.publisher.notify(&mut tx, &changes).await?;
                 tx.commit().await?;
                 Ok::<_, Error>((done, changes))

@@ -334,3 +334,70 @@ async fn api_writes_send_lifecycle_messages() {
     );
     assert_eq!(got[6].1["data"]["id"], plan_id);
 }
+
+/// Burning credits sends `credit.limit.warning` when the balance falls to 20% and
+/// `credit.limit.reached` when it is gone, once per grant.
+#[tokio::test]
+async fn credit_limit_messages() {
+    let app = seeded().await;
+    let credit = app
+        .create("/billing/credits", json!({"name": "Tokens"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ent: String = sqlx::query_scalar("SELECT id FROM plan_entitlements WHERE plan_id = (SELECT id FROM plans WHERE key = 'pro') AND feature_id = (SELECT id FROM features WHERE key = 'ai-tokens')")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let (s, body) = app
+        .put(
+            &format!("/plan-entitlements/{ent}"),
+            json!({"value_type": "credit", "value_credit_id": credit, "credit_consumption_rate": 1.0}),
+        )
+        .await;
+    assert!(s.is_success(), "{body}");
+    let hook = app
+        .create(
+            "/webhooks",
+            json!({"name": "credits", "url": "http://127.0.0.1:9/credits",
+                   "request_types": ["credit.limit.warning", "credit.limit.reached"]}),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap().to_string();
+    let pro: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'pro'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let company = app
+        .create(
+            "/companies",
+            json!({"keys": {"id": "burner"}, "base_plan_id": pro}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.create(
+        "/billing/credits/grants/company",
+        json!({"company_id": company, "credit_id": credit, "quantity": 10, "reason": "purchased"}),
+    )
+    .await;
+    let burn = |q: i64| json!({"event_type": "track", "body": {"event": "ai_tokens", "company": {"id": "burner"}, "quantity": q}});
+    for q in [5, 2, 1, 1, 1, 3] {
+        let (s, body) = app.post("/events", burn(q)).await;
+        assert!(s.is_success(), "{body}");
+    }
+    let got = payloads(&app, &hook).await;
+    let summary: Vec<(&str, f64)> = got
+        .iter()
+        .map(|(t, b)| (t.as_str(), b["data"]["remaining"].as_f64().unwrap()))
+        .collect();
+    // 10 → 5 → 3 → 2 (≤ 20%: warning) → 1 → 0 (reached) → stays 0: nothing more.
+    assert_eq!(
+        summary,
+        [("credit.limit.warning", 2.0), ("credit.limit.reached", 0.0)],
+        "{got:#?}"
+    );
+    assert_eq!(got[0].1["data"]["credit_id"], credit.as_str());
+}

@@ -120,3 +120,85 @@ pub async fn emit(
     }
     Ok(wrote)
 }
+
+pub const CREDIT_WARNING: &str = "credit.limit.warning";
+pub const CREDIT_REACHED: &str = "credit.limit.reached";
+
+/// `credit.limit.warning` (the remaining balance falls to `100 − warning_percent`% of what was
+/// available or below) and `credit.limit.reached` (nothing left), once per company, credit
+/// and grant (a new grant starts a new window). `credits`: the `(environment_id,
+/// company_id)` pairs whose balances the batch burned.
+pub async fn emit_credits(
+    conn: &mut PgConnection,
+    cache: &Cache,
+    credits: &[(String, String)],
+    warning_percent: u32,
+    now: DateTime<Utc>,
+) -> store::Result<Option<Change>> {
+    let mut wrote = None;
+    for (env_id, company_id) in credits {
+        let wants_warning = cache.webhooks_want(env_id, CREDIT_WARNING);
+        let wants_reached = cache.webhooks_want(env_id, CREDIT_REACHED);
+        if !wants_warning && !wants_reached {
+            continue;
+        }
+        let (Some(env), Some(before)) = (
+            cache.env(env_id),
+            cache.env(env_id).and_then(|e| e.company(company_id)),
+        ) else {
+            continue;
+        };
+        let mut messages = Vec::new();
+        for row in store::credits::balance_of_company(conn, company_id, now).await? {
+            let was = before.context.credit_balance(&row.credit_id, now);
+            if was.total <= 0.0 {
+                continue;
+            }
+            let remaining = row.remaining_micros as f64 / store::credits::MICROS;
+            let floor = was.total * f64::from(100 - warning_percent) / 100.0;
+            let window = store::credits::latest_grant_at(conn, company_id, &row.credit_id)
+                .await?
+                .unwrap_or(DateTime::UNIX_EPOCH);
+            for (kind, wanted, threshold) in [
+                (CREDIT_WARNING, wants_warning, floor),
+                (CREDIT_REACHED, wants_reached, 0.0),
+            ] {
+                let crossed = was.remaining > threshold && remaining <= threshold + 1e-9;
+                if !(wanted && crossed) {
+                    continue;
+                }
+                if !webhooks::record_crossing(
+                    conn,
+                    env_id,
+                    company_id,
+                    &row.credit_id,
+                    kind,
+                    window,
+                )
+                .await?
+                {
+                    continue;
+                }
+                let mut e = Event::new(
+                    kind,
+                    json!({
+                        "company_id": company_id,
+                        "credit_id": row.credit_id,
+                        "credit_key": row.credit_key,
+                        "credit_name": row.credit_name,
+                        "available": was.total,
+                        "remaining": remaining,
+                        "warning_percent": warning_percent,
+                    }),
+                );
+                e.credit_id = Some(row.credit_id.clone());
+                messages.push(e);
+            }
+        }
+        if !messages.is_empty() {
+            let change = super::emit(conn, env_id, &env.environment.key, &messages).await?;
+            wrote = wrote.or(change);
+        }
+    }
+    Ok(wrote)
+}

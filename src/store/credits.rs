@@ -503,6 +503,22 @@ pub async fn balance_of_company(
     .await
 }
 
+/// When the company was last granted `credit_id`: a new grant starts a new window for the
+/// credit limit messages.
+pub async fn latest_grant_at(
+    conn: &mut PgConnection,
+    company_id: &str,
+    credit_id: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT max(created_at) FROM credit_grants WHERE company_id = $1 AND credit_id = $2",
+    )
+    .bind(company_id)
+    .bind(credit_id)
+    .fetch_one(conn)
+    .await
+}
+
 #[derive(sqlx::FromRow)]
 pub struct PlanGrantDue {
     pub plan_credit_grant_id: String,
