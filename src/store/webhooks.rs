@@ -46,30 +46,36 @@ pub struct WebhookFields {
     pub credit_trigger_configs: Value,
 }
 
+/// The environment's endpoints, newest first; `q` (a `LIKE` pattern) matches the name or URL.
 pub async fn list(
     conn: &mut PgConnection,
     env_id: &str,
+    q: Option<&str>,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<WebhookRow>> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE environment_id = $1
-         ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks
+         WHERE environment_id = $1 AND ($2::text IS NULL OR name ILIKE $2 OR url ILIKE $2)
+         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
     ))
     .bind(env_id)
+    .bind(q)
     .bind(limit)
     .bind(offset)
     .fetch_all(conn)
     .await?)
 }
 
-pub async fn count(conn: &mut PgConnection, env_id: &str) -> Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE environment_id = $1")
-            .bind(env_id)
-            .fetch_one(conn)
-            .await?,
+pub async fn count(conn: &mut PgConnection, env_id: &str, q: Option<&str>) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM webhooks
+         WHERE environment_id = $1 AND ($2::text IS NULL OR name ILIKE $2 OR url ILIKE $2)",
     )
+    .bind(env_id)
+    .bind(q)
+    .fetch_one(conn)
+    .await?)
 }
 
 pub async fn get(conn: &mut PgConnection, env_id: &str, id: &str) -> Result<WebhookRow> {
