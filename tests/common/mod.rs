@@ -2,6 +2,7 @@
 //! client. Postgres comes from `ENTITLED_TEST_DATABASE_URL` (default: the local cluster).
 #![allow(dead_code)]
 
+pub mod receiver;
 pub mod stripe;
 
 use std::net::SocketAddr;
@@ -279,6 +280,30 @@ pub async fn run_python(app: &TestApp, script: &'static str, extra: &[String]) {
         output.status.success() && stdout.contains("OK"),
         "{script} failed:\nstdout: {stdout}\nstderr: {stderr}"
     );
+}
+
+/// Runs a Python script with the SDK virtualenv's interpreter (`ENTITLED_SDK_PYTHON`, else
+/// `python3`) and returns the JSON on the last line of its stdout. The script must exit 0.
+pub async fn python_json(script: &'static str, args: Vec<String>) -> Value {
+    let python = std::env::var("ENTITLED_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg(script)
+            .args(&args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run python (set ENTITLED_SDK_PYTHON or run scripts/test.sh)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("{script}: last line not JSON ({e}):\n{stdout}\n{stderr}"))
 }
 
 /// Creates a read-write key for the environment `env_key` and tells running servers, as
