@@ -10,9 +10,18 @@ cd "$(dirname "$0")/.."
 # The official SDKs the wire-compatibility tests drive (schematichq for the REST API, mcp for
 # POST /mcp), pinned, in a virtualenv of their own.
 VENV=${ENTITLED_SDK_VENV:-target/sdk-venv}
-SDKS=("schematichq==1.4.6" "mcp==2.3.0")
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qx "mcp==2.3.0" \
-    || ! "$VENV/bin/python" -c "import schematic, mcp" 2>/dev/null; then
+# standardwebhooks verifies outbound webhook deliveries (tests/outbound_webhooks.rs).
+SDKS=("schematichq==1.4.6" "mcp==2.3.0" "standardwebhooks==1.3.0")
+# True when every pin is installed at its version (whatever it was installed from).
+installed() {
+  "$VENV/bin/python" - "${SDKS[@]}" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+sys.exit(any(version(pin.split("==")[0]) != pin.split("==")[1] for pin in sys.argv[1:]))
+PY
+}
+if [ ! -x "$VENV/bin/python" ] || ! installed \
+    || ! "$VENV/bin/python" -c "import schematic, mcp, standardwebhooks" 2>/dev/null; then
   echo "==> installing ${SDKS[*]} into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "${SDKS[@]}"

@@ -154,24 +154,42 @@ fn trigger_configs(field: &str, id_field: &str, v: &Value) -> AppResult<()> {
     Ok(())
 }
 
+/// `q` of the endpoint lists: a pattern matching the name or URL anywhere.
+fn name_or_url(query: &Query) -> Option<String> {
+    query
+        .get("q")
+        .filter(|s| !s.is_empty())
+        .map(crate::store::catalog::contains_pattern)
+}
+
 #[utoipa::path(get, path = "/webhooks", tag = "webhooks",
-    params(super::openapi::PageParams),
+    params(super::openapi::PageParams, WebhookListParams),
     responses((status = 200, description = "Endpoints, newest first", body = Enveloped<Vec<WebhookView>>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
     let page = query.page()?;
+    let q = name_or_url(&query);
     let mut conn = state.pool.acquire().await?;
-    let rows = store::list(&mut conn, auth.env_id(), page.limit, page.offset).await?;
+    let rows = store::list(
+        &mut conn,
+        auth.env_id(),
+        q.as_deref(),
+        page.limit,
+        page.offset,
+    )
+    .await?;
     let data: Vec<WebhookView> = rows.into_iter().map(Into::into).collect();
     Ok(envelope::ok(data, query.params(Some(page))))
 }
 
 #[utoipa::path(get, path = "/webhooks/count", tag = "webhooks",
+    params(WebhookListParams),
     responses((status = 200, description = "How many endpoints the environment has", body = Enveloped<Value>), Errors))]
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn count(State(state): State<AppState>, auth: Auth, query: Query) -> AppResult<Response> {
+    let q = name_or_url(&query);
     let mut conn = state.pool.acquire().await?;
-    let n = store::count(&mut conn, auth.env_id()).await?;
+    let n = store::count(&mut conn, auth.env_id(), q.as_deref()).await?;
     Ok(envelope::ok(json!({ "count": n }), query.params(None)))
 }
 
@@ -537,5 +555,14 @@ struct EventListParams {
     /// `pending`, `success` or `failure`.
     status: Option<String>,
     /// Matches the request type.
+    q: Option<String>,
+}
+
+/// Query parameters of `GET /webhooks` and `/webhooks/count` (documentation type).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct WebhookListParams {
+    /// Matches the name or URL.
     q: Option<String>,
 }

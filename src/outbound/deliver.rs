@@ -3,8 +3,10 @@
 //! Only a 2xx answer is success; redirects are not followed. `410 Gone` disables the
 //! endpoint. `429` and `503` with `Retry-After` are retried after that long; every other
 //! failure on the configured schedule (the Standard Webhooks one by default, ±20% jitter),
-//! then the message is given up (`failure`). An endpoint failing at least 90% of at least 25
-//! attempts in 24 hours is disabled, and why is recorded on it.
+//! then the message is given up (`failure`). An endpoint that has accepted nothing for 24
+//! hours (since its last success, or since it was created, re-enabled or edited), while at
+//! least 90% of at least 25 attempts in those 24 hours failed, is disabled, and why is
+//! recorded on it: a short outage during a burst is retried, not a reason to give up.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,9 @@ use rand::Rng;
 
 use super::{sign, Outbound};
 use crate::store::webhooks::{self, Attempt, Claimed};
+
+/// How long an endpoint must have accepted nothing before its failure rate disables it.
+const DAY_SECS: f64 = 86_400.0;
 
 /// The first bytes of a response kept with its attempt.
 const BODY_KEPT: usize = 1024;
@@ -159,9 +164,11 @@ impl Outbound {
 
     async fn disable_if_failing(&self, webhook_id: &str) {
         match webhooks::recent_failure_rate(&self.pool, webhook_id).await {
-            Ok((total, failed)) if total >= 25 && failed * 10 >= total * 9 => {
+            Ok((total, failed, failing_secs))
+                if total >= 25 && failed * 10 >= total * 9 && failing_secs >= DAY_SECS =>
+            {
                 let reason = format!(
-                    "{failed} of the last {total} deliveries in 24 hours failed (at least 90%)"
+                    "no delivery accepted for 24 hours; {failed} of the last {total} attempts failed (at least 90%)"
                 );
                 self.disable(webhook_id, &reason).await;
             }

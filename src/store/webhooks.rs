@@ -46,30 +46,36 @@ pub struct WebhookFields {
     pub credit_trigger_configs: Value,
 }
 
+/// The environment's endpoints, newest first; `q` (a `LIKE` pattern) matches the name or URL.
 pub async fn list(
     conn: &mut PgConnection,
     env_id: &str,
+    q: Option<&str>,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<WebhookRow>> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE environment_id = $1
-         ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks
+         WHERE environment_id = $1 AND ($2::text IS NULL OR name ILIKE $2 OR url ILIKE $2)
+         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
     ))
     .bind(env_id)
+    .bind(q)
     .bind(limit)
     .bind(offset)
     .fetch_all(conn)
     .await?)
 }
 
-pub async fn count(conn: &mut PgConnection, env_id: &str) -> Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE environment_id = $1")
-            .bind(env_id)
-            .fetch_one(conn)
-            .await?,
+pub async fn count(conn: &mut PgConnection, env_id: &str, q: Option<&str>) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM webhooks
+         WHERE environment_id = $1 AND ($2::text IS NULL OR name ILIKE $2 OR url ILIKE $2)",
     )
+    .bind(env_id)
+    .bind(q)
+    .fetch_one(conn)
+    .await?)
 }
 
 pub async fn get(conn: &mut PgConnection, env_id: &str, id: &str) -> Result<WebhookRow> {
@@ -487,15 +493,26 @@ pub async fn finish(pool: &PgPool, c: &Claimed, a: &Attempt<'_>) -> Result<()> {
     Ok(())
 }
 
-/// An endpoint's attempts in the last 24 hours: `(total, failed)`.
-pub async fn recent_failure_rate(pool: &PgPool, webhook_id: &str) -> Result<(i64, i64)> {
+/// How an endpoint has been doing: its attempts in the last 24 hours, `(total, failed)`, and
+/// for how many seconds it has accepted nothing: since its last successful attempt or its
+/// last change (created, re-enabled, edited), whichever is later.
+pub async fn recent_failure_rate(pool: &PgPool, webhook_id: &str) -> Result<(i64, i64, f64)> {
     Ok(sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE NOT succeeded) FROM webhook_attempts
-         WHERE webhook_id = $1 AND attempted_at > now() - interval '24 hours'",
+        "SELECT
+             (SELECT count(*) FROM webhook_attempts a
+              WHERE a.webhook_id = w.id AND a.attempted_at > now() - interval '24 hours'),
+             (SELECT count(*) FROM webhook_attempts a
+              WHERE a.webhook_id = w.id AND a.attempted_at > now() - interval '24 hours'
+                AND NOT a.succeeded),
+             EXTRACT(EPOCH FROM now() - GREATEST(w.updated_at,
+                 (SELECT max(a.attempted_at) FROM webhook_attempts a
+                  WHERE a.webhook_id = w.id AND a.succeeded)))::float8
+         FROM webhooks w WHERE w.id = $1",
     )
     .bind(webhook_id)
-    .fetch_one(pool)
-    .await?)
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or((0, 0, 0.0)))
 }
 
 /// Gives up the pending messages of a disabled endpoint.

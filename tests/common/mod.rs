@@ -7,6 +7,7 @@
 pub mod process;
 pub mod proxy;
 pub mod python;
+pub mod receiver;
 pub mod stripe;
 
 use std::net::SocketAddr;

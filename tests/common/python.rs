@@ -20,3 +20,26 @@ pub async fn run_script(app: &TestApp, script: &str, extra: &[String]) {
         out.stderr
     );
 }
+
+/// Runs `script` with the same interpreter and `args`, and returns the JSON on the last line
+/// of its stdout. The script must exit 0.
+pub async fn json(script: &str, args: Vec<String>) -> serde_json::Value {
+    let python = std::env::var("ENTITLED_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = tokio::process::Command::new(&python);
+    cmd.arg(script).args(&args);
+    let out = process::run(cmd).await;
+    assert!(
+        out.status.success(),
+        "{script} with {python}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    let last = out.stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "{script}: last line not JSON ({e}):\n{}\n{}",
+            out.stdout, out.stderr
+        )
+    })
+}
