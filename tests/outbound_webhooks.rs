@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -378,61 +377,17 @@ async fn a_day_without_an_accepted_delivery_disables_the_endpoint() {
     assert_eq!(pending["data"]["count"], 0, "given up: {pending}");
 }
 
-/// The real binary, for the SIGKILL test.
-struct Binary {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn serve_binary(db_url: &str) -> Binary {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = binary(db_url)
-        .arg("serve")
-        .env("ENTITLED_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Binary {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    eventually(Duration::from_secs(20), || async {
-        let r = client
-            .get(format!("{}/ready", server.base))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-    server
-}
-
-fn binary(db_url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_entitled"));
-    cmd.env("DATABASE_URL", db_url)
-        .env("ENTITLED_LOG__LEVEL", "error")
+/// The real binary, for the SIGKILL test: short retries and a short attempt timeout (a
+/// message a dead process held is taken again when its lease, the timeout + 30 s, runs out).
+fn binary(db_url: &str) -> tokio::process::Command {
+    let mut cmd = common::process::entitled(db_url);
+    cmd.env("ENTITLED_LOG__LEVEL", "error")
         .env("ENTITLED_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
         .env(
             "ENTITLED_WEBHOOKS__RETRY_SCHEDULE_SECS",
             "[1, 1, 1, 1, 1, 1, 1, 1, 1]",
         )
-        // A short attempt timeout: a message a dead process held is taken again when its
-        // lease (the timeout + 30 s) runs out.
-        .env("ENTITLED_WEBHOOKS__TIMEOUT_SECS", "3")
-        .env_remove("RUST_LOG");
+        .env("ENTITLED_WEBHOOKS__TIMEOUT_SECS", "3");
     cmd
 }
 
@@ -460,19 +415,17 @@ async fn call(
 #[tokio::test]
 async fn sigkill_while_delivering_loses_no_message() {
     const EVENTS: usize = 20;
-    let (db_url, db_name) = common::fresh_database().await;
-    let out = binary(&db_url).arg("migrate").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let db = common::fresh_database().await;
+    let db_url = db.url.clone();
+    let mut migrate = binary(&db_url);
+    migrate.arg("migrate");
+    common::process::run_ok(migrate).await;
     let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
     let client = reqwest::Client::new();
     let receiver = Receiver::start().await;
     receiver.delay_each(Duration::from_millis(1500));
 
-    let mut server = serve_binary(&db_url).await;
+    let mut server = common::process::serve(binary(&db_url)).await;
     let key = common::create_api_key(&pool, "development").await;
     eventually(Duration::from_secs(10), || async {
         let (s, _) = call(&client, &server.base, &key, Method::GET, "/webhooks", None).await;
@@ -502,11 +455,10 @@ async fn sigkill_while_delivering_loses_no_message() {
         assert_eq!(s, StatusCode::OK, "{body}");
     }
     eventually(WAIT, || async { (receiver.in_flight() >= 8).then_some(()) }).await;
-    server.child.kill().unwrap(); // SIGKILL
-    server.child.wait().unwrap();
+    server.kill().await; // SIGKILL
     let arrived_before_kill = receiver.deliveries().len();
 
-    let server = serve_binary(&db_url).await;
+    let server = common::process::serve(binary(&db_url)).await;
     let events = eventually(Duration::from_secs(90), || async {
         let (s, body) = call(
             &client,
@@ -547,7 +499,7 @@ async fn sigkill_while_delivering_loses_no_message() {
     );
     drop(server);
     pool.close().await;
-    common::drop_database(db_name);
+    drop(db);
 }
 
 /// Two replicas draining one outbox of 50 messages: never the same message twice at once,
