@@ -416,16 +416,18 @@ pub struct Claimed {
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
 }
 
-/// Claims up to `limit` due messages: each gets its attempt counted and a lease of `lease`
+/// Claims up to `limit` due messages of active endpoints (an endpoint set `inactive` keeps its
+/// pending messages until it is active again): each gets its attempt counted and a lease of `lease`
 /// seconds (its `next_attempt_at` moves past the delivery's timeout), so no other worker on
 /// any replica takes it while this one delivers. A worker that dies leaves the message to be
 /// claimed again when the lease runs out: delivery is at least once.
 pub async fn claim_due(pool: &PgPool, limit: i64, lease_secs: f64) -> Result<Vec<Claimed>> {
     Ok(sqlx::query_as(
         "WITH due AS (
-             SELECT id FROM webhook_events
-             WHERE status = 'pending' AND next_attempt_at <= now()
-             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED),
+             SELECT e.id FROM webhook_events e
+             WHERE e.status = 'pending' AND e.next_attempt_at <= now()
+               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = e.webhook_id AND w.status = 'active')
+             ORDER BY e.next_attempt_at LIMIT $1 FOR UPDATE OF e SKIP LOCKED),
          claimed AS (
              UPDATE webhook_events e SET attempt_count = e.attempt_count + 1,
                  next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
