@@ -65,7 +65,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     .await;
     if let Ok(Ok(rows)) = depth {
         for (status, n) in rows {
-            crate::metrics::INBOX_DEPTH.set([status.as_str()], n as f64);
+            crate::metrics::INBOX_DEPTH.set([status.as_str()], n);
         }
     }
     let pool_size = state.pool.size() as f64;
