@@ -363,8 +363,8 @@ const JOB_BUCKETS: &[f64] = &[
 ];
 
 // The check path: recorded on every `POST /flags/{key}/check` by every worker thread, so
-// sharded per thread (see `sharded`). Whether that shows in `benches/checks.sh` is noted
-// in BENCHMARKS.md.
+// sharded per thread rather than prometheus-client's shared atomic and per-histogram mutex
+// (see `sharded` for what `benches/checks.sh` and a microbenchmark showed).
 
 /// Flag checks answered, by outcome.
 pub static CHECKS: LazyLock<FixedCounter<3, ShardedCounter>> =
