@@ -1,627 +1,589 @@
-//! Process metrics in the Prometheus text format, without a registry crate: a handful of
-//! atomics. `render()` writes what `GET /metrics` serves.
+//! Process metrics on prometheus-client: labelled families registered in one [`Registry`],
+//! encoded by its Prometheus text encoder. `render()` writes what `GET /metrics` serves.
+//!
+//! Callers record through the statics below (`metrics::WRITES.inc("plans")`). Series with a
+//! fixed set of label values are created up front and their handles kept, so recording one
+//! is an atomic add with no lock and no lookup; the check path's metrics are sharded per
+//! thread (see [`sharded`]).
+//!
+//! The family types below wrap prometheus-client's `Family` and implement `EncodeMetric`
+//! themselves: a bare `Family` with no series yet reports `is_empty`, and the registry then
+//! leaves out its HELP and TYPE lines, which dashboards and tests look for from the start.
+//!
+//! Counters are registered without `_total`: the encoder appends it, so
+//! `entitled_checks` is exposed as `entitled_checks_total`. Help texts have no final period:
+//! the registry adds one.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+mod sharded;
 
-pub struct Counter {
-    name: &'static str,
-    help: &'static str,
-    value: AtomicU64,
+use std::fmt::Debug;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock, OnceLock};
+
+use prometheus_client::encoding::{prometheus_text, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+pub use sharded::{ShardedCounter, ShardedHistogram};
+
+/// A series' labels: `(name, value)` pairs, all known at compile time.
+type Labels<const N: usize> = [(&'static str, &'static str); N];
+
+/// What a [`FixedCounter`] counts with: prometheus-client's `Counter`, or [`ShardedCounter`]
+/// on the check path.
+pub trait CounterSeries:
+    EncodeMetric + TypedMetric + Clone + Default + Debug + Send + Sync + 'static
+{
+    fn add(&self, n: u64);
+    fn value(&self) -> u64;
 }
 
-impl Counter {
-    pub const fn new(name: &'static str, help: &'static str) -> Self {
-        Counter {
-            name,
-            help,
-            value: AtomicU64::new(0),
-        }
+impl CounterSeries for Counter {
+    fn add(&self, n: u64) {
+        self.inc_by(n);
     }
-    pub fn inc(&self) {
-        self.value.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn inc_by(&self, n: u64) {
-        self.value.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.value.load(Ordering::Relaxed)
-    }
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} counter", self.name);
-        let _ = writeln!(out, "{} {}", self.name, self.get());
-    }
-}
-
-/// A counter with one label, for small label sets known at run time (routes, outcomes).
-pub struct LabeledCounter {
-    name: &'static str,
-    help: &'static str,
-    label: &'static str,
-    values: Mutex<Vec<(String, u64)>>,
-}
-
-impl LabeledCounter {
-    pub const fn new(name: &'static str, help: &'static str, label: &'static str) -> Self {
-        LabeledCounter {
-            name,
-            help,
-            label,
-            values: Mutex::new(Vec::new()),
-        }
-    }
-    pub fn inc(&self, label_value: &str) {
-        let mut v = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        match v.iter_mut().find(|(l, _)| l == label_value) {
-            Some((_, n)) => *n += 1,
-            None => v.push((label_value.to_string(), 1)),
-        }
-    }
-    pub fn get(&self, label_value: &str) -> u64 {
-        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        v.iter()
-            .find(|(l, _)| l == label_value)
-            .map(|(_, n)| *n)
-            .unwrap_or(0)
-    }
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} counter", self.name);
-        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        for (l, n) in v.iter() {
-            let _ = writeln!(
-                out,
-                "{}{{{}=\"{}\"}} {}",
-                self.name,
-                self.label,
-                escape(l),
-                n
-            );
-        }
+    fn value(&self) -> u64 {
+        self.get()
     }
 }
 
-/// A counter over a fixed label set, lock-free: for hot paths.
-pub struct FixedCounter<const N: usize> {
-    name: &'static str,
-    help: &'static str,
-    label: &'static str,
-    labels: [&'static str; N],
-    values: [AtomicU64; N],
+impl CounterSeries for ShardedCounter {
+    fn add(&self, n: u64) {
+        self.inc_by(n);
+    }
+    fn value(&self) -> u64 {
+        self.get()
+    }
 }
 
-impl<const N: usize> FixedCounter<N> {
-    pub const fn new(
-        name: &'static str,
-        help: &'static str,
-        label: &'static str,
-        labels: [&'static str; N],
-    ) -> Self {
+/// A counter over one label with a fixed set of values, every series created (and shown, at
+/// zero) from the start. Counting is a short scan of the values and an atomic add.
+#[derive(Clone, Debug)]
+pub struct FixedCounter<const N: usize, C = Counter> {
+    values: [&'static str; N],
+    series: [C; N],
+    family: Family<Labels<1>, C>,
+}
+
+impl<const N: usize, C: CounterSeries> FixedCounter<N, C> {
+    pub fn new(label: &'static str, values: [&'static str; N]) -> Self {
+        let family = Family::<Labels<1>, C>::default();
+        let series = values.map(|v| family.get_or_create_owned(&[(label, v)]));
         FixedCounter {
-            name,
-            help,
-            label,
-            labels,
-            values: [const { AtomicU64::new(0) }; N],
+            values,
+            series,
+            family,
         }
     }
-    /// Counts one for `label`; unknown labels count under the last one.
-    pub fn inc(&self, label: &str) {
-        let i = self
-            .labels
-            .iter()
-            .position(|l| *l == label)
-            .unwrap_or(N - 1);
-        self.values[i].fetch_add(1, Ordering::Relaxed);
+
+    /// Counts one for `value`; values outside the set count under the last one.
+    pub fn inc(&self, value: &str) {
+        let i = self.values.iter().position(|v| *v == value);
+        self.series[i.unwrap_or(N - 1)].add(1);
     }
-    pub fn get(&self, label: &str) -> u64 {
-        self.labels
-            .iter()
-            .position(|l| *l == label)
-            .map(|i| self.values[i].load(Ordering::Relaxed))
-            .unwrap_or(0)
-    }
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} counter", self.name);
-        for (l, v) in self.labels.iter().zip(&self.values) {
-            let n = v.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{}{{{}=\"{}\"}} {}", self.name, self.label, l, n);
-        }
+
+    pub fn get(&self, value: &str) -> u64 {
+        let i = self.values.iter().position(|v| *v == value);
+        i.map_or(0, |i| self.series[i].value())
     }
 }
 
-/// Bucket counts, sum and count of one histogram series.
-pub struct HistogramCore {
-    counts: [AtomicU64; 16],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
+impl<const N: usize, C: CounterSeries> TypedMetric for FixedCounter<N, C> {
+    const TYPE: MetricType = MetricType::Counter;
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5,
-];
-
-impl HistogramCore {
-    pub const fn new() -> Self {
-        HistogramCore {
-            counts: [const { AtomicU64::new(0) }; 16],
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
+impl<const N: usize, C: CounterSeries> EncodeMetric for FixedCounter<N, C> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.family.encode(encoder)
     }
-    pub fn observe(&self, seconds: f64) {
-        let idx = LATENCY_BUCKETS
-            .iter()
-            .position(|b| seconds <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.counts[idx].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-    /// The series' lines; `labels` is `""` or `k="v",…` without braces.
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
-        }
-        cumulative += self.counts[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
-        );
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let braces = |s: &str| {
-            if s.is_empty() {
-                String::new()
-            } else {
-                format!("{{{s}}}")
-            }
-        };
-        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
-        let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count());
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
-impl Default for HistogramCore {
-    fn default() -> Self {
-        Self::new()
-    }
+/// A counter over labels whose values appear at run time (job and outcome). Finds its
+/// series under a read lock: for work that is not the check path.
+#[derive(Clone, Debug)]
+pub struct CounterVec<const N: usize> {
+    labels: [&'static str; N],
+    family: Family<Labels<N>, Counter>,
 }
 
-/// A latency histogram in seconds with fixed buckets.
-pub struct Histogram {
-    name: &'static str,
-    help: &'static str,
-    core: HistogramCore,
-}
-
-impl Histogram {
-    pub const fn latency(name: &'static str, help: &'static str) -> Self {
-        Histogram {
-            name,
-            help,
-            core: HistogramCore::new(),
-        }
-    }
-    pub fn observe(&self, seconds: f64) {
-        self.core.observe(seconds);
-    }
-    pub fn count(&self) -> u64 {
-        self.core.count()
-    }
-    fn render(&self, out: &mut String) {
-        header(out, self.name, self.help, "histogram");
-        self.core.render(out, self.name, "");
-    }
-}
-
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// `k1="v1",k2="v2"` for a series.
-fn label_pairs(names: &[&str], values: &[String]) -> String {
-    names
-        .iter()
-        .zip(values)
-        .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// A counter over several labels whose values appear at run time (job and outcome, HTTP
-/// status). Takes a mutex: for work that is not a per-request hot path.
-pub struct CounterVec<const L: usize> {
-    name: &'static str,
-    help: &'static str,
-    labels: [&'static str; L],
-    values: Mutex<Vec<([String; L], u64)>>,
-}
-
-impl<const L: usize> CounterVec<L> {
-    pub const fn new(name: &'static str, help: &'static str, labels: [&'static str; L]) -> Self {
+impl<const N: usize> CounterVec<N> {
+    pub fn new(labels: [&'static str; N]) -> Self {
         CounterVec {
-            name,
-            help,
             labels,
-            values: Mutex::new(Vec::new()),
+            family: Family::default(),
         }
     }
-    pub fn inc(&self, values: [&str; L]) {
+
+    pub fn inc(&self, values: [&'static str; N]) {
         self.inc_by(values, 1);
     }
-    pub fn inc_by(&self, values: [&str; L], n: u64) {
-        let mut v = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        match v
-            .iter_mut()
-            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
-        {
-            Some((_, count)) => *count += n,
-            None => v.push((values.map(str::to_string), n)),
-        }
+
+    pub fn inc_by(&self, values: [&'static str; N], n: u64) {
+        self.family.get_or_create(&self.key(values)).inc_by(n);
     }
-    pub fn get(&self, values: [&str; L]) -> u64 {
-        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        v.iter()
-            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
-            .map(|(_, n)| *n)
-            .unwrap_or(0)
+
+    pub fn get(&self, values: [&'static str; N]) -> u64 {
+        self.family.get(&self.key(values)).map_or(0, |c| c.get())
     }
-    fn render(&self, out: &mut String) {
-        header(out, self.name, self.help, "counter");
-        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        for (l, n) in v.iter() {
-            let _ = writeln!(out, "{}{{{}}} {n}", self.name, label_pairs(&self.labels, l));
-        }
+
+    fn key(&self, values: [&'static str; N]) -> Labels<N> {
+        std::array::from_fn(|i| (self.labels[i], values[i]))
     }
 }
 
-/// A gauge over several labels, set by whoever knows the value (queue depths by status).
-pub struct GaugeVec<const L: usize> {
-    name: &'static str,
-    help: &'static str,
-    labels: [&'static str; L],
-    values: Mutex<Vec<([String; L], f64)>>,
+impl<const N: usize> TypedMetric for CounterVec<N> {
+    const TYPE: MetricType = MetricType::Counter;
 }
 
-impl<const L: usize> GaugeVec<L> {
-    pub const fn new(name: &'static str, help: &'static str, labels: [&'static str; L]) -> Self {
+impl<const N: usize> EncodeMetric for CounterVec<N> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.family.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A [`CounterVec`] over one label, counted with the bare value: `WRITES.inc("plans")`.
+#[derive(Clone, Debug)]
+pub struct LabeledCounter(CounterVec<1>);
+
+impl LabeledCounter {
+    pub fn new(label: &'static str) -> Self {
+        LabeledCounter(CounterVec::new([label]))
+    }
+    pub fn inc(&self, value: &'static str) {
+        self.0.inc([value]);
+    }
+    pub fn get(&self, value: &'static str) -> u64 {
+        self.0.get([value])
+    }
+}
+
+impl TypedMetric for LabeledCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for LabeledCounter {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A gauge over labels whose values come from data (inbox depth by status), set by
+/// whoever knows the value.
+#[derive(Clone, Debug)]
+pub struct GaugeVec<const N: usize> {
+    labels: [&'static str; N],
+    family: Family<[(&'static str, String); N], Gauge>,
+}
+
+impl<const N: usize> GaugeVec<N> {
+    pub fn new(labels: [&'static str; N]) -> Self {
         GaugeVec {
-            name,
-            help,
             labels,
-            values: Mutex::new(Vec::new()),
+            family: Family::default(),
         }
     }
-    pub fn set(&self, values: [&str; L], value: f64) {
-        let mut v = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        match v
-            .iter_mut()
-            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
-        {
-            Some((_, g)) => *g = value,
-            None => v.push((values.map(str::to_string), value)),
-        }
+
+    pub fn set(&self, values: [&str; N], value: i64) {
+        self.family.get_or_create(&self.key(values)).set(value);
     }
-    pub fn get(&self, values: [&str; L]) -> Option<f64> {
-        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        v.iter()
-            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
-            .map(|(_, g)| *g)
+
+    pub fn get(&self, values: [&str; N]) -> Option<i64> {
+        self.family.get(&self.key(values)).map(|g| g.get())
     }
-    fn render(&self, out: &mut String) {
-        header(out, self.name, self.help, "gauge");
-        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        for (l, g) in v.iter() {
-            let _ = writeln!(out, "{}{{{}}} {g}", self.name, label_pairs(&self.labels, l));
-        }
+
+    fn key(&self, values: [&str; N]) -> [(&'static str, String); N] {
+        std::array::from_fn(|i| (self.labels[i], values[i].to_owned()))
     }
 }
 
-/// A latency histogram over several labels whose values appear at run time. Takes a mutex
-/// to find the series: for jobs and external calls, not per-request hot paths.
-pub struct HistogramVec<const L: usize> {
-    name: &'static str,
-    help: &'static str,
-    labels: [&'static str; L],
-    series: Mutex<Vec<([String; L], std::sync::Arc<HistogramCore>)>>,
+impl<const N: usize> TypedMetric for GaugeVec<N> {
+    const TYPE: MetricType = MetricType::Gauge;
 }
 
-impl<const L: usize> HistogramVec<L> {
-    pub const fn new(name: &'static str, help: &'static str, labels: [&'static str; L]) -> Self {
+impl<const N: usize> EncodeMetric for GaugeVec<N> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.family.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Builds a family's histograms over its own bucket bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// A histogram of seconds over labels whose values appear at run time (job runs). Finds its
+/// series under a read lock and observes under the series' mutex: not for the check path.
+#[derive(Clone, Debug)]
+pub struct HistogramVec<const N: usize> {
+    labels: [&'static str; N],
+    family: Family<Labels<N>, Histogram, Buckets>,
+}
+
+impl<const N: usize> HistogramVec<N> {
+    pub fn new(labels: [&'static str; N], buckets: &'static [f64]) -> Self {
         HistogramVec {
-            name,
-            help,
             labels,
-            series: Mutex::new(Vec::new()),
+            family: Family::new_with_constructor(Buckets(buckets)),
         }
     }
-    pub fn observe(&self, values: [&str; L], seconds: f64) {
-        let core = {
-            let mut v = self.series.lock().unwrap_or_else(|e| e.into_inner());
-            match v
-                .iter()
-                .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
-            {
-                Some((_, h)) => h.clone(),
-                None => {
-                    let h = std::sync::Arc::new(HistogramCore::new());
-                    v.push((values.map(str::to_string), h.clone()));
-                    h
-                }
-            }
-        };
-        core.observe(seconds);
-    }
-    pub fn count(&self, values: [&str; L]) -> u64 {
-        let v = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        v.iter()
-            .find(|(l, _)| l.iter().zip(values).all(|(a, b)| a == b))
-            .map(|(_, h)| h.count())
-            .unwrap_or(0)
-    }
-    fn render(&self, out: &mut String) {
-        header(out, self.name, self.help, "histogram");
-        let v = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        for (l, h) in v.iter() {
-            h.render(out, self.name, &label_pairs(&self.labels, l));
-        }
+
+    pub fn observe(&self, values: [&'static str; N], seconds: f64) {
+        let key: Labels<N> = std::array::from_fn(|i| (self.labels[i], values[i]));
+        self.family.get_or_create(&key).observe(seconds);
     }
 }
 
-/// Request latency per route and method. The series are fixed when the router is built
-/// (`init`), so observing one is a short scan and an atomic add: no lock, no allocation.
+impl<const N: usize> TypedMetric for HistogramVec<N> {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl<const N: usize> EncodeMetric for HistogramVec<N> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.family.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Request latency by method and route. The router resolves each route's series once, when
+/// it is built ([`RouteHistogram::series`]), and observes into that handle: no lookup per
+/// request. Routes never requested are left out of the output (noise otherwise), and
+/// requests no route took (404, 405) go to `method="",route="unmatched"`.
+#[derive(Clone, Debug)]
 pub struct RouteHistogram {
-    name: &'static str,
-    help: &'static str,
-    series: OnceLock<Vec<(&'static str, &'static str, HistogramCore)>>,
-    unmatched: HistogramCore,
+    bounds: &'static [f64],
+    routes: Arc<OnceLock<Vec<(Labels<2>, ShardedHistogram)>>>,
+    unmatched: ShardedHistogram,
 }
 
 impl RouteHistogram {
-    pub const fn new(name: &'static str, help: &'static str) -> Self {
+    pub fn new(bounds: &'static [f64]) -> Self {
         RouteHistogram {
-            name,
-            help,
-            series: OnceLock::new(),
-            unmatched: HistogramCore::new(),
+            bounds,
+            routes: Arc::default(),
+            unmatched: ShardedHistogram::new(bounds),
         }
     }
-    /// Registers the `(method, route)` pairs; later calls change nothing.
+
+    /// Creates the `(method, route)` series; later calls change nothing.
     pub fn init(&self, routes: impl IntoIterator<Item = (&'static str, &'static str)>) {
-        self.series.get_or_init(|| {
+        self.routes.get_or_init(|| {
             routes
                 .into_iter()
-                .map(|(m, r)| (m, r, HistogramCore::new()))
+                .map(|(m, r)| {
+                    let labels = [("method", m), ("route", r)];
+                    (labels, ShardedHistogram::new(self.bounds))
+                })
                 .collect()
         });
     }
-    pub fn observe(&self, method: &str, route: &str, seconds: f64) {
-        let core = self
-            .series
+
+    /// The series of `method route`, for the router to keep; the unmatched series for a
+    /// pair [`init`](Self::init) did not create.
+    pub fn series(&'static self, method: &str, route: &str) -> &'static ShardedHistogram {
+        self.routes
             .get()
-            .and_then(|s| {
-                s.iter()
-                    .find(|(m, r, _)| r.len() == route.len() && *m == method && *r == route)
-            })
-            .map(|(_, _, h)| h)
-            .unwrap_or(&self.unmatched);
-        core.observe(seconds);
+            .and_then(|s| s.iter().find(|(l, _)| l[0].1 == method && l[1].1 == route))
+            .map_or(&self.unmatched, |(_, h)| h)
     }
+
+    pub fn unmatched(&'static self) -> &'static ShardedHistogram {
+        &self.unmatched
+    }
+
     pub fn count(&self, method: &str, route: &str) -> u64 {
-        self.series
+        self.routes
             .get()
-            .and_then(|s| s.iter().find(|(m, r, _)| *m == method && *r == route))
-            .map(|(_, _, h)| h.count())
-            .unwrap_or(0)
+            .and_then(|s| s.iter().find(|(l, _)| l[0].1 == method && l[1].1 == route))
+            .map_or(0, |(_, h)| h.count())
     }
-    fn render(&self, out: &mut String) {
-        header(out, self.name, self.help, "histogram");
-        for (m, r, h) in self.series.get().into_iter().flatten() {
-            // Routes never seen add nothing but noise.
+}
+
+impl TypedMetric for RouteHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for RouteHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let unmatched = [("method", ""), ("route", "unmatched")];
+        let routes = self.routes.get().into_iter().flatten().map(|(l, h)| (l, h));
+        for (labels, h) in routes.chain([(&unmatched, &self.unmatched)]) {
             if h.count() > 0 {
-                h.render(
-                    out,
-                    self.name,
-                    &format!("method=\"{m}\",route=\"{}\"", escape(r)),
-                );
+                h.encode(encoder.encode_family(labels)?)?;
             }
         }
-        if self.unmatched.count() > 0 {
-            self.unmatched
-                .render(out, self.name, "method=\"\",route=\"unmatched\"");
-        }
+        Ok(())
+    }
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+// Bucket bounds, in seconds, per kind of duration.
 
-pub static CHECKS: FixedCounter<3> = FixedCounter::new(
-    "entitled_checks_total",
-    "Flag checks answered, by outcome.",
-    "outcome",
-    ["true", "false", "not_found"],
-);
-pub static CHECK_SECONDS: Histogram = Histogram::latency(
-    "entitled_check_duration_seconds",
-    "Time to evaluate one flag check, excluding the network.",
-);
-pub static HTTP_RESPONSES: FixedCounter<4> = FixedCounter::new(
-    "entitled_http_responses_total",
-    "HTTP responses by status class.",
-    "status",
-    ["2xx", "4xx", "5xx", "other"],
-);
-pub static CACHE_RELOADS: Counter = Counter::new(
-    "entitled_cache_reloads_total",
-    "Snapshot pieces reloaded from Postgres after a change.",
-);
-pub static CACHE_LISTENER_RECONNECTS: Counter = Counter::new(
-    "entitled_cache_listener_reconnects_total",
-    "Times the LISTEN connection was lost and the snapshot fully reloaded.",
-);
-pub static WRITES: LabeledCounter = LabeledCounter::new(
-    "entitled_writes_total",
-    "Committed API writes by resource.",
-    "resource",
-);
+/// HTTP requests: 50µs (a check answered from the snapshot) to 5s (a write stuck behind the
+/// database pool's acquire timeout).
+const HTTP_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+/// One check's evaluation, without the network: a few microseconds from the snapshot, so
+/// the buckets start at 5µs (a 50µs first bucket would hold nearly every check); up to 5s
+/// like requests, for `POST /flags/check` over a large catalog.
+const CHECK_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.1, 0.5, 1.0, 5.0,
+];
+/// Scheduled job runs: 0.1s (an expiry pass with nothing to do) to 2h (a full reconcile at
+/// the rate limit: 100k customers and subscriptions are minutes to an hour).
+const JOB_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+];
 
-pub static EVENTS_INGESTED: Counter = Counter::new(
-    "entitled_events_ingested_total",
-    "Track and identify events stored.",
-);
-pub static EVENTS_DUPLICATE: Counter = Counter::new(
-    "entitled_events_duplicate_total",
-    "Events dropped because their idempotency key was seen in the last 24 hours.",
-);
+// The check path: recorded on every `POST /flags/{key}/check` by every worker thread, so
+// sharded per thread rather than prometheus-client's shared atomic and per-histogram mutex
+// (see `sharded` for what `benches/checks.sh` and a microbenchmark showed).
 
-pub static HTTP_REQUEST_SECONDS: RouteHistogram = RouteHistogram::new(
-    "entitled_http_request_duration_seconds",
-    "Time from request to response headers, by method and route.",
-);
-pub static DB_UNAVAILABLE: Counter = Counter::new(
-    "entitled_db_unavailable_total",
-    "Requests answered 503 because Postgres was unreachable or the pool had no free connection in time.",
-);
-pub static CHECK_COUNT_FLUSHES: FixedCounter<2> = FixedCounter::new(
-    "entitled_insights_check_flushes_total",
-    "Flushes of the in-memory per-flag check counts to Postgres, by outcome.",
-    "outcome",
-    ["ok", "error"],
-);
+/// Flag checks answered, by outcome.
+pub static CHECKS: LazyLock<FixedCounter<3, ShardedCounter>> =
+    LazyLock::new(|| FixedCounter::new("outcome", ["true", "false", "not_found"]));
+/// Time to evaluate one flag check (or all flags), without the network.
+pub static CHECK_SECONDS: LazyLock<ShardedHistogram> =
+    LazyLock::new(|| ShardedHistogram::new(CHECK_BUCKETS));
+/// HTTP responses by status class.
+pub static HTTP_RESPONSES: LazyLock<FixedCounter<4, ShardedCounter>> =
+    LazyLock::new(|| FixedCounter::new("status", ["2xx", "4xx", "5xx", "other"]));
+/// Request latency by method and route.
+pub static HTTP_REQUEST_SECONDS: LazyLock<RouteHistogram> =
+    LazyLock::new(|| RouteHistogram::new(HTTP_BUCKETS));
 
-// Hooks for the Stripe, webhook and scheduler code. Defined here so every dashboard has
-// one place to look; each is documented with who records it.
+pub static CACHE_RELOADS: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub static CACHE_LISTENER_RECONNECTS: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Committed API writes by resource.
+pub static WRITES: LazyLock<LabeledCounter> = LazyLock::new(|| LabeledCounter::new("resource"));
+pub static EVENTS_INGESTED: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub static EVENTS_DUPLICATE: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub static DB_UNAVAILABLE: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub static CHECK_COUNT_FLUSHES: LazyLock<FixedCounter<2>> =
+    LazyLock::new(|| FixedCounter::new("outcome", ["ok", "error"]));
 
-/// Stripe inbox rows by status (`pending`, `applied`, `skipped`, `ignored`, `failed`). Set by
-/// the inbox code (e.g. after each retry pass, or computed when `/metrics` is scraped).
-pub static INBOX_DEPTH: GaugeVec<1> = GaugeVec::new(
-    "entitled_stripe_inbox_events",
-    "Stripe inbox events by status.",
-    ["status"],
-);
+/// Stripe inbox rows by status (`pending`, `applied`, `skipped`, `ignored`, `failed`), read
+/// when `/metrics` is scraped.
+pub static INBOX_DEPTH: LazyLock<GaugeVec<1>> = LazyLock::new(|| GaugeVec::new(["status"]));
 /// Scheduled job runs by job (`reconcile`, `expire_overrides`, `grant_credits`,
 /// `retry_inbox`) and outcome (`ok`, `error`, `skipped` when another replica holds the tick).
 /// Recorded by the scheduler around each `run_once`, together with [`JOB_SECONDS`].
-pub static JOB_RUNS: CounterVec<2> = CounterVec::new(
-    "entitled_job_runs_total",
-    "Scheduled job runs by job and outcome.",
-    ["job", "outcome"],
-);
+pub static JOB_RUNS: LazyLock<CounterVec<2>> =
+    LazyLock::new(|| CounterVec::new(["job", "outcome"]));
 /// Duration of scheduled job runs by job and outcome.
-pub static JOB_SECONDS: HistogramVec<2> = HistogramVec::new(
-    "entitled_job_duration_seconds",
-    "Duration of scheduled job runs by job and outcome.",
-    ["job", "outcome"],
-);
+pub static JOB_SECONDS: LazyLock<HistogramVec<2>> =
+    LazyLock::new(|| HistogramVec::new(["job", "outcome"], JOB_BUCKETS));
 
 /// Records one scheduled job run (the scheduler's side of [`JOB_RUNS`] and [`JOB_SECONDS`]).
-pub fn record_job_run(job: &str, outcome: &str, seconds: f64) {
+pub fn record_job_run(job: &'static str, outcome: &'static str, seconds: f64) {
     JOB_RUNS.inc([job, outcome]);
     JOB_SECONDS.observe([job, outcome], seconds);
 }
 
-pub static WEBHOOK_DELIVERIES: FixedCounter<6> = FixedCounter::new(
-    "entitled_stripe_webhook_deliveries_total",
-    "Stripe webhook deliveries by outcome.",
-    "outcome",
-    [
-        "accepted",
-        "duplicate",
-        "invalid_signature",
-        "invalid_payload",
-        "unavailable",
-        "error",
-    ],
-);
-pub static STRIPE_EVENTS: FixedCounter<5> = FixedCounter::new(
-    "entitled_stripe_events_total",
-    "Stripe events processed from the inbox, by resulting status.",
-    "status",
-    ["applied", "skipped", "ignored", "failed", "other"],
-);
-pub static STRIPE_API_REQUESTS: FixedCounter<5> = FixedCounter::new(
-    "entitled_stripe_api_requests_total",
-    "Requests to the Stripe API by outcome.",
-    "outcome",
-    ["ok", "not_found", "rate_limited", "error", "other"],
-);
-
+pub static WEBHOOK_DELIVERIES: LazyLock<FixedCounter<6>> = LazyLock::new(|| {
+    FixedCounter::new(
+        "outcome",
+        [
+            "accepted",
+            "duplicate",
+            "invalid_signature",
+            "invalid_payload",
+            "unavailable",
+            "error",
+        ],
+    )
+});
+pub static STRIPE_EVENTS: LazyLock<FixedCounter<5>> = LazyLock::new(|| {
+    FixedCounter::new(
+        "status",
+        ["applied", "skipped", "ignored", "failed", "other"],
+    )
+});
+pub static STRIPE_API_REQUESTS: LazyLock<FixedCounter<5>> = LazyLock::new(|| {
+    FixedCounter::new(
+        "outcome",
+        ["ok", "not_found", "rate_limited", "error", "other"],
+    )
+});
 /// Objects a reconcile run saw, by object type (`customers`, `products`, `prices`,
 /// `subscriptions`) and outcome (`seen`, `created`, `updated`, `deleted`, `error`).
-pub static RECONCILE_OBJECTS: CounterVec<2> = CounterVec::new(
-    "entitled_stripe_reconcile_objects_total",
-    "Stripe objects seen by reconcile runs, by object type and outcome.",
-    ["object", "outcome"],
-);
+pub static RECONCILE_OBJECTS: LazyLock<CounterVec<2>> =
+    LazyLock::new(|| CounterVec::new(["object", "outcome"]));
 /// Finished reconcile runs by trigger (`schedule`, `api`, `cli`) and status.
-pub static RECONCILE_RUNS: CounterVec<2> = CounterVec::new(
-    "entitled_stripe_reconcile_runs_total",
-    "Finished reconcile runs by trigger and status.",
-    ["trigger", "status"],
-);
+pub static RECONCILE_RUNS: LazyLock<CounterVec<2>> =
+    LazyLock::new(|| CounterVec::new(["trigger", "status"]));
 
-/// Everything, in the Prometheus text exposition format. `gauges` are point-in-time values
-/// the caller reads (pool use, cache sizes).
-pub static WEBHOOK_OUT_DELIVERIES: FixedCounter<3> = FixedCounter::new(
-    "entitled_webhook_deliveries_total",
-    "Outbound webhook delivery attempts, by result: success, retry (failed, tried again later), failure (given up).",
-    "result",
-    ["success", "retry", "failure"],
-);
-pub static WEBHOOK_OUT_SECONDS: Histogram = Histogram::latency(
-    "entitled_webhook_delivery_duration_seconds",
-    "Time for one outbound webhook delivery attempt.",
-);
-pub static WEBHOOK_OUT_DISABLED: Counter = Counter::new(
-    "entitled_webhook_endpoints_disabled_total",
-    "Outbound webhook endpoints disabled by entitled (410 Gone, or 90% failures).",
-);
+/// Outbound webhook delivery attempts by result: `success`, `retry` (failed, tried again
+/// later), `failure` (given up).
+pub static WEBHOOK_OUT_DELIVERIES: LazyLock<FixedCounter<3>> =
+    LazyLock::new(|| FixedCounter::new("result", ["success", "retry", "failure"]));
+/// One outbound delivery attempt: 5ms (a local receiver) to the 15s default timeout and
+/// beyond (the timeout is configurable up to 300s).
+const WEBHOOK_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 300.0,
+];
+pub static WEBHOOK_OUT_SECONDS: LazyLock<Histogram> =
+    LazyLock::new(|| Histogram::new(WEBHOOK_BUCKETS.iter().copied()));
+/// Endpoints disabled by entitled (410 Gone, a day of failures).
+pub static WEBHOOK_OUT_DISABLED: LazyLock<Counter> = LazyLock::new(Counter::default);
 
+/// Every metric above under its exposed name (counters without `_total`), in the order
+/// `/metrics` has always listed them.
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let mut r = Registry::default();
+    r.register(
+        "entitled_checks",
+        "Flag checks answered, by outcome",
+        CHECKS.clone(),
+    );
+    r.register(
+        "entitled_check_duration_seconds",
+        "Time to evaluate one flag check, excluding the network",
+        CHECK_SECONDS.clone(),
+    );
+    r.register(
+        "entitled_http_responses",
+        "HTTP responses by status class",
+        HTTP_RESPONSES.clone(),
+    );
+    r.register(
+        "entitled_cache_reloads",
+        "Snapshot pieces reloaded from Postgres after a change",
+        CACHE_RELOADS.clone(),
+    );
+    r.register(
+        "entitled_cache_listener_reconnects",
+        "Times the LISTEN connection was lost and the snapshot fully reloaded",
+        CACHE_LISTENER_RECONNECTS.clone(),
+    );
+    r.register(
+        "entitled_writes",
+        "Committed API writes by resource",
+        WRITES.clone(),
+    );
+    r.register(
+        "entitled_events_ingested",
+        "Track and identify events stored",
+        EVENTS_INGESTED.clone(),
+    );
+    r.register(
+        "entitled_job_runs",
+        "Scheduled job runs by job and outcome",
+        JOB_RUNS.clone(),
+    );
+    r.register(
+        "entitled_events_duplicate",
+        "Events dropped because their idempotency key was seen in the last 24 hours",
+        EVENTS_DUPLICATE.clone(),
+    );
+    r.register(
+        "entitled_http_request_duration_seconds",
+        "Time from request to response headers, by method and route",
+        HTTP_REQUEST_SECONDS.clone(),
+    );
+    r.register(
+        "entitled_db_unavailable",
+        "Requests answered 503 because Postgres was unreachable or the pool had no free connection in time",
+        DB_UNAVAILABLE.clone(),
+    );
+    r.register(
+        "entitled_insights_check_flushes",
+        "Flushes of the in-memory per-flag check counts to Postgres, by outcome",
+        CHECK_COUNT_FLUSHES.clone(),
+    );
+    r.register(
+        "entitled_stripe_inbox_events",
+        "Stripe inbox events by status",
+        INBOX_DEPTH.clone(),
+    );
+    r.register(
+        "entitled_job_duration_seconds",
+        "Duration of scheduled job runs by job and outcome",
+        JOB_SECONDS.clone(),
+    );
+    r.register(
+        "entitled_stripe_webhook_deliveries",
+        "Stripe webhook deliveries by outcome",
+        WEBHOOK_DELIVERIES.clone(),
+    );
+    r.register(
+        "entitled_stripe_events",
+        "Stripe events processed from the inbox, by resulting status",
+        STRIPE_EVENTS.clone(),
+    );
+    r.register(
+        "entitled_stripe_api_requests",
+        "Requests to the Stripe API by outcome",
+        STRIPE_API_REQUESTS.clone(),
+    );
+    r.register(
+        "entitled_stripe_reconcile_objects",
+        "Stripe objects seen by reconcile runs, by object type and outcome",
+        RECONCILE_OBJECTS.clone(),
+    );
+    r.register(
+        "entitled_stripe_reconcile_runs",
+        "Finished reconcile runs by trigger and status",
+        RECONCILE_RUNS.clone(),
+    );
+    r.register(
+        "entitled_webhook_deliveries",
+        "Outbound webhook delivery attempts by result: success, retry (failed, tried again later), failure (given up)",
+        WEBHOOK_OUT_DELIVERIES.clone(),
+    );
+    r.register(
+        "entitled_webhook_delivery_duration_seconds",
+        "Time for one outbound webhook delivery attempt",
+        WEBHOOK_OUT_SECONDS.clone(),
+    );
+    r.register(
+        "entitled_webhook_endpoints_disabled",
+        "Outbound webhook endpoints disabled by entitled (410 Gone, or a day of failures)",
+        WEBHOOK_OUT_DISABLED.clone(),
+    );
+    r
+});
+
+/// Everything, in the Prometheus text exposition format (version 0.0.4). `gauges` are
+/// point-in-time values the caller reads (pool use, cache sizes): name, help, value.
 pub fn render(gauges: &[(&str, &str, f64)]) -> String {
-    let mut out = String::with_capacity(4096);
-    CHECKS.render(&mut out);
-    CHECK_SECONDS.render(&mut out);
-    HTTP_RESPONSES.render(&mut out);
-    CACHE_RELOADS.render(&mut out);
-    CACHE_LISTENER_RECONNECTS.render(&mut out);
-    WRITES.render(&mut out);
-    EVENTS_INGESTED.render(&mut out);
-    JOB_RUNS.render(&mut out);
-    EVENTS_DUPLICATE.render(&mut out);
-    HTTP_REQUEST_SECONDS.render(&mut out);
-    DB_UNAVAILABLE.render(&mut out);
-    CHECK_COUNT_FLUSHES.render(&mut out);
-    INBOX_DEPTH.render(&mut out);
-    JOB_SECONDS.render(&mut out);
-    WEBHOOK_DELIVERIES.render(&mut out);
-    STRIPE_EVENTS.render(&mut out);
-    STRIPE_API_REQUESTS.render(&mut out);
-    RECONCILE_OBJECTS.render(&mut out);
-    RECONCILE_RUNS.render(&mut out);
-    WEBHOOK_OUT_DELIVERIES.render(&mut out);
-    WEBHOOK_OUT_SECONDS.render(&mut out);
-    WEBHOOK_OUT_DISABLED.render(&mut out);
+    let mut scrape = Registry::default();
     for (name, help, value) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        let _ = writeln!(out, "{name} {value}");
+        let gauge = Gauge::<f64, AtomicU64>::default();
+        gauge.set(*value);
+        scrape.register(*name, help.strip_suffix('.').unwrap_or(help), gauge);
     }
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing into a `String` does not fail, and no metric here returns an error of its own.
+    let _ = prometheus_text::encode(&mut out, &REGISTRY);
+    let _ = prometheus_text::encode(&mut out, &scrape);
     out
 }
 
@@ -629,58 +591,137 @@ pub fn render(gauges: &[(&str, &str, f64)]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn histogram_renders_cumulative_buckets() {
-        static H: Histogram = Histogram::latency("t_seconds", "test");
-        H.observe(0.000_2);
-        H.observe(0.003);
-        H.observe(10.0);
+    fn encode(name: &str, metric: impl prometheus_client::registry::Metric) -> String {
+        let mut registry = Registry::default();
+        registry.register(name, "test", metric);
         let mut out = String::new();
-        H.render(&mut out);
-        assert!(out.contains("t_seconds_bucket{le=\"0.00025\"} 1"), "{out}");
-        assert!(out.contains("t_seconds_bucket{le=\"0.005\"} 2"), "{out}");
-        assert!(out.contains("t_seconds_bucket{le=\"+Inf\"} 3"), "{out}");
-        assert!(out.contains("t_seconds_count 3"));
+        prometheus_text::encode(&mut out, &registry).unwrap();
+        out
     }
 
     #[test]
-    fn labeled_series_render_their_labels() {
-        static C: CounterVec<2> = CounterVec::new("t_runs_total", "test", ["job", "outcome"]);
-        C.inc(["reconcile", "ok"]);
-        C.inc(["reconcile", "ok"]);
-        C.inc(["reconcile", "error"]);
-        let mut out = String::new();
-        C.render(&mut out);
+    fn labelled_counters_render_under_their_total_name() {
+        let runs = CounterVec::new(["job", "outcome"]);
+        let text = encode("t_runs", runs.clone());
+        assert!(text.contains("# TYPE t_runs_total counter\n"), "{text}");
+        runs.inc(["reconcile", "ok"]);
+        runs.inc(["reconcile", "ok"]);
+        runs.inc_by(["reconcile", "error"], 3);
+        let text = encode("t_runs", runs.clone());
+        assert!(text.contains("# HELP t_runs_total test.\n"), "{text}");
         assert!(
-            out.contains("t_runs_total{job=\"reconcile\",outcome=\"ok\"} 2"),
-            "{out}"
+            text.contains("t_runs_total{job=\"reconcile\",outcome=\"ok\"} 2\n"),
+            "{text}"
         );
-        assert_eq!(C.get(["reconcile", "error"]), 1);
+        assert_eq!(runs.get(["reconcile", "error"]), 3);
 
-        static H: HistogramVec<1> = HistogramVec::new("t_job_seconds", "test", ["job"]);
-        H.observe(["a\"b"], 0.003);
-        let mut out = String::new();
-        H.render(&mut out);
-        assert!(
-            out.contains("t_job_seconds_bucket{job=\"a\\\"b\",le=\"0.005\"} 1"),
-            "{out}"
-        );
-        assert!(
-            out.contains("t_job_seconds_count{job=\"a\\\"b\"} 1"),
-            "{out}"
-        );
+        let fixed = FixedCounter::<3, ShardedCounter>::new("outcome", ["a", "b\"c", "other"]);
+        fixed.inc("b\"c");
+        fixed.inc("unknown");
+        let text = encode("t_fixed", fixed.clone());
+        for line in [
+            "t_fixed_total{outcome=\"a\"} 0",
+            "t_fixed_total{outcome=\"b\\\"c\"} 1",
+            "t_fixed_total{outcome=\"other\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}: {text}");
+        }
+    }
 
-        static R: RouteHistogram = RouteHistogram::new("t_http_seconds", "test");
+    #[test]
+    fn histograms_render_cumulative_buckets_of_their_own() {
+        let jobs = HistogramVec::new(["job"], JOB_BUCKETS);
+        // A twelve-minute reconcile lands in a bucket, not in +Inf only.
+        jobs.observe(["reconcile"], 720.0);
+        jobs.observe(["reconcile"], 0.05);
+        let text = encode("t_job_seconds", jobs);
+        for line in [
+            "# TYPE t_job_seconds histogram",
+            "t_job_seconds_bucket{job=\"reconcile\",le=\"0.1\"} 1",
+            "t_job_seconds_bucket{job=\"reconcile\",le=\"600\"} 1",
+            "t_job_seconds_bucket{job=\"reconcile\",le=\"1200\"} 2",
+            "t_job_seconds_bucket{job=\"reconcile\",le=\"7200\"} 2",
+            "t_job_seconds_bucket{job=\"reconcile\",le=\"+Inf\"} 2",
+            "t_job_seconds_count{job=\"reconcile\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}: {text}");
+        }
+
+        let checks = ShardedHistogram::new(CHECK_BUCKETS);
+        checks.observe(0.000_003);
+        checks.observe(0.000_2);
+        checks.observe(10.0);
+        let text = encode("t_check_seconds", checks);
+        for line in [
+            "t_check_seconds_bucket{le=\"5e-06\"} 1",
+            "t_check_seconds_bucket{le=\"0.00025\"} 2",
+            "t_check_seconds_bucket{le=\"5\"} 2",
+            "t_check_seconds_bucket{le=\"+Inf\"} 3",
+            "t_check_seconds_count 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}: {text}");
+        }
+        assert!(text.contains("t_check_seconds_sum 10.0002"), "{text}");
+    }
+
+    #[test]
+    fn routes_render_once_requested_and_the_rest_as_unmatched() {
+        static R: LazyLock<RouteHistogram> = LazyLock::new(|| RouteHistogram::new(HTTP_BUCKETS));
         R.init([("GET", "/a"), ("POST", "/a")]);
-        R.observe("POST", "/a", 0.001);
-        R.observe("GET", "/nope", 0.001);
-        let mut out = String::new();
-        R.render(&mut out);
+        R.series("POST", "/a").observe(0.001);
+        R.series("GET", "/nope").observe(0.001);
+        let text = encode("t_http_seconds", R.clone());
         assert!(
-            out.contains("t_http_seconds_count{method=\"POST\",route=\"/a\"} 1"),
-            "{out}"
+            text.contains("t_http_seconds_count{method=\"POST\",route=\"/a\"} 1"),
+            "{text}"
         );
-        assert!(!out.contains("method=\"GET\",route=\"/a\""), "{out}");
-        assert!(out.contains("route=\"unmatched\""), "{out}");
+        assert!(!text.contains("method=\"GET\",route=\"/a\""), "{text}");
+        assert!(
+            text.contains("t_http_seconds_count{method=\"\",route=\"unmatched\"} 1"),
+            "{text}"
+        );
+        assert_eq!(R.count("POST", "/a"), 1);
+    }
+
+    #[test]
+    fn every_family_is_exposed_under_its_name_before_anything_is_recorded() {
+        let text = render(&[("entitled_db_pool_max", "Configured maximum.", 5.0)]);
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        assert_eq!(
+            families,
+            [
+                "entitled_checks_total counter",
+                "entitled_check_duration_seconds histogram",
+                "entitled_http_responses_total counter",
+                "entitled_cache_reloads_total counter",
+                "entitled_cache_listener_reconnects_total counter",
+                "entitled_writes_total counter",
+                "entitled_events_ingested_total counter",
+                "entitled_job_runs_total counter",
+                "entitled_events_duplicate_total counter",
+                "entitled_http_request_duration_seconds histogram",
+                "entitled_db_unavailable_total counter",
+                "entitled_insights_check_flushes_total counter",
+                "entitled_stripe_inbox_events gauge",
+                "entitled_job_duration_seconds histogram",
+                "entitled_stripe_webhook_deliveries_total counter",
+                "entitled_stripe_events_total counter",
+                "entitled_stripe_api_requests_total counter",
+                "entitled_stripe_reconcile_objects_total counter",
+                "entitled_stripe_reconcile_runs_total counter",
+                "entitled_webhook_deliveries_total counter",
+                "entitled_webhook_delivery_duration_seconds histogram",
+                "entitled_webhook_endpoints_disabled_total counter",
+                "entitled_db_pool_max gauge",
+            ]
+        );
+        assert!(
+            text.contains("# HELP entitled_db_pool_max Configured maximum.\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nentitled_db_pool_max 5"), "{text}");
     }
 }

@@ -162,8 +162,13 @@ async fn two_servers_run_each_tick_once() {
     assert_eq!(per_job.len(), 4, "{per_job:?}");
     for (job, running, ran) in per_job {
         assert_eq!(running, 0, "{job}: a tick left running");
-        let executed = entitled::metrics::JOB_RUNS.get([job.as_str(), "ok"])
-            + entitled::metrics::JOB_RUNS.get([job.as_str(), "error"]);
+        let name = entitled::jobs::JOBS
+            .iter()
+            .map(|j| j.name())
+            .find(|n| *n == job)
+            .expect("a known job");
+        let executed = entitled::metrics::JOB_RUNS.get([name, "ok"])
+            + entitled::metrics::JOB_RUNS.get([name, "error"]);
         assert_eq!(executed, ran as u64, "{job}: bodies run vs ticks run");
     }
     // Every reconcile tick that ran (rather than finding the previous run still going) made

@@ -61,7 +61,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     .await;
     if let Ok(Ok(rows)) = depth {
         for (status, n) in rows {
-            crate::metrics::INBOX_DEPTH.set([status.as_str()], n as f64);
+            crate::metrics::INBOX_DEPTH.set([status.as_str()], n);
         }
     }
     // The outbound webhook outbox: messages pending delivery and the oldest one's age.

@@ -25,7 +25,7 @@ pub mod users;
 pub mod views;
 pub mod webhooks;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::handler::Handler;
 use axum::http::Method;
 use axum::middleware::{self, Next};
@@ -239,18 +239,31 @@ pub fn routes() -> Vec<Route> {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
     let table = routes();
-    crate::metrics::HTTP_REQUEST_SECONDS
-        .init(table.iter().map(|r| (method_label(&r.method), r.path)));
+    let latency = &crate::metrics::HTTP_REQUEST_SECONDS;
+    latency.init(table.iter().map(|r| (method_label(&r.method), r.path)));
     let mut router = Router::new();
     for r in table {
+        // Each route observes into its own latency series, resolved here once.
+        let observed = Observed {
+            route: Some(r.path),
+            latency: latency.series(method_label(&r.method), r.path),
+        };
+        let method_router = r
+            .router
+            .route_layer(middleware::from_fn_with_state(observed, observe));
         // Routes on one path merge into one method router.
-        router = router.route(r.path, r.router);
+        router = router.route(r.path, method_router);
     }
+    let unmatched = Observed {
+        route: None,
+        latency: latency.unmatched(),
+    };
     router
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found.layer(middleware::from_fn_with_state(unmatched, observe)))
+        .method_not_allowed_fallback(
+            method_not_allowed.layer(middleware::from_fn_with_state(unmatched, observe)),
+        )
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(observe))
         .with_state(state)
 }
 
@@ -278,17 +291,30 @@ async fn method_not_allowed() -> Response {
         .into_response()
 }
 
+/// What [`observe`] records a request under: `'static` references, so handing them to each
+/// request copies two pointers and touches no shared reference count.
+#[derive(Clone, Copy)]
+struct Observed {
+    /// The route's path; `None` for the fallbacks (no such route, or no such method on it).
+    route: Option<&'static str>,
+    latency: &'static crate::metrics::ShardedHistogram,
+}
+
 /// One span per request with the method, the route and (recorded by the auth extractor) the
 /// environment; a latency histogram per route and a count per status class.
 ///
 /// The span is at INFO, so every log line of a request carries them; the two check routes,
 /// the hot path, get a DEBUG span (enable with `log.level = "info,entitled::api=debug"`), since
 /// an enabled span costs an allocation per request.
-async fn observe(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let route = route
-        .as_ref()
-        .map(MatchedPath::as_str)
+async fn observe(State(observed): State<Observed>, req: Request, next: Next) -> Response {
+    // Only the fallbacks look the path up (a 405 has one).
+    let matched = match observed.route {
+        Some(_) => None,
+        None => req.extensions().get::<MatchedPath>().cloned(),
+    };
+    let route = observed
+        .route
+        .or(matched.as_ref().map(MatchedPath::as_str))
         .unwrap_or("unmatched");
     let method = method_label(req.method());
     let span = if route.ends_with("check") {
@@ -299,7 +325,7 @@ async fn observe(req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let elapsed = started.elapsed();
-    crate::metrics::HTTP_REQUEST_SECONDS.observe(method, route, elapsed.as_secs_f64());
+    observed.latency.observe(elapsed.as_secs_f64());
     let status = response.status();
     crate::metrics::HTTP_RESPONSES.inc(match status.as_u16() {
         200..=299 => "2xx",
