@@ -413,9 +413,10 @@ impl CompanyWatch {
                 wanted,
             });
         }
-        let before = match keys::find(conn, Entity::Company, auth.env_id(), keys).await {
-            Ok(Some(id)) => details(conn, state, auth, &[id]).await?.pop(),
-            _ => None,
+        // Errors propagate: a failed statement aborts the transaction the write runs in.
+        let before = match keys::find(conn, Entity::Company, auth.env_id(), keys).await? {
+            Some(id) => details(conn, state, auth, &[id]).await?.pop(),
+            None => None,
         };
         Ok(CompanyWatch {
             before: before.map(|v| serde_json::to_value(v).unwrap_or(Value::Null)),

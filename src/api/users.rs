@@ -265,10 +265,11 @@ pub async fn upsert_user(state: &AppState, auth: &Auth, body: UpsertBody) -> App
             auth.env_id(),
             &req.keys,
         )
-        .await
+        .await?
         {
-            Ok(Some(id)) => view_in(&mut tx, state, auth, &id).await?,
-            _ => None,
+            // Errors propagate: a failed statement aborts the transaction.
+            Some(id) => view_in(&mut tx, state, auth, &id).await?,
+            None => None,
         },
         false => None,
     };
