@@ -220,3 +220,23 @@ async fn traits_set_and_incr() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
+
+/// A trait number that would not read back as a 64-bit float is refused by name, and
+/// nothing is written.
+#[tokio::test]
+async fn trait_numbers_out_of_range_are_named() {
+    let app = common::spawn_app().await;
+    let (s, body) = app
+        .post(
+            "/companies",
+            serde_json::json!({"keys": {"id": "huge"}, "traits": {"big": 1e301}}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("traits.big:"),
+        "{body}"
+    );
+    let (s, _) = app.get("/companies/lookup?keys[id]=huge").await;
+    assert_eq!(s, reqwest::StatusCode::NOT_FOUND);
+}

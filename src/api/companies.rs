@@ -591,7 +591,12 @@ pub async fn upsert_trait(
             "set: must be a string, number or boolean",
         ));
     }
-    if body.incr.is_some_and(|i| !i.is_finite()) {
+    if let Some(v) = &body.set {
+        let one: Map<String, Value> = [(body.name.clone(), v.clone())].into_iter().collect();
+        keys::validate_traits(&one)
+            .map_err(|_| AppError::bad_request("set: a number is out of range (at most ±1e300)"))?;
+    }
+    if body.incr.is_some_and(|i| !i.is_finite() || i.abs() > 1e300) {
         return Err(AppError::bad_request("incr: must be a finite number"));
     }
     let req = UpsertCompany {

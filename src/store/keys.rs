@@ -199,6 +199,9 @@ pub async fn upsert_reporting(
     update_only: bool,
 ) -> Result<Upserted, Error> {
     validate("keys", keys)?;
+    if let Some(t) = traits {
+        validate_traits(t)?;
+    }
     lock(conn, entity, env_id, keys).await?;
     let (id, created) = match find(conn, entity, env_id, keys).await? {
         Some(id) => (id, false),
@@ -301,4 +304,25 @@ pub async fn companies_by_key_values(
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().collect())
+}
+
+/// Trait values must read back as they were written: Postgres keeps any number exactly, but
+/// one past ±1e300 does not come back as a 64-bit float, so it is refused here, by name.
+pub fn validate_traits(traits: &serde_json::Map<String, serde_json::Value>) -> Result<(), Error> {
+    fn too_big(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Number(n) => {
+                n.as_f64().is_none_or(|f| !f.is_finite() || f.abs() > 1e300)
+            }
+            serde_json::Value::Array(a) => a.iter().any(too_big),
+            serde_json::Value::Object(o) => o.values().any(too_big),
+            _ => false,
+        }
+    }
+    match traits.iter().find(|(_, v)| too_big(v)) {
+        Some((name, _)) => Err(Error::invalid(format!(
+            "traits.{name}: a number is out of range (at most ±1e300)"
+        ))),
+        None => Ok(()),
+    }
 }
