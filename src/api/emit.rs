@@ -58,9 +58,18 @@ pub fn wanted(state: &AppState, auth: &Auth, kinds: &Kinds) -> bool {
         .any(|t| state.wants(auth, t))
 }
 
-/// A view as the message carries it.
-pub fn value(view: impl Serialize) -> Value {
-    serde_json::to_value(view).unwrap_or(Value::Null)
+/// The view `find` reads, as a message carries it, when `watch` (a message is wanted);
+/// otherwise `find` is not run at all (futures do nothing until awaited).
+pub async fn view<V: Serialize>(
+    watch: bool,
+    find: impl std::future::Future<Output = AppResult<Option<V>>>,
+) -> AppResult<Option<Value>> {
+    if !watch {
+        return Ok(None);
+    }
+    Ok(find
+        .await?
+        .map(|v| serde_json::to_value(v).unwrap_or(Value::Null)))
 }
 
 /// A view without what moves on its own (timestamps), for telling whether a write changed it.

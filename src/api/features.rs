@@ -101,23 +101,15 @@ pub async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult
     Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
-async fn view_in(
-    conn: &mut Conn,
-    state: &AppState,
-    auth: &Auth,
-    id: &str,
-) -> AppResult<Option<serde_json::Value>> {
-    let _ = state;
-    let view = details(conn, auth.env_id(), &[id.to_string()]).await?.pop();
-    Ok(view.map(emit::value))
+/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
+async fn find_in(conn: &mut Conn, auth: &Auth, id: &str) -> AppResult<Option<FeatureView>> {
+    Ok(details(conn, auth.env_id(), &[id.to_string()]).await?.pop())
 }
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<FeatureView> {
     let mut conn = state.pool.acquire().await?;
-    details(&mut conn, auth.env_id(), &[id.to_string()])
+    find_in(&mut conn, auth, id)
         .await?
-        .pop()
         .ok_or_else(|| AppError::not_found("feature", id))
 }
 
@@ -353,11 +345,7 @@ pub async fn create(
         },
     )
     .await?;
-    let after = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let mut changes = vec![Change::Catalog];
     changes.extend(
         emit::write(
@@ -393,11 +381,7 @@ pub async fn update(
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::FEATURE);
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let current = store::feature_for_update(&mut tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("feature", &id))?;
@@ -413,11 +397,7 @@ pub async fn update(
         )
         .await?;
     }
-    let after = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let mut changes = vec![Change::Catalog];
     changes.extend(
         emit::write(
@@ -452,11 +432,7 @@ pub async fn delete(
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::FEATURE);
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let companies = store::delete_feature(&mut tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("feature", &id))?;

@@ -217,23 +217,15 @@ pub async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult
     views(conn, env_id, ordered).await
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
-async fn view_in(
-    conn: &mut Conn,
-    state: &AppState,
-    auth: &Auth,
-    id: &str,
-) -> AppResult<Option<serde_json::Value>> {
-    let _ = state;
-    let view = details(conn, auth.env_id(), &[id.to_string()]).await?.pop();
-    Ok(view.map(emit::value))
+/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
+async fn find_in(conn: &mut Conn, auth: &Auth, id: &str) -> AppResult<Option<FlagView>> {
+    Ok(details(conn, auth.env_id(), &[id.to_string()]).await?.pop())
 }
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<FlagView> {
     let mut conn = state.pool.acquire().await?;
-    details(&mut conn, auth.env_id(), &[id.to_string()])
+    find_in(&mut conn, auth, id)
         .await?
-        .pop()
         .ok_or_else(|| AppError::not_found("flag", id))
 }
 
@@ -359,11 +351,7 @@ pub async fn create(
     let watch = emit::wanted(&state, &auth, &emit::FLAG);
     let before = None;
     let id = store::insert_flag(&mut tx, &fields).await?;
-    let after = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let mut changes = vec![Change::Catalog];
     changes.extend(
         emit::write(
@@ -393,21 +381,13 @@ pub async fn update(
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::FLAG);
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let current = store::flag_for_update(&mut tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("flag", &id))?;
     let fields = body.resolve(Some(&current))?;
     store::update_flag(&mut tx, &id, &fields).await?;
-    let after = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let mut changes = vec![Change::Catalog];
     changes.extend(
         emit::write(
@@ -436,11 +416,7 @@ pub async fn delete(
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::FLAG);
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     if !store::delete_flag(&mut tx, &id).await? {
         return Err(AppError::not_found("flag", &id));
     }
@@ -581,19 +557,11 @@ pub async fn put_rules(
         )));
     }
     let watch = state.wants(&auth, "flag_rules.updated");
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     store::replace_rules(&mut tx, &id, &rules).await?;
     let mut changes = vec![Change::Catalog];
-    if let (Some(before), Some(after)) = (
-        before,
-        view_in(&mut tx, &state, &auth, &id)
-            .await?
-            .filter(|_| watch),
-    ) {
+    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
+    if let (Some(before), Some(after)) = (before, after) {
         let event = crate::outbound::Event::new(
             "flag_rules.updated",
             serde_json::json!({"flag": after, "rules": after["rules"]}),

@@ -135,31 +135,24 @@ async fn fetch(
         .collect())
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
-async fn view_in(
+/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
+async fn find_in(
     conn: &mut Conn,
     state: &AppState,
     auth: &Auth,
     id: &str,
-) -> AppResult<Option<serde_json::Value>> {
-    let _ = state;
+) -> AppResult<Option<OverrideView>> {
     let filter = OverrideFilter {
         ids: vec![id.to_string()],
         ..Default::default()
     };
-    let view = fetch(conn, state, auth, &filter, Utc::now()).await?.pop();
-    Ok(view.map(emit::value))
+    Ok(fetch(conn, state, auth, &filter, Utc::now()).await?.pop())
 }
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<OverrideView> {
     let mut conn = state.pool.acquire().await?;
-    let filter = OverrideFilter {
-        ids: vec![id.to_string()],
-        ..Default::default()
-    };
-    fetch(&mut conn, state, auth, &filter, Utc::now())
+    find_in(&mut conn, state, auth, id)
         .await?
-        .pop()
         .ok_or_else(|| AppError::not_found("company override", id))
 }
 
@@ -300,11 +293,7 @@ pub async fn create(
         },
     )
     .await?;
-    let after = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let after = emit::view(watch, find_in(&mut tx, &state, &auth, &id)).await?;
     let mut changes = vec![Change::company(env_id, &body.company_id)];
     changes.extend(
         emit::write(
@@ -374,11 +363,7 @@ pub async fn update(
     let env_id = auth.env_id();
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &state, &auth, &id)).await?;
     let current = store::get_for_update(&mut tx, env_id, &id)
         .await?
         .ok_or_else(|| AppError::not_found("company override", &id))?;
@@ -397,11 +382,7 @@ pub async fn update(
         note.as_deref().unwrap_or(&current.note),
     )
     .await?;
-    let after = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let after = emit::view(watch, find_in(&mut tx, &state, &auth, &id)).await?;
     let mut changes = vec![Change::company(env_id, &current.company_id)];
     changes.extend(
         emit::write(
@@ -437,11 +418,7 @@ pub async fn delete(
     let env_id = auth.env_id();
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &state, &auth, &id)).await?;
     let company_id = store::delete(&mut tx, env_id, &id)
         .await?
         .ok_or_else(|| AppError::not_found("company override", &id))?;

@@ -122,31 +122,19 @@ pub async fn fetch(
         .collect())
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
-async fn view_in(
-    conn: &mut Conn,
-    state: &AppState,
-    auth: &Auth,
-    id: &str,
-) -> AppResult<Option<serde_json::Value>> {
-    let _ = state;
+/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
+async fn find_in(conn: &mut Conn, auth: &Auth, id: &str) -> AppResult<Option<PlanEntitlementView>> {
     let filter = EntitlementFilter {
         ids: vec![id.to_string()],
         ..Default::default()
     };
-    let view = fetch(conn, auth.env_id(), &filter).await?.pop();
-    Ok(view.map(emit::value))
+    Ok(fetch(conn, auth.env_id(), &filter).await?.pop())
 }
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<PlanEntitlementView> {
     let mut conn = state.pool.acquire().await?;
-    let filter = EntitlementFilter {
-        ids: vec![id.to_string()],
-        ..Default::default()
-    };
-    fetch(&mut conn, auth.env_id(), &filter)
+    find_in(&mut conn, auth, id)
         .await?
-        .pop()
         .ok_or_else(|| AppError::not_found("plan entitlement", id))
 }
 
@@ -268,11 +256,7 @@ pub async fn create(
         price_behavior.as_deref(),
     )
     .await?;
-    let after = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let mut changes = vec![Change::Catalog];
     changes.extend(
         emit::write(
@@ -337,11 +321,7 @@ pub async fn update(
     };
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let current = store::entitlement_for_update(&mut tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("plan entitlement", &id))?;
@@ -349,11 +329,7 @@ pub async fn update(
     let values = input.resolve(Some(&current.values), feature_type)?;
     let price_behavior = price_behavior(body.price_behavior, current.price_behavior)?;
     store::update_entitlement(&mut tx, &id, &values, price_behavior.as_deref()).await?;
-    let after = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let mut changes = vec![Change::Catalog];
     changes.extend(
         emit::write(
@@ -388,11 +364,7 @@ pub async fn delete(
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     if !store::delete_entitlement(&mut tx, &id).await? {
         return Err(AppError::not_found("plan entitlement", &id));
     }

@@ -147,23 +147,15 @@ pub async fn details(conn: &mut Conn, auth: &Auth, ids: &[String]) -> AppResult<
     Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
-async fn view_in(
-    conn: &mut Conn,
-    state: &AppState,
-    auth: &Auth,
-    id: &str,
-) -> AppResult<Option<serde_json::Value>> {
-    let _ = state;
-    let view = details(conn, auth, &[id.to_string()]).await?.pop();
-    Ok(view.map(emit::value))
+/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
+async fn find_in(conn: &mut Conn, auth: &Auth, id: &str) -> AppResult<Option<PlanView>> {
+    Ok(details(conn, auth, &[id.to_string()]).await?.pop())
 }
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<PlanView> {
     let mut conn = state.pool.acquire().await?;
-    details(&mut conn, auth, &[id.to_string()])
+    find_in(&mut conn, auth, id)
         .await?
-        .pop()
         .ok_or_else(|| AppError::not_found("plan", id))
 }
 
@@ -276,11 +268,7 @@ pub async fn create(
         },
     )
     .await?;
-    let after = if watch {
-        view_in(&mut tx, &state, &auth, &plan.id).await?
-    } else {
-        None
-    };
+    let after = emit::view(watch, find_in(&mut tx, &auth, &plan.id)).await?;
     let mut changes = vec![Change::Catalog];
     changes.extend(
         emit::write(
@@ -333,11 +321,7 @@ pub async fn update(
     }
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::PLAN);
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let current = store::get_for_update(&mut tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("plan", &id))?;
@@ -366,11 +350,7 @@ pub async fn update(
         },
     )
     .await?;
-    let after = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     let mut changes = vec![Change::Catalog];
     changes.extend(
         emit::write(
@@ -399,11 +379,7 @@ pub async fn delete(
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::PLAN);
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     if store::get_for_update(&mut tx, &id).await?.is_none() {
         return Err(AppError::not_found("plan", &id));
     }

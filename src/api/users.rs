@@ -110,23 +110,15 @@ async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult<Vec
     Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction), for its messages.
-async fn view_in(
-    conn: &mut Conn,
-    state: &AppState,
-    auth: &Auth,
-    id: &str,
-) -> AppResult<Option<serde_json::Value>> {
-    let _ = state;
-    let view = details(conn, auth.env_id(), &[id.to_string()]).await?.pop();
-    Ok(view.map(emit::value))
+/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
+async fn find_in(conn: &mut Conn, auth: &Auth, id: &str) -> AppResult<Option<UserView>> {
+    Ok(details(conn, auth.env_id(), &[id.to_string()]).await?.pop())
 }
 
 async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<UserView> {
     let mut conn = state.pool.acquire().await?;
-    details(&mut conn, auth.env_id(), &[id.to_string()])
+    find_in(&mut conn, auth, id)
         .await?
-        .pop()
         .ok_or_else(|| AppError::not_found("user", id))
 }
 
@@ -258,27 +250,21 @@ pub async fn upsert_user(state: &AppState, auth: &Auth, body: UpsertBody) -> App
     };
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(state, auth, &emit::USER);
-    let before = match watch {
-        true => match crate::store::keys::find(
-            &mut tx,
-            crate::store::keys::Entity::User,
-            auth.env_id(),
-            &req.keys,
-        )
-        .await?
-        {
-            // Errors propagate: a failed statement aborts the transaction.
-            Some(id) => view_in(&mut tx, state, auth, &id).await?,
-            None => None,
-        },
+    // The user the keys name now, if a message is wanted. Errors propagate: a failed
+    // statement aborts the transaction.
+    let existing = match watch {
+        true => {
+            let user = crate::store::keys::Entity::User;
+            crate::store::keys::find(&mut tx, user, auth.env_id(), &req.keys).await?
+        }
         false => None,
     };
-    let done = store::upsert(&mut tx, auth.env_id(), &req).await?;
-    let after = if watch {
-        view_in(&mut tx, state, auth, &done.id).await?
-    } else {
-        None
+    let before = match existing {
+        Some(id) => emit::view(true, find_in(&mut tx, auth, &id)).await?,
+        None => None,
     };
+    let done = store::upsert(&mut tx, auth.env_id(), &req).await?;
+    let after = emit::view(watch, find_in(&mut tx, auth, &done.id)).await?;
     let env_id = auth.env_id().to_string();
     let mut changes = vec![Change::User {
         environment_id: env_id.clone(),
@@ -316,11 +302,7 @@ pub async fn delete(
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::USER);
-    let before = if watch {
-        view_in(&mut tx, &state, &auth, &id).await?
-    } else {
-        None
-    };
+    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     if !store::delete(&mut tx, auth.env_id(), &id).await? {
         return Err(AppError::not_found("user", &id));
     }

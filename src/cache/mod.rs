@@ -95,9 +95,9 @@ pub struct Cache {
     pool: PgPool,
     catalog: ArcSwap<Catalog>,
     api_keys: ArcSwap<HashMap<[u8; 32], ApiKeyInfo>>,
-    /// `(environment_id, request_type)` pairs some active outbound webhook subscribes to:
-    /// writers build messages only for these.
-    webhook_types: ArcSwap<std::collections::HashSet<(String, String)>>,
+    /// Environment id → the request types its active outbound webhooks subscribe to:
+    /// writers build messages only for these. Looked up by `&str`, without allocating.
+    webhook_types: ArcSwap<HashMap<String, std::collections::HashSet<String>>>,
     envs: HashMap<String, Arc<EnvCache>>,
     env_ids_by_key: HashMap<String, String>,
     default_env_id: String,
@@ -186,15 +186,19 @@ impl Cache {
 
     /// Whether an active outbound webhook of the environment subscribes to `request_type`.
     pub fn webhooks_want(&self, environment_id: &str, request_type: &str) -> bool {
-        let types = self.webhook_types.load();
-        !types.is_empty() && types.contains(&(environment_id.to_string(), request_type.to_string()))
+        self.webhook_types
+            .load()
+            .get(environment_id)
+            .is_some_and(|types| types.contains(request_type))
     }
 
     /// Reloads which request types the environments' webhooks subscribe to.
     pub async fn reload_webhook_types(&self) -> store::Result<()> {
-        let pairs = store::webhooks::subscribed_types(&self.pool).await?;
-        self.webhook_types
-            .store(Arc::new(pairs.into_iter().collect()));
+        let mut types: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for (env, request_type) in store::webhooks::subscribed_types(&self.pool).await? {
+            types.entry(env).or_default().insert(request_type);
+        }
+        self.webhook_types.store(Arc::new(types));
         crate::metrics::CACHE_RELOADS.inc();
         Ok(())
     }

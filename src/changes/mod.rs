@@ -167,9 +167,7 @@ impl Publisher {
     /// Refreshes this process's snapshot after a commit. A failure is logged: the listener's
     /// reconnect-and-reload repairs whatever was missed.
     pub async fn refresh(&self, changes: &[Change]) {
-        if changes.contains(&Change::Outbox) {
-            self.outbox_wake.notify_one();
-        }
+        self.refresh_from_elsewhere(changes);
         let Some(cache) = &self.cache else { return };
         if let Err(e) = apply(cache, changes).await {
             tracing::warn!(error = %e, changes = changes.len(), "snapshot refresh after commit failed");

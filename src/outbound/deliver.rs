@@ -179,10 +179,7 @@ impl Outbound {
 
     async fn disable(&self, webhook_id: &str, reason: &str) {
         match webhooks::disable(&self.pool, webhook_id, reason).await {
-            Ok(true) => {
-                let dropped = webhooks::fail_pending_of(&self.pool, webhook_id)
-                    .await
-                    .unwrap_or(0);
+            Ok(Some(dropped)) => {
                 crate::metrics::WEBHOOK_OUT_DISABLED.inc();
                 tracing::warn!(
                     webhook_id,
@@ -191,7 +188,7 @@ impl Outbound {
                     "webhook endpoint disabled"
                 );
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => tracing::warn!(webhook_id, error = %e, "disabling the endpoint failed"),
         }
     }

@@ -180,20 +180,24 @@ pub async fn rotate_secret(
     .ok_or_else(|| Error::not_found(format!("webhook {id:?} not found")))
 }
 
-/// Disables an endpoint on entitled's own decision, recording why. `false` when it was not
-/// active (already disabled, or deleted).
-pub async fn disable(pool: &PgPool, id: &str, reason: &str) -> Result<bool> {
-    let n = sqlx::query(
-        "UPDATE webhooks SET status = 'inactive', disabled_reason = $2, disabled_at = now(),
-             updated_at = now()
-         WHERE id = $1 AND status = 'active'",
+/// Disables an endpoint on entitled's own decision, recording why, and gives up its pending
+/// messages, in one statement (nobody sees it disabled with messages still pending).
+/// `None` when it was not active (already disabled, or deleted); else how many were given up.
+pub async fn disable(pool: &PgPool, id: &str, reason: &str) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "WITH off AS (
+             UPDATE webhooks SET status = 'inactive', disabled_reason = $2, disabled_at = now(),
+                 updated_at = now()
+             WHERE id = $1 AND status = 'active' RETURNING id),
+         given_up AS (
+             UPDATE webhook_events e SET status = 'failure', updated_at = now()
+             FROM off WHERE e.webhook_id = off.id AND e.status = 'pending' RETURNING e.id)
+         SELECT (SELECT count(*) FROM given_up) FROM off",
     )
     .bind(id)
     .bind(reason)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// A message about to be owed to every endpoint that subscribes to it.
@@ -515,18 +519,6 @@ pub async fn recent_failure_rate(pool: &PgPool, webhook_id: &str) -> Result<(i64
     .fetch_optional(pool)
     .await?
     .unwrap_or((0, 0, 0.0)))
-}
-
-/// Gives up the pending messages of a disabled endpoint.
-pub async fn fail_pending_of(pool: &PgPool, webhook_id: &str) -> Result<u64> {
-    Ok(sqlx::query(
-        "UPDATE webhook_events SET status = 'failure', updated_at = now()
-         WHERE webhook_id = $1 AND status = 'pending'",
-    )
-    .bind(webhook_id)
-    .execute(pool)
-    .await?
-    .rows_affected())
 }
 
 /// Queue depth and the age of the oldest pending message, in seconds.
