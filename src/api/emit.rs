@@ -110,3 +110,19 @@ pub async fn write(
     let events: Vec<Event> = events.into_iter().flatten().collect();
     state.emit(tx, auth, &events).await
 }
+
+/// Ends the write of one object: its lifecycle message (the write turned `before` into
+/// `after`; written only when wanted) goes into `tx`, which is then committed with `changes`
+/// (and the outbox's wake-up when a message was written).
+pub async fn commit(
+    state: &AppState,
+    auth: &Auth,
+    mut tx: store::Tx,
+    kinds: &Kinds,
+    (before, after): (Option<Value>, Option<Value>),
+    mut changes: Vec<Change>,
+) -> AppResult<()> {
+    let message = lifecycle(state, auth, kinds, before, after);
+    changes.extend(write(state, auth, &mut tx, [message]).await?);
+    state.commit(tx, &changes).await
+}

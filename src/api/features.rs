@@ -346,23 +346,15 @@ pub async fn create(
     )
     .await?;
     let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let mut changes = vec![Change::Catalog];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(
-                &state,
-                &auth,
-                &emit::FEATURE,
-                before,
-                after,
-            )],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::FEATURE,
+        (before, after),
+        vec![Change::Catalog],
+    )
+    .await?;
     crate::metrics::WRITES.inc("features");
     tracing::info!(feature_id = %id, %flag_id, key = %fields.key, feature_type = fields.feature_type.as_str(), "feature created");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -398,23 +390,15 @@ pub async fn update(
         .await?;
     }
     let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let mut changes = vec![Change::Catalog];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(
-                &state,
-                &auth,
-                &emit::FEATURE,
-                before,
-                after,
-            )],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::FEATURE,
+        (before, after),
+        vec![Change::Catalog],
+    )
+    .await?;
     crate::metrics::WRITES.inc("features");
     tracing::info!(key = %fields.key, feature_type = fields.feature_type.as_str(), "feature updated");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -445,22 +429,7 @@ pub async fn delete(
     );
     let overrides_removed_for = changes.len() - 1;
     let after = None;
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(
-                &state,
-                &auth,
-                &emit::FEATURE,
-                before,
-                after,
-            )],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(&state, &auth, tx, &emit::FEATURE, (before, after), changes).await?;
     crate::metrics::WRITES.inc("features");
     tracing::info!(overrides_removed_for, "feature deleted");
     Ok(envelope::deleted())

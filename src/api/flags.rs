@@ -352,17 +352,15 @@ pub async fn create(
     let before = None;
     let id = store::insert_flag(&mut tx, &fields).await?;
     let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let mut changes = vec![Change::Catalog];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(&state, &auth, &emit::FLAG, before, after)],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::FLAG,
+        (before, after),
+        vec![Change::Catalog],
+    )
+    .await?;
     crate::metrics::WRITES.inc("flags");
     tracing::info!(flag_id = %id, key = %fields.key, feature_id = ?fields.feature_id, "flag created");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -388,17 +386,15 @@ pub async fn update(
     let fields = body.resolve(Some(&current))?;
     store::update_flag(&mut tx, &id, &fields).await?;
     let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let mut changes = vec![Change::Catalog];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(&state, &auth, &emit::FLAG, before, after)],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::FLAG,
+        (before, after),
+        vec![Change::Catalog],
+    )
+    .await?;
     crate::metrics::WRITES.inc("flags");
     tracing::info!(key = %fields.key, default_value = fields.default_value, "flag updated");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -421,17 +417,15 @@ pub async fn delete(
         return Err(AppError::not_found("flag", &id));
     }
     let after = None;
-    let mut changes = vec![Change::Catalog];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(&state, &auth, &emit::FLAG, before, after)],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::FLAG,
+        (before, after),
+        vec![Change::Catalog],
+    )
+    .await?;
     crate::metrics::WRITES.inc("flags");
     tracing::info!("flag deleted");
     Ok(envelope::deleted())

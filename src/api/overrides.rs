@@ -294,23 +294,15 @@ pub async fn create(
     )
     .await?;
     let after = emit::view(watch, find_in(&mut tx, &state, &auth, &id)).await?;
-    let mut changes = vec![Change::company(env_id, &body.company_id)];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(
-                &state,
-                &auth,
-                &emit::OVERRIDE,
-                before,
-                after,
-            )],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::OVERRIDE,
+        (before, after),
+        vec![Change::company(env_id, &body.company_id)],
+    )
+    .await?;
     crate::metrics::WRITES.inc("company_overrides");
     tracing::info!(override_id = %id, company_id = %body.company_id, feature_id = %body.feature_id, "company override created");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -383,23 +375,15 @@ pub async fn update(
     )
     .await?;
     let after = emit::view(watch, find_in(&mut tx, &state, &auth, &id)).await?;
-    let mut changes = vec![Change::company(env_id, &current.company_id)];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(
-                &state,
-                &auth,
-                &emit::OVERRIDE,
-                before,
-                after,
-            )],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::OVERRIDE,
+        (before, after),
+        vec![Change::company(env_id, &current.company_id)],
+    )
+    .await?;
     crate::metrics::WRITES.inc("company_overrides");
     tracing::info!(company_id = %current.company_id, "company override updated");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -423,23 +407,15 @@ pub async fn delete(
         .await?
         .ok_or_else(|| AppError::not_found("company override", &id))?;
     let after = None;
-    let mut changes = vec![Change::company(env_id, &company_id)];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(
-                &state,
-                &auth,
-                &emit::OVERRIDE,
-                before,
-                after,
-            )],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::OVERRIDE,
+        (before, after),
+        vec![Change::company(env_id, &company_id)],
+    )
+    .await?;
     crate::metrics::WRITES.inc("company_overrides");
     tracing::info!(%company_id, "company override deleted");
     Ok(envelope::deleted())

@@ -257,23 +257,15 @@ pub async fn create(
     )
     .await?;
     let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let mut changes = vec![Change::Catalog];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(
-                &state,
-                &auth,
-                &emit::PLAN_ENTITLEMENT,
-                before,
-                after,
-            )],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::PLAN_ENTITLEMENT,
+        (before, after),
+        vec![Change::Catalog],
+    )
+    .await?;
     crate::metrics::WRITES.inc("plan_entitlements");
     tracing::info!(entitlement_id = %id, plan_id = %body.plan_id, feature_id = %body.feature_id, "plan entitlement created");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -330,23 +322,15 @@ pub async fn update(
     let price_behavior = price_behavior(body.price_behavior, current.price_behavior)?;
     store::update_entitlement(&mut tx, &id, &values, price_behavior.as_deref()).await?;
     let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let mut changes = vec![Change::Catalog];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(
-                &state,
-                &auth,
-                &emit::PLAN_ENTITLEMENT,
-                before,
-                after,
-            )],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::PLAN_ENTITLEMENT,
+        (before, after),
+        vec![Change::Catalog],
+    )
+    .await?;
     crate::metrics::WRITES.inc("plan_entitlements");
     tracing::info!("plan entitlement updated");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -369,23 +353,15 @@ pub async fn delete(
         return Err(AppError::not_found("plan entitlement", &id));
     }
     let after = None;
-    let mut changes = vec![Change::Catalog];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(
-                &state,
-                &auth,
-                &emit::PLAN_ENTITLEMENT,
-                before,
-                after,
-            )],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::PLAN_ENTITLEMENT,
+        (before, after),
+        vec![Change::Catalog],
+    )
+    .await?;
     crate::metrics::WRITES.inc("plan_entitlements");
     tracing::info!("plan entitlement deleted");
     Ok(envelope::deleted())

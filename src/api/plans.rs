@@ -269,17 +269,15 @@ pub async fn create(
     )
     .await?;
     let after = emit::view(watch, find_in(&mut tx, &auth, &plan.id)).await?;
-    let mut changes = vec![Change::Catalog];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(&state, &auth, &emit::PLAN, before, after)],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::PLAN,
+        (before, after),
+        vec![Change::Catalog],
+    )
+    .await?;
     crate::metrics::WRITES.inc("plans");
     tracing::info!(plan_id = %plan.id, key = %plan.key, "plan created");
     Ok(envelope::ok_empty(one(&state, &auth, &plan.id).await?))
@@ -351,17 +349,15 @@ pub async fn update(
     )
     .await?;
     let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let mut changes = vec![Change::Catalog];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(&state, &auth, &emit::PLAN, before, after)],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::PLAN,
+        (before, after),
+        vec![Change::Catalog],
+    )
+    .await?;
     crate::metrics::WRITES.inc("plans");
     tracing::info!(key = %plan.key, "plan updated");
     Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
@@ -391,17 +387,15 @@ pub async fn delete(
     }
     store::delete(&mut tx, &id).await?;
     let after = None;
-    let mut changes = vec![Change::Catalog];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(&state, &auth, &emit::PLAN, before, after)],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::PLAN,
+        (before, after),
+        vec![Change::Catalog],
+    )
+    .await?;
     crate::metrics::WRITES.inc("plans");
     tracing::info!("plan deleted");
     Ok(envelope::deleted())

@@ -275,16 +275,7 @@ pub async fn upsert_user(state: &AppState, auth: &Auth, body: UpsertBody) -> App
         id: c.clone(),
     }));
     let before = before.filter(|_| !done.created);
-    changes.extend(
-        emit::write(
-            state,
-            auth,
-            &mut tx,
-            [emit::lifecycle(state, auth, &emit::USER, before, after)],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(state, auth, tx, &emit::USER, (before, after), changes).await?;
     crate::metrics::WRITES.inc("users");
     tracing::info!(user_id = %done.id, created = done.created, "user upserted");
     one(state, auth, &done.id).await
@@ -307,17 +298,15 @@ pub async fn delete(
         return Err(AppError::not_found("user", &id));
     }
     let after = None;
-    let mut changes = vec![Change::user(auth.env_id(), &id)];
-    changes.extend(
-        emit::write(
-            &state,
-            &auth,
-            &mut tx,
-            [emit::lifecycle(&state, &auth, &emit::USER, before, after)],
-        )
-        .await?,
-    );
-    state.commit(tx, &changes).await?;
+    emit::commit(
+        &state,
+        &auth,
+        tx,
+        &emit::USER,
+        (before, after),
+        vec![Change::user(auth.env_id(), &id)],
+    )
+    .await?;
     crate::metrics::WRITES.inc("users");
     Ok(envelope::deleted())
 }

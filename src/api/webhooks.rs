@@ -246,6 +246,7 @@ pub async fn update(
     auth.require_write()?;
     let mut tx = state.begin().await?;
     let current = store::get(&mut tx, auth.env_id(), &id).await?;
+    let was_active = current.status == "active";
     let fields = WebhookFields {
         name: body
             .name
@@ -262,8 +263,16 @@ pub async fn update(
             .unwrap_or(current.credit_trigger_configs.0),
     };
     validate(&state, &fields).await?;
+    let reactivated = !was_active && fields.status == "active";
     let row = store::update(&mut tx, auth.env_id(), &id, &fields).await?;
-    state.commit(tx, &[Change::Webhooks]).await?;
+    // An endpoint made active again has the messages it held: wake the delivery workers
+    // rather than leave them to the next poll.
+    let changes: &[Change] = if reactivated {
+        &[Change::Webhooks, Change::Outbox]
+    } else {
+        &[Change::Webhooks]
+    };
+    state.commit(tx, changes).await?;
     crate::metrics::WRITES.inc("webhooks");
     Ok(envelope::ok_empty(WebhookView::from(row)))
 }

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Outbound webhook delivery against a baseline measured in the same run.
+#
+#   benches/outbound.sh                      # 50 endpoints × 400 changes = 20,000 deliveries
+#   ENDPOINTS=50 CHANGES=1000 SAMPLES=300 benches/outbound.sh
+#
+# The load generator (benches/outbound_load.rs) serves the receiver itself and measures:
+#   1. baseline: the same number of deliveries posted straight to the receiver with
+#      CONCURRENCY in flight (entitled's webhooks.concurrency): HTTP on this machine, no database;
+#   2. throughput: ENDPOINTS webhooks held inactive while CHANGES companies are created (one
+#      company.created message per endpoint each), then all made active: deliveries/s from
+#      the reactivation to the last delivery received;
+#   3. latency at idle: one endpoint, SAMPLES company creations 100 ms apart: the delay from
+#      each write's answer (committed) to its first delivery attempt at the receiver.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENDPOINTS=${ENDPOINTS:-50}
+CHANGES=${CHANGES:-400}
+SAMPLES=${SAMPLES:-200}
+CONCURRENCY=${CONCURRENCY:-16}
+PORT=${PORT:-18100}
+DB=entitled_bench_outbound
+TARGET=${CARGO_TARGET_DIR:-target}
+./scripts/ensure-postgres.sh >/dev/null
+
+cargo build --release --quiet
+LOAD=$(cargo bench --bench outbound_load --no-run 2>&1 | grep -o '[^ (]*/release/deps/outbound_load-[0-9a-f]*' | head -n1)
+BIN=$TARGET/release/entitled
+PSQL="psql -h 127.0.0.1 -U postgres -qAt"
+
+$PSQL -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
+export ENTITLED_SERVER__LISTEN=127.0.0.1:$PORT
+export ENTITLED_LOG__LEVEL=warn
+export ENTITLED_WEBHOOKS__ALLOW_PRIVATE_TARGETS=true
+export ENTITLED_WEBHOOKS__CONCURRENCY=$CONCURRENCY
+$BIN migrate >/dev/null
+KEY=$($BIN api-key create --environment development --name bench | tail -n1)
+
+PIDS=()
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; }
+trap cleanup EXIT
+$BIN serve & PIDS+=($!)
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null \
+  || { echo "entitled serve did not start on port $PORT (PORT=… to pick another)"; exit 1; }
+
+echo "==> $ENDPOINTS endpoints × $CHANGES changes, concurrency $CONCURRENCY; $SAMPLES latency samples" >&2
+OUT=$("$LOAD" "http://127.0.0.1:$PORT" "$KEY" "$ENDPOINTS" "$CHANGES" "$CONCURRENCY" "$SAMPLES")
+echo "$OUT" >&2
+FAILED=$($PSQL -d $DB -c "SELECT count(*) FROM webhook_events WHERE status <> 'success'")
+ATTEMPTS=$($PSQL -d $DB -c "SELECT count(*) FROM webhook_attempts")
+
+python3 - "$OUT" "$FAILED" "$ATTEMPTS" <<'PY'
+import sys
+out, failed, attempts = sys.argv[1:]
+lines = {l.split()[0]: l.split() for l in out.splitlines() if l.strip()}
+val = lambda k, f: float(lines[k][lines[k].index(f) + 1])
+base, ent = val("baseline", "rate"), val("entitled", "rate")
+print()
+print("| measurement | figure |")
+print("|---|---|")
+print(f"| baseline: receiver driven directly, same concurrency | {base:,.0f} deliveries/s |")
+print(f"| entitled: held messages drained ({lines['entitled'][2]} of {lines['entitled'][4]} deliveries) | {ent:,.0f} deliveries/s |")
+if "p50_ms" in lines["latency"]:
+    print(f"| entitled at idle: committed write → first attempt, p50 / p99 / max | "
+          f"{val('latency', 'p50_ms'):.1f} / {val('latency', 'p99_ms'):.1f} / {val('latency', 'max_ms'):.1f} ms |")
+print()
+print(f"entitled / baseline: {ent / base:.2f}x; messages not in success at the end: {failed}; attempts recorded: {attempts}")
+PY
