@@ -724,6 +724,7 @@ mod tests {
                 "entitled_job_duration_seconds histogram",
                 "entitled_stripe_webhook_deliveries_total counter",
                 "entitled_stripe_events_total counter",
+                "entitled_stripe_inbox_batches_total counter",
                 "entitled_stripe_api_requests_total counter",
                 "entitled_stripe_reconcile_objects_total counter",
                 "entitled_stripe_reconcile_runs_total counter",

@@ -244,6 +244,10 @@ async fn five_thousand_events_from_32_senders_in_random_order_converge() {
             "{customer}"
         );
     }
+    // Applied set-wise: no batch fell back to one event per transaction.
+    let metrics = &entitled::metrics::STRIPE_BATCHES;
+    assert!(metrics.get("set_wise") > 0);
+    assert_eq!(metrics.get("fallback"), 0);
     // One company per customer, and the re-reads stayed within the rate limit.
     assert_eq!(
         app.count("SELECT count(*) FROM companies").await,
