@@ -296,3 +296,87 @@ fn any_order_with_duplicates_converges_in_batches_of_any_size() {
     drop(db);
     result.unwrap();
 }
+
+/// A batch whose set-wise apply fails falls back to one event per transaction: the bad
+/// event is `failed` with its own error, the rest of the batch applies.
+#[tokio::test]
+async fn one_bad_event_fails_alone_and_the_rest_of_its_batch_applies() {
+    let db = common::fresh_database().await;
+    let config = common::test_config(&db.url, &s::config("stripe_refetch_on_webhook = false"));
+    let (state, _listener) = entitled::app::build_state(config).await.unwrap();
+    let env_id = state.cache.default_env().unwrap().environment.id.clone();
+    let item = |c: usize| format!("si_bad_{c}");
+    let mut events = Vec::new();
+    for c in 0..5 {
+        let id = item(c);
+        let items = [Item {
+            id: &id,
+            price: "price_order_pro",
+            product: PRO,
+            quantity: 1,
+        }];
+        // Customer 2's subscription has a status Stripe never sends.
+        let status = if c == 2 { "bogus" } else { "active" };
+        let sub = s::subscription(
+            &format!("sub_bad_{c}"),
+            &format!("cus_bad_{c}"),
+            status,
+            &items,
+        );
+        events.push(s::event(
+            "customer.subscription.created",
+            &format!("evt_bad_{c}"),
+            s::now(),
+            sub,
+        ));
+    }
+    for event in &events {
+        let payload = serde_json::to_string(event).unwrap();
+        let new = entitled::stripe::inbox::NewEvent {
+            environment_id: &env_id,
+            id: event["id"].as_str().unwrap(),
+            kind: event["type"].as_str().unwrap(),
+            object_id: event["data"]["object"]["id"].as_str(),
+            created: chrono::DateTime::from_timestamp(event["created"].as_i64().unwrap(), 0)
+                .unwrap(),
+            livemode: false,
+            api_version: None,
+            payload: &payload,
+        };
+        entitled::stripe::inbox::insert(&mut state.pool.acquire().await.unwrap(), &new)
+            .await
+            .unwrap();
+    }
+    let fallbacks = entitled::metrics::STRIPE_BATCHES.get("fallback");
+    let batch = entitled::stripe::worker::process_batch(&state.sync(), 100)
+        .await
+        .unwrap();
+    assert_eq!(batch.processed, 5);
+    assert_eq!(
+        entitled::metrics::STRIPE_BATCHES.get("fallback"),
+        fallbacks + 1
+    );
+    let rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, status, error FROM stripe_events ORDER BY id")
+            .fetch_all(&state.pool)
+            .await
+            .unwrap();
+    for (id, status, error) in &rows {
+        if id == "evt_bad_2" {
+            assert_eq!(status, "failed");
+            assert!(
+                error.as_deref().unwrap().contains("unknown status"),
+                "{error:?}"
+            );
+        } else {
+            assert_eq!(status, "applied", "{id}: {error:?}");
+        }
+    }
+    let subscriptions: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_subscriptions")
+        .fetch_one(&state.pool)
+        .await
+        .unwrap();
+    assert_eq!(subscriptions, 4);
+    drop(state);
+    drop(db);
+}
