@@ -4,6 +4,11 @@
 //! `/noop` (what the generator itself can drive, signing included).
 //!
 //! Usage: cargo bench --bench webhook_load -- <url> <secret> <seconds> <senders> <customers>
+//!        [<count> <id prefix>]
+//!
+//! With `count`, it sends exactly `count` events as fast as it can (a burst; `seconds` is
+//! ignored), ids `evt_<prefix>_<n>`, and also prints when the last one was acknowledged
+//! (`last_ack_epoch`, Unix seconds) so the script can time the last apply after it.
 //!
 //! Events alternate between `customer.updated` (the company upsert by keys) and
 //! `customer.subscription.updated` (a subscription with one item of `prod_bench_pro`, which
@@ -20,9 +25,15 @@ const CUSTOMER: &str = include_str!("../fixtures/stripe/customer.updated.json");
 const SUBSCRIPTION: &str = include_str!("../fixtures/stripe/customer.subscription.updated.json");
 
 /// Rewrites a fixture's ids and timestamps for event `n`.
-fn event(template: &serde_json::Value, n: u64, customer: u64, created: i64) -> Vec<u8> {
+fn event(
+    template: &serde_json::Value,
+    prefix: &str,
+    n: u64,
+    customer: u64,
+    created: i64,
+) -> Vec<u8> {
     let mut e = template.clone();
-    e["id"] = format!("evt_bench_{n}").into();
+    e["id"] = format!("evt_{prefix}_{n}").into();
     e["created"] = created.into();
     let object = &mut e["data"]["object"];
     if object["object"] == "customer" {
@@ -56,6 +67,8 @@ fn main() {
     let seconds: u64 = args[2].parse().expect("seconds");
     let senders: u64 = args[3].parse().expect("senders");
     let customers: u64 = args[4].parse().expect("customers");
+    let count: Option<u64> = args.get(5).map(|c| c.parse().expect("count"));
+    let prefix: Arc<str> = args.get(6).map_or("bench", String::as_str).into();
     let templates: Arc<[serde_json::Value; 2]> = Arc::new([
         serde_json::from_str(CUSTOMER).expect("fixture"),
         serde_json::from_str(SUBSCRIPTION).expect("fixture"),
@@ -67,6 +80,8 @@ fn main() {
         .expect("runtime");
     let acked = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    // Microseconds since the Unix epoch of the latest acknowledgement.
+    let last_ack = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     rt.block_on(async {
         let client = reqwest::Client::builder()
@@ -78,14 +93,22 @@ fn main() {
         for sender in 0..senders {
             let (client, url, secret) = (client.clone(), url.clone(), secret.clone());
             let (acked, failed, templates) = (acked.clone(), failed.clone(), templates.clone());
+            let (last_ack, prefix) = (last_ack.clone(), prefix.clone());
             tasks.push(tokio::spawn(async move {
                 let mut i = 0u64;
-                while Instant::now() < deadline {
+                loop {
                     let n = sender + i * senders;
                     i += 1;
+                    let more = match count {
+                        Some(count) => n < count,
+                        None => Instant::now() < deadline,
+                    };
+                    if !more {
+                        break;
+                    }
                     let customer = n % customers;
                     let now = chrono::Utc::now().timestamp();
-                    let body = event(&templates[(n % 2) as usize], n, customer, now);
+                    let body = event(&templates[(n % 2) as usize], &prefix, n, customer, now);
                     let header = signature::sign(&body, &secret, now);
                     let sent = client
                         .post(&url)
@@ -97,6 +120,10 @@ fn main() {
                     match sent {
                         Ok(r) if r.status().is_success() => {
                             acked.fetch_add(1, Ordering::Relaxed);
+                            let at = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_micros() as u64);
+                            last_ack.fetch_max(at, Ordering::Relaxed);
                         }
                         Ok(r) => {
                             if failed.fetch_add(1, Ordering::Relaxed) < 3 {
@@ -119,8 +146,9 @@ fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let acked = acked.load(Ordering::Relaxed);
     println!(
-        "acked {acked} failed {} seconds {elapsed:.2} rate {:.0}",
+        "acked {acked} failed {} seconds {elapsed:.2} rate {:.0} last_ack_epoch {:.6}",
         failed.load(Ordering::Relaxed),
-        acked as f64 / elapsed
+        acked as f64 / elapsed,
+        last_ack.load(Ordering::Relaxed) as f64 / 1e6
     );
 }

@@ -39,6 +39,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
         publisher.clone(),
         config.webhooks.limit_warning_percent,
     );
+    let stripe = Arc::new(Stripe::new(&config.stripe));
     Ok((
         AppState {
             pool,
@@ -47,7 +48,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
             changes: publisher,
             ingestor,
             checks,
-            stripe: Arc::new(Stripe::default()),
+            stripe,
         },
         listener,
     ))

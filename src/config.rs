@@ -66,6 +66,15 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     pub insights: InsightsConfig,
     pub webhooks: WebhooksConfig,
+    pub stripe: StripeConfig,
+}
+
+/// The Stripe inbox workers (`stripe/worker.rs`), for every environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeConfig {
+    /// Inbox events a worker claims and applies in one transaction.
+    pub batch_size: usize,
 }
 
 /// Outbound webhooks (`outbound/`).
@@ -330,6 +339,12 @@ impl Config {
                 ));
             }
         }
+        if !(1..=10_000).contains(&self.stripe.batch_size) {
+            return invalid(format!(
+                "stripe.batch_size = {}: must be 1 to 10000",
+                self.stripe.batch_size
+            ));
+        }
         Ok(())
     }
 
@@ -451,6 +466,7 @@ mod tests {
             ["company_id"]
         );
         assert_eq!(c.schedule.expire_overrides, "*/10 * * * * *");
+        assert_eq!(c.stripe.batch_size, 500);
     }
 
     #[test]
@@ -536,6 +552,11 @@ mod tests {
                 .contains("environments[0].stripe_timeout_secs"),
             "{err}"
         );
+        let err =
+            Config::from_layers(None, &env(&[("ENTITLED_STRIPE__BATCH_SIZE", "0")])).unwrap_err();
+        assert!(err.to_string().contains("stripe.batch_size"), "{err}");
+        let c = Config::from_layers(None, &env(&[("ENTITLED_STRIPE__BATCH_SIZE", "64")])).unwrap();
+        assert_eq!(c.stripe.batch_size, 64);
     }
 
     #[test]

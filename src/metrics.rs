@@ -86,6 +86,12 @@ impl<const N: usize, C: CounterSeries> FixedCounter<N, C> {
         self.series[i.unwrap_or(N - 1)].add(1);
     }
 
+    /// Counts `n` for `value`, like [`FixedCounter::inc`].
+    pub fn inc_by(&self, value: &str, n: u64) {
+        let i = self.values.iter().position(|v| *v == value);
+        self.series[i.unwrap_or(N - 1)].add(n);
+    }
+
     pub fn get(&self, value: &str) -> u64 {
         let i = self.values.iter().position(|v| *v == value);
         i.map_or(0, |i| self.series[i].value())
@@ -426,6 +432,10 @@ pub static STRIPE_EVENTS: LazyLock<FixedCounter<5>> = LazyLock::new(|| {
         ["applied", "skipped", "ignored", "failed", "other"],
     )
 });
+/// Inbox batches by how they were applied: `set_wise` (one transaction) or `fallback` (the
+/// set-wise apply failed; its events were applied one per transaction).
+pub static STRIPE_BATCHES: LazyLock<FixedCounter<2>> =
+    LazyLock::new(|| FixedCounter::new("mode", ["set_wise", "fallback"]));
 pub static STRIPE_API_REQUESTS: LazyLock<FixedCounter<5>> = LazyLock::new(|| {
     FixedCounter::new(
         "outcome",
@@ -537,6 +547,11 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "entitled_stripe_events",
         "Stripe events processed from the inbox, by resulting status",
         STRIPE_EVENTS.clone(),
+    );
+    r.register(
+        "entitled_stripe_inbox_batches",
+        "Stripe inbox batches by how they were applied: set_wise, or fallback (one event per transaction)",
+        STRIPE_BATCHES.clone(),
     );
     r.register(
         "entitled_stripe_api_requests",
@@ -709,6 +724,7 @@ mod tests {
                 "entitled_job_duration_seconds histogram",
                 "entitled_stripe_webhook_deliveries_total counter",
                 "entitled_stripe_events_total counter",
+                "entitled_stripe_inbox_batches_total counter",
                 "entitled_stripe_api_requests_total counter",
                 "entitled_stripe_reconcile_objects_total counter",
                 "entitled_stripe_reconcile_runs_total counter",

@@ -175,3 +175,208 @@ fn any_order_with_duplicates_converges_to_the_newest_event() {
     drop(db);
     result.unwrap();
 }
+
+/// Stores a delivery in the inbox as the webhook does (a redelivery is stored once).
+async fn store(state: &AppState, event: &Value) {
+    let env_id = state.cache.default_env().unwrap().environment.id.clone();
+    let payload = serde_json::to_string(event).unwrap();
+    let created = chrono::DateTime::from_timestamp(event["created"].as_i64().unwrap(), 0).unwrap();
+    let new = inbox::NewEvent {
+        environment_id: &env_id,
+        id: event["id"].as_str().unwrap(),
+        kind: event["type"].as_str().unwrap(),
+        object_id: event["data"]["object"]["id"].as_str(),
+        created,
+        livemode: false,
+        api_version: None,
+        payload: &payload,
+    };
+    inbox::insert(&mut state.pool.acquire().await.unwrap(), &new)
+        .await
+        .unwrap();
+}
+
+/// Applies the inbox `size` events at a time until nothing is due.
+async fn drain_in_batches(state: &AppState, size: usize) {
+    loop {
+        let batch = worker::process_batch(&state.sync(), size).await.unwrap();
+        assert_eq!(batch.deferred, 0, "no other worker runs here");
+        if batch.processed == 0 {
+            return;
+        }
+    }
+}
+
+/// The same property through set-wise batches of several sizes: the deliveries are stored
+/// in the generated order, applied `size` at a time (interleaved with storing), and the
+/// repeats marked for re-applying are made due again and applied once more.
+#[test]
+fn any_order_with_duplicates_converges_in_batches_of_any_size() {
+    const SIZES: [usize; 5] = [1, 2, 3, 7, 500];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (state, db) = rt.block_on(async {
+        let db = common::fresh_database().await;
+        let config = common::test_config(&db.url, &s::config("stripe_refetch_on_webhook = false"));
+        let (state, _listener) = entitled::app::build_state(config).await.unwrap();
+        sqlx::query(
+            "INSERT INTO plans (id, key, name, plan_type, billing_product_id) VALUES
+             ('plan_order_pro', 'order-pro', 'Pro', 'plan', $1),
+             ('plan_order_seats', 'order-seats', 'Seats', 'add_on', $2)",
+        )
+        .bind(PRO)
+        .bind(SEATS)
+        .execute(&state.pool)
+        .await
+        .unwrap();
+        (state, db)
+    });
+    // Case numbers of their own: the subscriptions are not the other property's.
+    let cases = AtomicUsize::new(10_000);
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    // Deliveries, whether a repeat is re-applied, and after how many deliveries the worker
+    // runs (0: only at the end).
+    let deliveries = (
+        prop::collection::vec((0..LIFECYCLE.len(), any::<bool>()), 1..20),
+        0..6usize,
+    );
+    let result = runner.run(&deliveries, |(deliveries, every)| {
+        let case = cases.fetch_add(1, Ordering::SeqCst);
+        let size = SIZES[case % SIZES.len()];
+        rt.block_on(async {
+            for (n, (i, _)) in deliveries.iter().enumerate() {
+                store(&state, &lifecycle_event(case, *i)).await;
+                if every > 0 && (n + 1) % every == 0 {
+                    drain_in_batches(&state, size).await;
+                }
+            }
+            drain_in_batches(&state, size).await;
+            let again: Vec<String> = deliveries
+                .iter()
+                .filter(|(_, reapply)| *reapply)
+                .map(|(i, _)| format!("evt_order_{case}_{i}"))
+                .collect();
+            sqlx::query(
+                "UPDATE stripe_events SET status = 'pending', applied_at = NULL WHERE id = ANY($1)",
+            )
+            .bind(&again)
+            .execute(&state.pool)
+            .await
+            .unwrap();
+            drain_in_batches(&state, size).await;
+            let statuses: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT status FROM stripe_events WHERE id LIKE $1 ORDER BY status",
+            )
+            .bind(format!("evt_order_{case}_%"))
+            .fetch_all(&state.pool)
+            .await
+            .unwrap();
+            if statuses.iter().any(|s| s != "applied" && s != "skipped") {
+                return Err(TestCaseError::fail(format!(
+                    "batch size {size}, deliveries {deliveries:?}: statuses {statuses:?}"
+                )));
+            }
+            let newest = deliveries.iter().map(|(i, _)| *i).max().unwrap();
+            let got = memberships(&state, case).await;
+            if got != expected(newest) {
+                return Err(TestCaseError::fail(format!(
+                    "batch size {size}, worker every {every}, deliveries {deliveries:?}: newest \
+                     is {:?}, got {got:?}, expected {:?}",
+                    LIFECYCLE[newest],
+                    expected(newest)
+                )));
+            }
+            Ok(())
+        })
+    });
+    drop(state);
+    drop(db);
+    result.unwrap();
+}
+
+/// A batch whose set-wise apply fails falls back to one event per transaction: the bad
+/// event is `failed` with its own error, the rest of the batch applies.
+#[tokio::test]
+async fn one_bad_event_fails_alone_and_the_rest_of_its_batch_applies() {
+    let db = common::fresh_database().await;
+    let config = common::test_config(&db.url, &s::config("stripe_refetch_on_webhook = false"));
+    let (state, _listener) = entitled::app::build_state(config).await.unwrap();
+    let env_id = state.cache.default_env().unwrap().environment.id.clone();
+    let item = |c: usize| format!("si_bad_{c}");
+    let mut events = Vec::new();
+    for c in 0..5 {
+        let id = item(c);
+        let items = [Item {
+            id: &id,
+            price: "price_order_pro",
+            product: PRO,
+            quantity: 1,
+        }];
+        // Customer 2's subscription has a status Stripe never sends.
+        let status = if c == 2 { "bogus" } else { "active" };
+        let sub = s::subscription(
+            &format!("sub_bad_{c}"),
+            &format!("cus_bad_{c}"),
+            status,
+            &items,
+        );
+        events.push(s::event(
+            "customer.subscription.created",
+            &format!("evt_bad_{c}"),
+            s::now(),
+            sub,
+        ));
+    }
+    for event in &events {
+        let payload = serde_json::to_string(event).unwrap();
+        let new = entitled::stripe::inbox::NewEvent {
+            environment_id: &env_id,
+            id: event["id"].as_str().unwrap(),
+            kind: event["type"].as_str().unwrap(),
+            object_id: event["data"]["object"]["id"].as_str(),
+            created: chrono::DateTime::from_timestamp(event["created"].as_i64().unwrap(), 0)
+                .unwrap(),
+            livemode: false,
+            api_version: None,
+            payload: &payload,
+        };
+        entitled::stripe::inbox::insert(&mut state.pool.acquire().await.unwrap(), &new)
+            .await
+            .unwrap();
+    }
+    let fallbacks = entitled::metrics::STRIPE_BATCHES.get("fallback");
+    let batch = entitled::stripe::worker::process_batch(&state.sync(), 100)
+        .await
+        .unwrap();
+    assert_eq!(batch.processed, 5);
+    assert_eq!(
+        entitled::metrics::STRIPE_BATCHES.get("fallback"),
+        fallbacks + 1
+    );
+    let rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, status, error FROM stripe_events ORDER BY id")
+            .fetch_all(&state.pool)
+            .await
+            .unwrap();
+    for (id, status, error) in &rows {
+        if id == "evt_bad_2" {
+            assert_eq!(status, "failed");
+            assert!(
+                error.as_deref().unwrap().contains("unknown status"),
+                "{error:?}"
+            );
+        } else {
+            assert_eq!(status, "applied", "{id}: {error:?}");
+        }
+    }
+    let subscriptions: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_subscriptions")
+        .fetch_one(&state.pool)
+        .await
+        .unwrap();
+    assert_eq!(subscriptions, 4);
+    drop(state);
+    drop(db);
+}

@@ -122,20 +122,18 @@ async fn store(
     let span = tracing::Span::current();
     span.record("event_id", head.id.as_str());
     span.record("event_type", head.kind.as_str());
-    let event = inbox::NewEvent {
-        environment_id: &env.environment.id,
-        id: &head.id,
-        kind: &head.kind,
-        object_id: head.data.object.id.as_deref(),
+    let event = inbox::OwnedEvent {
+        environment_id: env.environment.id.clone(),
+        id: head.id.clone(),
+        kind: head.kind.clone(),
+        object_id: head.data.object.id.clone(),
         created,
         livemode: head.livemode,
-        api_version: head.api_version.as_deref(),
-        payload: text,
+        api_version: head.api_version.clone(),
+        payload: text.to_string(),
     };
-    let inserted = match state.pool.acquire().await {
-        Ok(mut conn) => inbox::insert(&mut conn, &event).await,
-        Err(e) => Err(e),
-    };
+    // Acknowledged only once the insert committed; concurrent deliveries share it.
+    let inserted = state.stripe.inbox_writer(&state.pool).insert(event).await;
     match inserted {
         Ok(true) => {
             if inbox::is_handled(&head.kind) {

@@ -45,20 +45,25 @@ pub async fn claim_version(
     Ok(row.is_some())
 }
 
-/// [`claim_version`] for many objects of one type at once, all at the same version (a
-/// listed page). Returns the ids claimed; the others had a newer version applied.
+/// [`claim_version`] for many objects of one type at once, each at its own version
+/// (`sources[i]`, `created[i]` for `object_ids[i]`; a listed page gives every object the
+/// same one). Returns the ids claimed; the others had a newer version applied. Rows are
+/// locked in id order, so two batches over overlapping objects cannot deadlock here. An id
+/// twice in one call is an error (the caller keeps one version per object).
 pub async fn claim_versions(
     conn: &mut PgConnection,
     env_id: &str,
     object_ids: &[&str],
     object_type: &str,
-    source_id: &str,
-    created: DateTime<Utc>,
+    sources: &[&str],
+    created: &[DateTime<Utc>],
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO stripe_object_versions AS v
              (environment_id, object_id, object_type, last_event_created, last_event_id)
-         SELECT $1, id, $3, $4, $5 FROM unnest($2::text[]) AS id
+         SELECT $1, o.id, $3, o.created, o.source
+         FROM unnest($2::text[], $4::text[], $5::timestamptz[]) AS o (id, source, created)
+         ORDER BY o.id
          ON CONFLICT (environment_id, object_id) DO UPDATE
              SET last_event_created = EXCLUDED.last_event_created,
                  last_event_id = EXCLUDED.last_event_id, updated_at = now()
@@ -68,8 +73,8 @@ pub async fn claim_versions(
     .bind(env_id)
     .bind(object_ids)
     .bind(object_type)
+    .bind(sources)
     .bind(created)
-    .bind(source_id)
     .fetch_all(conn)
     .await
 }

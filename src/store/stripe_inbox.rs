@@ -55,6 +55,48 @@ pub async fn insert(
     Ok(done.rows_affected() == 1)
 }
 
+/// [`insert`] for the deliveries of one group commit, in arrival order. Each row's arrival
+/// time is the clock at its insert, so rows of one transaction keep their order (ties of
+/// `created` are applied in arrival order). Returns the ids that were new; a redelivery, or
+/// an id twice in `events`, is stored once.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    events: &[NewEvent<'_>],
+    ignored: &[bool],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let rows: Vec<(String, String, bool)> = sqlx::query_as(
+        "INSERT INTO stripe_events AS e (environment_id, id, type, object_id, created, livemode,
+             api_version, payload, status, applied_at, received_at, next_attempt_at)
+         SELECT r.environment_id, r.id, r.type, r.object_id, r.created, r.livemode,
+                r.api_version, r.payload::json,
+                CASE WHEN r.ignored THEN 'ignored' ELSE 'pending' END,
+                CASE WHEN r.ignored THEN now() END, clock_timestamp(), clock_timestamp()
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                     $6::boolean[], $7::text[], $8::text[], $9::boolean[])
+              WITH ORDINALITY AS r (environment_id, id, type, object_id, created, livemode,
+                                    api_version, payload, ignored, n)
+         ORDER BY r.n
+         ON CONFLICT (environment_id, id) DO NOTHING
+         RETURNING e.environment_id, e.id, e.status = 'ignored'",
+    )
+    .bind(events.iter().map(|e| e.environment_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.object_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.created).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.livemode).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.api_version).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.payload).collect::<Vec<_>>())
+    .bind(ignored)
+    .fetch_all(conn)
+    .await?;
+    let ignored = rows.iter().filter(|(_, _, i)| *i).count();
+    if ignored > 0 {
+        crate::metrics::STRIPE_EVENTS.inc_by("ignored", ignored as u64);
+    }
+    Ok(rows.into_iter().map(|(env, id, _)| (env, id)).collect())
+}
+
 /// An event claimed for applying: its row is locked until the claiming transaction ends.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -65,9 +107,13 @@ pub struct Claimed {
     pub created: DateTime<Utc>,
     pub attempts: i32,
     pub payload: String,
+    /// When the delivery was stored: among events of one object with the same `created`,
+    /// the later arrival wins.
+    pub received_at: DateTime<Utc>,
 }
 
-const CLAIM_COLUMNS: &str = "environment_id, id, type, created, attempts, payload::text AS payload";
+const CLAIM_COLUMNS: &str =
+    "environment_id, id, type, created, attempts, payload::text AS payload, received_at";
 
 /// The next due event nobody else is applying: pending ones and failed ones whose backoff
 /// has passed, oldest first. The inner query walks `stripe_events_due` in order and locks one
@@ -83,6 +129,83 @@ pub async fn claim_next(conn: &mut PgConnection) -> Result<Option<Claimed>, sqlx
     ))
     .fetch_optional(conn)
     .await
+}
+
+/// Up to `limit` due events nobody else is applying (pending, and failed ones whose backoff
+/// has passed), oldest first: a worker's batch. Their rows stay locked until the claiming
+/// transaction ends.
+pub async fn claim_batch(conn: &mut PgConnection, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CLAIM_COLUMNS} FROM stripe_events
+         WHERE (environment_id, id) IN (
+             SELECT environment_id, id FROM stripe_events
+             WHERE status IN ('pending', 'failed') AND next_attempt_at <= now()
+             ORDER BY next_attempt_at
+             LIMIT $1 FOR UPDATE SKIP LOCKED)
+         ORDER BY next_attempt_at"
+    ))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// One event, when it is still due (pending, or failed) and nobody else is applying it.
+pub async fn claim_due(
+    conn: &mut PgConnection,
+    environment_id: &str,
+    id: &str,
+) -> Result<Option<Claimed>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CLAIM_COLUMNS} FROM stripe_events
+         WHERE environment_id = $1 AND id = $2 AND status IN ('pending', 'failed')
+         FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(environment_id)
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Takes, for the caller's transaction, the partitions (a Stripe customer, or an object
+/// without one) of a batch that no other transaction holds; returns those it got. Two
+/// workers never apply events of one partition at once.
+pub async fn lock_partitions(
+    conn: &mut PgConnection,
+    keys: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT k FROM unnest($1::text[]) AS k
+         WHERE pg_try_advisory_xact_lock(hashtextextended('entitled:stripe-partition:' || k, 0))",
+    )
+    .bind(keys)
+    .fetch_all(conn)
+    .await
+}
+
+/// [`finish`] for a batch: `statuses[i]` for event `ids[i]` of `environment_ids[i]`. The
+/// batch's last statement: `applied_at` is the clock now, just before its commit.
+pub async fn finish_many(
+    conn: &mut PgConnection,
+    environment_ids: &[&str],
+    ids: &[&str],
+    statuses: &[&'static str],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE stripe_events AS e SET status = u.status, applied_at = clock_timestamp(),
+             error = NULL,
+             attempts = e.attempts + 1, next_attempt_at = now()
+         FROM unnest($1::text[], $2::text[], $3::text[]) AS u (environment_id, id, status)
+         WHERE e.environment_id = u.environment_id AND e.id = u.id",
+    )
+    .bind(environment_ids)
+    .bind(ids)
+    .bind(statuses)
+    .execute(conn)
+    .await?;
+    for status in statuses {
+        crate::metrics::STRIPE_EVENTS.inc(status);
+    }
+    Ok(())
 }
 
 /// One event, whatever its status, for a retry; 409 while a worker is applying it.

@@ -108,6 +108,9 @@ pub struct Applied {
     /// Companies whose set of plans changed, with the plans before and after (for
     /// `company.plan_changed`).
     pub plan_changes: Vec<(String, MembershipSync)>,
+    /// With [`Context::defer_memberships`]: companies whose Stripe memberships the caller
+    /// must recompute (once each, however many objects of the batch touched them).
+    pub resync: Vec<String>,
 }
 
 /// What applying needs besides the connection.
@@ -119,10 +122,13 @@ pub struct Context<'a> {
     /// Customer id → company id, looked up in advance for a batch (a reconcile page of
     /// subscriptions); customers not in it are looked up one by one.
     pub companies: Option<&'a std::collections::HashMap<String, String>>,
+    /// A batch recomputes each company's memberships once at its end: leave them to the
+    /// caller ([`Applied::resync`]) instead of recomputing them per object.
+    pub defer_memberships: bool,
 }
 
 impl Context<'_> {
-    fn refetch(&self) -> Option<&StripeClient> {
+    pub fn refetch(&self) -> Option<&StripeClient> {
         self.client
             .filter(|_| self.config.stripe_refetch_on_webhook)
     }
@@ -140,48 +146,49 @@ pub async fn apply(
     }
     let parsed: objects::Event = serde_json::from_str(&event.payload)
         .map_err(|e| ApplyError::Rejected(format!("event payload: {e}")))?;
-    let object = parsed.data.object;
-    let kind = event.kind.as_str();
     let v = Version {
         id: &event.id,
         created: event.created,
         claimed: false,
     };
-    let applied = if kind.starts_with("customer.subscription.") {
-        let s = parse("subscription", object)?;
-        subscription(conn, ctx, s, v, ctx.refetch()).await?
-    } else if kind.starts_with("customer.") {
-        let c: Customer = parse("customer", object)?;
-        let deleted = kind == "customer.deleted" || c.deleted;
-        customer(conn, ctx, &c, deleted, v).await?
-    } else if kind.starts_with("product.") {
-        product(
-            conn,
-            ctx,
-            parse("product", object)?,
-            kind == "product.deleted",
-            v,
-        )
-        .await?
-    } else if kind.starts_with("price.") {
-        price(
-            conn,
-            ctx,
-            parse("price", object)?,
-            kind == "price.deleted",
-            v,
-        )
-        .await?
-    } else {
-        return Ok(Outcome::Ignored);
-    };
+    let applied =
+        apply_object(conn, ctx, &event.kind, parsed.data.object, v, ctx.refetch()).await?;
     Ok(match applied {
         Some(a) => Outcome::Applied(a),
         None => Outcome::Skipped,
     })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(what: &str, object: Value) -> Result<T, ApplyError> {
+/// Applies the object of an event of a handled type `kind` as of `v`; `None`: skipped.
+pub async fn apply_object(
+    conn: &mut PgConnection,
+    ctx: &Context<'_>,
+    kind: &str,
+    object: Value,
+    v: Version<'_>,
+    refetch: Option<&StripeClient>,
+) -> Result<Option<Applied>, ApplyError> {
+    if kind.starts_with("customer.subscription.") {
+        let s = parse("subscription", object)?;
+        subscription(conn, ctx, s, v, refetch).await
+    } else if kind.starts_with("customer.") {
+        let c: Customer = parse("customer", object)?;
+        let deleted = kind == "customer.deleted" || c.deleted;
+        customer(conn, ctx, &c, deleted, v).await
+    } else if kind.starts_with("product.") {
+        let deleted = kind == "product.deleted";
+        product(conn, ctx, parse("product", object)?, deleted, v).await
+    } else if kind.starts_with("price.") {
+        let deleted = kind == "price.deleted";
+        price(conn, ctx, parse("price", object)?, deleted, v).await
+    } else {
+        Err(ApplyError::Rejected(format!(
+            "event type {kind:?} is not one entitled applies"
+        )))
+    }
+}
+
+pub fn parse<T: serde::de::DeserializeOwned>(what: &str, object: Value) -> Result<T, ApplyError> {
     serde_path_to_error::deserialize(object).map_err(|e| {
         ApplyError::Rejected(format!(
             "data.object is not a valid {what}: {}: {}",
@@ -289,7 +296,10 @@ pub async fn customer(
     }
     let (company_id, mut written) = put_customer(conn, ctx, customer, deleted).await?;
     let mut plan_changes = Vec::new();
-    if deleted {
+    let mut resync = Vec::new();
+    if deleted && ctx.defer_memberships {
+        resync.push(company_id.clone());
+    } else if deleted {
         // The company and its keys stay; its Stripe memberships end.
         let sync = store::sync_memberships(conn, ctx.environment_id, &company_id).await?;
         if sync.changed {
@@ -310,6 +320,7 @@ pub async fn customer(
         written,
         changes,
         plan_changes,
+        resync,
     }))
 }
 
@@ -339,6 +350,7 @@ pub async fn product(
         written,
         changes: Vec::new(),
         plan_changes: Vec::new(),
+        resync: Vec::new(),
     }))
 }
 
@@ -376,6 +388,7 @@ pub async fn price(
         written,
         changes: Vec::new(),
         plan_changes: Vec::new(),
+        resync: Vec::new(),
     }))
 }
 
@@ -478,27 +491,22 @@ pub async fn subscription(
     }
     // Re-read under the version lock: what we write is Stripe's state now.
     let subscription = match refetch {
-        Some(client) => match client.subscription(&given.id).await {
-            Ok(Some(s)) if s.id == given.id => s,
-            Ok(Some(s)) => {
-                return Err(ApplyError::Stripe(format!(
-                    "asked for subscription {}, got {}",
-                    given.id, s.id
-                )))
-            }
-            // Stripe no longer has it: deleted, so canceled.
-            Ok(None) => Subscription {
-                status: "canceled".into(),
-                ..given
-            },
-            Err(e) => return Err(ApplyError::Stripe(e.to_string())),
-        },
+        Some(client) => refetched(client, given).await?,
         None => given,
     };
     let fields = subscription_fields(subscription)?;
     let company_id = company_for_customer(conn, ctx, &fields.customer_id).await?;
     let put = store::put_subscription(conn, ctx.environment_id, &company_id, &fields).await?;
     let mut written = put.written;
+    if ctx.defer_memberships {
+        let mut resync = vec![company_id];
+        resync.extend(put.previous_company);
+        return Ok(Some(Applied {
+            written,
+            resync,
+            ..Applied::default()
+        }));
+    }
     // Recomputed even when the subscription is as stored: a plan linked to its product
     // since, or a membership edited by hand, is repaired here.
     let sync = store::sync_memberships(conn, ctx.environment_id, &company_id).await?;
@@ -530,5 +538,26 @@ pub async fn subscription(
         written,
         changes,
         plan_changes,
+        resync: Vec::new(),
     }))
+}
+
+/// The subscription as Stripe holds it now (`given` canceled when Stripe no longer has it).
+pub async fn refetched(
+    client: &StripeClient,
+    given: Subscription,
+) -> Result<Subscription, ApplyError> {
+    match client.subscription(&given.id).await {
+        Ok(Some(s)) if s.id == given.id => Ok(s),
+        Ok(Some(s)) => Err(ApplyError::Stripe(format!(
+            "asked for subscription {}, got {}",
+            given.id, s.id
+        ))),
+        // Stripe no longer has it: deleted, so canceled.
+        Ok(None) => Ok(Subscription {
+            status: "canceled".into(),
+            ..given
+        }),
+        Err(e) => Err(ApplyError::Stripe(e.to_string())),
+    }
 }

@@ -4,13 +4,16 @@
 //! the full reconciliation that lists everything Stripe holds (`reconcile`).
 //!
 //! The path of an event: the webhook handler verifies the signature over the raw body,
-//! stores the event in `stripe_events` and commits, answers 2xx, and wakes the worker. A
-//! worker claims due events with `FOR UPDATE SKIP LOCKED` and applies each in one transaction
-//! with its inbox status and cache notifications. A crash between acknowledging and applying
+//! stores the event in `stripe_events` (concurrent deliveries share one insert and commit:
+//! [`inbox::Writer`]), answers 2xx once that committed, and wakes the workers. A worker
+//! claims a batch of due events with `FOR UPDATE SKIP LOCKED`, keeps the newest event per
+//! object, and applies the batch in one transaction with its inbox statuses and cache
+//! notifications (`worker`). A crash between acknowledging and applying
 //! leaves the row pending; every worker drains pending rows on start, and the `retry_inbox`
 //! job drains due ones on its schedule.
 
 pub mod apply;
+pub mod batch;
 pub mod client;
 pub mod inbox;
 pub mod messages;
@@ -41,6 +44,10 @@ pub struct Stripe {
     /// waits for them.
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Inbox events a worker claims and applies in one transaction (`stripe.batch_size`).
+    pub batch_size: usize,
+    /// Group commit of the webhook handler's inbox inserts, started on first use.
+    inbox_writer: std::sync::OnceLock<inbox::Writer>,
 }
 
 impl Default for Stripe {
@@ -51,11 +58,29 @@ impl Default for Stripe {
             limiters: Mutex::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            inbox_writer: std::sync::OnceLock::new(),
         }
     }
 }
 
+/// `stripe.batch_size` in the embedded defaults.
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+
 impl Stripe {
+    pub fn new(config: &crate::config::StripeConfig) -> Self {
+        Stripe {
+            batch_size: config.batch_size,
+            ..Stripe::default()
+        }
+    }
+
+    /// The inbox's group-commit writer, started on first use (inside the runtime).
+    pub fn inbox_writer(&self, pool: &PgPool) -> &inbox::Writer {
+        self.inbox_writer
+            .get_or_init(|| inbox::Writer::start(pool.clone()))
+    }
+
     /// Tells a waiting worker that an event was stored.
     pub fn wake(&self) {
         self.wake.notify_one();

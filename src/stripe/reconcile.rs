@@ -743,6 +743,7 @@ async fn apply_page(
         config,
         client: None,
         companies: companies.as_ref(),
+        defer_memberships: false,
     };
     let v = Version {
         id: marker,
@@ -763,16 +764,24 @@ async fn apply_page(
         .iter()
         .filter_map(|o| o["id"].as_str())
         .collect();
-    let claimed: Option<std::collections::HashSet<String>> =
-        match claim_versions(&mut tx, env_id, &ids, object.singular(), marker, page.as_of).await {
-            Ok(ids) => Some(ids.into_iter().collect()),
-            Err(e) if is_unavailable(&e) => return Err(e.into()),
-            // E.g. an id twice in one page: the slow path sorts it out object by object.
-            Err(e) => {
-                tracing::debug!(error = %e, "claiming the page's versions failed");
-                None
-            }
-        };
+    let claimed: Option<std::collections::HashSet<String>> = match claim_versions(
+        &mut tx,
+        env_id,
+        &ids,
+        object.singular(),
+        &vec![marker; ids.len()],
+        &vec![page.as_of; ids.len()],
+    )
+    .await
+    {
+        Ok(ids) => Some(ids.into_iter().collect()),
+        Err(e) if is_unavailable(&e) => return Err(e.into()),
+        // E.g. an id twice in one page: the slow path sorts it out object by object.
+        Err(e) => {
+            tracing::debug!(error = %e, "claiming the page's versions failed");
+            None
+        }
+    };
     let mut results = Vec::with_capacity(page.objects.len());
     let mut failed = claimed.is_none();
     let claimed = claimed.unwrap_or_default();

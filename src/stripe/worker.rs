@@ -1,8 +1,11 @@
-//! Draining the inbox: a few tasks per process claim due events (`FOR UPDATE SKIP LOCKED`, so
-//! replicas and tasks never apply the same event at once) and apply each in one transaction
-//! with its inbox status. Woken by the webhook handler after every stored event; on start
-//! they drain what a previous process left pending. Failed events whose backoff has passed
-//! are picked up by the `retry_inbox` job (`jobs/`), which drains through [`drain`] too.
+//! Draining the inbox: a few tasks per process claim batches of due events (`FOR UPDATE SKIP
+//! LOCKED`, so replicas and tasks never apply the same event at once; partition locks, so
+//! never the same company either) and apply each batch in one transaction with its inbox
+//! statuses (`batch`). [`process`] applies one event on its own: a batch's fallback, a retry
+//! through the API, and reconcile's catch-up. Woken by the webhook handler after every
+//! stored event; on start they drain what a previous process left pending. Failed events
+//! whose backoff has passed are picked up by the `retry_inbox` job (`jobs/`), which drains
+//! through [`drain`] too.
 
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::apply::{self, ApplyError, Context, Outcome};
+pub use super::batch::{process_batch, BatchOutcome};
 use super::inbox::{self, Claimed};
 use super::SyncContext;
 use crate::store;
@@ -18,6 +22,8 @@ use crate::store::error::is_unavailable;
 
 /// How long a worker waits before trying again after losing the database.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// How long a worker waits when everything it claimed is another worker's.
+const DEFERRED: Duration = Duration::from_millis(10);
 
 /// Worker tasks per process: half the pool, leaving the rest to the API. Applying an event
 /// is a dozen or two short statements in one transaction, so it is bound by round trips, not
@@ -41,9 +47,17 @@ pub fn spawn(
                 if shutdown.is_cancelled() {
                     return;
                 }
-                match process_next(&state).await {
-                    Ok(true) => continue,
-                    Ok(false) => {
+                match process_batch(&state, state.stripe.batch_size).await {
+                    Ok(b) if b.processed > 0 => continue,
+                    Ok(b) if b.deferred > 0 => {
+                        // Every event claimed belongs to a partition another worker is
+                        // applying: try again shortly rather than spin.
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(DEFERRED) => {}
+                        }
+                    }
+                    Ok(_) => {
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = state.stripe.wake.notified() => {}
@@ -62,24 +76,21 @@ pub fn spawn(
     }
 }
 
-/// Claims and applies the next due event. `false` when there was none.
-pub async fn process_next(state: &SyncContext) -> store::Result<bool> {
-    let mut tx = state.pool.begin().await?;
-    let Some(event) = inbox::claim_next(&mut tx).await? else {
-        return Ok(false);
-    };
-    process(state, tx, event).await?;
-    Ok(true)
-}
-
-/// Applies every due event (pending, and failed ones whose backoff has passed), then returns
-/// how many were processed.
+/// Applies every due event (pending, and failed ones whose backoff has passed), a batch at
+/// a time, then returns how many were processed.
 pub async fn drain(state: &SyncContext) -> store::Result<usize> {
     let mut n = 0;
-    while process_next(state).await? {
-        n += 1;
+    loop {
+        let batch = process_batch(state, state.stripe.batch_size).await?;
+        n += batch.processed;
+        if batch.processed == 0 {
+            if batch.deferred == 0 {
+                return Ok(n);
+            }
+            // Another worker holds what is left: let it finish.
+            tokio::time::sleep(DEFERRED).await;
+        }
     }
-    Ok(n)
 }
 
 /// Applies a claimed event in `tx`, records the outcome there and commits. Returns the inbox
@@ -109,6 +120,7 @@ pub async fn process(
                 config,
                 client: client.as_ref(),
                 companies: None,
+                defer_memberships: false,
             };
             apply::apply(&mut tx, &ctx, &event).await
         }
