@@ -117,11 +117,18 @@ async fn sigkill_twice_while_sending_bills_every_unit_exactly_once() {
     fake.set_latency(Duration::from_millis(15));
 
     let db = common::fresh_database().await;
-    let mut server = process::serve(entitled(&db.url, &fake)).await;
+    let mut migrate = entitled(&db.url, &fake);
+    migrate.arg("migrate");
+    process::run_ok(migrate).await;
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // The environment rows come from the first start's sync: start once to create them.
+    let mut server = process::serve(entitled(&db.url, &fake)).await;
+    let key = common::create_api_key(&pool, "development").await;
+    server.kill().await;
+    let mut server = process::serve(entitled(&db.url, &fake)).await;
     let api = Api {
         base: server.base.clone(),
-        key: common::create_api_key(&pool, "development").await,
+        key,
         client: reqwest::Client::new(),
     };
     let feature = api
@@ -161,10 +168,23 @@ async fn sigkill_twice_while_sending_bills_every_unit_exactly_once() {
 
     // Killed twice while sending.
     for kill_at in [150, 450] {
-        common::eventually(Duration::from_secs(60), || async {
-            (fake.meter_events().len() >= kill_at).then_some(())
-        })
-        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while fake.meter_events().len() < kill_at {
+            if std::time::Instant::now() > deadline {
+                let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+                    "SELECT status, min(error), count(*) FROM meter_events GROUP BY status",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                panic!(
+                    "{} accepted before the kill at {kill_at}; rows {rows:?}; requests {:?}",
+                    fake.meter_events().len(),
+                    fake.requests_per_route()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         server.kill().await;
         server = process::serve(entitled(&db.url, &fake)).await;
     }
@@ -173,15 +193,26 @@ async fn sigkill_twice_while_sending_bills_every_unit_exactly_once() {
             .map(|k| fake.meter_total(&format!("cus_crash_{k}"), "api_calls") as i64)
             .collect::<Vec<_>>()
     };
-    common::eventually(Duration::from_secs(120), || async {
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM meter_events WHERE status <> 'sent'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        (pending == 0).then_some(())
-    })
-    .await;
+    // Everything sent (the crashed processes' leases run out first).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let left: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT status, min(error), count(*) FROM meter_events WHERE status <> 'sent'
+             GROUP BY status",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all sent: {left:?}; accepted {}",
+            fake.meter_events().len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(
         totals(),
         expected,

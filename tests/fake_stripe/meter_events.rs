@@ -83,6 +83,20 @@ impl FakeStripe {
     }
 }
 
+/// A (customer, event name) request in flight; removed from the ledger when dropped.
+struct InFlight {
+    fake: FakeStripe,
+    slot: Option<(String, String)>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.fake.control().meters.in_flight.remove(&slot);
+        }
+    }
+}
+
 /// Handles one authorized `POST /v1/billing/meter_events`; `latency` is spent while the
 /// request is in flight (so overlapping requests can be seen).
 pub(super) async fn post(fake: &FakeStripe, body: &[u8], latency: std::time::Duration) -> Response {
@@ -186,11 +200,16 @@ pub(super) async fn post(fake: &FakeStripe, body: &[u8], latency: std::time::Dur
             return r;
         }
     }
+    // Frees the slot however the request ends (a client that hangs up drops this future).
+    let guard = InFlight {
+        fake: fake.clone(),
+        slot: Some(slot),
+    };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    drop(guard);
     let mut control = fake.control();
-    control.meters.in_flight.remove(&slot);
     let ledger = &mut control.meters;
     ledger
         .identifiers
