@@ -3,7 +3,7 @@
 # with METERED: a meter, a metered price, COMPANIES customers subscribed to it):
 #
 #   benches/meters.sh                          # 100,000 events over 100 companies
-#   EVENTS=2000 COMPANIES=10 benches/meters.sh # a quick check
+#   EVENTS=2000 COMPANIES=10 LAG_SECS=5 PROFILE=debug benches/meters.sh   # a check of the script
 #
 # 1. throughput, no rate limit (stripe_max_requests_per_sec = 100000), no aggregation: EVENTS
 #    pay-as-you-go track events (one meter event each) are posted in batches of 100 while the
@@ -24,9 +24,16 @@ KEY=sk_test_bench
 TARGET=${CARGO_TARGET_DIR:-target}
 ./scripts/ensure-postgres.sh >/dev/null
 
-cargo build --release --quiet
-FAKE=$(cargo bench --bench fake_stripe_server --no-run 2>&1 | grep -o '[^ (]*/release/deps/fake_stripe_server-[0-9a-f]*' | head -n1)
-BIN=$TARGET/release/entitled
+# PROFILE=debug checks the script itself without a release build (figures meaningless).
+PROFILE=${PROFILE:-release}
+if [ "$PROFILE" = release ]; then
+  cargo build --release --quiet
+  FAKE=$(cargo bench --bench fake_stripe_server --no-run 2>&1 | grep -o '[^ (]*/release/deps/fake_stripe_server-[0-9a-f]*' | head -n1)
+else
+  cargo build --quiet
+  FAKE=$(cargo test --bench fake_stripe_server --no-run 2>&1 | grep -o '[^ (]*/debug/deps/fake_stripe_server-[0-9a-f]*' | head -n1)
+fi
+BIN=$TARGET/$PROFILE/entitled
 PSQL="psql -h 127.0.0.1 -U postgres -qAt"
 E=http://127.0.0.1:$PORT
 
@@ -36,7 +43,7 @@ cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 start_fake() {
-  METERED=$COMPANIES API_KEY=$KEY "$FAKE" serve >"$TMP/fake.out" 2>"$TMP/fake.err" &
+  PORT=0 METERED=$COMPANIES API_KEY=$KEY "$FAKE" serve >"$TMP/fake.out" 2>"$TMP/fake.err" &
   FAKE_PID=$!
   PIDS+=("$FAKE_PID")
   for _ in $(seq 1 300); do grep -q FAKE_STRIPE_URL "$TMP/fake.out" && break; sleep 0.1; done
@@ -52,7 +59,8 @@ start_serve() {
   $BIN serve >"$TMP/serve.log" 2>&1 &
   SERVE_PID=$!
   PIDS+=("$SERVE_PID")
-  for _ in $(seq 1 200); do curl -sf "$E/ready" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 300); do curl -sf "$E/ready" >/dev/null && return; sleep 0.1; done
+  echo "entitled serve did not become ready:"; cat "$TMP/serve.log"; exit 1
 }
 stop_serve() { kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; }
 api() { curl -sf -H "X-Schematic-Api-Key: $API" -H 'content-type: application/json' "$@"; }
