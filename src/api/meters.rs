@@ -33,14 +33,7 @@ pub async fn list_meters(
     query: Query,
 ) -> AppResult<Response> {
     let page = query.page()?;
-    let status = query.get("status").filter(|s| !s.is_empty());
-    if let Some(s) = status {
-        if !matches!(s, "active" | "inactive") {
-            return Err(AppError::bad_request(format!(
-                "query parameter status: {s:?} is not one of active, inactive"
-            )));
-        }
-    }
+    let status = query.one_of("status", &["active", "inactive"])?;
     let mut conn = state.pool.acquire().await?;
     let rows = meters::list(&mut conn, auth.env_id(), status, page.limit, page.offset).await?;
     Ok(envelope::ok(rows, query.params(Some(page))))
@@ -69,15 +62,7 @@ pub async fn list_meter_events(
 ) -> AppResult<Response> {
     let page = query.page()?;
     let param = |name: &str| query.get(name).filter(|s| !s.is_empty());
-    let status = param("status");
-    if let Some(s) = status {
-        if !meter_events::STATUSES.contains(&s) {
-            return Err(AppError::bad_request(format!(
-                "query parameter status: {s:?} is not one of {}",
-                meter_events::STATUSES.join(", ")
-            )));
-        }
-    }
+    let status = query.one_of("status", meter_events::STATUSES)?;
     let filter = Filter {
         id: None,
         status,
