@@ -735,6 +735,8 @@ mod tests {
                 "entitled_stripe_reconcile_runs_total counter",
                 "entitled_webhook_deliveries_total counter",
                 "entitled_webhook_delivery_duration_seconds histogram",
+                "entitled_stripe_meter_events_total counter",
+                "entitled_stripe_meter_event_lag_seconds histogram",
                 "entitled_webhook_endpoints_disabled_total counter",
                 "entitled_db_pool_max gauge",
             ]
