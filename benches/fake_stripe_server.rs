@@ -5,6 +5,8 @@
 //! without it, as `cargo test --all-targets` runs it, it exits at once), configured by
 //! environment variables: `CUSTOMERS` (default 100000; one active subscription each),
 //! `PRODUCTS` (default 5; one monthly price each), `API_KEY` (default `sk_test_bench`),
+//! `METERED` (instead of the generated account: a metered one with that many customers, see
+//! `FakeStripe::put_metered_account`; the summary then reports the meter events accepted),
 //! `PORT` (default 0: any free port), and optionally `FAIL_EVERY` (every nth request answers
 //! 429 with `Retry-After: 1`) and `LATENCY_MS` (added to every answer).
 //!
@@ -66,6 +68,7 @@ fn main() {
     let port: u16 = var("PORT", 0);
     let fail_every: usize = var("FAIL_EVERY", 0);
     let latency_ms: u64 = var("LATENCY_MS", 0);
+    let metered: usize = var("METERED", 0);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -74,11 +77,15 @@ fn main() {
     rt.block_on(async move {
         let fake = FakeStripe::new(&api_key);
         let started = Instant::now();
-        fake.populate(&Populate {
-            customers,
-            products,
-            ..Populate::default()
-        });
+        if metered > 0 {
+            fake.put_metered_account(metered);
+        } else {
+            fake.populate(&Populate {
+                customers,
+                products,
+                ..Populate::default()
+            });
+        }
         eprintln!(
             "fake_stripe_server: populated {customers} customers, {customers} subscriptions, \
              {products} products and prices in {:.3} s; RSS {}",
@@ -118,5 +125,23 @@ fn main() {
             fake.max_requests_in_any_window(Duration::from_secs(1))
         );
         eprintln!("  RSS {}", rss().unwrap_or_else(|| "unknown".into()));
+        let accepted = fake.meter_events();
+        if let (Some(first), Some(last)) = (accepted.first(), accepted.last()) {
+            let secs = last.at.duration_since(first.at).as_secs_f64().max(1e-3);
+            let total: f64 = accepted.iter().map(|e| e.value).sum();
+            eprintln!(
+                "  meter events accepted: {} (value {total}), {:.0}/s from the first to the last; \
+                 overlapping requests refused: {}; duplicate identifiers: {}",
+                accepted.len(),
+                accepted.len() as f64 / secs,
+                fake.meter_overlaps(),
+                fake.meter_duplicates()
+            );
+            println!(
+                "METER_EVENTS_ACCEPTED={} METER_VALUE={total} METER_RATE={:.0}",
+                accepted.len(),
+                accepted.len() as f64 / secs
+            );
+        }
     });
 }

@@ -87,6 +87,13 @@ pub async fn run(
         shutdown.clone(),
         &tracker,
     );
+    // Sends billable usage to Stripe's meters, starting with whatever is due.
+    stripe::meters::MeterSender::new(
+        state.pool.clone(),
+        state.stripe.clone(),
+        state.sync().environments.as_ref().clone(),
+    )
+    .spawn(state.changes.meter_wake(), shutdown.clone(), &tracker);
     // Drains the Stripe inbox, starting with whatever a previous process left pending.
     stripe::worker::spawn(
         state.sync(),

@@ -146,6 +146,9 @@ pub struct EnvironmentConfig {
     pub stripe_refetch_on_webhook: bool,
     pub stripe_customer_metadata_keys: Vec<String>,
     pub fallback_plan: String,
+    /// Usage billed through Stripe meters: `0` sends one meter event per billable track
+    /// event; `N` sums a company's units per meter over `N`-second windows.
+    pub stripe_meter_flush_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use crate::cache::Cache;
 use crate::changes::{Change, Publisher};
 use crate::store::events::{self, CreditContext, Ingested, NewEvent};
+use crate::store::meter_events::MeterContext;
 use crate::store::{self, Error};
 
 /// At most this many events are combined into one transaction.
@@ -98,9 +99,17 @@ async fn write_group(
         limit_warning_percent,
     };
     let started = Instant::now();
+    let (credits_exist, metered_exist) = {
+        let catalog = cache.catalog();
+        (catalog.credit_types_exist, catalog.metered_exist)
+    };
     let credit_ctx = CreditContext {
         fallback_plans: cache.fallback_plans(),
-        credits_exist: cache.catalog().credit_types_exist,
+        credits_exist,
+        meters: MeterContext {
+            metered_exist,
+            flush_secs: cache.meter_flush_secs(),
+        },
     };
     if group.len() == 1 {
         let job = group.into_iter().next().expect("one job");
@@ -122,6 +131,7 @@ async fn write_group(
                     ids: done.ids[offset..offset + n].to_vec(),
                     duplicate: done.duplicate[offset..offset + n].to_vec(),
                     touched: Default::default(),
+                    meter_events: 0,
                 };
                 offset += n;
                 let _ = job.reply.send(Ok(part));
@@ -183,6 +193,10 @@ impl Writer<'_> {
                 .await?;
                 let mut changes = Change::from_touched(done.touched.clone());
                 changes.extend(limits.or(credit_limits));
+                if done.meter_events > 0 {
+                    // Wakes the meter-event senders (here and on every replica).
+                    changes.push(Change::Outbox);
+                }
                 self.publisher.notify(&mut tx, &changes).await?;
                 tx.commit().await?;
                 Ok::<_, Error>((done, changes))

@@ -464,6 +464,17 @@ pub static WEBHOOK_OUT_SECONDS: LazyLock<Histogram> =
 /// Endpoints disabled by entitled (410 Gone, a day of failures).
 pub static WEBHOOK_OUT_DISABLED: LazyLock<Counter> = LazyLock::new(Counter::default);
 
+/// Meter-event send attempts by result: `sent` (Stripe has it), `retry`, `failed` (refused
+/// with a 4xx), `expired` (older than Stripe's 35 days, not sent).
+pub static METER_EVENTS: LazyLock<FixedCounter<4>> =
+    LazyLock::new(|| FixedCounter::new("result", ["sent", "retry", "failed", "expired"]));
+/// From the billable track event's commit to Stripe's acceptance of its meter event.
+const METER_LAG_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
+pub static METER_EVENT_LAG_SECONDS: LazyLock<Histogram> =
+    LazyLock::new(|| Histogram::new(METER_LAG_BUCKETS.iter().copied()));
+
 /// Every metric above under its exposed name (counters without `_total`), in the order
 /// `/metrics` has always listed them.
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -577,6 +588,16 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "entitled_webhook_delivery_duration_seconds",
         "Time for one outbound webhook delivery attempt",
         WEBHOOK_OUT_SECONDS.clone(),
+    );
+    r.register(
+        "entitled_stripe_meter_events",
+        "Meter-event send attempts by result: sent, retry, failed (refused by Stripe), expired (older than 35 days)",
+        METER_EVENTS.clone(),
+    );
+    r.register(
+        "entitled_stripe_meter_event_lag_seconds",
+        "Time from a billable track event's commit to Stripe accepting its meter event",
+        METER_EVENT_LAG_SECONDS.clone(),
     );
     r.register(
         "entitled_webhook_endpoints_disabled",
@@ -730,6 +751,8 @@ mod tests {
                 "entitled_stripe_reconcile_runs_total counter",
                 "entitled_webhook_deliveries_total counter",
                 "entitled_webhook_delivery_duration_seconds histogram",
+                "entitled_stripe_meter_events_total counter",
+                "entitled_stripe_meter_event_lag_seconds histogram",
                 "entitled_webhook_endpoints_disabled_total counter",
                 "entitled_db_pool_max gauge",
             ]

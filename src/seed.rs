@@ -84,6 +84,11 @@ pub struct SeedEntitlement {
     pub feature: String,
     /// For credit entitlements, `value_credit_id` may name the credit type by its key.
     pub price_behavior: Option<String>,
+    /// Stripe price ids on a meter (checked when a track event bills them, not here: a
+    /// catalog is shared by environments whose Stripe accounts differ).
+    pub monthly_metered_price_id: Option<String>,
+    pub yearly_metered_price_id: Option<String>,
+    pub soft_limit: Option<i64>,
     #[serde(flatten)]
     pub value: ValueInput,
 }
@@ -260,10 +265,16 @@ async fn upsert_entitlement(
     let v = value
         .resolve(None, ft)
         .map_err(|err| anyhow::anyhow!("{err}"))?;
-    Ok(
-        store::upsert_entitlement(conn, &plan_id, &feature_id, &v, e.price_behavior.as_deref())
-            .await?,
-    )
+    let billing = crate::store::plans::Billing {
+        price_behavior: e.price_behavior.clone(),
+        monthly_metered_price_id: e.monthly_metered_price_id.clone(),
+        yearly_metered_price_id: e.yearly_metered_price_id.clone(),
+        soft_limit: e.soft_limit,
+    };
+    billing
+        .validate(v.value_numeric)
+        .map_err(|err| anyhow::anyhow!("plan_entitlements {}/{}: {err}", e.plan, e.feature))?;
+    Ok(store::upsert_entitlement(conn, &plan_id, &feature_id, &v, &billing).await?)
 }
 
 async fn upsert_plan_credit_grant(

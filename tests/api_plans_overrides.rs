@@ -263,7 +263,7 @@ async fn plan_entitlements_crud_and_validation() {
             "/plan-entitlements",
             json!({"plan_id": plan_id, "feature_id": calls, "value_type": "numeric",
                    "value_numeric": 1000, "metric_period": "current_month",
-                   "price_behavior": "overage"}),
+                   "price_behavior": "tier"}),
         )
         .await;
     let ent_id = ent["id"].as_str().unwrap().to_string();
@@ -273,7 +273,8 @@ async fn plan_entitlements_crud_and_validation() {
     assert_eq!(ent["value_numeric"], 1000);
     assert_eq!(ent["metric_period"], "current_month");
     assert_eq!(ent["metric_period_month_reset"], "first_of_month");
-    assert_eq!(ent["price_behavior"], "overage");
+    // (`overage` and `pay_as_you_go` need a metered price: tests/meters.rs.)
+    assert_eq!(ent["price_behavior"], "tier");
     assert_eq!(ent["feature"]["id"], calls);
     assert_eq!(ent["feature"]["feature_type"], "event");
     assert_eq!(ent["plan"]["id"], plan_id);

@@ -67,6 +67,7 @@ async fn operations_carry_schemas_and_security() {
             let bodiless = [
                 "/mcp",
                 "/stripe/events/{id}/retry",
+                "/stripe/meter-events/{id}/retry",
                 "/stripe/reconcile",
                 "/webhooks/{id}/rotate-secret",
             ];

@@ -401,3 +401,67 @@ async fn credit_limit_messages() {
     );
     assert_eq!(got[0].1["data"]["credit_id"], credit.as_str());
 }
+
+/// A metered entitlement (`overage`, 5 included, soft limit 10): `entitlement.limit.reached`
+/// at the allocation (use goes on), `entitlement.soft_limit.warning` at 80% of the soft limit
+/// and `entitlement.soft_limit.reached` at it, each once per window.
+#[tokio::test]
+async fn soft_limit_messages_fire_once_per_crossing() {
+    let app = seeded().await;
+    // The free plan's reports become overage, billed to a metered price (a catalog is shared
+    // by environments, so the price is not checked against one here).
+    let catalog = std::env::temp_dir().join(format!("soft-limit-{}.toml", std::process::id()));
+    std::fs::write(
+        &catalog,
+        "[[plan_entitlements]]\nplan = \"free\"\nfeature = \"reports\"\nvalue_type = \"numeric\"\n\
+         value_numeric = 5\nmetric_period = \"current_month\"\nprice_behavior = \"overage\"\n\
+         monthly_metered_price_id = \"price_reports_metered\"\nsoft_limit = 10\n",
+    )
+    .unwrap();
+    entitled::seed::seed_file(&app.pool, &catalog)
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&catalog);
+    let hook = app
+        .create(
+            "/webhooks",
+            json!({"name": "soft", "url": "http://127.0.0.1:9/soft",
+                   "request_types": ["entitlement.limit.reached", "entitlement.soft_limit.warning",
+                                     "entitlement.soft_limit.reached"]}),
+        )
+        .await;
+    let hook = hook["id"].as_str().unwrap().to_string();
+    on_free_plan(&app, "metered").await;
+    let company: String = app.get("/companies/lookup?keys[id]=metered").await.1["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    track(&app, "metered", 3).await; // 3: nothing
+    assert_eq!(messages(&app, &hook).await, vec![]);
+    track(&app, "metered", 2).await; // 5: the allocation, use goes on
+                                     // Overage is not cut at the allocation (once the seeded catalog reached the snapshot).
+    app.check_becomes("reports", json!({"id": "metered"}), true)
+        .await;
+    track(&app, "metered", 3).await; // 8: 80% of the soft limit
+    track(&app, "metered", 1).await; // 9: nothing new
+    track(&app, "metered", 1).await; // 10: the soft limit
+    track(&app, "metered", 4).await; // past it: nothing new
+    assert_eq!(
+        messages(&app, &hook).await,
+        vec![
+            ("entitlement.limit.reached".into(), company.clone(), 5),
+            ("entitlement.soft_limit.warning".into(), company.clone(), 8),
+            ("entitlement.soft_limit.reached".into(), company.clone(), 10),
+        ]
+    );
+    let c = app
+        .check_becomes("reports", json!({"id": "metered"}), false)
+        .await;
+    assert_eq!(c["entitlement"]["allocation"], 5, "{c}");
+    // The soft limit is in the message.
+    let (_, list) = app.get(&format!("/webhook-events?webhook_id={hook}")).await;
+    let newest: Value = serde_json::from_str(list["data"][0]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(newest["data"]["soft_limit"], 10, "{newest}");
+    assert_eq!(newest["data"]["threshold"], 10, "{newest}");
+}

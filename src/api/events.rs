@@ -40,6 +40,10 @@ pub struct CreateEvent {
     body: Option<Value>,
     idempotency_key: Option<String>,
     sent_at: Option<DateTime<Utc>>,
+    /// `sent_at` is the event's time for usage billed through Stripe meters.
+    trusted_client_clock: Option<bool>,
+    /// Historical data: counted for usage, never billed.
+    backfill: Option<bool>,
 }
 
 /// One event of the SDKs' capture batch: `type`, not `event_type`, and maybe its own key.
@@ -54,6 +58,17 @@ pub struct CaptureEvent {
     body: Option<Value>,
     idempotency_key: Option<String>,
     sent_at: Option<DateTime<Utc>>,
+    trusted_client_clock: Option<bool>,
+    backfill: Option<bool>,
+}
+
+/// An event's envelope fields besides its type and body.
+#[derive(Debug, Default)]
+struct Envelope {
+    idempotency_key: Option<String>,
+    sent_at: Option<DateTime<Utc>>,
+    trusted_client_clock: Option<bool>,
+    backfill: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,9 +115,14 @@ fn validate(
     env_id: &str,
     event_type: &str,
     body: Option<Value>,
-    idempotency_key: Option<String>,
-    sent_at: Option<DateTime<Utc>>,
+    envelope: Envelope,
 ) -> AppResult<NewEvent> {
+    let Envelope {
+        idempotency_key,
+        sent_at,
+        trusted_client_clock,
+        backfill,
+    } = envelope;
     let body = body.unwrap_or(Value::Object(Map::new()));
     let field = |f: &str| {
         if path.is_empty() {
@@ -208,12 +228,21 @@ fn validate(
             )));
         }
     }
+    let trusted_client_clock = trusted_client_clock.unwrap_or(false);
+    if trusted_client_clock && sent_at.is_none() {
+        return Err(AppError::bad_request(format!(
+            "{}: trusted_client_clock needs sent_at",
+            field("sent_at")
+        )));
+    }
     Ok(NewEvent {
         environment_id: env_id.to_string(),
         kind,
         body,
         idempotency_key,
         sent_at,
+        trusted_client_clock,
+        backfill: backfill.unwrap_or(false),
     })
 }
 
@@ -287,8 +316,12 @@ pub async fn create(
         auth.env_id(),
         &body.event_type,
         body.body,
-        body.idempotency_key,
-        body.sent_at,
+        Envelope {
+            idempotency_key: body.idempotency_key,
+            sent_at: body.sent_at,
+            trusted_client_clock: body.trusted_client_clock,
+            backfill: body.backfill,
+        },
     )?;
     let done = ingest(&state, vec![event]).await?;
     let mut out = accepted(&done, &headers);
@@ -310,8 +343,10 @@ pub async fn track(
         auth.env_id(),
         "track",
         Some(body),
-        idempotency_key,
-        None,
+        Envelope {
+            idempotency_key,
+            ..Envelope::default()
+        },
     )?;
     let done = ingest(state, vec![event]).await?;
     Ok(accepted(&done, headers).remove(0))
@@ -363,8 +398,12 @@ pub async fn create_batch(
                 auth.env_id(),
                 &e.event_type,
                 e.body,
-                e.idempotency_key,
-                e.sent_at,
+                Envelope {
+                    idempotency_key: e.idempotency_key,
+                    sent_at: e.sent_at,
+                    trusted_client_clock: e.trusted_client_clock,
+                    backfill: e.backfill,
+                },
             )
         })
         .collect::<AppResult<Vec<_>>>()?;
@@ -414,8 +453,12 @@ pub async fn capture(
             auth.env_id(),
             &e.event_type,
             e.body,
-            e.idempotency_key,
-            e.sent_at,
+            Envelope {
+                idempotency_key: e.idempotency_key,
+                sent_at: e.sent_at,
+                trusted_client_clock: e.trusted_client_clock,
+                backfill: e.backfill,
+            },
         )?);
     }
     let done = ingest(&state, events).await?;

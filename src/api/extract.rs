@@ -121,6 +121,17 @@ impl Query {
             .collect()
     }
 
+    /// A parameter that must be one of `allowed` when given (empty: not given).
+    pub fn one_of(&self, name: &str, allowed: &[&str]) -> Result<Option<&str>, AppError> {
+        match self.get(name).filter(|s| !s.is_empty()) {
+            Some(v) if !allowed.contains(&v) => Err(AppError::bad_request(format!(
+                "query parameter {name}: {v:?} is not one of {}",
+                allowed.join(", ")
+            ))),
+            v => Ok(v),
+        }
+    }
+
     pub fn bool(&self, name: &str) -> Result<Option<bool>, AppError> {
         match self.get(name) {
             None | Some("") => Ok(None),

@@ -74,6 +74,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         Ok(Ok((n, age))) => (n as f64, age),
         _ => (f64::NAN, f64::NAN),
     };
+    // The meter-event outbox: rows waiting to be sent to Stripe and the oldest one's age.
+    let (meter_pending, meter_oldest) = match tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        store::meter_events::queue_depth(&state.pool),
+    )
+    .await
+    {
+        Ok(Ok((n, age))) => (n as f64, age),
+        _ => (f64::NAN, f64::NAN),
+    };
     let pool_size = state.pool.size() as f64;
     let idle = state.pool.num_idle() as f64;
     let companies: usize = state
@@ -114,6 +124,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             "entitled_webhook_oldest_pending_seconds",
             "Age of the oldest outbound webhook message pending delivery.",
             webhook_oldest,
+        ),
+        (
+            "entitled_stripe_meter_events_pending",
+            "Meter events waiting to be sent to Stripe (NaN when Postgres did not answer).",
+            meter_pending,
+        ),
+        (
+            "entitled_stripe_meter_events_oldest_pending_seconds",
+            "Age of the oldest meter event waiting to be sent to Stripe.",
+            meter_oldest,
         ),
     ]);
     (

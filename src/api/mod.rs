@@ -15,6 +15,7 @@ pub mod flags;
 pub mod health;
 pub mod insights;
 pub mod mcp;
+pub mod meters;
 pub mod openapi;
 pub mod overrides;
 pub mod plan_entitlements;
@@ -110,6 +111,14 @@ pub fn routes() -> Vec<Route> {
             M::GET,
             "/stripe/reconcile-runs/{id}",
             stripe::get_reconcile_run,
+        ),
+        route(M::GET, "/billing/meters", meters::list_meters),
+        route(M::GET, "/stripe/meter-events", meters::list_meter_events),
+        route(M::GET, "/stripe/meter-events/{id}", meters::get_meter_event),
+        route(
+            M::POST,
+            "/stripe/meter-events/{id}/retry",
+            meters::retry_meter_event,
         ),
         route(M::GET, "/billing/credits", credits::types::list_credits),
         route(M::POST, "/billing/credits", credits::types::create_credit),

@@ -12,7 +12,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::{
-    checks, companies, credits, events, feature_usage, features, flags, health, insights,
+    checks, companies, credits, events, feature_usage, features, flags, health, insights, meters,
     overrides, plan_entitlements, plans, stripe, users, webhooks,
 };
 
@@ -81,6 +81,10 @@ use super::{
         stripe::start_reconcile,
         stripe::list_reconcile_runs,
         stripe::get_reconcile_run,
+        meters::list_meters,
+        meters::list_meter_events,
+        meters::get_meter_event,
+        meters::retry_meter_event,
         webhooks::list,
         webhooks::count,
         webhooks::create,
@@ -125,6 +129,7 @@ use super::{
         (name = "checks", description = "Answered from memory, never from Postgres"),
         (name = "plans"), (name = "plan-entitlements"), (name = "company-overrides"),
         (name = "events"), (name = "credits"), (name = "stripe", description = "Webhooks (signed, no API key) and the inbox"), (name = "insights"),
+        (name = "billing", description = "Usage billed through Stripe meters"),
         (name = "webhooks", description = "Outbound webhooks: endpoints, and the messages sent to them"),
         (name = "mcp", description = "Model Context Protocol over streamable HTTP"),
     )

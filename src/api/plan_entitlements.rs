@@ -16,7 +16,7 @@ use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
 use crate::store::companies::plan_type;
-use crate::store::plans::{self as store, EntitlementFilter};
+use crate::store::plans::{self as store, Billing, EntitlementFilter};
 use crate::store::values::{EntitlementValues, ValueInput};
 use crate::store::Conn;
 
@@ -64,7 +64,14 @@ pub struct PlanEntitlementView {
     pub values: EntitlementValues,
     /// The SDK's name for `credit_consumption_rate`.
     pub consumption_rate: Option<f64>,
-    pub price_behavior: Option<String>,
+    /// `price_behavior`, `monthly_metered_price_id`, `yearly_metered_price_id`, `soft_limit`.
+    #[serde(flatten)]
+    pub billing: Billing,
+    /// The SDK's expanded metered prices: not expanded here (the ids are above).
+    #[schema(value_type = Option<Object>)]
+    pub metered_monthly_price: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub metered_yearly_price: Option<Value>,
     pub feature: FeatureView,
     pub plan: PlanSummary,
     pub currency_prices: Vec<Value>,
@@ -113,7 +120,9 @@ pub async fn fetch(
             plan_id: r.plan_id,
             feature_id: r.feature_id,
             values: r.values,
-            price_behavior: r.price_behavior,
+            billing: r.billing,
+            metered_monthly_price: None,
+            metered_yearly_price: None,
             currency_prices: Vec::new(),
             warning_tiers: Vec::new(),
             created_at: r.created_at,
@@ -208,18 +217,47 @@ pub struct CreateBody {
     metric_period_month_reset: Option<String>,
     #[schema(value_type = Option<super::openapi::PriceBehavior>)]
     price_behavior: Option<String>,
+    /// A Stripe price id whose `recurring.meter` is set: where billable usage is reported.
+    monthly_metered_price_id: Option<String>,
+    yearly_metered_price_id: Option<String>,
+    /// With `pay_as_you_go` / `overage`: usage at or above this is denied (≥ the allocation).
+    soft_limit: Option<i64>,
 }
 
-/// `price_behavior`: absent or `null` keeps the current one; `""` clears it.
-fn price_behavior(new: Option<String>, current: Option<String>) -> AppResult<Option<String>> {
+/// A text field of an update: absent or `null` keeps the current value; `""` clears it.
+fn keep_or_clear(new: Option<String>, current: Option<String>) -> Option<String> {
     match new {
-        None => Ok(current),
-        Some(s) if s.is_empty() => Ok(None),
-        Some(s) => {
-            store::validate_price_behavior(&s)?;
-            Ok(Some(s))
+        None => current,
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(s),
+    }
+}
+
+/// The billing fields as they will be stored, checked: known behaviour, a metered price for
+/// the behaviours that bill, prices on a meter in the key's environment, a soft limit not
+/// below the allocation. Errors name the field.
+async fn billing(
+    conn: &mut Conn,
+    auth: &Auth,
+    billing: Billing,
+    values: &crate::store::values::EntitlementValues,
+) -> AppResult<Billing> {
+    let allocation = (values.value_type == "numeric")
+        .then_some(values.value_numeric)
+        .flatten();
+    billing.validate(allocation)?;
+    for (field, id) in [
+        (
+            "monthly_metered_price_id",
+            &billing.monthly_metered_price_id,
+        ),
+        ("yearly_metered_price_id", &billing.yearly_metered_price_id),
+    ] {
+        if let Some(id) = id {
+            crate::store::meters::validate_metered_price(conn, auth.env_id(), field, id).await?;
         }
     }
+    Ok(billing)
 }
 
 #[utoipa::path(post, path = "/plan-entitlements", tag = "plan-entitlements", request_body = CreateBody,
@@ -241,21 +279,21 @@ pub async fn create(
         metric_period: body.metric_period,
         metric_period_month_reset: body.metric_period_month_reset,
     };
-    let price_behavior = price_behavior(body.price_behavior, None)?;
+    let requested = Billing {
+        price_behavior: keep_or_clear(body.price_behavior, None),
+        monthly_metered_price_id: keep_or_clear(body.monthly_metered_price_id, None),
+        yearly_metered_price_id: keep_or_clear(body.yearly_metered_price_id, None),
+        soft_limit: body.soft_limit,
+    };
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
     let before = None;
     plan_type(&mut tx, "plan_id", &body.plan_id).await?;
     let feature_type = store::feature_type(&mut tx, "feature_id", &body.feature_id).await?;
     let values = input.resolve(None, feature_type)?;
-    let id = store::insert_entitlement(
-        &mut tx,
-        &body.plan_id,
-        &body.feature_id,
-        &values,
-        price_behavior.as_deref(),
-    )
-    .await?;
+    let billing = billing(&mut tx, &auth, requested, &values).await?;
+    let id = store::insert_entitlement(&mut tx, &body.plan_id, &body.feature_id, &values, &billing)
+        .await?;
     let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     emit::commit(
         &state,
@@ -288,6 +326,11 @@ pub struct UpdateBody {
     metric_period_month_reset: Option<String>,
     #[schema(value_type = Option<super::openapi::PriceBehavior>)]
     price_behavior: Option<String>,
+    /// `""` clears it.
+    monthly_metered_price_id: Option<String>,
+    /// `""` clears it.
+    yearly_metered_price_id: Option<String>,
+    soft_limit: Option<i64>,
 }
 
 #[utoipa::path(put, path = "/plan-entitlements/{id}", tag = "plan-entitlements", request_body = UpdateBody,
@@ -319,8 +362,20 @@ pub async fn update(
         .ok_or_else(|| AppError::not_found("plan entitlement", &id))?;
     let feature_type = store::feature_type(&mut tx, "feature_id", &current.feature_id).await?;
     let values = input.resolve(Some(&current.values), feature_type)?;
-    let price_behavior = price_behavior(body.price_behavior, current.price_behavior)?;
-    store::update_entitlement(&mut tx, &id, &values, price_behavior.as_deref()).await?;
+    let requested = Billing {
+        price_behavior: keep_or_clear(body.price_behavior, current.billing.price_behavior),
+        monthly_metered_price_id: keep_or_clear(
+            body.monthly_metered_price_id,
+            current.billing.monthly_metered_price_id,
+        ),
+        yearly_metered_price_id: keep_or_clear(
+            body.yearly_metered_price_id,
+            current.billing.yearly_metered_price_id,
+        ),
+        soft_limit: body.soft_limit.or(current.billing.soft_limit),
+    };
+    let billing = billing(&mut tx, &auth, requested, &values).await?;
+    store::update_entitlement(&mut tx, &id, &values, &billing).await?;
     let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
     emit::commit(
         &state,

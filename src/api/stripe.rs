@@ -211,15 +211,7 @@ pub async fn list_events(
     query: Query,
 ) -> AppResult<Response> {
     let page = query.page()?;
-    let status = query.get("status").filter(|s| !s.is_empty());
-    if let Some(s) = status {
-        if !inbox::STATUSES.contains(&s) {
-            return Err(AppError::bad_request(format!(
-                "query parameter status: {s:?} is not one of {}",
-                inbox::STATUSES.join(", ")
-            )));
-        }
-    }
+    let status = query.one_of("status", inbox::STATUSES)?;
     let kind = query.get("type").filter(|s| !s.is_empty());
     let mut conn = state.pool.acquire().await?;
     let rows = inbox::list(

@@ -184,6 +184,15 @@ impl Cache {
             .collect()
     }
 
+    /// Per environment id, `stripe_meter_flush_secs` where it is not 0.
+    pub fn meter_flush_secs(&self) -> HashMap<String, u64> {
+        self.envs
+            .values()
+            .filter(|e| e.config.stripe_meter_flush_secs > 0)
+            .map(|e| (e.environment.id.clone(), e.config.stripe_meter_flush_secs))
+            .collect()
+    }
+
     /// Whether an active outbound webhook of the environment subscribes to `request_type`.
     pub fn webhooks_want(&self, environment_id: &str, request_type: &str) -> bool {
         self.webhook_types

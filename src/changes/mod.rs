@@ -107,6 +107,8 @@ pub struct Publisher {
     cache: Option<Arc<Cache>>,
     /// Wakes this process's outbox workers after a commit that wrote to an outbox.
     outbox_wake: Arc<Notify>,
+    /// The same for the meter-event sender (a `Notify` wakes one waiter).
+    meter_wake: Arc<Notify>,
 }
 
 impl Publisher {
@@ -116,6 +118,7 @@ impl Publisher {
             origin: crate::ids::new_id("inst").into(),
             cache: Some(cache),
             outbox_wake: Arc::new(Notify::new()),
+            meter_wake: Arc::new(Notify::new()),
         }
     }
 
@@ -125,6 +128,7 @@ impl Publisher {
             origin: crate::ids::new_id(origin).into(),
             cache: None,
             outbox_wake: Arc::new(Notify::new()),
+            meter_wake: Arc::new(Notify::new()),
         }
     }
 
@@ -140,6 +144,11 @@ impl Publisher {
     /// What outbox workers wait on.
     pub fn outbox_wake(&self) -> Arc<Notify> {
         self.outbox_wake.clone()
+    }
+
+    /// What the meter-event sender waits on.
+    pub fn meter_wake(&self) -> Arc<Notify> {
+        self.meter_wake.clone()
     }
 
     /// Queues `changes` in the transaction (delivered only if it commits), without
@@ -181,6 +190,7 @@ impl Publisher {
     pub(crate) fn refresh_from_elsewhere(&self, changes: &[Change]) {
         if changes.contains(&Change::Outbox) {
             self.outbox_wake.notify_one();
+            self.meter_wake.notify_one();
         }
     }
 }

@@ -107,8 +107,18 @@ pub struct Candidate {
     pub month_reset: MonthReset,
     /// `price_behavior = pay_in_advance`: the allocation is this subscribed quantity.
     pub pay_in_advance_quantity: Option<i64>,
+    /// `price_behavior = pay_as_you_go | overage`: usage past the allocation is billed, not
+    /// denied (unless a soft limit says so).
+    pub metered: Option<Metered>,
     /// An override stops applying at this instant, whether or not the expiry job has run.
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A metered entitlement's access rule: allowed while usage is below `soft_limit`, or always
+/// without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Metered {
+    pub soft_limit: Option<i64>,
 }
 
 /// A usage counter for one event in one window, as stored.
@@ -282,6 +292,8 @@ pub struct EntitlementReport {
     pub month_reset: Option<MonthReset>,
     /// When the entitlement stops applying (overrides with an expiration date).
     pub expires_at: Option<DateTime<Utc>>,
+    /// A metered entitlement's soft limit: usage at or above it is denied.
+    pub soft_limit: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -413,11 +425,19 @@ fn resolve<'c>(
         credit: None,
         month_reset: (period == MetricPeriod::CurrentMonth).then_some(month_reset),
         expires_at: c.expires_at,
+        soft_limit: c.metered.and_then(|m| m.soft_limit),
     };
 
     let limited = |allocation: f64, report: &mut EntitlementReport| {
         report.allocation = Some(allocation.floor() as i64);
-        (used < allocation, Generosity::Limited(allocation))
+        match c.metered {
+            // Billed past the allocation: only a soft limit stops use.
+            Some(Metered {
+                soft_limit: Some(soft),
+            }) => (used < soft as f64, Generosity::Limited(soft as f64)),
+            Some(Metered { soft_limit: None }) => (true, Generosity::Unlimited),
+            None => (used < allocation, Generosity::Limited(allocation)),
+        }
     };
     let (allowed, generosity) = match (&c.value, c.pay_in_advance_quantity) {
         (Value::Bool(true), _) => (true, Generosity::Unlimited),
@@ -515,6 +535,11 @@ fn entitlement_answer(
             (Some(balance), _, _) => format!(
                 "Credit balance too low for {kind} rule \"{}\" ({id}): {} remaining",
                 best.candidate.label, balance.remaining
+            ),
+            (None, Some(u), _) if r.soft_limit.is_some() => format!(
+                "Soft limit reached for {kind} rule \"{}\" ({id}): {u} used, soft limit {}",
+                best.candidate.label,
+                r.soft_limit.unwrap_or_default()
             ),
             (None, Some(u), Some(a)) => format!(
                 "Usage exceeded for {kind} rule \"{}\" ({id}): {u} of {a} used",

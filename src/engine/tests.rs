@@ -39,6 +39,7 @@ fn plan(id: &str, value: Value) -> Candidate {
         metric_period: Some(MetricPeriod::CurrentMonth),
         month_reset: MonthReset::FirstOfMonth,
         pay_in_advance_quantity: None,
+        metered: None,
         expires_at: None,
     }
 }
@@ -347,6 +348,81 @@ fn pay_in_advance_uses_quantity() {
     let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[p], now());
     assert!(e.value);
     assert_eq!(e.entitlement.unwrap().allocation, Some(8));
+}
+
+#[test]
+fn metered_entitlements_deny_only_at_the_soft_limit() {
+    // (allocation, metered, soft limit, usage) → (value, rule type, reported soft limit)
+    let exceeded = RuleType::PlanEntitlementUsageExceeded;
+    let matched = RuleType::PlanEntitlement;
+    type Case = (i64, bool, Option<i64>, i64, bool, RuleType);
+    let table: &[Case] = &[
+        // Not metered: the allocation denies.
+        (100, false, None, 99, true, matched),
+        (100, false, None, 100, false, exceeded),
+        // overage / pay_as_you_go without a soft limit: never denied at the allocation.
+        (100, true, None, 100, true, matched),
+        (100, true, None, 1_000_000, true, matched),
+        (0, true, None, 5, true, matched),
+        // With a soft limit: allowed below it, denied at and above it.
+        (100, true, Some(150), 120, true, matched),
+        (100, true, Some(150), 149, true, matched),
+        (100, true, Some(150), 150, false, exceeded),
+        (100, true, Some(150), 151, false, exceeded),
+        (100, true, Some(100), 100, false, exceeded),
+    ];
+    for &(allocation, metered, soft_limit, usage, value, rule_type) in table {
+        let mut p = plan("pltl_a", Value::Numeric(allocation));
+        p.metered = metered.then_some(Metered { soft_limit });
+        let c = company_with_usage(usage);
+        let e = evaluate(&flag(FeatureType::Event), Some(&c), None, &[p], now());
+        let case = format!(
+            "allocation {allocation}, metered {metered}, soft {soft_limit:?}, usage {usage}"
+        );
+        assert_eq!((e.value, e.rule_type), (value, rule_type), "{case}");
+        let report = e.entitlement.expect("entitlement report");
+        // The allocation reported is still the plan's, not the soft limit.
+        assert_eq!(report.allocation, Some(allocation), "{case}");
+        assert_eq!(report.soft_limit, soft_limit.filter(|_| metered), "{case}");
+        if !value {
+            assert!(
+                e.reason.contains("Soft limit") == metered,
+                "{case}: {}",
+                e.reason
+            );
+        }
+    }
+}
+
+#[test]
+fn a_metered_plan_beats_a_smaller_unmetered_one() {
+    // Most generous: an overage plan without a soft limit is unlimited in access.
+    let c = company_with_usage(500);
+    let small = plan("pltl_small", Value::Numeric(1000));
+    let mut metered = plan("pltl_metered", Value::Numeric(100));
+    metered.metered = Some(Metered::default());
+    let e = evaluate(
+        &flag(FeatureType::Event),
+        Some(&c),
+        None,
+        &[small.clone(), metered],
+        now(),
+    );
+    assert!(e.value);
+    assert_eq!(e.rule_id.as_deref(), Some("pltl_metered"));
+    // With a soft limit below the other plan's allocation, the other plan is more generous.
+    let mut capped = plan("pltl_capped", Value::Numeric(100));
+    capped.metered = Some(Metered {
+        soft_limit: Some(200),
+    });
+    let e = evaluate(
+        &flag(FeatureType::Event),
+        Some(&c),
+        None,
+        &[small, capped],
+        now(),
+    );
+    assert_eq!(e.rule_id.as_deref(), Some("pltl_small"));
 }
 
 fn grant(granted: f64, used: f64, expires_at: Option<DateTime<Utc>>) -> CreditGrant {

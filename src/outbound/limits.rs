@@ -1,7 +1,9 @@
 //! `entitlement.limit.warning` and `entitlement.limit.reached`: usage crossing a share of the
 //! allocation (`webhooks.limit_warning_percent`) or the allocation itself, once per company,
 //! feature and metric window (`webhook_limit_crossings`), detected when the track events that
-//! cross it are stored and written in their transaction.
+//! cross it are stored and written in their transaction. `entitlement.soft_limit.warning`
+//! and `entitlement.soft_limit.reached` do the same for a metered entitlement's soft limit
+//! (`pay_as_you_go` / `overage` with `soft_limit`).
 //!
 //! The check before is the snapshot's (this batch is not in it yet), the check after the same
 //! with the batch's new counter values merged: the engine decides the allocation and the
@@ -21,6 +23,13 @@ use crate::store::{self, webhooks};
 
 pub const WARNING: &str = "entitlement.limit.warning";
 pub const REACHED: &str = "entitlement.limit.reached";
+pub const SOFT_WARNING: &str = "entitlement.soft_limit.warning";
+pub const SOFT_REACHED: &str = "entitlement.soft_limit.reached";
+
+/// The usage at which a warning for `limit` fires: `percent`% of it, rounded up, at least 1.
+fn warning_threshold(limit: i64, percent: u32) -> i64 {
+    ((limit * i64::from(percent) + 99) / 100).max(1)
+}
 
 /// Writes the limit messages the batch's counters cause. `usage`: per company, the new
 /// absolute counter values (as `store::events::Touched::usage`).
@@ -35,7 +44,9 @@ pub async fn emit(
     for (env_id, company_id, counters) in usage {
         let wants_warning = cache.webhooks_want(env_id, WARNING);
         let wants_reached = cache.webhooks_want(env_id, REACHED);
-        if !wants_warning && !wants_reached {
+        let wants_soft_warning = cache.webhooks_want(env_id, SOFT_WARNING);
+        let wants_soft_reached = cache.webhooks_want(env_id, SOFT_REACHED);
+        if !(wants_warning || wants_reached || wants_soft_warning || wants_soft_reached) {
             continue;
         }
         let (Some(env), Some(before)) = (
@@ -74,16 +85,26 @@ pub async fn emit(
             let (Some(allocation), Some(usage)) = (ent.allocation, ent.usage) else {
                 continue;
             };
-            if allocation <= 0 {
-                continue;
-            }
             let used_before = was.entitlement.as_ref().and_then(|e| e.usage).unwrap_or(0);
-            let warning_at = ((allocation * i64::from(warning_percent) + 99) / 100).max(1);
             let window = ent.metric_reset_at.unwrap_or(DateTime::UNIX_EPOCH);
-            for (kind, wanted, threshold) in [
-                (WARNING, wants_warning, warning_at),
-                (REACHED, wants_reached, allocation),
-            ] {
+            let mut thresholds = Vec::with_capacity(4);
+            if allocation > 0 {
+                thresholds.push((
+                    WARNING,
+                    wants_warning,
+                    warning_threshold(allocation, warning_percent),
+                ));
+                thresholds.push((REACHED, wants_reached, allocation));
+            }
+            if let Some(soft) = ent.soft_limit.filter(|s| *s > 0) {
+                thresholds.push((
+                    SOFT_WARNING,
+                    wants_soft_warning,
+                    warning_threshold(soft, warning_percent),
+                ));
+                thresholds.push((SOFT_REACHED, wants_soft_reached, soft));
+            }
+            for (kind, wanted, threshold) in thresholds {
                 let crossed = used_before < threshold && usage >= threshold;
                 if !(wanted && crossed) {
                     continue;
@@ -101,6 +122,7 @@ pub async fn emit(
                     "flag_key": flag.key,
                     "event_name": ent.event_name,
                     "allocation": allocation,
+                    "soft_limit": ent.soft_limit,
                     "usage": usage,
                     "threshold": threshold,
                     "warning_percent": warning_percent,

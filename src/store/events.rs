@@ -10,6 +10,7 @@ use sqlx::PgConnection;
 
 use super::companies::{self, UpsertCompany};
 use super::credits;
+use super::meter_events::{self, CounterMoves, MeterContext};
 use super::users::{self, UpsertUser};
 use super::Error;
 use crate::engine::{period, MetricPeriod, MonthReset, UsageCounter};
@@ -57,6 +58,10 @@ pub struct NewEvent {
     pub body: Value,
     pub idempotency_key: Option<String>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// The SDKs' `trusted_client_clock`: `sent_at` is the event's time for billing.
+    pub trusted_client_clock: bool,
+    /// The SDKs' `backfill`: history, counted for usage but never billed.
+    pub backfill: bool,
 }
 
 /// What ingesting a batch did, per input event.
@@ -67,6 +72,8 @@ pub struct Ingested {
     pub duplicate: Vec<bool>,
     /// What the batch changed, for the snapshot.
     pub touched: Touched,
+    /// Meter-event rows written or added to (usage billed through Stripe meters).
+    pub meter_events: u64,
 }
 
 /// The companies, users, credit balances and usage counters a batch changed, each as
@@ -105,11 +112,13 @@ const WINDOWS: [(MetricPeriod, MonthReset); 5] = [
 
 /// What ingestion needs to know about credits: per environment, the fallback plan (a
 /// company without a base plan burns credits as that plan says), and whether any credit
-/// type exists at all (when none does, no entitlement can burn credits).
+/// type exists at all (when none does, no entitlement can burn credits). And about usage
+/// billed through Stripe meters.
 #[derive(Debug, Clone, Default)]
 pub struct CreditContext {
     pub fallback_plans: HashMap<String, String>,
     pub credits_exist: bool,
+    pub meters: MeterContext,
 }
 
 pub async fn ingest(
@@ -125,6 +134,7 @@ pub async fn ingest(
             .collect(),
         duplicate: vec![false; events.len()],
         touched: Touched::default(),
+        meter_events: 0,
     };
     dedupe(conn, events, &mut out).await?;
 
@@ -177,7 +187,19 @@ pub async fn ingest(
     resolve_track_companies(conn, events, &mut out, &mut company_of).await?;
     resolve_track_users(conn, events, &mut out, &company_of, &mut user_of).await?;
     insert_rows(conn, events, &out, &company_of, &user_of).await?;
-    count_usage(conn, events, &mut out, &company_of, now).await?;
+    let (moves, anchors) = count_usage(conn, events, &mut out, &company_of, now).await?;
+    out.meter_events = meter_events::bill(
+        conn,
+        &credit_ctx.meters,
+        events,
+        &out.ids,
+        &out.duplicate,
+        &company_of,
+        &moves,
+        &anchors,
+        now,
+    )
+    .await?;
     if credit_ctx.credits_exist {
         burn_credits(conn, events, &mut out, &company_of, credit_ctx, now).await?;
     }
@@ -634,14 +656,15 @@ async fn burn_credits(
 }
 
 /// Adds every track event's quantity to its company's counters, one row per window, and
-/// queues the new absolute values for the snapshots.
+/// queues the new absolute values for the snapshots. Returns each counter's move (value
+/// after, batch delta) and the billing-cycle anchors used, for metered billing.
 async fn count_usage(
     conn: &mut PgConnection,
     events: &[NewEvent],
     out: &mut Ingested,
     company_of: &[Option<String>],
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(CounterMoves, HashMap<String, DateTime<Utc>>), sqlx::Error> {
     let counted: Vec<(usize, &Track, &String)> = events
         .iter()
         .enumerate()
@@ -651,7 +674,7 @@ async fn count_usage(
         })
         .collect();
     if counted.is_empty() {
-        return Ok(());
+        return Ok(Default::default());
     }
     let mut company_ids: Vec<&str> = counted.iter().map(|c| c.2.as_str()).collect();
     company_ids.sort();
@@ -689,7 +712,9 @@ async fn count_usage(
     }
     // Sorted rows: concurrent batches lock counters in the same order.
     let mut c = CounterColumns::default();
+    let mut moves = CounterMoves::with_capacity(deltas.len());
     for ((company, event, p, r, start), delta) in deltas {
+        moves.insert((company.clone(), event.clone(), p, r), (0, delta));
         c.company.push(company);
         c.event.push(event);
         c.period.push(p);
@@ -720,6 +745,20 @@ async fn count_usage(
         .collect();
     let mut by_company: BTreeMap<String, Vec<UsageCounter>> = BTreeMap::new();
     for r in rows {
+        if let (Some(p), Some(m)) = (
+            MetricPeriod::parse(&r.period),
+            MonthReset::parse(&r.month_reset),
+        ) {
+            let key = (
+                r.company_id.clone(),
+                r.event_name.clone(),
+                p.as_str(),
+                m.as_str(),
+            );
+            if let Some(entry) = moves.get_mut(&key) {
+                entry.0 = r.count;
+            }
+        }
         let (Some(period), Some(month_reset)) = (
             MetricPeriod::parse(&r.period),
             MonthReset::parse(&r.month_reset),
@@ -746,7 +785,7 @@ async fn count_usage(
             .to_string();
         out.touched.usage.push((env, company, counters));
     }
-    Ok(())
+    Ok((moves, anchors))
 }
 
 /// A stored event, with the features whose `event_subtype` is its name.

@@ -21,6 +21,8 @@ pub mod insights;
 pub mod jobs;
 pub mod keys;
 pub mod locks;
+pub mod meter_events;
+pub mod meters;
 pub mod notify;
 pub mod overrides;
 pub mod plans;

@@ -261,13 +261,66 @@ pub fn validate_price_behavior(pb: &str) -> Result<(), Error> {
     }
 }
 
+/// How an entitlement is billed (Schematic's names). `pay_as_you_go` bills every unit and
+/// `overage` the units above the allocation, to the metered price; neither denies at the
+/// allocation, a `soft_limit` (≥ the allocation) does.
+#[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct Billing {
+    #[schema(value_type = Option<String>)]
+    pub price_behavior: Option<String>,
+    pub monthly_metered_price_id: Option<String>,
+    pub yearly_metered_price_id: Option<String>,
+    pub soft_limit: Option<i64>,
+}
+
+impl Billing {
+    /// Whether usage past the allocation is billed rather than denied.
+    pub fn is_metered(&self) -> bool {
+        is_metered_behavior(self.price_behavior.as_deref())
+    }
+
+    /// The rules that need no database: a metered behaviour needs a metered price, and a
+    /// soft limit is not below the allocation. Errors name the field.
+    pub fn validate(&self, allocation: Option<i64>) -> Result<(), Error> {
+        if let Some(pb) = &self.price_behavior {
+            validate_price_behavior(pb)?;
+        }
+        if self.is_metered()
+            && self.monthly_metered_price_id.is_none()
+            && self.yearly_metered_price_id.is_none()
+        {
+            return Err(Error::invalid(format!(
+                "monthly_metered_price_id: price_behavior {:?} bills usage to a metered Stripe price; give monthly_metered_price_id or yearly_metered_price_id",
+                self.price_behavior.as_deref().unwrap_or_default()
+            )));
+        }
+        if let Some(soft) = self.soft_limit {
+            if soft < 0 {
+                return Err(Error::invalid(format!("soft_limit: {soft} is negative")));
+            }
+            if let Some(allocation) = allocation.filter(|a| soft < *a) {
+                return Err(Error::invalid(format!(
+                    "soft_limit: {soft} is below the allocation (value_numeric {allocation})"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `pay_as_you_go` and `overage`: usage past the allocation is billed, not denied.
+pub fn is_metered_behavior(price_behavior: Option<&str>) -> bool {
+    matches!(price_behavior, Some("pay_as_you_go" | "overage"))
+}
+
 /// A `plan_entitlements` row.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EntitlementRow {
     pub id: String,
     pub plan_id: String,
     pub feature_id: String,
-    pub price_behavior: Option<String>,
+    #[sqlx(flatten)]
+    pub billing: Billing,
     #[sqlx(flatten)]
     pub values: EntitlementValues,
 }
@@ -278,14 +331,15 @@ pub async fn insert_entitlement(
     plan_id: &str,
     feature_id: &str,
     values: &EntitlementValues,
-    price_behavior: Option<&str>,
+    billing: &Billing,
 ) -> Result<String, Error> {
     let id = ids::new_id(ids::prefix::PLAN_ENTITLEMENT);
     let res = sqlx::query(
         "INSERT INTO plan_entitlements (id, plan_id, feature_id, value_type, value_bool,
              value_numeric, value_trait_id, value_credit_id, credit_consumption_rate,
-             metric_period, metric_period_month_reset, price_behavior)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             metric_period, metric_period_month_reset, price_behavior,
+             monthly_metered_price_id, yearly_metered_price_id, soft_limit)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&id)
     .bind(plan_id)
@@ -298,7 +352,10 @@ pub async fn insert_entitlement(
     .bind(values.credit_consumption_rate)
     .bind(&values.metric_period)
     .bind(&values.metric_period_month_reset)
-    .bind(price_behavior)
+    .bind(&billing.price_behavior)
+    .bind(&billing.monthly_metered_price_id)
+    .bind(&billing.yearly_metered_price_id)
+    .bind(billing.soft_limit)
     .execute(&mut *conn)
     .await;
     match res {
@@ -321,7 +378,8 @@ pub async fn entitlement_for_update(
     id: &str,
 ) -> Result<Option<EntitlementRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, plan_id, feature_id, price_behavior, value_type, value_bool, value_numeric,
+        "SELECT id, plan_id, feature_id, price_behavior, monthly_metered_price_id,
+                yearly_metered_price_id, soft_limit, value_type, value_bool, value_numeric,
                 value_trait_id, value_credit_id, credit_consumption_rate, metric_period,
                 metric_period_month_reset
          FROM plan_entitlements WHERE id = $1 FOR UPDATE",
@@ -335,12 +393,13 @@ pub async fn update_entitlement(
     conn: &mut PgConnection,
     id: &str,
     values: &EntitlementValues,
-    price_behavior: Option<&str>,
+    billing: &Billing,
 ) -> Result<(), Error> {
     sqlx::query(
         "UPDATE plan_entitlements SET value_type = $2, value_bool = $3, value_numeric = $4,
              value_trait_id = $5, value_credit_id = $6, credit_consumption_rate = $7,
              metric_period = $8, metric_period_month_reset = $9, price_behavior = $10,
+             monthly_metered_price_id = $11, yearly_metered_price_id = $12, soft_limit = $13,
              updated_at = now()
          WHERE id = $1",
     )
@@ -353,7 +412,10 @@ pub async fn update_entitlement(
     .bind(values.credit_consumption_rate)
     .bind(&values.metric_period)
     .bind(&values.metric_period_month_reset)
-    .bind(price_behavior)
+    .bind(&billing.price_behavior)
+    .bind(&billing.monthly_metered_price_id)
+    .bind(&billing.yearly_metered_price_id)
+    .bind(billing.soft_limit)
     .execute(conn)
     .await?;
     Ok(())
@@ -388,7 +450,8 @@ pub struct EntitlementDetailRow {
     pub id: String,
     pub plan_id: String,
     pub feature_id: String,
-    pub price_behavior: Option<String>,
+    #[sqlx(flatten)]
+    pub billing: Billing,
     #[sqlx(flatten)]
     pub values: EntitlementValues,
     pub created_at: DateTime<Utc>,
@@ -415,7 +478,8 @@ pub async fn list_entitlements(
     filter: &EntitlementFilter,
 ) -> Result<Vec<EntitlementDetailRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT e.id, e.plan_id, e.feature_id, e.price_behavior, e.value_type, e.value_bool,
+        "SELECT e.id, e.plan_id, e.feature_id, e.price_behavior, e.monthly_metered_price_id,
+                e.yearly_metered_price_id, e.soft_limit, e.value_type, e.value_bool,
                 e.value_numeric, e.value_trait_id, e.value_credit_id, e.credit_consumption_rate,
                 e.metric_period, e.metric_period_month_reset, e.created_at, e.updated_at,
                 f.key AS f_key, f.name AS f_name, f.description AS f_description,

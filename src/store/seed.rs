@@ -154,27 +154,35 @@ pub async fn upsert_entitlement(
     plan_id: &str,
     feature_id: &str,
     v: &EntitlementValues,
-    price_behavior: Option<&str>,
+    billing: &super::plans::Billing,
 ) -> super::Result<Outcome> {
     let row: Option<(String, bool)> = sqlx::query_as(
         "INSERT INTO plan_entitlements (id, plan_id, feature_id, value_type, value_bool, value_numeric,
              value_trait_id, value_credit_id, credit_consumption_rate, metric_period,
-             metric_period_month_reset, price_behavior)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             metric_period_month_reset, price_behavior, monthly_metered_price_id,
+             yearly_metered_price_id, soft_limit)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT (plan_id, feature_id) DO UPDATE SET value_type = EXCLUDED.value_type,
              value_bool = EXCLUDED.value_bool, value_numeric = EXCLUDED.value_numeric,
              value_trait_id = EXCLUDED.value_trait_id, value_credit_id = EXCLUDED.value_credit_id,
              credit_consumption_rate = EXCLUDED.credit_consumption_rate,
              metric_period = EXCLUDED.metric_period,
              metric_period_month_reset = EXCLUDED.metric_period_month_reset,
-             price_behavior = EXCLUDED.price_behavior, updated_at = now()
+             price_behavior = EXCLUDED.price_behavior,
+             monthly_metered_price_id = EXCLUDED.monthly_metered_price_id,
+             yearly_metered_price_id = EXCLUDED.yearly_metered_price_id,
+             soft_limit = EXCLUDED.soft_limit, updated_at = now()
          WHERE (plan_entitlements.value_type, plan_entitlements.value_bool, plan_entitlements.value_numeric,
                 plan_entitlements.value_trait_id, plan_entitlements.value_credit_id,
                 plan_entitlements.credit_consumption_rate, plan_entitlements.metric_period,
-                plan_entitlements.metric_period_month_reset, plan_entitlements.price_behavior)
+                plan_entitlements.metric_period_month_reset, plan_entitlements.price_behavior,
+                plan_entitlements.monthly_metered_price_id,
+                plan_entitlements.yearly_metered_price_id, plan_entitlements.soft_limit)
                IS DISTINCT FROM (EXCLUDED.value_type, EXCLUDED.value_bool, EXCLUDED.value_numeric,
                 EXCLUDED.value_trait_id, EXCLUDED.value_credit_id, EXCLUDED.credit_consumption_rate,
-                EXCLUDED.metric_period, EXCLUDED.metric_period_month_reset, EXCLUDED.price_behavior)
+                EXCLUDED.metric_period, EXCLUDED.metric_period_month_reset, EXCLUDED.price_behavior,
+                EXCLUDED.monthly_metered_price_id, EXCLUDED.yearly_metered_price_id,
+                EXCLUDED.soft_limit)
          RETURNING id, (xmax = 0)",
     )
     .bind(ids::new_id(ids::prefix::PLAN_ENTITLEMENT))
@@ -188,7 +196,10 @@ pub async fn upsert_entitlement(
     .bind(v.credit_consumption_rate)
     .bind(&v.metric_period)
     .bind(&v.metric_period_month_reset)
-    .bind(price_behavior)
+    .bind(&billing.price_behavior)
+    .bind(&billing.monthly_metered_price_id)
+    .bind(&billing.yearly_metered_price_id)
+    .bind(billing.soft_limit)
     .fetch_optional(&mut *conn)
     .await?;
     Ok(Outcome::of(row))

@@ -28,6 +28,9 @@ pub struct Catalog {
     pub entitlements: HashMap<(String, String), PlanEntitlementInfo>,
     /// Whether any credit type exists (when none does, nothing burns credits).
     pub credit_types_exist: bool,
+    /// Whether any plan entitlement is metered (`pay_as_you_go` / `overage`): when none is,
+    /// ingestion bills nothing and reads nothing for it.
+    pub metered_exist: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +136,7 @@ struct EntitlementRow {
     plan_name: String,
     feature_key: String,
     price_behavior: Option<String>,
+    soft_limit: Option<i64>,
     #[sqlx(flatten)]
     values: EntitlementValues,
 }
@@ -217,7 +221,8 @@ pub async fn catalog(pool: &PgPool) -> Result<Catalog, sqlx::Error> {
 
     let ents: Vec<EntitlementRow> = sqlx::query_as(
         "SELECT e.id, e.plan_id, e.feature_id, p.name AS plan_name, f.key AS feature_key,
-                e.price_behavior, e.value_type, e.value_bool, e.value_numeric, e.value_trait_id,
+                e.price_behavior, e.soft_limit, e.value_type, e.value_bool, e.value_numeric,
+                e.value_trait_id,
                 e.value_credit_id, e.credit_consumption_rate, e.metric_period,
                 e.metric_period_month_reset
          FROM plan_entitlements e
@@ -226,17 +231,23 @@ pub async fn catalog(pool: &PgPool) -> Result<Catalog, sqlx::Error> {
     )
     .fetch_all(pool)
     .await?;
-    let entitlements = ents
+    let entitlements: HashMap<(String, String), PlanEntitlementInfo> = ents
         .into_iter()
         .map(|e| {
+            let mut candidate = e.values.candidate(
+                Source::Plan {
+                    entitlement_id: e.id,
+                },
+                format!("{}: {}", e.plan_name, e.feature_key),
+                None,
+            );
+            if super::plans::is_metered_behavior(e.price_behavior.as_deref()) {
+                candidate.metered = Some(engine::Metered {
+                    soft_limit: e.soft_limit,
+                });
+            }
             let info = PlanEntitlementInfo {
-                candidate: e.values.candidate(
-                    Source::Plan {
-                        entitlement_id: e.id,
-                    },
-                    format!("{}: {}", e.plan_name, e.feature_key),
-                    None,
-                ),
+                candidate,
                 pay_in_advance: e.price_behavior.as_deref() == Some("pay_in_advance"),
             };
             ((e.plan_id, e.feature_id), info)
@@ -246,7 +257,9 @@ pub async fn catalog(pool: &PgPool) -> Result<Catalog, sqlx::Error> {
     let credit_types_exist: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credit_types)")
         .fetch_one(pool)
         .await?;
+    let metered_exist = entitlements.values().any(|e| e.candidate.metered.is_some());
     Ok(Catalog {
+        metered_exist,
         flags_by_key,
         plans,
         plan_ids_by_key,
@@ -620,6 +633,7 @@ impl EntitlementValues {
                 .and_then(engine::MonthReset::parse)
                 .unwrap_or_default(),
             pay_in_advance_quantity: None,
+            metered: None,
             expires_at,
         }
     }

@@ -101,7 +101,7 @@ pub enum Write {
     Updated,
 }
 
-fn written(inserted: Option<bool>) -> Written {
+pub(crate) fn written(inserted: Option<bool>) -> Written {
     inserted.map(|i| if i { Write::Created } else { Write::Updated })
 }
 
@@ -155,6 +155,8 @@ pub struct PriceFields {
     pub recurring_interval: Option<String>,
     pub recurring_interval_count: Option<i32>,
     pub usage_type: Option<String>,
+    /// `recurring.meter`: the meter a metered price bills.
+    pub meter_id: Option<String>,
     pub nickname: Option<String>,
     pub lookup_key: Option<String>,
     pub metadata: Map<String, Value>,
@@ -171,9 +173,9 @@ pub async fn upsert_price(
     let inserted: Option<bool> = sqlx::query_scalar(
         "INSERT INTO billing_prices (environment_id, id, product_id, active, currency, unit_amount,
              billing_scheme, price_type, recurring_interval, recurring_interval_count, usage_type,
-             nickname, lookup_key, metadata, livemode, stripe_created, deleted_at)
+             nickname, lookup_key, metadata, livemode, stripe_created, deleted_at, meter_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                 CASE WHEN $17 THEN now() END)
+                 CASE WHEN $17 THEN now() END, $18)
          ON CONFLICT (environment_id, id) DO UPDATE SET
              product_id = EXCLUDED.product_id, active = EXCLUDED.active,
              currency = EXCLUDED.currency, unit_amount = EXCLUDED.unit_amount,
@@ -182,7 +184,7 @@ pub async fn upsert_price(
              recurring_interval_count = EXCLUDED.recurring_interval_count,
              usage_type = EXCLUDED.usage_type, nickname = EXCLUDED.nickname,
              lookup_key = EXCLUDED.lookup_key, metadata = EXCLUDED.metadata,
-             livemode = EXCLUDED.livemode,
+             livemode = EXCLUDED.livemode, meter_id = EXCLUDED.meter_id,
              stripe_created = COALESCE(EXCLUDED.stripe_created, billing_prices.stripe_created),
              deleted_at = CASE WHEN $17 THEN COALESCE(billing_prices.deleted_at, now()) END,
              updated_at = now()
@@ -191,12 +193,13 @@ pub async fn upsert_price(
                 billing_prices.recurring_interval, billing_prices.recurring_interval_count,
                 billing_prices.usage_type, billing_prices.nickname, billing_prices.lookup_key,
                 billing_prices.metadata, billing_prices.livemode,
-                billing_prices.deleted_at IS NOT NULL)
+                billing_prices.deleted_at IS NOT NULL, billing_prices.meter_id)
                IS DISTINCT FROM
                (EXCLUDED.product_id, EXCLUDED.active, EXCLUDED.currency, EXCLUDED.unit_amount,
                 EXCLUDED.billing_scheme, EXCLUDED.price_type, EXCLUDED.recurring_interval,
                 EXCLUDED.recurring_interval_count, EXCLUDED.usage_type, EXCLUDED.nickname,
-                EXCLUDED.lookup_key, EXCLUDED.metadata, EXCLUDED.livemode, $17)
+                EXCLUDED.lookup_key, EXCLUDED.metadata, EXCLUDED.livemode, $17,
+                EXCLUDED.meter_id)
          RETURNING (xmax = 0)",
     )
     .bind(env_id)
@@ -216,6 +219,7 @@ pub async fn upsert_price(
     .bind(p.livemode)
     .bind(p.stripe_created)
     .bind(p.deleted)
+    .bind(&p.meter_id)
     .fetch_optional(conn)
     .await?;
     Ok(written(inserted))

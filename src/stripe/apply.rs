@@ -14,11 +14,12 @@ use sqlx::PgConnection;
 
 use super::client::StripeClient;
 use super::inbox::{self, Claimed};
-use super::objects::{self, Customer, Price, Product, Subscription};
+use super::objects::{self, Customer, Meter, Price, Product, Subscription};
 use crate::changes::Change;
 use crate::config::EnvironmentConfig;
 use crate::store::companies::{self, UpsertCompany};
 use crate::store::keys::{self, Entity};
+use crate::store::meters::{self, MeterFields};
 use crate::store::stripe::{
     self as store, ItemFields, MembershipSync, PriceFields, ProductFields, SubscriptionFields,
     Write, Written,
@@ -178,6 +179,8 @@ pub async fn apply_object(
     } else if kind.starts_with("product.") {
         let deleted = kind == "product.deleted";
         product(conn, ctx, parse("product", object)?, deleted, v).await
+    } else if kind.starts_with("billing.meter.") {
+        meter(conn, ctx, parse("billing.meter", object)?, v).await
     } else if kind.starts_with("price.") {
         let deleted = kind == "price.deleted";
         price(conn, ctx, parse("price", object)?, deleted, v).await
@@ -372,6 +375,7 @@ pub async fn price(
         recurring_interval: p.recurring.as_ref().map(|r| r.interval.clone()),
         recurring_interval_count: p.recurring.as_ref().and_then(|r| r.interval_count),
         usage_type: p.recurring.as_ref().and_then(|r| r.usage_type.clone()),
+        meter_id: p.recurring.as_ref().and_then(|r| r.meter.clone()),
         id: p.id,
         active: p.active,
         currency: p.currency,
@@ -389,6 +393,44 @@ pub async fn price(
         changes: Vec::new(),
         plan_changes: Vec::new(),
         resync: Vec::new(),
+    }))
+}
+
+/// Applies a meter as of `v` (`billing.meter.deactivated` carries `status = inactive`).
+pub async fn meter(
+    conn: &mut PgConnection,
+    ctx: &Context<'_>,
+    m: Meter,
+    v: Version<'_>,
+) -> Result<Option<Applied>, ApplyError> {
+    if !v.claim(conn, ctx.environment_id, &m.id, "meter").await? {
+        return Ok(None);
+    }
+    let fields = MeterFields {
+        stripe_created: opt_time("created", m.created)?,
+        customer_payload_key: m
+            .customer_mapping
+            .map(|c| c.event_payload_key)
+            .unwrap_or_else(|| objects::DEFAULT_CUSTOMER_PAYLOAD_KEY.into()),
+        value_payload_key: m
+            .value_settings
+            .map(|c| c.event_payload_key)
+            .unwrap_or_else(|| objects::DEFAULT_VALUE_PAYLOAD_KEY.into()),
+        aggregation_formula: m
+            .default_aggregation
+            .map(|a| a.formula)
+            .unwrap_or_else(|| "sum".into()),
+        id: m.id,
+        display_name: m.display_name,
+        event_name: m.event_name,
+        status: m.status,
+        livemode: m.livemode,
+    };
+    let written = meters::upsert_meter(conn, ctx.environment_id, &fields).await?;
+    Ok(Some(Applied {
+        written,
+        changes: Vec::new(),
+        plan_changes: Vec::new(),
     }))
 }
 

@@ -49,6 +49,48 @@ pub enum ClientError {
     Body { path: String, message: String },
 }
 
+/// How one `POST` ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PostOutcome {
+    Accepted,
+    /// Worth trying again (429, 409, 5xx, timeouts, connection failures), after `after`
+    /// when Stripe said so.
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// Stripe refused it for good: its status, error code and message.
+    Rejected {
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+}
+
+/// What a failed answer says about retrying, counted in the request metrics: whether it
+/// was a 429, `Stripe-Should-Retry`, and `Retry-After`.
+fn refusal(response: &reqwest::Response) -> (bool, Option<bool>, Option<Duration>) {
+    let rate_limited = response.status() == StatusCode::TOO_MANY_REQUESTS;
+    crate::metrics::STRIPE_API_REQUESTS.inc(if rate_limited {
+        "rate_limited"
+    } else {
+        "error"
+    });
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+            .map(str::trim)
+    };
+    let should_retry = header("stripe-should-retry").map(|v| v == "true");
+    let retry_after = header(reqwest::header::RETRY_AFTER.as_str())
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64);
+    (rate_limited, should_retry, retry_after)
+}
+
 /// How hard one request tries.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -271,6 +313,87 @@ impl StripeClient {
         })
     }
 
+    /// One `POST` of a form (no retries here: the caller's outbox retries), through the
+    /// environment's rate limiter. A 429's `Retry-After` pauses the whole limiter.
+    #[tracing::instrument(skip(self, form), fields(stripe.request = "post"))]
+    pub async fn post_form(&self, path: &str, form: &[(String, String)]) -> PostOutcome {
+        let url = format!("{}{path}", self.base);
+        let body = match serde_urlencoded::to_string(form) {
+            Ok(b) => b,
+            Err(e) => {
+                return PostOutcome::Rejected {
+                    status: 0,
+                    code: None,
+                    message: format!("the form cannot be encoded: {e}"),
+                }
+            }
+        };
+        self.limiter.acquire().await;
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let sent = self
+            .http
+            .post(&url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body)
+            .timeout(self.timeout)
+            .bearer_auth(&self.api_key)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                crate::metrics::STRIPE_API_REQUESTS.inc("error");
+                let what = if e.is_timeout() {
+                    "timed out"
+                } else if e.is_connect() {
+                    "could not connect"
+                } else {
+                    "request failed"
+                };
+                return PostOutcome::Retry {
+                    after: None,
+                    reason: format!("POST {path}: {what}"),
+                };
+            }
+        };
+        let status = response.status();
+        if status.is_success() {
+            crate::metrics::STRIPE_API_REQUESTS.inc("ok");
+            return PostOutcome::Accepted;
+        }
+        let (rate_limited, should_retry, retry_after) = refusal(&response);
+        let retry_after = retry_after.map(|d| d.min(Duration::from_secs(3600)));
+        let body = response.text().await.unwrap_or_default();
+        let error = serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default();
+        let message = error["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| body.chars().take(200).collect());
+        let code = error["error"]["code"].as_str().map(str::to_string);
+        let retryable = rate_limited || status == StatusCode::CONFLICT || status.is_server_error();
+        if should_retry.unwrap_or(retryable) {
+            if let (true, Some(d)) = (rate_limited, retry_after) {
+                // Stripe asked this account to hold off: hold every request.
+                self.limiter.pause(d);
+            }
+            return PostOutcome::Retry {
+                after: retry_after,
+                reason: format!(
+                    "POST {path}: Stripe answered {}: {message}",
+                    status.as_u16()
+                ),
+            };
+        }
+        PostOutcome::Rejected {
+            status: status.as_u16(),
+            code,
+            message,
+        }
+    }
+
     async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -330,26 +453,9 @@ impl StripeClient {
                 crate::metrics::STRIPE_API_REQUESTS.inc("not_found");
                 return Ok(None);
             }
-            let rate_limited = status == StatusCode::TOO_MANY_REQUESTS;
+            let (rate_limited, should_retry, retry_after) = refusal(&response);
             let retryable =
                 rate_limited || status == StatusCode::CONFLICT || status.is_server_error();
-            crate::metrics::STRIPE_API_REQUESTS.inc(if rate_limited {
-                "rate_limited"
-            } else {
-                "error"
-            });
-            let should_retry = response
-                .headers()
-                .get("stripe-should-retry")
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.trim() == "true");
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64);
             if attempt < self.policy.max_attempts
                 && should_retry.unwrap_or(retryable)
                 && retry_after.is_none_or(|d| d <= self.policy.max_retry_after)

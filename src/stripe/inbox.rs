@@ -33,6 +33,10 @@ pub const HANDLED_TYPES: &[&str] = &[
     "customer.subscription.trial_will_end",
     "customer.subscription.pending_update_applied",
     "customer.subscription.pending_update_expired",
+    "billing.meter.created",
+    "billing.meter.updated",
+    "billing.meter.deactivated",
+    "billing.meter.reactivated",
 ];
 
 pub fn is_handled(kind: &str) -> bool {

@@ -1,7 +1,8 @@
 //! Stripe in: webhook signatures (`signature`), the durable inbox (`inbox`), applying events
 //! and listed objects to companies, billing products and prices, and memberships (`apply`),
 //! the rate-limited API client (`client`), the worker that drains the inbox (`worker`), and
-//! the full reconciliation that lists everything Stripe holds (`reconcile`).
+//! the full reconciliation that lists everything Stripe holds (`reconcile`). And Stripe out:
+//! billable usage sent to Billing Meters from the `meter_events` outbox (`meters`).
 //!
 //! The path of an event: the webhook handler verifies the signature over the raw body,
 //! stores the event in `stripe_events` (concurrent deliveries share one insert and commit:
@@ -17,6 +18,7 @@ pub mod batch;
 pub mod client;
 pub mod inbox;
 pub mod messages;
+pub mod meters;
 pub mod objects;
 pub mod reconcile;
 pub mod signature;

@@ -100,6 +100,49 @@ pub struct Recurring {
     pub interval_count: Option<i32>,
     #[serde(default)]
     pub usage_type: Option<String>,
+    /// The meter a metered price bills (`usage_type = metered`).
+    #[serde(default)]
+    pub meter: Option<String>,
+}
+
+/// A Billing Meter (`/v1/billing/meters`, object `billing.meter`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Meter {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: String,
+    pub event_name: String,
+    #[serde(default)]
+    pub customer_mapping: Option<PayloadKey>,
+    #[serde(default)]
+    pub value_settings: Option<PayloadKey>,
+    #[serde(default)]
+    pub default_aggregation: Option<Aggregation>,
+    #[serde(default = "active")]
+    pub status: String,
+    #[serde(default)]
+    pub livemode: bool,
+    #[serde(default)]
+    pub created: Option<i64>,
+}
+
+/// `customer_mapping` and `value_settings`: which payload key carries the customer / value.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PayloadKey {
+    pub event_payload_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Aggregation {
+    pub formula: String,
+}
+
+/// Stripe's defaults for a meter's payload keys.
+pub const DEFAULT_CUSTOMER_PAYLOAD_KEY: &str = "stripe_customer_id";
+pub const DEFAULT_VALUE_PAYLOAD_KEY: &str = "value";
+
+fn active() -> String {
+    "active".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

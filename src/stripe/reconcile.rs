@@ -2,12 +2,14 @@
 //! endpoints get disabled, accounts get imported; a run repairs all of that.
 //!
 //! A run, per environment:
-//! 1. lists products, prices, customers and subscriptions (`status=all`; items past the
+//! 1. lists meters (`/v1/billing/meters`), products, prices, customers and subscriptions
+//!    (`status=all`; items past the
 //!    embedded page from `/v1/subscription_items`), `limit=100`, and applies every object
 //!    through the same functions webhooks use ([`apply`]), with the page's request time as
 //!    its version: an event older than the listing is skipped later, a newer one wins;
 //! 2. after a type's listing completed without errors, marks the objects of that type that
-//!    it did not see (and no event mentioned since the run started) as deleted;
+//!    it did not see (and no event mentioned since the run started) as deleted (not meters:
+//!    Stripe deactivates them, never deletes them);
 //! 3. lists `/v1/events` from the stored cursor (first run: 30 days back), stores the events
 //!    the inbox never received, and applies them.
 //!
@@ -32,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::apply::{self, Applied, ApplyError, Context, Version};
 use super::client::{ClientError, RetryPolicy, StripeClient};
 use super::inbox::{self, NewEvent};
-use super::objects::{Customer, Price, Product, Subscription};
+use super::objects::{Customer, Meter, Price, Product, Subscription};
 use super::{worker, SyncContext};
 use crate::changes::Change;
 use crate::config::EnvironmentConfig;
@@ -52,10 +54,11 @@ const MAX_ERRORS: usize = 100;
 /// Vanished objects marked per transaction.
 const VANISHED_BATCH: i64 = 500;
 
-/// The object types, in the order they are reconciled: prices name products, subscriptions
-/// name customers and prices.
+/// The object types, in the order they are reconciled: prices name products and meters,
+/// subscriptions name customers and prices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Object {
+    Meters,
     Products,
     Prices,
     Customers,
@@ -63,7 +66,8 @@ pub enum Object {
 }
 
 impl Object {
-    pub const ALL: [Object; 4] = [
+    pub const ALL: [Object; 5] = [
+        Object::Meters,
         Object::Products,
         Object::Prices,
         Object::Customers,
@@ -72,6 +76,7 @@ impl Object {
 
     pub fn name(self) -> &'static str {
         match self {
+            Object::Meters => "meters",
             Object::Products => "products",
             Object::Prices => "prices",
             Object::Customers => "customers",
@@ -82,6 +87,7 @@ impl Object {
     /// `object_type` in `stripe_object_versions`.
     fn singular(self) -> &'static str {
         match self {
+            Object::Meters => "meter",
             Object::Products => "product",
             Object::Prices => "price",
             Object::Customers => "customer",
@@ -91,6 +97,7 @@ impl Object {
 
     fn path(self) -> &'static str {
         match self {
+            Object::Meters => "/v1/billing/meters",
             Object::Products => "/v1/products",
             Object::Prices => "/v1/prices",
             Object::Customers => "/v1/customers",
@@ -233,11 +240,11 @@ pub async fn start(
 
 /// Shared by the pager and the appliers of a run.
 struct RunState {
-    counts: Mutex<[Counts; 4]>,
+    counts: Mutex<[Counts; 5]>,
     errors: Mutex<Vec<String>>,
     error_count: AtomicU64,
     /// A type whose objects did not all apply must not have its unseen objects deleted.
-    incomplete: [AtomicBool; 4],
+    incomplete: [AtomicBool; 5],
 }
 
 impl RunState {
@@ -379,7 +386,9 @@ impl Started {
             if cancel.is_cancelled() {
                 return Err(Fatal::Cancelled);
             }
-            if state.incomplete[object.index()].load(Ordering::Relaxed) {
+            if object == Object::Meters {
+                // Stripe never deletes a meter (it deactivates it): nothing vanishes.
+            } else if state.incomplete[object.index()].load(Ordering::Relaxed) {
                 state.error(
                     None,
                     format!(
@@ -896,6 +905,7 @@ async fn apply_one(
     v: Version<'_>,
 ) -> Result<Option<Applied>, ApplyError> {
     match object {
+        Object::Meters => apply::meter(conn, ctx, parse::<Meter>(object, o)?, v).await,
         Object::Products => apply::product(conn, ctx, parse::<Product>(object, o)?, false, v).await,
         Object::Prices => apply::price(conn, ctx, parse::<Price>(object, o)?, false, v).await,
         Object::Customers => {

@@ -45,9 +45,17 @@
 //! is logged with method, path, query, status and its arrival [`Instant`];
 //! [`FakeStripe::max_requests_in_any_window`] checks a client's rate limit.
 //!
+//! Meters: `GET /v1/billing/meters[/{id}]` (list filter `status`) serve objects `put` with
+//! `"object": "billing.meter"`; `POST /v1/billing/meter_events` is in `meter_events.rs`
+//! (identifier deduplication, Stripe's timestamp window, 429 on overlapping requests for one
+//! customer and meter, per-customer totals). [`FakeStripe::fail_for`] fails every request for
+//! a while.
+//!
 //! The module compiles both in test binaries (`mod fake_stripe;`) and in the
 //! `fake_stripe_server` bench (`#[path]`): it needs nothing from `tests/common`.
 #![allow(dead_code)]
+
+mod meter_events;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -103,8 +111,12 @@ impl Logged {
             .path
             .strip_prefix("/v1/")
             .map(|p| p.split('/').collect::<Vec<_>>())
+            .as_deref()
         {
-            Some(parts) if parts.len() == 2 => format!("/v1/{}/{{id}}", parts[0]),
+            Some(["billing", "meters", _]) => "/v1/billing/meters/{id}".into(),
+            Some([collection, _]) if *collection != "billing" => {
+                format!("/v1/{collection}/{{id}}")
+            }
             _ => self.path.clone(),
         }
     }
@@ -166,10 +178,13 @@ impl Populate {
 #[derive(Default)]
 struct Control {
     failures: VecDeque<Failure>,
+    /// Every authorized request fails this way until the instant.
+    until: Option<(Instant, Failure)>,
     every: Option<(usize, Failure)>,
     counted: usize,
     latency: Duration,
     log: Vec<Logged>,
+    meters: meter_events::Ledger,
 }
 
 #[derive(Clone)]
@@ -404,6 +419,11 @@ impl FakeStripe {
     }
 
     /// Every answer waits `latency` first (zero: none).
+    /// Every authorized request fails with `failure` for the next `duration`.
+    pub fn fail_for(&self, duration: Duration, failure: Failure) {
+        self.control().until = Some((Instant::now() + duration, failure));
+    }
+
     pub fn set_latency(&self, latency: Duration) {
         self.control().latency = latency;
     }
@@ -461,6 +481,12 @@ impl FakeStripe {
     /// The failure this authorized request answers with, if any.
     fn next_failure(&self) -> Option<Failure> {
         let mut control = self.control();
+        if let Some((until, failure)) = control.until.clone() {
+            if Instant::now() < until {
+                return Some(failure);
+            }
+            control.until = None;
+        }
         if let Some(f) = control.failures.pop_front() {
             return Some(f);
         }
@@ -514,6 +540,7 @@ enum Kind {
     Price,
     Subscription,
     Event,
+    Meter,
 }
 
 impl Kind {
@@ -524,6 +551,7 @@ impl Kind {
             "prices" => Kind::Price,
             "subscriptions" => Kind::Subscription,
             "events" => Kind::Event,
+            "billing/meters" => Kind::Meter,
             _ => return None,
         })
     }
@@ -535,6 +563,7 @@ impl Kind {
             "price" => Kind::Price,
             "subscription" => Kind::Subscription,
             "event" => Kind::Event,
+            "billing.meter" => Kind::Meter,
             _ => return None,
         })
     }
@@ -546,6 +575,7 @@ impl Kind {
             Kind::Price => "prices",
             Kind::Subscription => "subscriptions",
             Kind::Event => "events",
+            Kind::Meter => "billing/meters",
         }
     }
 
@@ -556,6 +586,7 @@ impl Kind {
             Kind::Price => "price",
             Kind::Subscription => "subscription",
             Kind::Event => "event",
+            Kind::Meter => "billing meter",
         }
     }
 }
@@ -740,7 +771,7 @@ impl Template {
 
 #[derive(Default)]
 struct Store {
-    cols: [Collection; 5],
+    cols: [Collection; 6],
     seq: u64,
     gen: Option<Box<Generated>>,
 }
@@ -956,8 +987,9 @@ impl ApiError {
             kind: "invalid_request_error",
             message: format!(
                 "Unrecognized request URL ({method}: {path}). The fake Stripe serves GET \
-                 lists and retrieves of customers, products, prices, subscriptions and events, \
-                 and GET /v1/subscription_items."
+                 lists and retrieves of customers, products, prices, subscriptions, events \
+                 and billing/meters, GET /v1/subscription_items and POST \
+                 /v1/billing/meter_events."
             ),
             param: None,
             code: None,
@@ -1024,10 +1056,13 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
     let at = Instant::now();
     let latency = fake.control().latency;
-    if !latency.is_zero() {
+    let meter_event = method == Method::POST && uri.path() == "/v1/billing/meter_events";
+    // A meter event spends its latency while in flight (see `meter_events`).
+    if !latency.is_zero() && !meter_event {
         tokio::time::sleep(latency).await;
     }
     let authorization = headers
@@ -1047,6 +1082,8 @@ async fn handle(
         .into_response()
     } else if let Some(failure) = fake.next_failure() {
         failure_response(&failure)
+    } else if meter_event {
+        meter_events::post(&fake, &body, latency).await
     } else {
         // Render under the read lock; serialize after it.
         let answer = answer(&fake.store(), &method, path, query);
@@ -1078,6 +1115,8 @@ fn answer(store: &Store, method: &Method, path: &str, query: &str) -> Result<Vec
         .split('/')
         .collect();
     match parts[..] {
+        ["billing", "meters"] => list(store, Kind::Meter, &parse_list(Some(Kind::Meter), query)?),
+        ["billing", "meters", id] if !id.is_empty() => retrieve(store, Kind::Meter, id),
         ["subscription_items"] => {
             let items = list_items(store, &parse_list(None, query)?)?;
             Ok(serde_json::to_vec(&items).expect("JSON"))
@@ -1139,6 +1178,7 @@ struct ListQuery {
     price: Option<String>,
     types: Vec<String>,
     subscription: Option<String>,
+    meter_status: Option<String>,
 }
 
 fn parse_int(value: &str, param: &str) -> Result<i64, ApiError> {
@@ -1232,6 +1272,15 @@ fn parse_list(kind: Option<Kind>, query: &str) -> Result<ListQuery, ApiError> {
                     }
                 })
             }
+            (Some(Kind::Meter), "status") => match value.as_str() {
+                "active" | "inactive" => q.meter_status = Some(value),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "Invalid status: must be one of active, inactive",
+                        "status",
+                    ))
+                }
+            },
             (Some(Kind::Subscription), "customer") => q.customer = Some(value),
             (Some(Kind::Subscription), "price") => q.price = Some(value),
             (Some(Kind::Event), "type" | "types[]") => {
@@ -1466,6 +1515,11 @@ fn matches(e: &Entry, q: &ListQuery, gen: Option<&Generated>) -> bool {
             _ => false,
         };
         if !ok {
+            return false;
+        }
+    }
+    if let Some(status) = &q.meter_status {
+        if field("status") != Some(status.as_str()) {
             return false;
         }
     }
