@@ -1,6 +1,6 @@
 //! The composition root: builds the state from the configuration, starts the background
-//! tasks (snapshot listener, scheduler, check-count flusher, outbound webhook delivery,
-//! Stripe inbox workers) and
+//! tasks (database probe, snapshot listener, scheduler, check-count flusher, outbound webhook
+//! delivery, Stripe inbox workers) and
 //! serves until shutdown. Nothing imports this module but the CLI.
 
 use std::sync::Arc;
@@ -39,6 +39,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
         publisher.clone(),
         config.webhooks.limit_warning_percent,
     );
+    let breaker = store::breaker::Breaker::new(store::db::connect_options(&config)?);
     Ok((
         AppState {
             pool,
@@ -48,6 +49,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
             ingestor,
             checks,
             stripe: Arc::new(Stripe::default()),
+            db: Arc::new(breaker),
         },
         listener,
     ))
@@ -61,6 +63,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (state, pg_listener) = build_state(config).await?;
     let tracker = TaskTracker::new();
+    // Probes Postgres, so requests answer 503 at once while it is down.
+    tracker.spawn({
+        let (breaker, shutdown) = (state.db.clone(), shutdown.clone());
+        async move { breaker.run(shutdown).await }
+    });
     changes::spawn_listener(
         state.cache.clone(),
         state.changes.clone(),
