@@ -63,6 +63,7 @@ curl -sf -X POST "http://127.0.0.1:$PORT/flags/check-bulk" -H "$H" -d "$BULK_REQ
 FLAGS=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["data"]["flags"]))' "$TMP/all.json")
 ENTITLED=$(python3 -c 'import json,sys; print(sum(f["value"] for f in json.load(open(sys.argv[1]))["data"]["flags"]))' "$TMP/all.json")
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["data"]["data"]; assert len(d) == int(sys.argv[2]) and all(len(c["flags"]) == int(sys.argv[3]) for c in d), "bad bulk answer"' "$TMP/bulk.json" "$BULK_CONTEXTS" "$FLAGS"
+[ "$FLAGS" -eq 50 ] || { echo "expected 50 flags, got $FLAGS"; exit 1; }
 
 "$BASELINE" "$BASE_PORT" "$TMP/body.json" "$TMP/all.json" "$TMP/bulk.json" & PIDS+=($!)
 for _ in $(seq 1 100); do curl -sf -X POST "http://127.0.0.1:$BASE_PORT/noop" >/dev/null && break; sleep 0.1; done
