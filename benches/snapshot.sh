@@ -30,6 +30,8 @@ export ENTITLED_LOG__LEVEL=warn
 $BIN migrate >/dev/null
 $BIN seed fixtures/demo-catalog.toml >/dev/null
 $BIN seed benches/bench-catalog.toml >/dev/null
+# Creating a key syncs the configured environments into the database.
+$BIN api-key create --environment development --name bench >/dev/null
 ENV=$($PSQL -d $DB -c "SELECT id FROM environments WHERE key = 'development'")
 
 have=0
