@@ -1,6 +1,6 @@
 //! The composition root: builds the state from the configuration, starts the background
-//! tasks (snapshot listener, scheduler, check-count flusher, outbound webhook delivery,
-//! Stripe inbox workers) and
+//! tasks (database probe, snapshot listener, scheduler, check-count flusher, outbound webhook
+//! delivery, Stripe inbox workers) and
 //! serves until shutdown. Nothing imports this module but the CLI.
 
 use std::sync::Arc;
@@ -40,6 +40,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
         config.webhooks.limit_warning_percent,
     );
     let stripe = Arc::new(Stripe::new(&config.stripe));
+    let breaker = store::breaker::Breaker::new(store::db::connect_options(&config)?);
     Ok((
         AppState {
             pool,
@@ -49,6 +50,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
             ingestor,
             checks,
             stripe,
+            db: Arc::new(breaker),
         },
         listener,
     ))
@@ -62,6 +64,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (state, pg_listener) = build_state(config).await?;
     let tracker = TaskTracker::new();
+    // Probes Postgres, so requests answer 503 at once while it is down.
+    tracker.spawn({
+        let (breaker, shutdown) = (state.db.clone(), shutdown.clone());
+        async move { breaker.run(shutdown).await }
+    });
     changes::spawn_listener(
         state.cache.clone(),
         state.changes.clone(),

@@ -82,8 +82,16 @@ impl<const N: usize, C: CounterSeries> FixedCounter<N, C> {
 
     /// Counts one for `value`; values outside the set count under the last one.
     pub fn inc(&self, value: &str) {
+        self.add(value, 1);
+    }
+
+    /// Counts `n` for `value` at once (an all-flags check counts its answers per outcome).
+    pub fn add(&self, value: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
         let i = self.values.iter().position(|v| *v == value);
-        self.series[i.unwrap_or(N - 1)].add(1);
+        self.series[i.unwrap_or(N - 1)].add(n);
     }
 
     /// Counts `n` for `value`, like [`FixedCounter::inc`].
@@ -392,6 +400,13 @@ pub static WRITES: LazyLock<LabeledCounter> = LazyLock::new(|| LabeledCounter::n
 pub static EVENTS_INGESTED: LazyLock<Counter> = LazyLock::new(Counter::default);
 pub static EVENTS_DUPLICATE: LazyLock<Counter> = LazyLock::new(Counter::default);
 pub static DB_UNAVAILABLE: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// 1 while the database breaker is open (Postgres known to be down), else 0.
+pub static DB_BREAKER_OPEN: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+/// Breaker transitions, by the state entered.
+pub static DB_BREAKER_TRANSITIONS: LazyLock<FixedCounter<2>> =
+    LazyLock::new(|| FixedCounter::new("to", ["open", "closed"]));
+/// Requests answered 503 at once because the breaker was open.
+pub static DB_BREAKER_REJECTED: LazyLock<Counter> = LazyLock::new(Counter::default);
 pub static CHECK_COUNT_FLUSHES: LazyLock<FixedCounter<2>> =
     LazyLock::new(|| FixedCounter::new("outcome", ["ok", "error"]));
 
@@ -533,6 +548,21 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "entitled_db_unavailable",
         "Requests answered 503 because Postgres was unreachable or the pool had no free connection in time",
         DB_UNAVAILABLE.clone(),
+    );
+    r.register(
+        "entitled_db_breaker_open",
+        "1 while Postgres is known to be down (writes and webhooks answer 503 at once), else 0",
+        DB_BREAKER_OPEN.clone(),
+    );
+    r.register(
+        "entitled_db_breaker_transitions",
+        "Database breaker transitions, by the state entered",
+        DB_BREAKER_TRANSITIONS.clone(),
+    );
+    r.register(
+        "entitled_db_breaker_rejected",
+        "Requests answered 503 at once because the database breaker was open",
+        DB_BREAKER_REJECTED.clone(),
     );
     r.register(
         "entitled_insights_check_flushes",

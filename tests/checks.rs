@@ -283,6 +283,120 @@ async fn check_all_flags_has_sdk_shape() {
     assert_eq!(body["data"]["credit_spend_policies"], json!([]));
 }
 
+/// `/flags/check-bulk` answers, per context and in order, exactly what `/flags/check` answers
+/// for that context, whose flags are exactly what `/flags/{key}/check` answers.
+#[tokio::test]
+async fn check_bulk_answers_every_flag_for_each_context() {
+    let app = seeded("").await;
+    let pro = plan_id(&app, "pro").await;
+    app.create(
+        "/companies",
+        json!({"keys": {"id": "bulk-a"}, "base_plan_id": pro, "traits": {"projects_count": 4}}),
+    )
+    .await;
+    let contexts = vec![
+        json!({"company": {"id": "bulk-a"}, "user": null}),
+        json!({"company": {"id": "nobody"}}),
+        json!({}),
+    ];
+    let (s, bulk) = app
+        .post("/flags/check-bulk", json!({ "contexts": contexts }))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{bulk}");
+    assert_eq!(bulk["params"], json!({}));
+    let answers = bulk["data"]["data"].as_array().unwrap();
+    assert_eq!(answers.len(), 3);
+    for (context, answer) in contexts.iter().zip(answers) {
+        let (s, all) = app.post("/flags/check", context.clone()).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(answer, &all["data"], "{context}");
+        assert_eq!(answer["credit_spend_policies"], json!([]));
+        let flags = answer["flags"].as_array().unwrap();
+        assert_eq!(flags.len(), 9);
+        let keys: Vec<&str> = flags.iter().map(|f| f["flag"].as_str().unwrap()).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        for f in flags {
+            let path = format!("/flags/{}/check", f["flag"].as_str().unwrap());
+            let (s, one) = app.post(&path, context.clone()).await;
+            assert_eq!(s, StatusCode::OK);
+            assert_eq!(f, &one["data"], "{path} for {context}");
+        }
+    }
+    let known = &answers[0]["flags"];
+    let projects = known
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["flag"] == "projects");
+    let projects = projects.unwrap();
+    assert_eq!(
+        (projects["value"].clone(), projects["feature_usage"].clone()),
+        (json!(true), json!(4)),
+        "{projects}"
+    );
+    assert!(known[0]["company_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("comp_"));
+    assert_eq!(answers[1]["flags"][0]["company_id"], Value::Null);
+
+    // No contexts: no answers.
+    let (s, body) = app.post("/flags/check-bulk", json!({"contexts": []})).await;
+    assert_eq!(
+        (s, body["data"]["data"].clone()),
+        (StatusCode::OK, json!([]))
+    );
+}
+
+#[tokio::test]
+async fn check_bulk_names_the_bad_field() {
+    let app = seeded("").await;
+    let too_many: Vec<Value> = (0..=entitled::api::checks::MAX_BULK_CONTEXTS)
+        .map(|i| json!({"company": {"id": format!("c{i}")}}))
+        .collect();
+    let cases = [
+        (json!({}), "contexts"),
+        (json!({"contexts": {"company": {"id": "a"}}}), "contexts"),
+        (
+            json!({"contexts": [{"company": "a"}]}),
+            "contexts[0].company",
+        ),
+        (
+            json!({"contexts": [{"company": {"id": "a"}}, {"company": {"id": [1]}}]}),
+            "contexts[1].company.id",
+        ),
+        (
+            json!({"contexts": [{"user": {"email": {"x": 1}}}]}),
+            "contexts[0].user.email",
+        ),
+        (json!({ "contexts": too_many }), "contexts"),
+    ];
+    for (body, field) in cases {
+        let (s, err) = app.post("/flags/check-bulk", body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {err}");
+        let msg = err["error"].as_str().unwrap();
+        assert!(msg.contains(field), "{body}: {msg}");
+    }
+    let (s, _) = app
+        .send(
+            Method::POST,
+            "/flags/check-bulk",
+            Some(&json!({"contexts": []})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = app
+        .send(
+            Method::POST,
+            "/flags/check-bulk",
+            Some(&json!({"contexts": [{}]})),
+            Some(&app.readonly_key),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "readonly keys may check");
+}
+
 #[tokio::test]
 async fn fallback_plan_applies_without_a_base_plan() {
     let app = seeded("[[environments]]\nkey = \"development\"\nname = \"Development\"\nfallback_plan = \"free\"\n").await;

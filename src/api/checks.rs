@@ -1,9 +1,12 @@
-//! `POST /flags/{key}/check` and `POST /flags/check`: answered from the in-memory snapshot,
-//! never from Postgres. The decision itself is made by `engine::evaluate`.
+//! `POST /flags/{key}/check`, `POST /flags/check` and `POST /flags/check-bulk`: answered from
+//! the in-memory snapshot, never from Postgres. The decision itself is made by
+//! `engine::evaluate`; each answer is serialised straight from the evaluation into the
+//! response buffer (no per-flag view is built).
 
 use std::time::Instant;
 
 use axum::extract::{Request, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,11 +16,11 @@ use super::auth::Auth;
 use super::envelope::Envelope;
 use super::extract::{parse_json, read_body, Path};
 use super::openapi::{Enveloped, Errors};
-use super::views::{key_pairs, EntitlementView};
+use super::views::{key_pairs, EntitlementRef, EntitlementView};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
-use crate::cache::{CheckOutcome, KeyMap};
-use crate::engine::MetricPeriod;
+use crate::cache::{Catalog, CheckOutcome, Found, KeyMap};
+use crate::engine::{self, Evaluation, MetricPeriod};
 use crate::metrics;
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -30,8 +33,10 @@ pub struct CheckBody {
     user: Option<Map<String, Value>>,
 }
 
-/// `CheckFlagResponseData`.
+/// `CheckFlagResponseData`: the schema of one flag's answer. Answers are written by
+/// [`FlagAnswer`], borrowed from the evaluation; a test keeps the two field lists equal.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
 pub struct CheckView {
     pub flag: String,
     pub flag_id: String,
@@ -50,31 +55,81 @@ pub struct CheckView {
     pub feature_usage_reset_at: Option<DateTime<Utc>>,
 }
 
-impl From<CheckOutcome> for CheckView {
-    fn from(o: CheckOutcome) -> Self {
-        let e = o.evaluation;
-        let entitlement = e.entitlement.as_ref().map(EntitlementView::from);
-        CheckView {
-            flag: o.flag.key.clone(),
-            flag_id: o.flag.id.clone(),
+/// One flag's answer (`CheckFlagResponseData`), serialised straight from the flag and its
+/// evaluation: nothing is copied to answer a check.
+#[derive(Serialize)]
+struct FlagAnswer<'a> {
+    flag: &'a str,
+    flag_id: &'a str,
+    value: bool,
+    reason: &'a str,
+    rule_type: &'static str,
+    rule_id: Option<&'a str>,
+    company_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    error: Option<&'a str>,
+    entitlement: Option<EntitlementRef<'a>>,
+    feature_allocation: Option<i64>,
+    feature_usage: Option<i64>,
+    feature_usage_event: Option<&'a str>,
+    feature_usage_period: Option<&'static str>,
+    feature_usage_reset_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> FlagAnswer<'a> {
+    fn new(
+        flag: &'a engine::Flag,
+        e: &'a Evaluation,
+        company_id: Option<&'a str>,
+        user_id: Option<&'a str>,
+    ) -> Self {
+        let report = e.entitlement.as_ref();
+        FlagAnswer {
+            flag: &flag.key,
+            flag_id: &flag.id,
             value: e.value,
-            reason: e.reason,
+            reason: &e.reason,
             rule_type: e.rule_type.as_str(),
-            rule_id: e.rule_id,
-            company_id: o.company_id,
-            user_id: o.user_id,
+            rule_id: e.rule_id.as_deref(),
+            company_id,
+            user_id,
             error: None,
-            feature_allocation: entitlement.as_ref().and_then(|x| x.allocation),
-            feature_usage: entitlement.as_ref().and_then(|x| x.usage),
-            feature_usage_event: entitlement.as_ref().and_then(|x| x.event_name.clone()),
-            feature_usage_period: e
-                .entitlement
-                .as_ref()
-                .and_then(|x| x.metric_period)
+            entitlement: report.map(EntitlementRef::from),
+            feature_allocation: report.and_then(|r| r.allocation),
+            feature_usage: report.and_then(|r| r.usage),
+            feature_usage_event: report.and_then(|r| r.event_name.as_deref()),
+            feature_usage_period: report
+                .and_then(|r| r.metric_period)
                 .map(MetricPeriod::as_str),
-            feature_usage_reset_at: entitlement.as_ref().and_then(|x| x.metric_reset_at),
-            entitlement,
+            feature_usage_reset_at: report.and_then(|r| r.metric_reset_at),
         }
+    }
+}
+
+/// A single check's answer, as the REST and MCP checks return it.
+pub struct Checked(CheckOutcome);
+
+impl Serialize for Checked {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let o = &self.0;
+        FlagAnswer::new(
+            &o.flag,
+            &o.evaluation,
+            o.company_id.as_deref(),
+            o.user_id.as_deref(),
+        )
+        .serialize(s)
+    }
+}
+
+impl CheckBody {
+    /// The company and user keys; `at` prefixes the field names in errors (`contexts[2].`).
+    fn keys(&self, at: &str) -> AppResult<(KeyMap, KeyMap)> {
+        let pairs = |field: &str, keys: &Option<Map<String, Value>>| match keys {
+            Some(k) => key_pairs(&format!("{at}{field}"), k),
+            None => Ok(Vec::new()),
+        };
+        Ok((pairs("company", &self.company)?, pairs("user", &self.user)?))
     }
 }
 
@@ -86,15 +141,7 @@ async fn context(req: Request, state: &AppState) -> AppResult<(KeyMap, KeyMap)> 
     } else {
         parse_json(&bytes)?
     };
-    let company = match &body.company {
-        Some(c) => key_pairs("company", c)?,
-        None => Vec::new(),
-    };
-    let user = match &body.user {
-        Some(u) => key_pairs("user", u)?,
-        None => Vec::new(),
-    };
-    Ok((company, user))
+    body.keys("")
 }
 
 #[derive(Serialize)]
@@ -111,9 +158,9 @@ pub async fn check_one(
     req: Request,
 ) -> AppResult<Response> {
     let (company, user) = context(req, &state).await?;
-    let view = check_flag(&state, &auth, &key, &company, &user)?;
+    let checked = check_flag(&state, &auth, &key, &company, &user)?;
     Ok(axum::Json(Envelope {
-        data: view,
+        data: checked,
         params: Empty {},
     })
     .into_response())
@@ -127,7 +174,7 @@ pub fn check_flag(
     key: &str,
     company: &KeyMap,
     user: &KeyMap,
-) -> AppResult<CheckView> {
+) -> AppResult<Checked> {
     let started = Instant::now();
     let catalog = state.cache.catalog();
     let Some(flag) = catalog.flags_by_key.get(key) else {
@@ -139,16 +186,38 @@ pub fn check_flag(
     metrics::CHECKS.inc(if value { "true" } else { "false" });
     state.checks.record(auth.env_id(), &flag.id, value);
     metrics::CHECK_SECONDS.observe(started.elapsed().as_secs_f64());
-    Ok(CheckView::from(outcome))
+    Ok(Checked(outcome))
 }
 
 /// `CheckFlagsResponseData`.
 #[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
 struct CheckAllView {
     flags: Vec<CheckView>,
     #[schema(value_type = Vec<Object>)]
     credit_spend_policies: Vec<Value>,
 }
+
+/// `CheckFlagsBulkResponseData`: one `CheckFlagsResponseData` per context, in order.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct CheckBulkView {
+    data: Vec<CheckAllView>,
+}
+
+/// `POST /flags/check-bulk`: `CheckFlagsBulkRequestBody`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"contexts": [{"company": {"id": "acme"}}, {"company": {"id": "globex"}, "user": {"email": "ada@example.com"}}]}))]
+pub struct CheckBulkBody {
+    /// The companies and users to check every flag for; at most `MAX_BULK_CONTEXTS`.
+    contexts: Vec<CheckBody>,
+}
+
+/// The most contexts one `/flags/check-bulk` request may name: each answers every flag.
+pub const MAX_BULK_CONTEXTS: usize = 100;
+
+/// Bytes reserved per flag for an answer, so an all-flags buffer rarely grows.
+const ANSWER_BYTES_PER_FLAG: usize = 768;
 
 #[utoipa::path(post, path = "/flags/check", tag = "checks",
     request_body(content = CheckBody, description = "The company and user to check for; may be empty"),
@@ -161,35 +230,172 @@ pub async fn check_all(
     let (company, user) = context(req, &state).await?;
     let started = Instant::now();
     let catalog = state.cache.catalog();
-    let now = Utc::now();
-    let company = (!company.is_empty())
-        .then(|| auth.env.find_company(&company))
-        .flatten();
-    let user = (!user.is_empty())
-        .then(|| auth.env.find_user(&user))
-        .flatten();
-    let mut flags: Vec<_> = catalog.flags_by_key.values().collect();
-    flags.sort_by(|a, b| a.key.cmp(&b.key));
-    let views: Vec<CheckView> = flags
-        .into_iter()
-        .map(|flag| {
-            let o = auth
-                .env
-                .check_resolved(&catalog, flag, company.clone(), user.clone(), now);
-            metrics::CHECKS.inc(if o.evaluation.value { "true" } else { "false" });
-            state
-                .checks
-                .record(auth.env_id(), &flag.id, o.evaluation.value);
-            CheckView::from(o)
-        })
-        .collect();
+    let found = auth.env.find(&company, &user);
+    let mut out = Vec::with_capacity(64 + catalog.flags_sorted.len() * ANSWER_BYTES_PER_FLAG);
+    out.extend_from_slice(b"{\"data\":");
+    write_flags(&mut out, &state, &auth, &catalog, &found, Utc::now())?;
+    out.extend_from_slice(b",\"params\":{}}");
     metrics::CHECK_SECONDS.observe(started.elapsed().as_secs_f64());
-    Ok(axum::Json(Envelope {
-        data: CheckAllView {
-            flags: views,
-            credit_spend_policies: Vec::new(),
-        },
-        params: Empty {},
-    })
-    .into_response())
+    Ok(json_response(out))
+}
+
+#[utoipa::path(post, path = "/flags/check-bulk", tag = "checks",
+    request_body(content = CheckBulkBody, description = "The contexts to check every flag for"),
+    responses((status = 200, description = "Every flag's value for each context, in the order sent", body = Enveloped<CheckBulkView>), Errors))]
+#[tracing::instrument(skip_all, fields(contexts))]
+pub async fn check_bulk(
+    State(state): State<AppState>,
+    auth: Auth,
+    req: Request,
+) -> AppResult<Response> {
+    let bytes = read_body(req, &state).await?;
+    let body: CheckBulkBody = parse_json(&bytes)?;
+    tracing::Span::current().record("contexts", body.contexts.len());
+    if body.contexts.len() > MAX_BULK_CONTEXTS {
+        return Err(AppError::bad_request(format!(
+            "contexts: at most {MAX_BULK_CONTEXTS} contexts per request, got {}",
+            body.contexts.len()
+        )));
+    }
+    let keys = body
+        .contexts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.keys(&format!("contexts[{i}].")))
+        .collect::<AppResult<Vec<_>>>()?;
+    let started = Instant::now();
+    let catalog = state.cache.catalog();
+    let now = Utc::now();
+    let mut out = Vec::with_capacity(
+        64 + keys.len() * (32 + catalog.flags_sorted.len() * ANSWER_BYTES_PER_FLAG),
+    );
+    out.extend_from_slice(b"{\"data\":{\"data\":[");
+    for (i, (company, user)) in keys.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let found = auth.env.find(company, user);
+        write_flags(&mut out, &state, &auth, &catalog, &found, now)?;
+    }
+    out.extend_from_slice(b"]},\"params\":{}}");
+    metrics::CHECK_SECONDS.observe(started.elapsed().as_secs_f64());
+    Ok(json_response(out))
+}
+
+/// Writes one `CheckFlagsResponseData` (every flag, in key order) for what `found` holds
+/// into `out`, each answer serialised as it is evaluated; counts them for metrics and
+/// insights.
+fn write_flags(
+    out: &mut Vec<u8>,
+    state: &AppState,
+    auth: &Auth,
+    catalog: &Catalog,
+    found: &Found,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    let subject = found.subject(&auth.env, catalog);
+    let mut allowed = 0;
+    out.extend_from_slice(b"{\"flags\":[");
+    for (i, flag) in catalog.flags_sorted.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let e = auth.env.evaluate(catalog, flag, &subject, now);
+        let answer = FlagAnswer::new(flag, &e, subject.company_id, subject.user_id);
+        serde_json::to_writer(&mut *out, &answer).map_err(|e| AppError::Internal(e.into()))?;
+        allowed += u64::from(e.value);
+        state.checks.record(auth.env_id(), &flag.id, e.value);
+    }
+    out.extend_from_slice(b"],\"credit_spend_policies\":[]}");
+    let total = catalog.flags_sorted.len() as u64;
+    metrics::CHECKS.add("true", allowed);
+    metrics::CHECKS.add("false", total - allowed);
+    Ok(())
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{CreditBalance, EntitlementReport, RuleType};
+    use utoipa::PartialSchema;
+
+    fn evaluation(entitlement: Option<EntitlementReport>) -> Evaluation {
+        Evaluation {
+            value: true,
+            reason: "Matched plan entitlement rule \"Pro: api\" (pe_1)".into(),
+            rule_type: RuleType::PlanEntitlement,
+            rule_id: Some("pe_1".into()),
+            entitlement,
+        }
+    }
+
+    fn report() -> EntitlementReport {
+        EntitlementReport {
+            feature_id: "feat_1".into(),
+            feature_key: "api".into(),
+            value_type: "numeric",
+            allocation: Some(10),
+            soft_limit: None,
+            usage: Some(3),
+            event_name: Some("api_call".into()),
+            metric_period: Some(MetricPeriod::CurrentMonth),
+            metric_reset_at: Some(Utc::now()),
+            credit_id: Some("cred_1".into()),
+            credit: Some(CreditBalance {
+                total: 5.0,
+                used: 1.0,
+                remaining: 4.0,
+            }),
+            month_reset: None,
+            expires_at: None,
+        }
+    }
+
+    fn properties<T: PartialSchema>() -> Vec<String> {
+        let schema = serde_json::to_value(T::schema()).unwrap();
+        let mut keys: Vec<String> = schema["properties"]
+            .as_object()
+            .expect("an object schema")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn keys(v: &Value) -> Vec<String> {
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// What the checks write is what the OpenAPI document (and the SDK) says they write.
+    #[test]
+    fn borrowed_answers_have_the_documented_fields() {
+        let flag = engine::Flag {
+            id: "flag_1".into(),
+            key: "api".into(),
+            default_value: false,
+            feature: None,
+            rules: Vec::new(),
+        };
+        let r = report();
+        let e = evaluation(Some(r.clone()));
+        let answer =
+            serde_json::to_value(FlagAnswer::new(&flag, &e, Some("comp_1"), None)).unwrap();
+        assert_eq!(keys(&answer), properties::<CheckView>());
+        assert_eq!(answer["feature_usage_event"], "api_call");
+        assert_eq!(answer["feature_usage_period"], "current_month");
+        assert_eq!(answer["company_id"], "comp_1");
+        assert_eq!(answer["entitlement"]["credit_remaining"], 4.0);
+        let owned = serde_json::to_value(EntitlementView::from(&r)).unwrap();
+        assert_eq!(answer["entitlement"], owned);
+
+        let none = serde_json::to_value(FlagAnswer::new(&flag, &evaluation(None), None, None));
+        assert_eq!(none.unwrap()["entitlement"], Value::Null);
+    }
 }

@@ -24,6 +24,9 @@ pub enum AppError {
     Unprocessable(String),
     #[error("the database is unavailable; try again")]
     Unavailable(#[source] sqlx::Error),
+    /// The database breaker is open: answered without trying Postgres.
+    #[error("the database is unavailable; try again")]
+    DatabaseDown,
     #[error("internal error")]
     Database(#[source] sqlx::Error),
     #[error("internal error")]
@@ -49,7 +52,7 @@ impl AppError {
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::DatabaseDown => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Database(_) | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,12 +107,21 @@ impl AppError {
     }
 }
 
+/// Marks a response answered 503 because Postgres did not answer (see `api::breaker`).
+#[derive(Clone, Copy, Debug)]
+pub struct DatabaseUnreachable;
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
         self.log();
         let body = serde_json::json!({ "error": self.to_string() });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let AppError::Unavailable(_) = self {
+            // Tells the route's breaker layer that Postgres was seen unreachable.
+            response.extensions_mut().insert(DatabaseUnreachable);
+        }
+        response
     }
 }
 

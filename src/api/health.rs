@@ -23,13 +23,24 @@ pub async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-/// The database is reachable and every migration is applied.
+/// The database is reachable and every migration is applied. While the database breaker is
+/// open (Postgres known to be down) the answer is 503 at once.
 #[utoipa::path(get, path = "/ready", tag = "operations", security(()),
     responses(
         (status = 200, description = "Ready to serve", body = Status),
         (status = 503, description = "Postgres unreachable or migrations pending", body = ErrorBody),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
+    let unreachable = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": "database unreachable"})),
+        )
+            .into_response()
+    };
+    if state.db.is_open() {
+        return unreachable();
+    }
     match store::db::migrations_applied(&state.pool).await {
         Ok(true) => axum::Json(json!({"status": "ready"})).into_response(),
         Ok(false) => (
@@ -39,11 +50,10 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"error": "database unreachable"})),
-            )
-                .into_response()
+            if e.is_unavailable() {
+                state.db.suspect();
+            }
+            unreachable()
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, one file per resource.
 
 pub mod auth;
+mod breaker;
 pub mod checks;
 pub mod companies;
 pub mod credits;
@@ -42,6 +43,17 @@ pub struct Route {
     pub method: Method,
     pub path: &'static str,
     router: MethodRouter<AppState>,
+    /// Whether the route needs Postgres (then it answers 503 at once while the database
+    /// breaker is open); false for the checks, served from the snapshot, and operations.
+    pub needs_db: bool,
+}
+
+impl Route {
+    /// A route answered without Postgres: the database breaker leaves it alone.
+    fn without_db(mut self) -> Route {
+        self.needs_db = false;
+        self
+    }
 }
 
 fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
@@ -54,6 +66,7 @@ where
         method,
         path,
         router: axum::routing::on(filter, handler),
+        needs_db: true,
     }
 }
 
@@ -62,10 +75,10 @@ where
 pub fn routes() -> Vec<Route> {
     use Method as M;
     vec![
-        route(M::GET, "/health", health::health),
-        route(M::GET, "/ready", health::ready),
-        route(M::GET, "/metrics", health::metrics),
-        route(M::GET, "/openapi.json", openapi::openapi_json),
+        route(M::GET, "/health", health::health).without_db(),
+        route(M::GET, "/ready", health::ready).without_db(),
+        route(M::GET, "/metrics", health::metrics).without_db(),
+        route(M::GET, "/openapi.json", openapi::openapi_json).without_db(),
         route(M::GET, "/companies", companies::list),
         route(M::POST, "/companies", companies::upsert),
         route(M::GET, "/companies/lookup", companies::lookup),
@@ -212,12 +225,13 @@ pub fn routes() -> Vec<Route> {
         route(M::DELETE, "/features/{id}", features::delete),
         route(M::GET, "/flags", flags::list),
         route(M::POST, "/flags", flags::create),
-        route(M::POST, "/flags/check", checks::check_all),
+        route(M::POST, "/flags/check", checks::check_all).without_db(),
+        route(M::POST, "/flags/check-bulk", checks::check_bulk).without_db(),
         route(M::GET, "/flags/{id}", flags::get),
         route(M::PUT, "/flags/{id}", flags::update),
         route(M::DELETE, "/flags/{id}", flags::delete),
         route(M::PUT, "/flags/{id}/rules", flags::put_rules),
-        route(M::POST, "/flags/{key}/check", checks::check_one),
+        route(M::POST, "/flags/{key}/check", checks::check_one).without_db(),
         route(M::GET, "/plans", plans::list),
         route(M::POST, "/plans", plans::create),
         route(M::GET, "/plans/{id}", plans::get),
@@ -240,7 +254,8 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/insights/summary", insights::summary),
         route(M::GET, "/insights/top-features", insights::top_features),
         route(M::GET, "/insights/plan-growth", insights::plan_growth),
-        route(M::POST, "/mcp", crate::api::mcp::handle),
+        // Its check tool answers from the snapshot; the others fail on their own.
+        route(M::POST, "/mcp", crate::api::mcp::handle).without_db(),
     ]
 }
 
@@ -257,9 +272,15 @@ pub fn router(state: AppState) -> Router {
             route: Some(r.path),
             latency: latency.series(method_label(&r.method), r.path),
         };
-        let method_router = r
-            .router
-            .route_layer(middleware::from_fn_with_state(observed, observe));
+        let mut method_router = r.router;
+        if r.needs_db {
+            method_router = method_router.route_layer(middleware::from_fn_with_state(
+                state.db.clone(),
+                breaker::guard,
+            ));
+        }
+        let method_router =
+            method_router.route_layer(middleware::from_fn_with_state(observed, observe));
         // Routes on one path merge into one method router.
         router = router.route(r.path, method_router);
     }
@@ -312,7 +333,7 @@ struct Observed {
 /// One span per request with the method, the route and (recorded by the auth extractor) the
 /// environment; a latency histogram per route and a count per status class.
 ///
-/// The span is at INFO, so every log line of a request carries them; the two check routes,
+/// The span is at INFO, so every log line of a request carries them; the check routes,
 /// the hot path, get a DEBUG span (enable with `log.level = "info,entitled::api=debug"`), since
 /// an enabled span costs an allocation per request.
 async fn observe(State(observed): State<Observed>, req: Request, next: Next) -> Response {
@@ -326,7 +347,7 @@ async fn observe(State(observed): State<Observed>, req: Request, next: Next) -> 
         .or(matched.as_ref().map(MatchedPath::as_str))
         .unwrap_or("unmatched");
     let method = method_label(req.method());
-    let span = if route.ends_with("check") {
+    let span = if route.ends_with("check") || route.ends_with("check-bulk") {
         tracing::debug_span!("request", method, route, env = tracing::field::Empty)
     } else {
         tracing::info_span!("request", method, route, env = tracing::field::Empty)

@@ -58,6 +58,7 @@ use super::{
         flags::delete,
         flags::put_rules,
         checks::check_all,
+        checks::check_bulk,
         checks::check_one,
         plans::list,
         plans::create,

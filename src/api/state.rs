@@ -30,6 +30,8 @@ pub struct AppState {
     pub checks: Arc<CheckCounts>,
     /// The Stripe inbox worker's wake-up call and the Stripe API's HTTP client.
     pub stripe: Arc<Stripe>,
+    /// Whether Postgres is known to be down: routes that need it answer 503 at once.
+    pub db: Arc<store::breaker::Breaker>,
 }
 
 impl AppState {

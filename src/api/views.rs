@@ -42,6 +42,43 @@ impl From<&EntitlementReport> for EntitlementView {
     }
 }
 
+/// [`EntitlementView`] borrowed from the engine's report, for answers serialised without
+/// copying (the check paths); a test keeps the two equal.
+#[derive(Serialize)]
+pub struct EntitlementRef<'a> {
+    feature_id: &'a str,
+    feature_key: &'a str,
+    value_type: &'static str,
+    allocation: Option<i64>,
+    usage: Option<i64>,
+    event_name: Option<&'a str>,
+    metric_period: Option<&'static str>,
+    metric_reset_at: Option<DateTime<Utc>>,
+    credit_id: Option<&'a str>,
+    credit_total: Option<f64>,
+    credit_used: Option<f64>,
+    credit_remaining: Option<f64>,
+}
+
+impl<'a> From<&'a EntitlementReport> for EntitlementRef<'a> {
+    fn from(r: &'a EntitlementReport) -> Self {
+        EntitlementRef {
+            feature_id: &r.feature_id,
+            feature_key: &r.feature_key,
+            value_type: r.value_type,
+            allocation: r.allocation,
+            usage: r.usage,
+            event_name: r.event_name.as_deref(),
+            metric_period: r.metric_period.map(MetricPeriod::as_str),
+            metric_reset_at: r.metric_reset_at,
+            credit_id: r.credit_id.as_deref(),
+            credit_total: r.credit.map(|c| c.total),
+            credit_used: r.credit.map(|c| c.used),
+            credit_remaining: r.credit.map(|c| c.remaining),
+        }
+    }
+}
+
 /// `EntityKeyDetailResponseData`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyView {

@@ -1,4 +1,10 @@
 //! Gathers a check's inputs from the snapshot and hands them to the engine.
+//!
+//! A request resolves its subject once ([`EnvCache::find`], then [`Found::subject`]: the
+//! company, its effective context with the fallback plan, the user) and evaluates any number
+//! of flags against it with [`EnvCache::evaluate`], which borrows the catalog's entitlements
+//! instead of copying them: an all-flags check costs one lookup of the company, not one per
+//! flag.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -18,9 +24,53 @@ pub struct CheckOutcome {
     pub evaluation: Evaluation,
 }
 
+/// The company and user some keys identify, as held by the snapshot when they were looked up.
+#[derive(Default)]
+pub struct Found {
+    pub company: Option<(String, Arc<CompanyState>)>,
+    pub user: Option<(String, Arc<UserState>)>,
+}
+
+/// What every flag of one request is evaluated against, borrowed from a [`Found`].
+pub struct Subject<'a> {
+    pub company_id: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    company: Option<&'a CompanyState>,
+    /// The company's context with the fallback plan applied (copied only when it applies).
+    context: Option<Cow<'a, engine::CompanyContext>>,
+    user: Option<&'a engine::UserContext>,
+}
+
+impl Found {
+    /// Resolves the fallback plan once, for every flag this subject is checked against.
+    pub fn subject<'a>(&'a self, env: &EnvCache, catalog: &Catalog) -> Subject<'a> {
+        let company = self.company.as_ref();
+        Subject {
+            company_id: company.map(|(id, _)| id.as_str()),
+            user_id: self.user.as_ref().map(|(id, _)| id.as_str()),
+            company: company.map(|(_, s)| &**s),
+            context: company.map(|(_, s)| env.effective_context(catalog, s)),
+            user: self.user.as_ref().map(|(_, u)| &u.context),
+        }
+    }
+}
+
 impl EnvCache {
-    /// Evaluates `flag` for the company and user the keys identify. Unknown keys evaluate
-    /// with no company (or user): only global and standard rules and the default apply.
+    /// The company and user the keys identify. Unknown keys find nothing: such a check
+    /// evaluates with no company (or user), so only global and standard rules and the
+    /// default apply.
+    pub fn find(&self, company_keys: &KeyMap, user_keys: &KeyMap) -> Found {
+        Found {
+            company: (!company_keys.is_empty())
+                .then(|| self.find_company(company_keys))
+                .flatten(),
+            user: (!user_keys.is_empty())
+                .then(|| self.find_user(user_keys))
+                .flatten(),
+        }
+    }
+
+    /// Evaluates `flag` for the company and user the keys identify.
     pub fn check(
         &self,
         catalog: &Catalog,
@@ -29,13 +79,8 @@ impl EnvCache {
         user_keys: &KeyMap,
         now: DateTime<Utc>,
     ) -> CheckOutcome {
-        let company = (!company_keys.is_empty())
-            .then(|| self.find_company(company_keys))
-            .flatten();
-        let user = (!user_keys.is_empty())
-            .then(|| self.find_user(user_keys))
-            .flatten();
-        self.check_resolved(catalog, flag, company, user, now)
+        let found = self.find(company_keys, user_keys);
+        self.outcome(catalog, flag, found, now)
     }
 
     pub fn check_resolved(
@@ -46,28 +91,41 @@ impl EnvCache {
         user: Option<(String, Arc<UserState>)>,
         now: DateTime<Utc>,
     ) -> CheckOutcome {
-        let context = company
-            .as_ref()
-            .map(|(_, state)| self.effective_context(catalog, state));
-        let candidates = match (&flag.feature, &company) {
-            (Some(feature), Some((_, state))) => {
-                candidates(catalog, state, context.as_deref(), &feature.id)
+        self.outcome(catalog, flag, Found { company, user }, now)
+    }
+
+    fn outcome(
+        &self,
+        catalog: &Catalog,
+        flag: &Arc<engine::Flag>,
+        found: Found,
+        now: DateTime<Utc>,
+    ) -> CheckOutcome {
+        let evaluation = self.evaluate(catalog, flag, &found.subject(self, catalog), now);
+        CheckOutcome {
+            flag: flag.clone(),
+            company_id: found.company.map(|(id, _)| id),
+            user_id: found.user.map(|(id, _)| id),
+            evaluation,
+        }
+    }
+
+    /// Evaluates one flag for a resolved subject.
+    pub fn evaluate(
+        &self,
+        catalog: &Catalog,
+        flag: &engine::Flag,
+        subject: &Subject<'_>,
+        now: DateTime<Utc>,
+    ) -> Evaluation {
+        let context = subject.context.as_deref();
+        let candidates = match (&flag.feature, subject.company, context) {
+            (Some(feature), Some(state), Some(context)) => {
+                candidates(catalog, state, context, &feature.id)
             }
             _ => Vec::new(),
         };
-        let evaluation = engine::evaluate(
-            flag,
-            context.as_deref(),
-            user.as_ref().map(|(_, u)| &u.context),
-            &candidates,
-            now,
-        );
-        CheckOutcome {
-            flag: flag.clone(),
-            company_id: company.map(|(id, _)| id),
-            user_id: user.map(|(id, _)| id),
-            evaluation,
-        }
+        engine::evaluate(flag, context, subject.user, &candidates, now)
     }
 
     /// The company's context with the environment's fallback plan when it has no base plan.
@@ -92,23 +150,27 @@ impl EnvCache {
     }
 }
 
-/// The entitlements of the company's plans for `feature_id`, plus its live override.
-fn candidates(
-    catalog: &Catalog,
-    state: &CompanyState,
-    context: Option<&engine::CompanyContext>,
+/// The entitlements of the company's plans for `feature_id`, plus its live override:
+/// borrowed, except a pay-in-advance entitlement, whose allocation is the company's quantity.
+fn candidates<'a>(
+    catalog: &'a Catalog,
+    state: &'a CompanyState,
+    context: &engine::CompanyContext,
     feature_id: &str,
-) -> Vec<Candidate> {
+) -> Vec<Cow<'a, Candidate>> {
+    let by_plan = catalog.entitlements.get(feature_id);
+    let overridden = state.overrides.get(feature_id);
     let mut out = Vec::new();
-    let plan_ids = context.map(|c| c.plan_ids.as_slice()).unwrap_or_default();
-    for plan_id in plan_ids {
-        let Some(info) = catalog
-            .entitlements
-            .get(&(plan_id.clone(), feature_id.to_string()))
-        else {
+    if by_plan.is_none() && overridden.is_none() {
+        return out;
+    }
+    for plan_id in by_plan
+        .map(|_| context.plan_ids.as_slice())
+        .unwrap_or_default()
+    {
+        let Some(info) = by_plan.and_then(|m| m.get(plan_id)) else {
             continue;
         };
-        let mut candidate = info.candidate.clone();
         if info.pay_in_advance {
             let quantity = state
                 .memberships
@@ -116,12 +178,15 @@ fn candidates(
                 .find(|m| &m.plan_id == plan_id)
                 .map(|m| m.quantity)
                 .unwrap_or(0);
+            let mut candidate = info.candidate.clone();
             candidate.pay_in_advance_quantity = Some(quantity);
+            out.push(Cow::Owned(candidate));
+        } else {
+            out.push(Cow::Borrowed(&info.candidate));
         }
-        out.push(candidate);
     }
-    if let Some(o) = state.overrides.get(feature_id) {
-        out.push(o.clone());
+    if let Some(o) = overridden {
+        out.push(Cow::Borrowed(o));
     }
     out
 }

@@ -20,7 +20,7 @@ use crate::store;
 use crate::store::environments::Environment;
 use crate::store::snapshot as load;
 
-pub use check::{CheckOutcome, KeyMap};
+pub use check::{CheckOutcome, Found, KeyMap, Subject};
 pub use load::{
     ApiKeyInfo, Catalog, CompanyState, Membership, PlanEntitlementInfo, PlanInfo, UserState,
 };
@@ -80,6 +80,20 @@ impl<T> Index<T> {
             Some((id.clone(), self.get(id)?))
         })
     }
+}
+
+/// Builds an index of `objects` and swaps it into `slot`, returning the old one for the
+/// caller to drop outside the lock.
+fn swap_in<T>(
+    slot: &RwLock<Index<T>>,
+    objects: HashMap<String, T>,
+    keys: impl Fn(&T) -> Vec<(String, String)>,
+) -> Index<T> {
+    let mut idx = Index::default();
+    for (id, state) in objects {
+        idx.put(&id, keys(&state), Some(state));
+    }
+    std::mem::replace(&mut *slot.write().unwrap_or_else(|e| e.into_inner()), idx)
 }
 
 /// One environment's companies and users.
@@ -217,24 +231,20 @@ impl Cache {
     }
 
     /// Reloads everything: at start and whenever notifications may have been missed.
+    ///
+    /// Checks keep answering from the old snapshot throughout: the new indexes are read and
+    /// built without a lock, swapped in under a write lock held for the swap alone, and the
+    /// old ones are dropped after it is released.
     pub async fn reload_all(&self) -> store::Result<()> {
         self.reload_api_keys().await?;
         self.reload_catalog().await?;
         self.reload_webhook_types().await?;
         for env in self.envs.values() {
             let (companies, users) = load::environment(&self.pool, &env.environment.id).await?;
-            {
-                let mut idx = Index::default();
-                for (id, state) in companies {
-                    idx.put(&id, state.keys.clone(), Some(state));
-                }
-                *env.companies.write().unwrap_or_else(|e| e.into_inner()) = idx;
-            }
-            let mut idx = Index::default();
-            for (id, state) in users {
-                idx.put(&id, state.keys.clone(), Some(state));
-            }
-            *env.users.write().unwrap_or_else(|e| e.into_inner()) = idx;
+            let old = swap_in(&env.companies, companies, |s| s.keys.clone());
+            drop(old);
+            let old = swap_in(&env.users, users, |s| s.keys.clone());
+            drop(old);
         }
         Ok(())
     }

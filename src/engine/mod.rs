@@ -9,6 +9,8 @@
 pub mod period;
 pub mod rules;
 
+use std::borrow::Borrow;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -307,12 +309,13 @@ pub struct Evaluation {
 
 /// Evaluates `flag` for a company and user (either may be unknown) at `now`.
 /// `candidates` are the entitlements of the company's plans and its override for the flag's
-/// feature; candidates are ignored without a feature.
-pub fn evaluate(
+/// feature; candidates are ignored without a feature. They may be borrowed (`Cow`, `&`), so
+/// a caller need not copy the catalog's entitlements to evaluate them.
+pub fn evaluate<C: Borrow<Candidate>>(
     flag: &Flag,
     company: Option<&CompanyContext>,
     user: Option<&UserContext>,
-    candidates: &[Candidate],
+    candidates: &[C],
     now: DateTime<Utc>,
 ) -> Evaluation {
     let facts = rules::Facts { company, user, now };
@@ -392,12 +395,12 @@ fn resolve<'c>(
         MonthReset::FirstOfMonth
     };
     // What the feature measures: events counted in the window, or a numeric trait.
-    let (usage, event_name, reset_at) = match feature.feature_type {
+    let (usage, reset_at) = match feature.feature_type {
         FeatureType::Event => {
-            let event = feature.event_subtype.clone().unwrap_or_default();
-            let used = company.usage_of(&event, period, month_reset, now);
+            let event = feature.event_subtype.as_deref().unwrap_or_default();
+            let used = company.usage_of(event, period, month_reset, now);
             let win = period::window(period, month_reset, company.billing_anchor, now);
-            (Some(used), Some(event), win.end)
+            (Some(used), win.end)
         }
         FeatureType::Trait => {
             let name = feature.trait_id.as_deref().unwrap_or("");
@@ -406,19 +409,21 @@ fn resolve<'c>(
                 .get(name)
                 .and_then(rules::trait_as_number)
                 .unwrap_or(0.0);
-            (Some(used.floor() as i64), None, None)
+            (Some(used.floor() as i64), None)
         }
-        FeatureType::Boolean => (None, None, None),
+        FeatureType::Boolean => (None, None),
     };
     let used = usage.unwrap_or(0) as f64;
 
+    // The names are filled in for the winning candidate only ([`name_report`]): resolving
+    // the losers copies no string.
     let mut report = EntitlementReport {
-        feature_id: feature.id.clone(),
-        feature_key: feature.key.clone(),
+        feature_id: String::new(),
+        feature_key: String::new(),
         value_type: c.value.type_str(),
         allocation: None,
         usage,
-        event_name,
+        event_name: None,
         metric_period: c.metric_period,
         metric_reset_at: reset_at,
         credit_id: None,
@@ -455,7 +460,6 @@ fn resolve<'c>(
         }
         (Value::Credit { credit_id, rate }, _) => {
             let balance = company.credit_balance(credit_id, now);
-            report.credit_id = Some(credit_id.clone());
             report.credit = Some(balance);
             let units = if *rate > 0.0 {
                 balance.remaining / rate
@@ -473,15 +477,28 @@ fn resolve<'c>(
     }
 }
 
+/// Names the feature, its event and the candidate's credit type in the winner's report.
+fn name_report(feature: &Feature, c: &Candidate, report: &mut EntitlementReport) {
+    report.feature_id.clone_from(&feature.id);
+    report.feature_key.clone_from(&feature.key);
+    if feature.feature_type == FeatureType::Event {
+        report.event_name = Some(feature.event_subtype.clone().unwrap_or_default());
+    }
+    if let Value::Credit { credit_id, .. } = &c.value {
+        report.credit_id = Some(credit_id.clone());
+    }
+}
+
 /// The entitlement part of the rule order, or `None` when no entitlement applies.
-fn entitlement_answer(
+fn entitlement_answer<C: Borrow<Candidate>>(
     feature: &Feature,
     company: &CompanyContext,
-    candidates: &[Candidate],
+    candidates: &[C],
     now: DateTime<Utc>,
 ) -> Option<Evaluation> {
     let live = candidates
         .iter()
+        .map(Borrow::borrow)
         .filter(|c| c.expires_at.is_none_or(|exp| now < exp));
 
     let mut best: Option<Resolved<'_>> = None;
@@ -511,7 +528,8 @@ fn entitlement_answer(
             best = Some(r);
         }
     }
-    let best = best?;
+    let mut best = best?;
+    name_report(feature, best.candidate, &mut best.report);
 
     let (id, is_override) = match &best.candidate.source {
         Source::Plan { entitlement_id } => (entitlement_id.clone(), false),

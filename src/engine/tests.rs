@@ -559,7 +559,7 @@ fn conditions_over_plans_users_traits_and_metrics() {
             true,
             vec![cnd.clone()],
         )];
-        let e = evaluate(&f, Some(&c), Some(&u), &[], now());
+        let e = evaluate(&f, Some(&c), Some(&u), &[] as &[Candidate], now());
         assert_eq!(e.value, want, "{cnd:?}");
     }
     // Rules are ANDed within, first match by priority wins.
@@ -583,7 +583,7 @@ fn conditions_over_plans_users_traits_and_metrics() {
             vec![cond(ConditionType::Plan, Operator::Eq, &["plan_pro"])],
         ),
     ];
-    let e = evaluate(&f, Some(&c), Some(&u), &[], now());
+    let e = evaluate(&f, Some(&c), Some(&u), &[] as &[Candidate], now());
     assert_eq!(e.rule_id.as_deref(), Some("rule_b"));
 }
 

@@ -12,20 +12,25 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Opens a pool. Connections are made lazily, so a server can start (and answer `/health`)
 /// while Postgres is still coming up; `acquire_timeout` bounds how long a request waits.
 pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
+    let options = connect_options(config)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(config.database.max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
+        .connect_lazy_with(options))
+}
+
+/// How to connect to `database.url`, for the pool and the breaker's probe.
+pub fn connect_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
     let options: PgConnectOptions = config
         .database
         .url
         .expose()
         .parse()
         .map_err(|e| anyhow::anyhow!("database.url is not a valid Postgres URL: {e}"))?;
-    let options = options
+    Ok(options
         .application_name("entitled")
-        .log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(500));
-    Ok(PgPoolOptions::new()
-        .max_connections(config.database.max_connections)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
-        .connect_lazy_with(options))
+        .log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(500)))
 }
 
 /// Applies pending migrations. Safe to run from several replicas at once: sqlx takes an

@@ -7,6 +7,7 @@
 //! `store/` imports only `engine`, `config`, `ids` and `metrics` from the crate.
 
 pub mod api_keys;
+pub mod breaker;
 pub mod catalog;
 pub mod companies;
 pub mod credit_bundles;

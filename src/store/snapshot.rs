@@ -22,10 +22,13 @@ pub struct ApiKeyInfo {
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub flags_by_key: HashMap<String, Arc<engine::Flag>>,
+    /// The same flags ordered by key: the order of an all-flags answer.
+    pub flags_sorted: Vec<Arc<engine::Flag>>,
     pub plans: HashMap<String, PlanInfo>,
     pub plan_ids_by_key: HashMap<String, String>,
-    /// `(plan_id, feature_id)` → the entitlement as a candidate.
-    pub entitlements: HashMap<(String, String), PlanEntitlementInfo>,
+    /// `feature_id` → `plan_id` → the entitlement as a candidate (two `&str` lookups: a check
+    /// allocates no key).
+    pub entitlements: HashMap<String, HashMap<String, PlanEntitlementInfo>>,
     /// Whether any credit type exists (when none does, nothing burns credits).
     pub credit_types_exist: bool,
     /// Whether any plan entitlement is metered (`pay_as_you_go` / `overage`): when none is,
@@ -182,7 +185,7 @@ pub async fn catalog(pool: &PgPool) -> Result<Catalog, sqlx::Error> {
         sqlx::query_as("SELECT id, key, default_value, feature_id FROM flags")
             .fetch_all(pool)
             .await?;
-    let flags_by_key = flags
+    let flags_by_key: HashMap<String, Arc<engine::Flag>> = flags
         .into_iter()
         .map(|(id, key, default_value, feature_id)| {
             let flag = engine::Flag {
@@ -231,36 +234,43 @@ pub async fn catalog(pool: &PgPool) -> Result<Catalog, sqlx::Error> {
     )
     .fetch_all(pool)
     .await?;
-    let entitlements: HashMap<(String, String), PlanEntitlementInfo> = ents
-        .into_iter()
-        .map(|e| {
-            let mut candidate = e.values.candidate(
-                Source::Plan {
-                    entitlement_id: e.id,
-                },
-                format!("{}: {}", e.plan_name, e.feature_key),
-                None,
-            );
-            if super::plans::is_metered_behavior(e.price_behavior.as_deref()) {
-                candidate.metered = Some(engine::Metered {
-                    soft_limit: e.soft_limit,
-                });
-            }
-            let info = PlanEntitlementInfo {
-                candidate,
-                pay_in_advance: e.price_behavior.as_deref() == Some("pay_in_advance"),
-            };
-            ((e.plan_id, e.feature_id), info)
-        })
-        .collect();
+    let mut entitlements: HashMap<String, HashMap<String, PlanEntitlementInfo>> = HashMap::new();
+    for e in ents {
+        let mut candidate = e.values.candidate(
+            Source::Plan {
+                entitlement_id: e.id,
+            },
+            format!("{}: {}", e.plan_name, e.feature_key),
+            None,
+        );
+        if super::plans::is_metered_behavior(e.price_behavior.as_deref()) {
+            candidate.metered = Some(engine::Metered {
+                soft_limit: e.soft_limit,
+            });
+        }
+        let info = PlanEntitlementInfo {
+            candidate,
+            pay_in_advance: e.price_behavior.as_deref() == Some("pay_in_advance"),
+        };
+        entitlements
+            .entry(e.feature_id)
+            .or_default()
+            .insert(e.plan_id, info);
+    }
 
     let credit_types_exist: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credit_types)")
         .fetch_one(pool)
         .await?;
-    let metered_exist = entitlements.values().any(|e| e.candidate.metered.is_some());
+    let metered_exist = entitlements
+        .values()
+        .flat_map(|by_plan| by_plan.values())
+        .any(|e| e.candidate.metered.is_some());
+    let mut flags_sorted: Vec<_> = flags_by_key.values().cloned().collect();
+    flags_sorted.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(Catalog {
         metered_exist,
         flags_by_key,
+        flags_sorted,
         plans,
         plan_ids_by_key,
         entitlements,

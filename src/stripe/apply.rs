@@ -431,6 +431,7 @@ pub async fn meter(
         written,
         changes: Vec::new(),
         plan_changes: Vec::new(),
+        resync: Vec::new(),
     }))
 }
 

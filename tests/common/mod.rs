@@ -307,3 +307,27 @@ pub async fn create_api_key(pool: &sqlx::PgPool, env_key: &str) -> String {
         .unwrap();
     key
 }
+
+impl TestApp {
+    /// Seeds `fixtures/demo-catalog.toml`, waits until the server's snapshot has it, and
+    /// returns the id of its `pro` plan.
+    pub async fn seed_demo(&self) -> String {
+        entitled::seed::seed_file(
+            &self.pool,
+            std::path::Path::new("fixtures/demo-catalog.toml"),
+        )
+        .await
+        .unwrap();
+        eventually(Duration::from_secs(2), || async {
+            let (s, _) = self
+                .post("/flags/custom-branding/check", serde_json::json!({}))
+                .await;
+            s.is_success().then_some(())
+        })
+        .await;
+        sqlx::query_scalar("SELECT id FROM plans WHERE key = 'pro'")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}

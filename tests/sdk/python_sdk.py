@@ -5,6 +5,7 @@ Exits non-zero with a message on the first wrong answer.
 """
 import sys
 
+from schematic import CheckFlagRequestBody
 from schematic.client import Schematic, SchematicConfig
 
 base_url, api_key, pro_id, analytics_id, audit_log_id = sys.argv[1:6]
@@ -71,6 +72,26 @@ assert [o.id for o in overrides.data] == [ov.data.id]
 flags = client.features.check_flags(company=company)
 by_key = {f.flag: f.value for f in flags.data.flags}
 assert by_key["custom-branding"] is True and by_key["audit-log"] is False, by_key
+
+# Every flag for several contexts at once, in the order sent.
+bulk = client.features.check_flags_bulk(
+    contexts=[
+        CheckFlagRequestBody(company=company),
+        CheckFlagRequestBody(company={"id": "nobody"}),
+        CheckFlagRequestBody(),
+    ]
+)
+assert len(bulk.data.data) == 3, bulk.data
+known, unknown, empty = bulk.data.data
+assert [f.flag for f in known.flags] == [f.flag for f in flags.data.flags]
+assert {f.flag: f.value for f in known.flags} == by_key, known
+assert all(f.company_id == company_id for f in known.flags), known.flags[0]
+projects = next(f for f in known.flags if f.flag == "projects")
+assert projects.feature_usage == 3 and projects.entitlement.allocation == 10, projects
+for answers in (unknown, empty):
+    assert len(answers.flags) == len(known.flags)
+    assert all(f.company_id is None and f.rule_type == "default" for f in answers.flags), answers
+    assert answers.credit_spend_policies == []
 
 # Unknown companies get defaults, never errors.
 other = client.check_flag_with_entitlement("custom-branding", company={"id": "nobody"})

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The snapshot's scale: heap per company and the full-reload time, with checks answered
+# from the old snapshot during the reload (benches/snapshot.rs measures; this fills the
+# database).
+#
+#   benches/snapshot.sh                         # 100,000 then 1,000,000 companies
+#   SIZES="10000" benches/snapshot.sh           # a quick run
+#
+# Each company is on 3 plans (Pro with the Analytics and Premium Support add-ons of the demo
+# catalog plus benches/bench-catalog.toml: 20 features in play), has one key, four traits and
+# four usage counters (two events, all-time and this month). Sizes grow one database: the
+# companies of a size are added to those of the previous one. Goal: under 1 KB per company
+# and a full reload under 10 s at 1,000,000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZES=${SIZES:-"100000 1000000"}
+CHECKERS=${CHECKERS:-2}
+DB=entitled_bench_snapshot
+TARGET=${CARGO_TARGET_DIR:-target}
+./scripts/ensure-postgres.sh >/dev/null
+
+cargo build --release --quiet
+BENCH=$(cargo bench --bench snapshot --no-run 2>&1 | grep -o '[^ (]*/release/deps/snapshot-[0-9a-f]*' | head -n1)
+BIN=$TARGET/release/entitled
+PSQL="psql -h 127.0.0.1 -U postgres -qAt -v ON_ERROR_STOP=1"
+
+$PSQL -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
+export ENTITLED_LOG__LEVEL=warn
+$BIN migrate >/dev/null
+$BIN seed fixtures/demo-catalog.toml >/dev/null
+$BIN seed benches/bench-catalog.toml >/dev/null
+# Creating a key syncs the configured environments into the database.
+$BIN api-key create --environment development --name bench >/dev/null
+ENV=$($PSQL -d $DB -c "SELECT id FROM environments WHERE key = 'development'")
+
+have=0
+for n in $SIZES; do
+  started=$(date +%s)
+  $PSQL -d $DB <<SQL
+BEGIN;
+CREATE TEMP TABLE new_companies ON COMMIT DROP AS
+  SELECT i, 'comp_bench' || lpad(i::text, 8, '0') AS id FROM generate_series($have + 1, $n) AS i;
+INSERT INTO companies (id, environment_id, name, traits)
+  SELECT id, '$ENV', 'Company ' || i,
+         jsonb_build_object('bench_trait_1', i % 40, 'bench_trait_limit', 9,
+                            'region', (ARRAY['eu', 'us', 'apac'])[i % 3 + 1], 'seats', i % 200)
+  FROM new_companies;
+INSERT INTO company_keys (environment_id, company_id, key, value)
+  SELECT '$ENV', id, 'id', 'co-' || i FROM new_companies;
+INSERT INTO company_plans (id, environment_id, company_id, plan_id, is_base)
+  SELECT 'cp_bench' || p.key || lpad(c.i::text, 8, '0'), '$ENV', c.id, p.id, p.key = 'pro'
+  FROM new_companies c
+  CROSS JOIN (SELECT id, key FROM plans WHERE key IN ('pro', 'analytics', 'premium-support')) p;
+INSERT INTO usage_counters (company_id, event_name, period, month_reset, window_start, count)
+  SELECT c.id, e.name, w.period, 'first_of_month', w.start, c.i % 1000
+  FROM new_companies c
+  CROSS JOIN (VALUES ('bench_event_1'), ('bench_event_2')) AS e (name)
+  CROSS JOIN (VALUES ('all_time', 'epoch'::timestamptz),
+                     ('current_month', date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')) AS w (period, start);
+COMMIT;
+ANALYZE;
+SQL
+  echo "filled $n companies in $(( $(date +%s) - started )) s" >&2
+  have=$n
+  "$BENCH" "$n" "$CHECKERS"
+done
