@@ -126,25 +126,28 @@ async fn memberships(state: &AppState, case: usize) -> (String, Vec<(String, boo
     (status, rows)
 }
 
+/// A fresh app (payloads applied as sent) with the lifecycle's two products linked to plans.
+async fn order_app() -> (entitled::api::AppState, common::TestDb) {
+    let db = common::fresh_database().await;
+    let config = common::test_config(&db.url, &s::config("stripe_refetch_on_webhook = false"));
+    let (state, _listener) = entitled::app::build_state(config).await.unwrap();
+    sqlx::query(
+        "INSERT INTO plans (id, key, name, plan_type, billing_product_id) VALUES
+         ('plan_order_pro', 'order-pro', 'Pro', 'plan', $1),
+         ('plan_order_seats', 'order-seats', 'Seats', 'add_on', $2)",
+    )
+    .bind(PRO)
+    .bind(SEATS)
+    .execute(&state.pool)
+    .await
+    .unwrap();
+    (state, db)
+}
+
 #[test]
 fn any_order_with_duplicates_converges_to_the_newest_event() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (state, db) = rt.block_on(async {
-        let db = common::fresh_database().await;
-        let config = common::test_config(&db.url, &s::config("stripe_refetch_on_webhook = false"));
-        let (state, _listener) = entitled::app::build_state(config).await.unwrap();
-        sqlx::query(
-            "INSERT INTO plans (id, key, name, plan_type, billing_product_id) VALUES
-             ('plan_order_pro', 'order-pro', 'Pro', 'plan', $1),
-             ('plan_order_seats', 'order-seats', 'Seats', 'add_on', $2)",
-        )
-        .bind(PRO)
-        .bind(SEATS)
-        .execute(&state.pool)
-        .await
-        .unwrap();
-        (state, db)
-    });
+    let (state, db) = rt.block_on(order_app());
     let cases = AtomicUsize::new(0);
     let mut runner = TestRunner::new(Config {
         cases: 64,
@@ -214,22 +217,7 @@ async fn drain_in_batches(state: &AppState, size: usize) {
 fn any_order_with_duplicates_converges_in_batches_of_any_size() {
     const SIZES: [usize; 5] = [1, 2, 3, 7, 500];
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (state, db) = rt.block_on(async {
-        let db = common::fresh_database().await;
-        let config = common::test_config(&db.url, &s::config("stripe_refetch_on_webhook = false"));
-        let (state, _listener) = entitled::app::build_state(config).await.unwrap();
-        sqlx::query(
-            "INSERT INTO plans (id, key, name, plan_type, billing_product_id) VALUES
-             ('plan_order_pro', 'order-pro', 'Pro', 'plan', $1),
-             ('plan_order_seats', 'order-seats', 'Seats', 'add_on', $2)",
-        )
-        .bind(PRO)
-        .bind(SEATS)
-        .execute(&state.pool)
-        .await
-        .unwrap();
-        (state, db)
-    });
+    let (state, db) = rt.block_on(order_app());
     // Case numbers of their own: the subscriptions are not the other property's.
     let cases = AtomicUsize::new(10_000);
     let mut runner = TestRunner::new(Config {
