@@ -7,9 +7,9 @@
 # The load generator (benches/outbound_load.rs) serves the receiver itself and measures:
 #   1. baseline: the same number of deliveries posted straight to the receiver with
 #      CONCURRENCY in flight (entitled's webhooks.concurrency): HTTP on this machine, no database;
-#   2. throughput: ENDPOINTS webhooks held inactive while CHANGES companies are created (one
-#      company.created message per endpoint each), then all made active: deliveries/s from
-#      the reactivation to the last delivery received;
+#   2. throughput: the receiver holds its requests unanswered while CHANGES companies are
+#      created (one company.created message per endpoint each, ENDPOINTS endpoints), then
+#      answers: deliveries/s from the opening to the last delivery received;
 #   3. latency at idle: one endpoint, SAMPLES company creations 100 ms apart: the delay from
 #      each write's answer (committed) to its first delivery attempt at the receiver.
 set -euo pipefail
@@ -34,6 +34,8 @@ export ENTITLED_SERVER__LISTEN=127.0.0.1:$PORT
 export ENTITLED_LOG__LEVEL=warn
 export ENTITLED_WEBHOOKS__ALLOW_PRIVATE_TARGETS=true
 export ENTITLED_WEBHOOKS__CONCURRENCY=$CONCURRENCY
+# Attempts held at the closed receiver (the backlog phase) must not time out.
+export ENTITLED_WEBHOOKS__TIMEOUT_SECS=300
 $BIN migrate >/dev/null
 KEY=$($BIN api-key create --environment development --name bench | tail -n1)
 

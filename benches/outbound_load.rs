@@ -8,10 +8,14 @@
 //! 1. **Baseline**: this process posting the same signed-size bodies straight to its own
 //!    receiver with `concurrency` requests in flight (entitled's `webhooks.concurrency`): what
 //!    one sender can push through HTTP on this machine, with no database.
-//! 2. **Throughput**: `endpoints` webhooks are created *inactive*, `changes` companies are
-//!    created (each a `company.created` message for every endpoint, held while the endpoints
-//!    are inactive), then every endpoint is made active at once; deliveries per second from
-//!    the reactivation to the last delivery received.
+//! 2. **Throughput**: `endpoints` webhooks are created, the receiver is *closed* (it holds
+//!    every request it gets without answering), `changes` companies are created (each a
+//!    `company.created` message for every endpoint; at most `concurrency` of them are in flight,
+//!    held at the closed receiver, the rest wait in the outbox), then the receiver opens;
+//!    deliveries per second from the opening to the last delivery received. (Messages are
+//!    only written for active endpoints, so holding them at the receiver is how a backlog is
+//!    built; `benches/outbound.sh` raises `webhooks.timeout_secs` so held attempts do not
+//!    time out.)
 //! 3. **Latency at idle**: one endpoint active, `latency samples` company creations one at a
 //!    time, 100 ms apart; for each, the delay from the write's answer (its transaction has
 //!    committed by then) to the first delivery attempt reaching the receiver.
@@ -29,6 +33,9 @@ use serde_json::{json, Value};
 
 #[derive(Default)]
 struct Received {
+    /// While false, requests wait for `opened` before they are answered.
+    open: std::sync::atomic::AtomicBool,
+    opened: tokio::sync::Notify,
     count: AtomicU64,
     last: Mutex<Option<Instant>>,
     /// Company name → when its first message arrived (latency phase).
@@ -40,6 +47,13 @@ async fn hook(
     Path(_n): Path<u32>,
     body: axum::body::Bytes,
 ) -> StatusCode {
+    loop {
+        let opened = rx.opened.notified();
+        if rx.open.load(Ordering::Acquire) {
+            break;
+        }
+        opened.await;
+    }
     let now = Instant::now();
     rx.count.fetch_add(1, Ordering::Relaxed);
     *rx.last.lock().expect("lock") = Some(now);
@@ -125,6 +139,7 @@ fn main() {
 
 async fn run(api: Api, endpoints: u32, changes: u32, concurrency: usize, samples: u32) {
     let rx = Arc::new(Received::default());
+    rx.open.store(true, Ordering::Release);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -180,7 +195,7 @@ async fn run(api: Api, endpoints: u32, changes: u32, concurrency: usize, samples
     );
     rx.count.store(0, Ordering::Relaxed);
 
-    // 2. Throughput: messages held by inactive endpoints, then released at once.
+    // 2. Throughput: a backlog built while the receiver is closed, then released at once.
     let mut ids = Vec::new();
     for n in 0..endpoints {
         let v = api
@@ -190,15 +205,10 @@ async fn run(api: Api, endpoints: u32, changes: u32, concurrency: usize, samples
                 json!({"name": format!("bench {n}"), "url": hook_url(n), "request_types": ["company.created"]}),
             )
             .await;
-        let id = v["data"]["id"].as_str().expect("webhook id").to_string();
-        api.send(
-            reqwest::Method::PUT,
-            &format!("/webhooks/{id}"),
-            json!({"status": "inactive"}),
-        )
-        .await;
-        ids.push(id);
+        ids.push(v["data"]["id"].as_str().expect("webhook id").to_string());
     }
+    // Webhooks created before the baseline's requests stopped counting: close the receiver.
+    rx.open.store(false, Ordering::Release);
     let next = Arc::new(AtomicU64::new(0));
     let api = Arc::new(api);
     let mut writers = Vec::new();
@@ -222,15 +232,11 @@ async fn run(api: Api, endpoints: u32, changes: u32, concurrency: usize, samples
     for w in writers {
         w.await.expect("writer");
     }
+    // Let the writes' outbox wake-ups settle, so the backlog is claimed against a closed door.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let released = Instant::now();
-    for id in &ids {
-        api.send(
-            reqwest::Method::PUT,
-            &format!("/webhooks/{id}"),
-            json!({"status": "active"}),
-        )
-        .await;
-    }
+    rx.open.store(true, Ordering::Release);
+    rx.opened.notify_waiters();
     let all = wait_for(&rx, total, Duration::from_secs(600)).await;
     let got = rx.count.load(Ordering::Relaxed);
     let last = rx.last.lock().expect("lock").unwrap_or(released);

@@ -48,6 +48,9 @@ pub fn spawn<O: Outbox>(
             if shutdown.is_cancelled() {
                 break;
             }
+            // Reap every delivery that has finished: `len()` counts them until joined, and a
+            // backlog must be claimed a batch at a time, not one row per finished delivery.
+            while inflight.try_join_next().is_some() {}
             let free = concurrency.saturating_sub(inflight.len());
             let claimed = if free > 0 {
                 match outbox.claim(free).await {

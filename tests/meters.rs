@@ -492,7 +492,8 @@ impl Billing {
 
     /// Waits until nothing is pending and returns the environment's meter-event rows.
     async fn settled(&self) -> Vec<Value> {
-        common::eventually(Duration::from_secs(30), || async {
+        // Long enough for a backoff that reached 64 s (after the minute-long outage).
+        common::eventually(Duration::from_secs(180), || async {
             let (_, body) = self.app.get("/stripe/meter-events?status=pending").await;
             body["data"].as_array().unwrap().is_empty().then_some(())
         })
@@ -745,7 +746,7 @@ async fn refusals_fail_with_stripes_message_old_units_expire_and_retry_resends()
     assert_eq!(b.billed("acme"), 7.0);
 }
 
-/// Stripe answers 500 for a while, then 429 with `Retry-After`: everything is delivered
+/// Stripe answers 500 for a minute, then 429 with `Retry-After`: everything is delivered
 /// afterwards, and the fake never saw two requests for one customer and meter overlap nor
 /// more requests in a second than the rate limit.
 #[tokio::test]
@@ -758,12 +759,14 @@ async fn outage_then_rate_limit_delivers_everything_within_the_rules() {
     b.reconcile().await;
     b.fake.clear_requests();
     b.fake.set_latency(Duration::from_millis(50));
-    b.fake
-        .fail_for(Duration::from_secs(4), fake_stripe::Failure::ServerError);
+    // The minute of 500s: the sender backs off exponentially (1 s, 2 s, … with
+    // jitter), so the last failed attempt comes shortly after the minute ends.
+    let outage = Duration::from_secs(60);
+    b.fake.fail_for(outage, fake_stripe::Failure::ServerError);
     for k in 0..4 {
         b.track(&format!("co-{k}"), &[1, 1, 1, 1, 1]).await;
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(outage).await;
     b.fake.fail_next(
         3,
         fake_stripe::Failure::RateLimited {
