@@ -14,6 +14,7 @@ LAYERS = [
     ["main"],
     ["cli"],
     ["app"],
+    ["console"],
     ["api"],
     ["jobs"],
     ["stripe", "ingest", "insights", "seed"],

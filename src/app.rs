@@ -110,8 +110,10 @@ pub async fn run(
     );
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "entitled listening");
-    let app = crate::api::router(state.clone());
+    let app = crate::api::router(state.clone()).merge(crate::console::router(state.clone()));
     let token = shutdown.clone();
+    // Connection info: the console rate-limits sign-ins per client address.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await?;

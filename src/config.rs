@@ -67,6 +67,18 @@ pub struct Config {
     pub insights: InsightsConfig,
     pub webhooks: WebhooksConfig,
     pub stripe: StripeConfig,
+    pub console: ConsoleConfig,
+}
+
+/// The admin console (`console/`), served at `/console`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    /// Session cookies carry `Secure` (serve the console over HTTPS).
+    pub secure_cookies: bool,
+    /// A session unused for this long is signed out.
+    pub session_idle_minutes: u32,
 }
 
 /// The Stripe inbox workers (`stripe/worker.rs`), for every environment.
@@ -274,6 +286,9 @@ impl Config {
         }
         if self.insights.check_flush_secs == 0 {
             return invalid("insights.check_flush_secs must be at least 1".into());
+        }
+        if !(1..=43_200).contains(&self.console.session_idle_minutes) {
+            return invalid("console.session_idle_minutes must be between 1 and 43200".into());
         }
         if self.environments.is_empty() {
             return invalid("environments: at least one environment is required".into());

@@ -22,6 +22,7 @@ pub mod cache;
 pub mod changes;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod ids;
 pub mod ingest;

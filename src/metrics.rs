@@ -481,6 +481,24 @@ pub static WEBHOOK_OUT_DISABLED: LazyLock<Counter> = LazyLock::new(Counter::defa
 
 /// Meter-event send attempts by result: `sent` (Stripe has it), `retry`, `failed` (refused
 /// with a 4xx), `expired` (older than Stripe's 35 days, not sent).
+/// Console pages served, by page and status class.
+pub static CONSOLE_REQUESTS: LazyLock<CounterVec<2>> =
+    LazyLock::new(|| CounterVec::new(["page", "status"]));
+/// Console sign-ins by outcome.
+pub static CONSOLE_SIGN_INS: LazyLock<FixedCounter<6>> = LazyLock::new(|| {
+    FixedCounter::new(
+        "outcome",
+        [
+            "success",
+            "wrong_password",
+            "locked",
+            "disabled",
+            "rate_limited",
+            "unknown_user",
+        ],
+    )
+});
+
 pub static METER_EVENTS: LazyLock<FixedCounter<4>> =
     LazyLock::new(|| FixedCounter::new("result", ["sent", "retry", "failed", "expired"]));
 /// From the billable track event's commit to Stripe's acceptance of its meter event.
@@ -633,6 +651,16 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "entitled_webhook_endpoints_disabled",
         "Outbound webhook endpoints disabled by entitled (410 Gone, or a day of failures)",
         WEBHOOK_OUT_DISABLED.clone(),
+    );
+    r.register(
+        "entitled_console_requests",
+        "Console pages served, by page and status",
+        CONSOLE_REQUESTS.clone(),
+    );
+    r.register(
+        "entitled_console_sign_ins",
+        "Console sign-in attempts by outcome",
+        CONSOLE_SIGN_INS.clone(),
     );
     r
 });
@@ -787,6 +815,8 @@ mod tests {
                 "entitled_stripe_meter_events_total counter",
                 "entitled_stripe_meter_event_lag_seconds histogram",
                 "entitled_webhook_endpoints_disabled_total counter",
+                "entitled_console_requests_total counter",
+                "entitled_console_sign_ins_total counter",
                 "entitled_db_pool_max gauge",
             ]
         );

@@ -3,6 +3,7 @@
 //! `engine::evaluate`; each answer is serialised straight from the evaluation into the
 //! response buffer (no per-flag view is built).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -311,6 +312,36 @@ fn write_flags(
     metrics::CHECKS.add("true", allowed);
     metrics::CHECKS.add("false", total - allowed);
     Ok(())
+}
+
+/// Every flag's answer for company `company_id`, in flag key order, evaluated exactly as the
+/// check endpoints evaluate it (same snapshot, same subject resolution, fallback plan
+/// included). Not counted as checks: the console shows these, no application asked.
+pub fn company_answers(
+    state: &AppState,
+    auth: &Auth,
+    company_id: &str,
+) -> Vec<(Arc<engine::Flag>, Evaluation)> {
+    let catalog = state.cache.catalog();
+    let found = Found {
+        company: auth
+            .env
+            .company(company_id)
+            .map(|c| (company_id.to_string(), c)),
+        user: None,
+    };
+    let subject = found.subject(&auth.env, &catalog);
+    let now = Utc::now();
+    catalog
+        .flags_sorted
+        .iter()
+        .map(|flag| {
+            (
+                flag.clone(),
+                auth.env.evaluate(&catalog, flag, &subject, now),
+            )
+        })
+        .collect()
 }
 
 fn json_response(body: Vec<u8>) -> Response {

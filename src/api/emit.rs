@@ -126,3 +126,35 @@ pub async fn commit(
     changes.extend(write(state, auth, &mut tx, [message]).await?);
     state.commit(tx, &changes).await
 }
+
+/// What one write did, before it commits: the id it wrote, the company it concerns, the
+/// views before and after (built when a message or an audit entry wants them) and the
+/// snapshot changes to commit with. The REST handlers and the console share the writes that
+/// return it, and each ends them its own way (the console audits first, in the same
+/// transaction).
+pub struct Written {
+    pub id: String,
+    pub company_id: Option<String>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub changes: Vec<Change>,
+}
+
+/// Ends a write that returned `written`: as [`commit`], with its views and changes.
+pub async fn finish(
+    state: &AppState,
+    auth: &Auth,
+    tx: store::Tx,
+    kinds: &Kinds,
+    written: Written,
+) -> AppResult<()> {
+    commit(
+        state,
+        auth,
+        tx,
+        kinds,
+        (written.before, written.after),
+        written.changes,
+    )
+    .await
+}

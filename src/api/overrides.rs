@@ -211,25 +211,25 @@ pub async fn get(
 }
 
 /// The value fields, spelled out (not flattened) so a wrong type names its field.
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[schema(as = CreateCompanyOverrideRequestBody)]
 pub struct CreateBody {
-    company_id: String,
-    feature_id: String,
+    pub company_id: String,
+    pub feature_id: String,
     #[schema(value_type = Option<super::openapi::ValueType>)]
-    value_type: Option<String>,
-    value_bool: Option<bool>,
-    value_numeric: Option<i64>,
-    value_trait_id: Option<String>,
-    value_credit_id: Option<String>,
-    credit_consumption_rate: Option<f64>,
+    pub value_type: Option<String>,
+    pub value_bool: Option<bool>,
+    pub value_numeric: Option<i64>,
+    pub value_trait_id: Option<String>,
+    pub value_credit_id: Option<String>,
+    pub credit_consumption_rate: Option<f64>,
     #[schema(value_type = Option<crate::engine::MetricPeriod>)]
-    metric_period: Option<String>,
+    pub metric_period: Option<String>,
     #[schema(value_type = Option<crate::engine::MonthReset>)]
-    metric_period_month_reset: Option<String>,
+    pub metric_period_month_reset: Option<String>,
     /// RFC 3339; must be in the future.
-    expiration_date: Option<DateTime<Utc>>,
-    note: Option<String>,
+    pub expiration_date: Option<DateTime<Utc>>,
+    pub note: Option<String>,
 }
 
 fn future(expiration_date: DateTime<Utc>, now: DateTime<Utc>) -> AppResult<DateTime<Utc>> {
@@ -260,6 +260,25 @@ pub async fn create(
     Json(body): Json<CreateBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
+    let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
+    let written = create_in(&mut tx, &state, &auth, body, watch).await?;
+    let (id, company_id) = (written.id.clone(), written.company_id.clone());
+    emit::finish(&state, &auth, tx, &emit::OVERRIDE, written).await?;
+    crate::metrics::WRITES.inc("company_overrides");
+    tracing::info!(override_id = %id, company_id = ?company_id, "company override created");
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+/// Creates an override in `tx` with the API's validation; the caller commits. `views`: build
+/// the views before and after (for a message or an audit entry).
+pub async fn create_in(
+    tx: &mut Conn,
+    state: &AppState,
+    auth: &Auth,
+    body: CreateBody,
+    views: bool,
+) -> AppResult<emit::Written> {
     let now = Utc::now();
     let input = ValueInput {
         value_type: body.value_type,
@@ -274,15 +293,12 @@ pub async fn create(
     let expiration_date = body.expiration_date.map(|d| future(d, now)).transpose()?;
     let note = valid_note(body.note.unwrap_or_default())?;
     let env_id = auth.env_id();
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
-    let before = None;
-    store::require_company(&mut tx, env_id, "company_id", &body.company_id).await?;
-    let feature_type = feature_type(&mut tx, "feature_id", &body.feature_id).await?;
+    store::require_company(tx, env_id, "company_id", &body.company_id).await?;
+    let feature_type = feature_type(tx, "feature_id", &body.feature_id).await?;
     let values = input.resolve(None, feature_type)?;
-    store::retire_lapsed(&mut tx, &body.company_id, &body.feature_id, now).await?;
+    store::retire_lapsed(tx, &body.company_id, &body.feature_id, now).await?;
     let id = store::insert(
-        &mut tx,
+        tx,
         env_id,
         &NewOverride {
             company_id: body.company_id.clone(),
@@ -293,39 +309,34 @@ pub async fn create(
         },
     )
     .await?;
-    let after = emit::view(watch, find_in(&mut tx, &state, &auth, &id)).await?;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::OVERRIDE,
-        (before, after),
-        vec![Change::company(env_id, &body.company_id)],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("company_overrides");
-    tracing::info!(override_id = %id, company_id = %body.company_id, feature_id = %body.feature_id, "company override created");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    let after = emit::view(views, find_in(tx, state, auth, &id)).await?;
+    Ok(emit::Written {
+        id,
+        company_id: Some(body.company_id.clone()),
+        before: None,
+        after,
+        changes: vec![Change::company(env_id, &body.company_id)],
+    })
 }
 
 /// Absent or `null` fields keep their value (so `expiration_date: null` does not clear it:
 /// send a later date to extend); `note: ""` clears the note.
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[schema(as = UpdateCompanyOverrideRequestBody)]
 pub struct UpdateBody {
     #[schema(value_type = Option<super::openapi::ValueType>)]
-    value_type: Option<String>,
-    value_bool: Option<bool>,
-    value_numeric: Option<i64>,
-    value_trait_id: Option<String>,
-    value_credit_id: Option<String>,
-    credit_consumption_rate: Option<f64>,
+    pub value_type: Option<String>,
+    pub value_bool: Option<bool>,
+    pub value_numeric: Option<i64>,
+    pub value_trait_id: Option<String>,
+    pub value_credit_id: Option<String>,
+    pub credit_consumption_rate: Option<f64>,
     #[schema(value_type = Option<crate::engine::MetricPeriod>)]
-    metric_period: Option<String>,
+    pub metric_period: Option<String>,
     #[schema(value_type = Option<crate::engine::MonthReset>)]
-    metric_period_month_reset: Option<String>,
-    expiration_date: Option<DateTime<Utc>>,
-    note: Option<String>,
+    pub metric_period_month_reset: Option<String>,
+    pub expiration_date: Option<DateTime<Utc>>,
+    pub note: Option<String>,
 }
 
 #[utoipa::path(put, path = "/company-overrides/{id}", tag = "company-overrides", request_body = UpdateBody,
@@ -339,6 +350,25 @@ pub async fn update(
     Json(body): Json<UpdateBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
+    let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
+    let written = update_in(&mut tx, &state, &auth, &id, body, watch).await?;
+    let company_id = written.company_id.clone();
+    emit::finish(&state, &auth, tx, &emit::OVERRIDE, written).await?;
+    crate::metrics::WRITES.inc("company_overrides");
+    tracing::info!(company_id = ?company_id, "company override updated");
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+/// Updates override `id` in `tx` with the API's validation; the caller commits.
+pub async fn update_in(
+    tx: &mut Conn,
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+    body: UpdateBody,
+    views: bool,
+) -> AppResult<emit::Written> {
     let now = Utc::now();
     let input = ValueInput {
         value_type: body.value_type,
@@ -353,40 +383,33 @@ pub async fn update(
     let expiration_date = body.expiration_date.map(|d| future(d, now)).transpose()?;
     let note = body.note.map(valid_note).transpose()?;
     let env_id = auth.env_id();
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
-    let before = emit::view(watch, find_in(&mut tx, &state, &auth, &id)).await?;
-    let current = store::get_for_update(&mut tx, env_id, &id)
+    let before = emit::view(views, find_in(tx, state, auth, id)).await?;
+    let current = store::get_for_update(tx, env_id, id)
         .await?
-        .ok_or_else(|| AppError::not_found("company override", &id))?;
+        .ok_or_else(|| AppError::not_found("company override", id))?;
     if current.has_expired(now) {
         return Err(AppError::Conflict(format!(
             "company override {id:?} has expired and can no longer change; create a new one"
         )));
     }
-    let feature_type = feature_type(&mut tx, "feature_id", &current.feature_id).await?;
+    let feature_type = feature_type(tx, "feature_id", &current.feature_id).await?;
     let values = input.resolve(Some(&current.values), feature_type)?;
     store::update(
-        &mut tx,
-        &id,
+        tx,
+        id,
         &values,
         expiration_date.or(current.expiration_date),
         note.as_deref().unwrap_or(&current.note),
     )
     .await?;
-    let after = emit::view(watch, find_in(&mut tx, &state, &auth, &id)).await?;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::OVERRIDE,
-        (before, after),
-        vec![Change::company(env_id, &current.company_id)],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("company_overrides");
-    tracing::info!(company_id = %current.company_id, "company override updated");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    let after = emit::view(views, find_in(tx, state, auth, id)).await?;
+    Ok(emit::Written {
+        id: id.to_string(),
+        company_id: Some(current.company_id.clone()),
+        before,
+        after,
+        changes: vec![Change::company(env_id, &current.company_id)],
+    })
 }
 
 #[utoipa::path(delete, path = "/company-overrides/{id}", tag = "company-overrides",
@@ -399,24 +422,34 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let env_id = auth.env_id();
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
-    let before = emit::view(watch, find_in(&mut tx, &state, &auth, &id)).await?;
-    let company_id = store::delete(&mut tx, env_id, &id)
-        .await?
-        .ok_or_else(|| AppError::not_found("company override", &id))?;
-    let after = None;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::OVERRIDE,
-        (before, after),
-        vec![Change::company(env_id, &company_id)],
-    )
-    .await?;
+    let written = delete_in(&mut tx, &state, &auth, &id, watch).await?;
+    let company_id = written.company_id.clone();
+    emit::finish(&state, &auth, tx, &emit::OVERRIDE, written).await?;
     crate::metrics::WRITES.inc("company_overrides");
-    tracing::info!(%company_id, "company override deleted");
+    tracing::info!(company_id = ?company_id, "company override deleted");
     Ok(envelope::deleted())
+}
+
+/// Deletes override `id` in `tx`; the caller commits.
+pub async fn delete_in(
+    tx: &mut Conn,
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+    views: bool,
+) -> AppResult<emit::Written> {
+    let env_id = auth.env_id();
+    let before = emit::view(views, find_in(tx, state, auth, id)).await?;
+    let company_id = store::delete(tx, env_id, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("company override", id))?;
+    Ok(emit::Written {
+        id: id.to_string(),
+        company_id: Some(company_id.clone()),
+        before,
+        after: None,
+        changes: vec![Change::company(env_id, &company_id)],
+    })
 }

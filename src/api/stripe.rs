@@ -238,14 +238,20 @@ pub async fn retry_event(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
+    let row = retry(&state, &auth, &id).await?;
+    Ok((StatusCode::OK, envelope::ok_empty(row)).into_response())
+}
+
+/// Applies inbox event `id` again now, whatever its status; its row afterwards. The REST
+/// retry and the console's both come here.
+pub async fn retry(state: &AppState, auth: &Auth, id: &str) -> AppResult<inbox::EventRow> {
     let mut tx = state.pool.begin().await?;
-    let event = inbox::claim(&mut tx, auth.env_id(), &id).await?;
+    let event = inbox::claim(&mut tx, auth.env_id(), id).await?;
     worker::process(&state.sync(), tx, event).await?;
     let mut conn = state.pool.acquire().await?;
-    let row = inbox::get(&mut conn, auth.env_id(), &id)
+    inbox::get(&mut conn, auth.env_id(), id)
         .await?
-        .ok_or_else(|| AppError::not_found("Stripe event", &id))?;
-    Ok((StatusCode::OK, envelope::ok_empty(row)).into_response())
+        .ok_or_else(|| AppError::not_found("Stripe event", id))
 }
 
 /// Query parameters of `GET /stripe/events` (documentation type).
@@ -272,6 +278,13 @@ struct EventListParams {
 #[tracing::instrument(skip_all, fields(env = %auth.env.environment.key))]
 pub async fn start_reconcile(State(state): State<AppState>, auth: Auth) -> AppResult<Response> {
     auth.require_write()?;
+    let record = reconcile_now(&state, &auth).await?;
+    Ok((StatusCode::ACCEPTED, envelope::ok_empty(record)).into_response())
+}
+
+/// Starts a full reconcile of the key's environment in the background; the run's record.
+/// 409 while a run is going on, 422 without a Stripe API key.
+pub async fn reconcile_now(state: &AppState, auth: &Auth) -> AppResult<Run> {
     let sync = state.sync();
     let started = match reconcile::start(&sync, auth.env_id(), Trigger::Api).await {
         Ok(s) => s,
@@ -288,7 +301,7 @@ pub async fn start_reconcile(State(state): State<AppState>, auth: Auth) -> AppRe
             tracing::error!(error = %e, "reconcile run could not record its outcome");
         }
     });
-    Ok((StatusCode::ACCEPTED, envelope::ok_empty(record)).into_response())
+    Ok(record)
 }
 
 /// `GET /stripe/reconcile-runs?status=&limit=&offset=`: the environment's runs, newest first.

@@ -42,6 +42,9 @@ pub enum Command {
         /// The catalog file, e.g. fixtures/demo-catalog.toml.
         file: PathBuf,
     },
+    /// Manage the people who use the admin console at /console.
+    #[command(name = "console-user", subcommand)]
+    ConsoleUser(ConsoleUserCommand),
     /// One full Stripe reconciliation, with progress, then a summary. Exits non-zero if any
     /// run failed.
     Reconcile {
@@ -62,6 +65,30 @@ pub enum ApiKeyCommand {
         /// The key may only check flags and read.
         #[arg(long)]
         readonly: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsoleUserCommand {
+    /// Create a console user; a one-time password is printed as the last line of stdout
+    /// (the first sign-in with it asks for a new password).
+    Create {
+        #[arg(long)]
+        email: String,
+        /// The user may only read (default: admin, who may also write).
+        #[arg(long)]
+        viewer: bool,
+    },
+    /// Set a new one-time password (printed as the last line of stdout), unlock the account
+    /// and end its sessions.
+    ResetPassword {
+        #[arg(long)]
+        email: String,
+    },
+    /// Disable the user and end their sessions.
+    Disable {
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -166,6 +193,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reconcile { environment } => reconcile(config, environment).await,
+        Command::ConsoleUser(command) => console_user(config, command).await,
         Command::Seed { file } => {
             let pool = db::pool(&config)?;
             if config.database.migrate_on_start {
@@ -176,6 +204,52 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `entitled console-user …`.
+async fn console_user(config: Config, command: ConsoleUserCommand) -> anyhow::Result<()> {
+    use crate::console::session::{hash_password, one_time_password};
+
+    let email = match &command {
+        ConsoleUserCommand::Create { email, .. }
+        | ConsoleUserCommand::ResetPassword { email }
+        | ConsoleUserCommand::Disable { email } => email.trim().to_lowercase(),
+    };
+    if !email.contains('@') || email.len() < 3 || email.len() > 320 {
+        anyhow::bail!("--email {email:?} is not an email address");
+    }
+    let pool = db::pool(&config)?;
+    if config.database.migrate_on_start {
+        db::migrate(&pool).await?;
+    }
+    let mut conn = pool.acquire().await?;
+    match command {
+        ConsoleUserCommand::Create { viewer, .. } => {
+            let password = one_time_password();
+            let role = if viewer { "viewer" } else { "admin" };
+            let id =
+                store::console::create_user(&mut conn, &email, &hash_password(&password)?, role)
+                    .await?;
+            println!("created console user {id} <{email}> ({role}); sign in at /console/login");
+            println!("one-time password (a new one is asked for at the first sign-in):");
+            println!("{password}");
+        }
+        ConsoleUserCommand::ResetPassword { .. } => {
+            let password = one_time_password();
+            store::console::reset_password(&mut conn, &email, &hash_password(&password)?)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no console user has email {email:?}"))?;
+            println!("password of {email} reset; its sessions are ended. One-time password:");
+            println!("{password}");
+        }
+        ConsoleUserCommand::Disable { .. } => {
+            store::console::disable_user(&mut conn, &email)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no console user has email {email:?}"))?;
+            println!("console user {email} disabled; its sessions are ended");
+        }
+    }
+    Ok(())
 }
 
 /// `entitled reconcile`: runs in the foreground; Ctrl-C stops at the next safe point.

@@ -10,6 +10,7 @@ pub mod api_keys;
 pub mod breaker;
 pub mod catalog;
 pub mod companies;
+pub mod console;
 pub mod credit_bundles;
 pub mod credit_plan_grants;
 pub mod credit_types;

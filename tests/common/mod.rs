@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod python;
 pub mod receiver;
 pub mod stripe;
+pub mod webdriver;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,0 +1,196 @@
+//! The admin console at `/console`: server-rendered pages (askama templates compiled into
+//! the binary) for the people who sell and support the product. One module per page; the
+//! session, CSRF and role checks are extractors (`session.rs`), so a handler cannot forget
+//! them. Writes reuse the API's write functions (same validation, same messages) and are
+//! audited in the write's own transaction. No SQL here: it lives in `store::console`.
+
+pub mod audit;
+pub mod catalog;
+pub mod companies;
+pub mod company;
+pub mod error;
+pub mod insights;
+pub mod login;
+pub mod session;
+pub mod stripe;
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::api::AppState;
+use error::ConsoleResult;
+use session::Console;
+
+const CSS: &str = include_str!("../../templates/console/console.css");
+
+/// The console's routes (none when `console.enabled = false`). Does no I/O.
+pub fn router(state: AppState) -> Router {
+    if !state.config.console.enabled {
+        return Router::new();
+    }
+    Router::new()
+        .route(
+            "/console",
+            get(|| async { Redirect::to("/console/companies") }),
+        )
+        .route(
+            "/console/",
+            get(|| async { Redirect::to("/console/companies") }),
+        )
+        .route("/console/assets/console.css", get(css))
+        .route("/console/login", get(login::page).post(login::submit))
+        .route("/console/logout", post(login::logout))
+        .route(
+            "/console/password",
+            get(login::password_page).post(login::password_submit),
+        )
+        .route("/console/environment", post(login::switch_environment))
+        .route("/console/companies", get(companies::page))
+        .route("/console/companies/{id}", get(company::page))
+        .route(
+            "/console/companies/{id}/overrides",
+            post(company::create_override),
+        )
+        .route(
+            "/console/companies/{id}/overrides/{override_id}",
+            post(company::update_override),
+        )
+        .route(
+            "/console/companies/{id}/overrides/{override_id}/delete",
+            post(company::delete_override),
+        )
+        .route("/console/stripe", get(stripe::page))
+        .route("/console/stripe/events/{id}", get(stripe::event_page))
+        .route("/console/stripe/events/{id}/retry", post(stripe::retry))
+        .route("/console/stripe/reconcile", post(stripe::reconcile_now))
+        .route("/console/audit", get(audit::page))
+        .route("/console/plans", get(catalog::plans_page))
+        .route("/console/features", get(catalog::features_page))
+        .route("/console/insights", get(insights::page))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+async fn css() -> Response {
+    ([(CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response()
+}
+
+/// The metrics label of a console route (a fixed set, so labels stay bounded).
+fn page_label(path: &str) -> &'static str {
+    match path {
+        "/console" | "/console/" => "root",
+        "/console/assets/console.css" => "assets",
+        "/console/login" | "/console/logout" => "login",
+        "/console/password" => "password",
+        "/console/environment" => "environment",
+        "/console/companies" => "companies",
+        "/console/companies/{id}" => "company",
+        p if p.starts_with("/console/companies/{id}/overrides") => "overrides",
+        p if p.starts_with("/console/stripe") => "stripe",
+        "/console/audit" => "audit",
+        "/console/plans" => "plans",
+        "/console/features" => "features",
+        "/console/insights" => "insights",
+        _ => "other",
+    }
+}
+
+/// Counts every console request by page and status class, and logs it.
+async fn observe(req: Request, next: Next) -> Response {
+    let page = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |m| page_label(m.as_str()));
+    let method = req.method().clone();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status();
+    let class = match status.as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    crate::metrics::CONSOLE_REQUESTS.inc([page, class]);
+    tracing::debug!(%method, page, status = status.as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "console request");
+    response
+}
+
+/// What every signed-in page's layout shows: who, the environment switcher, a notice.
+pub struct Layout {
+    pub email: String,
+    pub role: String,
+    pub csrf: String,
+    pub is_admin: bool,
+    pub env_key: String,
+    /// `(key, name)` of every environment.
+    pub environments: Vec<(String, String)>,
+    pub flash: String,
+}
+
+impl Layout {
+    pub fn new(state: &AppState, c: &Console) -> Layout {
+        Layout {
+            email: c.email.clone(),
+            role: c.role.clone(),
+            csrf: c.csrf.clone(),
+            is_admin: c.is_admin(),
+            env_key: c.env.environment.key.clone(),
+            environments: state
+                .cache
+                .environments()
+                .map(|e| (e.environment.key.clone(), e.environment.name.clone()))
+                .collect(),
+            flash: String::new(),
+        }
+    }
+
+    /// A notice from a redirect after a write (`?done=…`); only known ones are shown.
+    pub fn with_notice(mut self, done: Option<&str>) -> Layout {
+        self.flash = match done {
+            Some("override-created") => "Override created.",
+            Some("override-updated") => "Override updated.",
+            Some("override-deleted") => "Override deleted.",
+            Some("event-retried") => "Event applied again.",
+            Some("reconcile-started") => "Reconcile started.",
+            Some("environment") => "Environment switched.",
+            _ => "",
+        }
+        .to_string();
+        self
+    }
+}
+
+/// Renders a template into an HTML response.
+pub fn render(t: &impl askama::Template) -> ConsoleResult<Response> {
+    Ok(axum::response::Html(t.render()?).into_response())
+}
+
+/// `2026-12-06 14:03 UTC`, or an em dash.
+pub fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or_else(
+        || "—".to_string(),
+        |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
+    )
+}
+
+/// `?a=b` query parameters as pairs (repeated names kept).
+pub fn query_pairs(uri: &axum::http::Uri) -> Vec<(String, String)> {
+    uri.query()
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default()
+}
+
+pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}

@@ -1,0 +1,773 @@
+//! The admin console through the real HTTP stack against real Postgres: a real headless
+//! Chromium (WebDriver) for what a person does, plain HTTP for what an attacker does
+//! (forged and replayed forms).
+
+mod common;
+
+use common::webdriver::Browser;
+use common::{spawn_app, TestApp};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// Creates a console user with the real CLI; returns the one-time password (last line).
+fn create_console_user(app: &TestApp, email: &str, viewer: bool) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_entitled"));
+    cmd.args(["console-user", "create", "--email", email])
+        .env("DATABASE_URL", &app.db_url)
+        .env("RUST_LOG", "warn");
+    if viewer {
+        cmd.arg("--viewer");
+    }
+    let out = cmd.output().expect("run entitled console-user create");
+    assert!(
+        out.status.success(),
+        "console-user create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout.lines().last().unwrap().trim().to_string()
+}
+
+/// A cookie-less client that does not follow redirects: we read `Set-Cookie` ourselves.
+fn raw_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';')
+                .next()?
+                .trim()
+                .strip_prefix(&format!("{name}="))
+                .map(str::to_string)
+        })
+        .filter(|v| !v.is_empty())
+}
+
+/// The value of the first hidden `csrf_token` input of `html`.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf_token\" value=\"")
+        .expect("a csrf_token field");
+    let rest = &html[at + "name=\"csrf_token\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// The login form's status after POSTing `email` and `password` over HTTP, and the session
+/// cookie when it set one.
+async fn http_sign_in(app: &TestApp, email: &str, password: &str) -> (StatusCode, Option<String>) {
+    let client = raw_client();
+    let page = client
+        .get(format!("{}/console/login", app.base))
+        .send()
+        .await
+        .unwrap();
+    let login_cookie = set_cookie(&page, "entitled_console_login").expect("login csrf cookie");
+    let csrf = csrf_of(&page.text().await.unwrap());
+    let resp = client
+        .post(format!("{}/console/login", app.base))
+        .header("cookie", format!("entitled_console_login={login_cookie}"))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("email", email),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, set_cookie(&resp, "entitled_console"))
+}
+
+/// Signs in over HTTP and replaces the one-time password; the session cookie.
+async fn http_session(app: &TestApp, email: &str, one_time: &str) -> String {
+    let (status, cookie) = http_sign_in(app, email, one_time).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = cookie.expect("session cookie");
+    let client = raw_client();
+    let page = client
+        .get(format!("{}/console/password", app.base))
+        .header("cookie", format!("entitled_console={cookie}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&page);
+    let resp = client
+        .post(format!("{}/console/password", app.base))
+        .header("cookie", format!("entitled_console={cookie}"))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("new_password", "correct horse battery staple"),
+            ("confirm_password", "correct horse battery staple"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    cookie
+}
+
+async fn get_page(app: &TestApp, cookie: &str, path: &str) -> (StatusCode, String) {
+    let resp = raw_client()
+        .get(format!("{}{path}", app.base))
+        .header("cookie", format!("entitled_console={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
+async fn post_form(app: &TestApp, cookie: &str, path: &str, form: &[(&str, String)]) -> StatusCode {
+    raw_client()
+        .post(format!("{}{path}", app.base))
+        .header("cookie", format!("entitled_console={cookie}"))
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// The demo catalog and one company without a plan (so `custom-branding` is false).
+async fn seeded() -> (TestApp, String) {
+    let app = spawn_app().await;
+    app.seed_demo().await;
+    let company = app
+        .create(
+            "/companies",
+            json!({"keys": {"id": "acme-42", "crm_id": "crm-9001"}, "name": "Acme Rockets",
+                   "traits": {"seats_bought": 12}}),
+        )
+        .await;
+    (app, company["id"].as_str().unwrap().to_string())
+}
+
+fn screenshot_dir() -> std::path::PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    std::path::Path::new(&target).join("console-screenshots")
+}
+
+/// Signs in in the browser with `password`; returns the page's URL afterwards.
+async fn browser_sign_in(b: &Browser, app: &TestApp, email: &str, password: &str) -> String {
+    b.goto(&format!("{}/console/login", app.base)).await;
+    let e = b.testid("login-email").await;
+    b.clear(&e).await;
+    b.type_text(&e, email).await;
+    b.type_text(&b.testid("login-password").await, password)
+        .await;
+    b.click(&b.testid("login-submit").await).await;
+    b.url().await
+}
+
+#[tokio::test]
+async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_in_chromium() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let (app, company_id) = seeded().await;
+    let admin = "ada@example.com";
+    let one_time = create_console_user(&app, admin, false);
+
+    // Sign in: the one-time password asks for a new one first.
+    browser_sign_in(&b, &app, admin, &one_time).await;
+    b.wait_until("the password page", || async {
+        b.url().await.ends_with("/console/password")
+    })
+    .await;
+    let new_password = "a much longer secret 42";
+    b.type_text(&b.testid("new-password").await, new_password)
+        .await;
+    b.type_text(&b.testid("confirm-password").await, new_password)
+        .await;
+    b.click(&b.testid("password-submit").await).await;
+
+    // Find the company by one of its keys.
+    let search = b.testid("company-search").await;
+    b.type_text(&search, "crm-90").await;
+    b.click(&b.testid("company-search-submit").await).await;
+    b.wait_until("one search hit", || async {
+        b.find_all("[data-testid=\"company-result\"]").await.len() == 1
+    })
+    .await;
+    let hit = b.testid("company-result").await;
+    assert_eq!(
+        b.attr(&hit, "data-company-id").await.as_deref(),
+        Some(company_id.as_str())
+    );
+    b.click(&b.find("[data-testid=\"company-result\"] a").await)
+        .await;
+
+    // Its answer for custom-branding is false, as the check endpoint says.
+    let answer = b.testid("feature-answer-custom-branding").await;
+    assert_eq!(
+        b.attr(&answer, "data-value").await.as_deref(),
+        Some("false")
+    );
+    let checked = app.check("custom-branding", json!({"id": "acme-42"})).await;
+    assert_eq!(checked["value"], false);
+    assert!(b
+        .text(&answer)
+        .await
+        .contains(checked["reason"].as_str().unwrap()));
+
+    // Grant custom-branding for 30 days with a note.
+    let feature_id: String =
+        sqlx::query_scalar("SELECT id FROM features WHERE key = 'custom-branding'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    b.testid("override-create").await;
+    b.select("override-feature", &feature_id).await;
+    b.select("override-value-type", "boolean").await;
+    let value = b.testid("override-value").await;
+    b.clear(&value).await;
+    b.type_text(&value, "true").await;
+    b.select("override-expires", "30").await;
+    b.type_text(
+        &b.testid("override-note").await,
+        "Pilot of the white-label portal, asked by Sam (AE)",
+    )
+    .await;
+    b.click(&b.testid("override-submit").await).await;
+
+    // The answer flips to true on the company page, and the API agrees.
+    b.wait_until("the answer to flip", || async {
+        let e = b.testid("feature-answer-custom-branding").await;
+        b.attr(&e, "data-value").await.as_deref() == Some("true")
+    })
+    .await;
+    assert!(b.source().await.contains("Override created."));
+    let checked = app.check("custom-branding", json!({"id": "acme-42"})).await;
+    assert_eq!(checked["value"], true, "{checked}");
+    let (_, overrides) = app
+        .get(&format!("/company-overrides?company_id={company_id}"))
+        .await;
+    let o = &overrides["data"][0];
+    assert_eq!(
+        o["note"],
+        "Pilot of the white-label portal, asked by Sam (AE)"
+    );
+    let expires: chrono::DateTime<chrono::Utc> =
+        o["expiration_date"].as_str().unwrap().parse().unwrap();
+    let days = (expires - chrono::Utc::now()).num_hours() as f64 / 24.0;
+    assert!((29.9..=30.1).contains(&days), "expires in {days} days");
+    // The note's author is recorded beside it.
+    assert!(b
+        .text(&b.testid("override-author").await)
+        .await
+        .contains(admin));
+
+    // A reviewer can look at the company page.
+    let dir = screenshot_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = b.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::write(dir.join("company-page.png"), &png).unwrap();
+
+    // The audit page shows who did it, filtered by the company.
+    b.click(&b.testid("nav-audit").await).await;
+    let entry = b.testid("audit-entry").await;
+    let text = b.text(&entry).await;
+    assert!(
+        text.contains(admin) && text.contains("override.create"),
+        "{text}"
+    );
+    b.goto(&format!("{}/console/audit?company={company_id}", app.base))
+        .await;
+    assert_eq!(b.find_all("[data-testid=\"audit-entry\"]").await.len(), 1);
+    b.goto(&format!(
+        "{}/console/audit?person=nobody@example.com",
+        app.base
+    ))
+    .await;
+    assert!(b.find_all("[data-testid=\"audit-entry\"]").await.is_empty());
+
+    // A Stripe event that failed to apply: retried from the Stripe page, it applies.
+    let env_id: String =
+        sqlx::query_scalar("SELECT id FROM environments WHERE key = 'development'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let payload = std::fs::read_to_string("fixtures/stripe/customer.created.json").unwrap();
+    let event: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    let event_id = event["id"].as_str().unwrap();
+    sqlx::query(
+        "INSERT INTO stripe_events (environment_id, id, type, object_id, created, payload, status,
+             attempts, error, next_attempt_at)
+         VALUES ($1, $2, 'customer.created', $3, now(), $4::json, 'failed', 3,
+                 'database was unavailable', now() + interval '1 day')",
+    )
+    .bind(&env_id)
+    .bind(event_id)
+    .bind(event["data"]["object"]["id"].as_str())
+    .bind(&payload)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    b.click(&b.testid("nav-stripe").await).await;
+    b.click(&b.testid("inbox-status-failed").await).await;
+    let row = b.testid("inbox-event").await;
+    assert_eq!(
+        b.attr(&row, "data-event-id").await.as_deref(),
+        Some(event_id)
+    );
+    b.click(
+        &b.find(&format!(
+            "[data-event-id=\"{event_id}\"] [data-testid=\"inbox-retry\"]"
+        ))
+        .await,
+    )
+    .await;
+    b.wait_until("the retry to land", || async {
+        b.url().await.contains("done=event-retried")
+    })
+    .await;
+    let status: String = sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = $1")
+        .bind(event_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "applied");
+    let row = b.find(&format!("[data-event-id=\"{event_id}\"]")).await;
+    assert_eq!(
+        b.attr(&row, "data-status").await.as_deref(),
+        Some("applied")
+    );
+
+    // A viewer sees the company but no write control.
+    let viewer = "vic@example.com";
+    let viewer_once = create_console_user(&app, viewer, true);
+    b.click(&b.testid("sign-out").await).await;
+    browser_sign_in(&b, &app, viewer, &viewer_once).await;
+    b.type_text(&b.testid("new-password").await, new_password)
+        .await;
+    b.type_text(&b.testid("confirm-password").await, new_password)
+        .await;
+    b.click(&b.testid("password-submit").await).await;
+    b.testid("company-search").await;
+    b.goto(&format!("{}/console/companies/{company_id}", app.base))
+        .await;
+    let answer = b.testid("feature-answer-custom-branding").await;
+    assert_eq!(b.attr(&answer, "data-value").await.as_deref(), Some("true"));
+    for control in [
+        "override-create",
+        "override-submit",
+        "override-delete",
+        "override-edit",
+    ] {
+        assert!(
+            b.find_all(&format!("[data-testid=\"{control}\"]"))
+                .await
+                .is_empty(),
+            "a viewer sees {control}"
+        );
+    }
+    b.goto(&format!("{}/console/stripe", app.base)).await;
+    b.testid("inbox-event").await;
+    assert!(b.find_all("[data-testid=\"inbox-retry\"]").await.is_empty());
+    assert!(b
+        .find_all("[data-testid=\"reconcile-now\"]")
+        .await
+        .is_empty());
+    b.click(&b.testid("sign-out").await).await;
+
+    // Five wrong passwords lock the account: the right one is refused for a while.
+    for _ in 0..5 {
+        browser_sign_in(&b, &app, admin, "not the password").await;
+        b.testid("login-error").await;
+    }
+    browser_sign_in(&b, &app, admin, new_password).await;
+    let error = b.text(&b.testid("login-error").await).await;
+    assert!(error.contains("locked"), "{error}");
+    assert!(b.url().await.ends_with("/console/login"));
+    assert!(b.cookie("entitled_console").await.is_none());
+}
+
+#[tokio::test]
+async fn forged_and_replayed_writes_get_403_and_nothing_is_written() {
+    let (app, company_id) = seeded().await;
+    let admin_once = create_console_user(&app, "ada@example.com", false);
+    let viewer_once = create_console_user(&app, "vic@example.com", true);
+    let admin = http_session(&app, "ada@example.com", &admin_once).await;
+    let viewer = http_session(&app, "vic@example.com", &viewer_once).await;
+    let feature_id: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'sso'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let path = format!("/console/companies/{company_id}/overrides");
+
+    // The admin's own form, as the page renders it, works with the admin's cookie…
+    let (status, page) = get_page(&app, &admin, &format!("/console/companies/{company_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("data-testid=\"override-create\""));
+    let admin_csrf = csrf_of(&page);
+    let replay: Vec<(&str, String)> = vec![
+        ("csrf_token", admin_csrf.clone()),
+        ("feature_id", feature_id.clone()),
+        ("value_type", "boolean".into()),
+        ("value", "true".into()),
+        ("expires", "7".into()),
+        ("note", "replayed".into()),
+    ];
+    let with_token = |token: Option<&str>| -> Vec<(&str, String)> {
+        let mut f = replay[1..].to_vec();
+        if let Some(t) = token {
+            f.insert(0, ("csrf_token", t.to_string()));
+        }
+        f
+    };
+
+    // …but replayed with the viewer's cookie it is refused.
+    assert_eq!(
+        post_form(&app, &viewer, &path, &replay).await,
+        StatusCode::FORBIDDEN
+    );
+    // So is the viewer's own token: viewers may not write.
+    let (_, viewer_page) =
+        get_page(&app, &viewer, &format!("/console/companies/{company_id}")).await;
+    assert!(!viewer_page.contains("data-testid=\"override-create\""));
+    let viewer_csrf = csrf_of(&viewer_page);
+    assert_eq!(
+        post_form(&app, &viewer, &path, &with_token(Some(&viewer_csrf))).await,
+        StatusCode::FORBIDDEN
+    );
+
+    // Without a CSRF token, or with a wrong one, the admin's cookie alone gets 403.
+    assert_eq!(
+        post_form(&app, &admin, &path, &with_token(None)).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post_form(&app, &admin, &path, &with_token(Some("0000"))).await,
+        StatusCode::FORBIDDEN
+    );
+    // Signing in needs its token too.
+    let resp = raw_client()
+        .post(format!("{}/console/login", app.base))
+        .form(&[("email", "ada@example.com"), ("password", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM company_overrides")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0, "a refused write wrote nothing");
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM console_audit")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 0);
+
+    // The admin's replay itself goes through, and is audited in the same transaction.
+    assert_eq!(
+        post_form(&app, &admin, &path, &replay).await,
+        StatusCode::SEE_OTHER
+    );
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM console_audit WHERE action = 'override.create' AND actor_email = 'ada@example.com'
+           AND after IS NOT NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
+}
+
+#[tokio::test]
+async fn a_refused_override_shows_the_apis_message_next_to_its_field_and_saves_nothing() {
+    let (app, company_id) = seeded().await;
+    let once = create_console_user(&app, "ada@example.com", false);
+    let admin = http_session(&app, "ada@example.com", &once).await;
+    let (_, page) = get_page(&app, &admin, &format!("/console/companies/{company_id}")).await;
+    let csrf = csrf_of(&page);
+    let feature_id: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'api-calls'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let path = format!("/console/companies/{company_id}/overrides");
+    let client = raw_client();
+    let send = |form: Vec<(&'static str, String)>| {
+        client
+            .post(format!("{}{path}", app.base))
+            .header("cookie", format!("entitled_console={admin}"))
+            .form(&form)
+            .send()
+    };
+    // No note: refused with the message beside the note.
+    let resp = send(vec![
+        ("csrf_token", csrf.clone()),
+        ("feature_id", feature_id.clone()),
+        ("value_type", "numeric".into()),
+        ("value", "100".into()),
+        ("expires", "30".into()),
+        ("note", " ".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("data-testid=\"override-note-error\""),
+        "{html}"
+    );
+    // A date in the past: the API's own message, beside the expiry.
+    let resp = send(vec![
+        ("csrf_token", csrf.clone()),
+        ("feature_id", feature_id.clone()),
+        ("value_type", "numeric".into()),
+        ("value", "100".into()),
+        ("expires", "date".into()),
+        ("expires_date", "2001-01-01".into()),
+        ("note", "too late".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("data-testid=\"override-expires-error\""),
+        "{html}"
+    );
+    assert!(html.contains("is not in the future"), "{html}");
+    // A value the API refuses for the feature's type (a boolean for an event feature).
+    let resp = send(vec![
+        ("csrf_token", csrf.clone()),
+        ("feature_id", "feat_nope".into()),
+        ("value_type", "boolean".into()),
+        ("value", "true".into()),
+        ("expires", "7".into()),
+        ("note", "no such feature".into()),
+    ])
+    .await
+    .unwrap();
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM company_overrides")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM console_audit")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 0);
+}
+
+#[tokio::test]
+async fn search_finds_companies_by_name_key_and_id_and_filters_by_plan() {
+    let (app, company_id) = seeded().await;
+    app.create(
+        "/companies",
+        json!({"keys": {"id": "globex"}, "name": "Globex"}),
+    )
+    .await;
+    let once = create_console_user(&app, "vic@example.com", true);
+    let viewer = http_session(&app, "vic@example.com", &once).await;
+    let hits = |html: &str| html.matches("data-testid=\"company-result\"").count();
+    for (q, n) in [
+        ("acme", 1),
+        ("ACME R", 1),
+        ("crm-9001", 1),
+        ("acme-4", 1),
+        ("glob", 1),
+        ("zzz", 0),
+    ] {
+        let (status, html) = get_page(
+            &app,
+            &viewer,
+            &format!("/console/companies?q={}", urlencode(q)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(hits(&html), n, "search {q:?}");
+    }
+    let (_, html) = get_page(&app, &viewer, &format!("/console/companies?q={company_id}")).await;
+    assert_eq!(hits(&html), 1);
+    let (_, html) = get_page(&app, &viewer, "/console/companies").await;
+    assert_eq!(hits(&html), 2);
+    // The plan filter: nobody is on pro yet.
+    let pro: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'pro'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let (_, html) = get_page(&app, &viewer, &format!("/console/companies?plan={pro}")).await;
+    assert_eq!(hits(&html), 0);
+    // Bad input names the problem.
+    let (status, html) = get_page(&app, &viewer, "/console/companies?offset=-3").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("offset"), "{html}");
+    let (status, html) = get_page(&app, &viewer, "/console/companies?plan=plan_nope").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("plan"), "{html}");
+    // Every page renders for a viewer.
+    for path in [
+        "/console/plans",
+        "/console/features",
+        "/console/stripe",
+        "/console/insights",
+        "/console/audit",
+    ] {
+        let (status, html) = get_page(&app, &viewer, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {html}");
+    }
+    let (status, _) = get_page(&app, &viewer, "/console/companies/comp_missing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("q", s)]).unwrap()[2..].to_string()
+}
+
+#[tokio::test]
+async fn sessions_cookies_rate_limits_and_the_cli() {
+    let app = spawn_app().await;
+    // Without a session, pages send you to sign in.
+    let resp = raw_client()
+        .get(format!("{}/console/companies", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/console/login");
+
+    let once = create_console_user(&app, "Ada@Example.com", false);
+    // The email is unique (case-insensitively).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_entitled"))
+        .args(["console-user", "create", "--email", "ada@example.com"])
+        .env("DATABASE_URL", &app.db_url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    // The session cookie is HttpOnly and SameSite=Strict.
+    let client = raw_client();
+    let page = client
+        .get(format!("{}/console/login", app.base))
+        .send()
+        .await
+        .unwrap();
+    let login_cookie = set_cookie(&page, "entitled_console_login").unwrap();
+    let csrf = csrf_of(&page.text().await.unwrap());
+    let resp = client
+        .post(format!("{}/console/login", app.base))
+        .header("cookie", format!("entitled_console_login={login_cookie}"))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("email", "ada@example.com"),
+            ("password", once.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/console/password");
+    let header = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|v| v.starts_with("entitled_console="))
+        .unwrap();
+    assert!(
+        header.contains("HttpOnly") && header.contains("SameSite=Strict"),
+        "{header}"
+    );
+    assert!(!header.contains("Secure"), "{header}");
+    let cookie = set_cookie(&resp, "entitled_console").unwrap();
+    // Until the one-time password is replaced, every page leads to the password page.
+    let (status, _) = get_page(&app, &cookie, "/console/companies").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+
+    // reset-password ends the session and prints a new one-time password.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_entitled"))
+        .args([
+            "console-user",
+            "reset-password",
+            "--email",
+            "ada@example.com",
+        ])
+        .env("DATABASE_URL", &app.db_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let again = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(again, once);
+    let (status, _) = get_page(&app, &cookie, "/console/password").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "the old session ended");
+    let (status, _) = http_sign_in(&app, "ada@example.com", &once).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the old password is gone");
+    let session = http_session(&app, "ada@example.com", &again).await;
+    let (status, _) = get_page(&app, &session, "/console/companies").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // disable: sessions end and sign-in is refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_entitled"))
+        .args(["console-user", "disable", "--email", "ada@example.com"])
+        .env("DATABASE_URL", &app.db_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (status, _) = get_page(&app, &session, "/console/companies").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, cookie) =
+        http_sign_in(&app, "ada@example.com", "correct horse battery staple").await;
+    assert_eq!((status, cookie), (StatusCode::UNAUTHORIZED, None));
+
+    // Twenty attempts per address per 15 minutes, then 429 (4 were made above).
+    for _ in 0..16 {
+        let (status, _) = http_sign_in(&app, "nobody@example.com", "x").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, _) = http_sign_in(&app, "nobody@example.com", "x").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+
+    // The sign-ins are counted by outcome.
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("entitled_console_sign_ins_total{outcome=\"rate_limited\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("entitled_console_requests_total{page=\"login\""),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_console_is_off_when_disabled() {
+    let app = common::spawn_app_with("[console]\nenabled = false\n").await;
+    let resp = raw_client()
+        .get(format!("{}/console/login", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
