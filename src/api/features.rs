@@ -171,25 +171,25 @@ pub async fn get(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"name": "Exports", "feature_type": "event", "event_subtype": "export", "flag": {"key": "exports", "default_value": false}}))]
 pub struct FeatureBody {
-    name: Option<String>,
-    description: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
     #[schema(value_type = Option<super::openapi::FeatureType>)]
-    feature_type: Option<String>,
-    event_subtype: Option<String>,
-    trait_id: Option<String>,
+    pub feature_type: Option<String>,
+    pub event_subtype: Option<String>,
+    pub trait_id: Option<String>,
     /// Not sent by the SDK: derived from `flag.key` or the name when absent.
-    key: Option<String>,
-    flag: Option<FlagInput>,
+    pub key: Option<String>,
+    pub flag: Option<FlagInput>,
 }
 
 /// `CreateOrUpdateFlagRequestBody`, nested in a feature body.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct FlagInput {
-    key: Option<String>,
-    name: Option<String>,
-    description: Option<String>,
-    default_value: Option<bool>,
-    flag_type: Option<String>,
+    pub key: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub default_value: Option<bool>,
+    pub flag_type: Option<String>,
 }
 
 fn given(s: &Option<String>) -> Option<&str> {
@@ -319,6 +319,23 @@ pub async fn create(
     Json(body): Json<FeatureBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
+    let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::FEATURE);
+    let written = create_in(&mut tx, &auth, &body, watch).await?;
+    let id = written.id.clone();
+    emit::finish(&state, &auth, tx, &emit::FEATURE, written).await?;
+    crate::metrics::WRITES.inc("features");
+    tracing::info!(feature_id = %id, "feature created");
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+/// Creates a feature and its flag in `tx` with the API's validation; the caller commits.
+pub async fn create_in(
+    tx: &mut Conn,
+    auth: &Auth,
+    body: &FeatureBody,
+    views: bool,
+) -> AppResult<emit::Written> {
     let fields = body.resolve(None)?;
     let flag = body.flag.as_ref();
     let flag_fields = FlagFields {
@@ -333,31 +350,23 @@ pub async fn create(
         default_value: flag.and_then(|f| f.default_value).unwrap_or(false),
         feature_id: None,
     };
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::FEATURE);
-    let before = None;
-    let id = store::insert_feature(&mut tx, &fields).await?;
-    let flag_id = store::insert_flag(
-        &mut tx,
+    let id = store::insert_feature(tx, &fields).await?;
+    store::insert_flag(
+        tx,
         &FlagFields {
             feature_id: Some(id.clone()),
             ..flag_fields
         },
     )
     .await?;
-    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::FEATURE,
-        (before, after),
-        vec![Change::Catalog],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("features");
-    tracing::info!(feature_id = %id, %flag_id, key = %fields.key, feature_type = fields.feature_type.as_str(), "feature created");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    let after = emit::view(views, find_in(tx, auth, &id)).await?;
+    Ok(emit::Written {
+        id,
+        company_id: None,
+        before: None,
+        after,
+        changes: vec![Change::Catalog],
+    })
 }
 
 #[utoipa::path(put, path = "/features/{id}", tag = "features", request_body = FeatureBody,
@@ -373,35 +382,45 @@ pub async fn update(
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::FEATURE);
-    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let current = store::feature_for_update(&mut tx, &id)
+    let written = update_in(&mut tx, &auth, &id, &body, watch).await?;
+    emit::finish(&state, &auth, tx, &emit::FEATURE, written).await?;
+    crate::metrics::WRITES.inc("features");
+    tracing::info!("feature updated");
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+/// Updates feature `id` (and its flag) in `tx` with the API's validation; the caller commits.
+pub async fn update_in(
+    tx: &mut Conn,
+    auth: &Auth,
+    id: &str,
+    body: &FeatureBody,
+    views: bool,
+) -> AppResult<emit::Written> {
+    let before = emit::view(views, find_in(tx, auth, id)).await?;
+    let current = store::feature_for_update(tx, id)
         .await?
-        .ok_or_else(|| AppError::not_found("feature", &id))?;
+        .ok_or_else(|| AppError::not_found("feature", id))?;
     let fields = body.resolve(Some(&current))?;
-    store::update_feature(&mut tx, &id, &fields).await?;
+    store::update_feature(tx, id, &fields).await?;
     if let Some(flag) = &body.flag {
         store::update_flag_of_feature(
-            &mut tx,
-            &id,
+            tx,
+            id,
             given(&flag.name),
             flag.description.as_deref(),
             flag.default_value,
         )
         .await?;
     }
-    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::FEATURE,
-        (before, after),
-        vec![Change::Catalog],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("features");
-    tracing::info!(key = %fields.key, feature_type = fields.feature_type.as_str(), "feature updated");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    let after = emit::view(views, find_in(tx, auth, id)).await?;
+    Ok(emit::Written {
+        id: id.to_string(),
+        company_id: None,
+        before,
+        after,
+        changes: vec![Change::Catalog],
+    })
 }
 
 #[utoipa::path(delete, path = "/features/{id}", tag = "features",

@@ -232,6 +232,22 @@ pub struct CreateBody {
     pub note: Option<String>,
 }
 
+/// The value fields of a create or update body, as the store resolves them.
+macro_rules! value_input {
+    ($body:expr) => {
+        ValueInput {
+            value_type: $body.value_type,
+            value_bool: $body.value_bool,
+            value_numeric: $body.value_numeric,
+            value_trait_id: $body.value_trait_id,
+            value_credit_id: $body.value_credit_id,
+            credit_consumption_rate: $body.credit_consumption_rate,
+            metric_period: $body.metric_period,
+            metric_period_month_reset: $body.metric_period_month_reset,
+        }
+    };
+}
+
 fn future(expiration_date: DateTime<Utc>, now: DateTime<Utc>) -> AppResult<DateTime<Utc>> {
     if expiration_date <= now {
         return Err(AppError::bad_request(format!(
@@ -280,16 +296,7 @@ pub async fn create_in(
     views: bool,
 ) -> AppResult<emit::Written> {
     let now = Utc::now();
-    let input = ValueInput {
-        value_type: body.value_type,
-        value_bool: body.value_bool,
-        value_numeric: body.value_numeric,
-        value_trait_id: body.value_trait_id,
-        value_credit_id: body.value_credit_id,
-        credit_consumption_rate: body.credit_consumption_rate,
-        metric_period: body.metric_period,
-        metric_period_month_reset: body.metric_period_month_reset,
-    };
+    let input = value_input!(body);
     let expiration_date = body.expiration_date.map(|d| future(d, now)).transpose()?;
     let note = valid_note(body.note.unwrap_or_default())?;
     let env_id = auth.env_id();
@@ -370,16 +377,7 @@ pub async fn update_in(
     views: bool,
 ) -> AppResult<emit::Written> {
     let now = Utc::now();
-    let input = ValueInput {
-        value_type: body.value_type,
-        value_bool: body.value_bool,
-        value_numeric: body.value_numeric,
-        value_trait_id: body.value_trait_id,
-        value_credit_id: body.value_credit_id,
-        credit_consumption_rate: body.credit_consumption_rate,
-        metric_period: body.metric_period,
-        metric_period_month_reset: body.metric_period_month_reset,
-    };
+    let input = value_input!(body);
     let expiration_date = body.expiration_date.map(|d| future(d, now)).transpose()?;
     let note = body.note.map(valid_note).transpose()?;
     let env_id = auth.env_id();
