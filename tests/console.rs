@@ -169,6 +169,15 @@ async fn browser_sign_in(b: &Browser, app: &TestApp, email: &str, password: &str
     b.url().await
 }
 
+/// Signs out in the browser and waits for the sign-in page.
+async fn sign_out(b: &Browser) {
+    b.click(&b.testid("sign-out").await).await;
+    b.wait_until("the sign-in page", || async {
+        b.url().await.ends_with("/console/login")
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_in_chromium() {
     let Some(b) = Browser::start().await else {
@@ -195,6 +204,10 @@ async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_
     let search = b.testid("company-search").await;
     b.type_text(&search, "crm-90").await;
     b.click(&b.testid("company-search-submit").await).await;
+    b.wait_until("the search's page", || async {
+        b.url().await.contains("q=crm-90")
+    })
+    .await;
     b.wait_until("one search hit", || async {
         b.find_all("[data-testid=\"company-result\"]").await.len() == 1
     })
@@ -241,6 +254,10 @@ async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_
     b.click(&b.testid("override-submit").await).await;
 
     // The answer flips to true on the company page, and the API agrees.
+    b.wait_until("the company page after the write", || async {
+        b.url().await.contains("done=override-created")
+    })
+    .await;
     b.wait_until("the answer to flip", || async {
         let e = b.testid("feature-answer-custom-branding").await;
         b.attr(&e, "data-value").await.as_deref() == Some("true")
@@ -316,6 +333,10 @@ async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_
     .unwrap();
     b.click(&b.testid("nav-stripe").await).await;
     b.click(&b.testid("inbox-status-failed").await).await;
+    b.wait_until("the failed events", || async {
+        b.url().await.contains("status=failed")
+    })
+    .await;
     let row = b.testid("inbox-event").await;
     assert_eq!(
         b.attr(&row, "data-event-id").await.as_deref(),
@@ -347,7 +368,7 @@ async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_
     // A viewer sees the company but no write control.
     let viewer = "vic@example.com";
     let viewer_once = create_console_user(&app, viewer, true);
-    b.click(&b.testid("sign-out").await).await;
+    sign_out(&b).await;
     browser_sign_in(&b, &app, viewer, &viewer_once).await;
     b.type_text(&b.testid("new-password").await, new_password)
         .await;
@@ -379,7 +400,7 @@ async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_
         .find_all("[data-testid=\"reconcile-now\"]")
         .await
         .is_empty());
-    b.click(&b.testid("sign-out").await).await;
+    sign_out(&b).await;
 
     // Five wrong passwords lock the account: the right one is refused for a while.
     for _ in 0..5 {
@@ -770,4 +791,100 @@ async fn the_console_is_off_when_disabled() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn features_are_created_and_edited_with_the_apis_validation_and_audited() {
+    let (app, _) = seeded().await;
+    let once = create_console_user(&app, "ada@example.com", false);
+    let admin = http_session(&app, "ada@example.com", &once).await;
+    let (status, page) = get_page(&app, &admin, "/console/features").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("data-testid=\"feature-create\""));
+    let csrf = csrf_of(&page);
+    let form = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        let mut f = vec![("csrf_token", csrf.clone())];
+        f.extend(pairs.iter().map(|(k, v)| (*k, v.to_string())));
+        f
+    };
+
+    // An event feature without its event: the API's message, beside the event field.
+    let resp = raw_client()
+        .post(format!("{}/console/features", app.base))
+        .header("cookie", format!("entitled_console={admin}"))
+        .form(&form(&[("name", "Exports"), ("feature_type", "event")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("data-testid=\"feature-event-error\""),
+        "{html}"
+    );
+    assert!(
+        html.contains("value=\"Exports\""),
+        "the form keeps what was sent"
+    );
+
+    // Created with a default of true: its flag answers true for anyone.
+    let path = "/console/features";
+    let created = form(&[
+        ("name", "Exports"),
+        ("feature_type", "event"),
+        ("event_subtype", "export"),
+        ("default_value", "true"),
+    ]);
+    assert_eq!(
+        post_form(&app, &admin, path, &created).await,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(app.check("exports", json!({})).await["value"], true);
+    // The same key again: the API's conflict.
+    let resp = raw_client()
+        .post(format!("{}{path}", app.base))
+        .header("cookie", format!("entitled_console={admin}"))
+        .form(&created)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+
+    // Edited: default false.
+    let feature_id: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'exports'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let edit = form(&[
+        ("name", "Data exports"),
+        ("description", "CSV"),
+        ("default_value", "false"),
+    ]);
+    assert_eq!(
+        post_form(
+            &app,
+            &admin,
+            &format!("/console/features/{feature_id}"),
+            &edit
+        )
+        .await,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(app.check("exports", json!({})).await["value"], false);
+    let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM console_audit ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(actions, ["feature.create", "feature.update"]);
+    // A viewer gets neither the forms nor the writes.
+    let vonce = create_console_user(&app, "vic@example.com", true);
+    let viewer = http_session(&app, "vic@example.com", &vonce).await;
+    let (_, page) = get_page(&app, &viewer, "/console/features").await;
+    assert!(!page.contains("data-testid=\"feature-create\""));
+    assert!(!page.contains("data-testid=\"feature-edit\""));
+    let vform = vec![("csrf_token", csrf_of(&page)), ("name", "Nope".to_string())];
+    assert_eq!(
+        post_form(&app, &viewer, path, &vform).await,
+        StatusCode::FORBIDDEN
+    );
 }

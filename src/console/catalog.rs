@@ -1,16 +1,20 @@
-//! `/console/plans` and `/console/features`: the catalog (shared by every environment) as
-//! the snapshot holds it: plans with their entitlements, flags with their features and
-//! rules.
+//! `/console/plans` and `/console/features`: the catalog (shared by every environment):
+//! plans with their entitlements, flags with their features and rules; features (with their
+//! flags) are created and edited through the API's own write functions, audited.
+
+use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
 
 use super::error::ConsoleResult;
-use super::session::Console;
-use super::{render, Layout};
-use crate::api::AppState;
+use super::session::{Console, Form, Posted};
+use super::{audit_and_commit, render, shown, Layout};
+use crate::api::features::{self, FeatureBody, FlagInput};
+use crate::api::{emit, AppState};
 use crate::engine::{self, MetricPeriod};
+use crate::store;
 
 pub struct PlanLine {
     pub id: String,
@@ -90,32 +94,62 @@ pub async fn plans_page(
     })
 }
 
+pub struct FlagLine {
+    pub key: String,
+    pub feature_id: String,
+    pub name: String,
+    pub description: String,
+    pub feature: String,
+    pub kind: String,
+    pub default_value: bool,
+    pub rules: Vec<String>,
+}
+
+/// The new-feature form as sent, to show it again with its errors.
+#[derive(Default)]
+pub struct FeatureForm {
+    pub name: String,
+    pub key: String,
+    pub feature_type: String,
+    pub event_subtype: String,
+    pub trait_id: String,
+}
+
 #[derive(Template)]
 #[template(path = "console/features.html")]
 struct FeaturesPage {
     layout: Layout,
-    /// `(flag key, feature, feature type, default, rules)`.
-    flags: Vec<(String, String, String, bool, Vec<String>)>,
+    flags: Vec<FlagLine>,
+    feature_types: &'static [&'static str],
+    form: FeatureForm,
+    errors: HashMap<&'static str, String>,
 }
 
-pub async fn features_page(
-    State(state): State<AppState>,
-    console: Console,
-) -> ConsoleResult<Response> {
+async fn features_html(
+    state: &AppState,
+    console: &Console,
+    form: FeatureForm,
+    errors: HashMap<&'static str, String>,
+) -> ConsoleResult<String> {
     let catalog = state.cache.catalog();
+    let ids: Vec<String> = catalog
+        .flags_sorted
+        .iter()
+        .filter_map(|f| f.feature.as_ref().map(|x| x.id.clone()))
+        .collect();
+    let mut conn = state.pool.acquire().await?;
+    let rows: HashMap<String, store::catalog::FeatureRow> =
+        store::catalog::features(&mut conn, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+    drop(conn);
     let flags = catalog
         .flags_sorted
         .iter()
         .map(|f| {
-            let (feature, kind) = f.feature.as_ref().map_or_else(
-                || ("—".to_string(), "—".to_string()),
-                |x| {
-                    (
-                        format!("{} ({})", x.name, x.key),
-                        x.feature_type.as_str().to_string(),
-                    )
-                },
-            );
+            let row = f.feature.as_ref().and_then(|x| rows.get(&x.id));
             let rules = f
                 .rules
                 .iter()
@@ -130,11 +164,154 @@ pub async fn features_page(
                     )
                 })
                 .collect();
-            (f.key.clone(), feature, kind, f.default_value, rules)
+            FlagLine {
+                key: f.key.clone(),
+                feature_id: row.map(|r| r.id.clone()).unwrap_or_default(),
+                name: row.map(|r| r.name.clone()).unwrap_or_default(),
+                description: row.map(|r| r.description.clone()).unwrap_or_default(),
+                feature: row.map_or_else(|| "—".into(), |r| format!("{} ({})", r.name, r.key)),
+                kind: row.map_or_else(|| "—".into(), |r| r.feature_type.clone()),
+                default_value: f.default_value,
+                rules,
+            }
         })
         .collect();
-    render(&FeaturesPage {
-        layout: Layout::new(&state, &console),
+    Ok(FeaturesPage {
+        layout: Layout::new(state, console),
         flags,
-    })
+        feature_types: &["boolean", "event", "trait"],
+        form: FeatureForm {
+            feature_type: if form.feature_type.is_empty() {
+                "boolean".into()
+            } else {
+                form.feature_type.clone()
+            },
+            ..form
+        },
+        errors,
+    }
+    .render()?)
+}
+
+pub async fn features_page(
+    State(state): State<AppState>,
+    console: Console,
+) -> ConsoleResult<Response> {
+    let html = features_html(&state, &console, FeatureForm::default(), HashMap::new()).await?;
+    Ok(axum::response::Html(html).into_response())
+}
+
+/// The form field an API message about a feature concerns.
+fn feature_field(message: &str) -> &'static str {
+    match message.split(':').next().unwrap_or("").trim() {
+        "name" => "name",
+        "key" | "flag.key" => "key",
+        "feature_type" => "feature_type",
+        "event_subtype" => "event_subtype",
+        "trait_id" => "trait_id",
+        _ => "form",
+    }
+}
+
+fn text(form: &Form, name: &str) -> Option<String> {
+    form.text(name).map(str::to_string)
+}
+
+fn default_value(form: &Form) -> Option<bool> {
+    form.text("default_value").map(|v| v == "true")
+}
+
+#[tracing::instrument(skip_all, fields(console_user))]
+pub async fn create_feature(
+    State(state): State<AppState>,
+    posted: Posted,
+) -> ConsoleResult<Response> {
+    let Posted { console, form } = posted;
+    console.require_admin()?;
+    let body = FeatureBody {
+        name: text(&form, "name"),
+        key: text(&form, "key"),
+        feature_type: text(&form, "feature_type"),
+        event_subtype: text(&form, "event_subtype"),
+        trait_id: text(&form, "trait_id"),
+        flag: Some(FlagInput {
+            default_value: default_value(&form),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let auth = console.auth();
+    let mut tx = state.begin().await?;
+    match features::create_in(&mut tx, &auth, &body, true).await {
+        Ok(written) => {
+            audit_and_commit(
+                &state,
+                &console,
+                tx,
+                &emit::FEATURE,
+                "feature.create",
+                written,
+            )
+            .await?;
+            Ok(Redirect::to("/console/features").into_response())
+        }
+        Err(e) => {
+            drop(tx);
+            let (status, message) = shown(e)?;
+            let mut errors = HashMap::new();
+            errors.insert(feature_field(&message), message);
+            let sent = FeatureForm {
+                name: body.name.unwrap_or_default(),
+                key: body.key.unwrap_or_default(),
+                feature_type: body.feature_type.unwrap_or_default(),
+                event_subtype: body.event_subtype.unwrap_or_default(),
+                trait_id: body.trait_id.unwrap_or_default(),
+            };
+            let html = features_html(&state, &console, sent, errors).await?;
+            Ok((status, axum::response::Html(html)).into_response())
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(console_user, feature_id = %id))]
+pub async fn update_feature(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted,
+) -> ConsoleResult<Response> {
+    let Posted { console, form } = posted;
+    console.require_admin()?;
+    let body = FeatureBody {
+        name: text(&form, "name"),
+        description: Some(form.get("description").unwrap_or("").trim().to_string()),
+        flag: Some(FlagInput {
+            default_value: default_value(&form),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let auth = console.auth();
+    let mut tx = state.begin().await?;
+    match features::update_in(&mut tx, &auth, &id, &body, true).await {
+        Ok(written) => {
+            audit_and_commit(
+                &state,
+                &console,
+                tx,
+                &emit::FEATURE,
+                "feature.update",
+                written,
+            )
+            .await?;
+            Ok(Redirect::to("/console/features").into_response())
+        }
+        Err(e) => {
+            drop(tx);
+            let (status, message) = shown(e)?;
+            let mut errors = HashMap::new();
+            errors.insert("form", message);
+            let html = features_html(&state, &console, FeatureForm::default(), errors).await?;
+            Ok((status, axum::response::Html(html)).into_response())
+        }
+    }
 }

@@ -15,9 +15,8 @@ use serde_json::Value;
 
 use super::error::{ConsoleError, ConsoleResult};
 use super::session::{Console, Form, Posted};
-use super::{param, query_pairs, when, Layout};
+use super::{audit_and_commit, param, query_pairs, shown, when, Layout};
 use crate::api::checks::company_answers;
-use crate::api::error::AppError;
 use crate::api::overrides::{self, CreateBody, UpdateBody};
 use crate::api::{companies, emit, AppState};
 use crate::engine::MetricPeriod;
@@ -486,44 +485,6 @@ async fn refused(
     Ok((status, axum::response::Html(html)).into_response())
 }
 
-/// Audits a written override in its transaction and commits it.
-async fn audit_and_commit(
-    state: &AppState,
-    console: &Console,
-    mut tx: store::Tx,
-    action: &str,
-    written: emit::Written,
-) -> ConsoleResult<()> {
-    let auth = console.auth();
-    store::console::audit(
-        &mut tx,
-        &store::console::NewAudit {
-            actor_id: &console.user_id,
-            actor_email: &console.email,
-            environment_id: Some(console.env_id()),
-            company_id: written.company_id.as_deref(),
-            action,
-            target: &written.id,
-            before: written.before.as_ref(),
-            after: written.after.as_ref(),
-        },
-    )
-    .await?;
-    emit::finish(state, &auth, tx, &emit::OVERRIDE, written).await?;
-    crate::metrics::WRITES.inc("company_overrides");
-    tracing::info!(user = %console.email, action, "console write");
-    Ok(())
-}
-
-/// An API error the form can show (4xx), or the error itself (5xx).
-fn shown(e: AppError) -> Result<(StatusCode, String), ConsoleError> {
-    let status = e.status();
-    if status.is_server_error() {
-        return Err(e.into());
-    }
-    Ok((status, e.to_string()))
-}
-
 #[tracing::instrument(skip_all, fields(console_user, company_id = %company_id))]
 pub async fn create_override(
     State(state): State<AppState>,
@@ -572,7 +533,15 @@ pub async fn create_override(
         }
     };
     store::console::set_note_author(&mut tx, &written.id, &console.email).await?;
-    audit_and_commit(&state, &console, tx, "override.create", written).await?;
+    audit_and_commit(
+        &state,
+        &console,
+        tx,
+        &emit::OVERRIDE,
+        "override.create",
+        written,
+    )
+    .await?;
     Ok(Redirect::to(&format!(
         "/console/companies/{company_id}?done=override-created"
     ))
@@ -644,7 +613,15 @@ pub async fn update_override(
             return refused(&state, &console, &company_id, sent, status, m).await;
         }
     };
-    audit_and_commit(&state, &console, tx, "override.update", written).await?;
+    audit_and_commit(
+        &state,
+        &console,
+        tx,
+        &emit::OVERRIDE,
+        "override.update",
+        written,
+    )
+    .await?;
     Ok(Redirect::to(&format!(
         "/console/companies/{company_id}?done=override-updated"
     ))
@@ -667,7 +644,15 @@ pub async fn delete_override(
             "override {override_id:?} is not one of company {company_id:?}"
         )));
     }
-    audit_and_commit(&state, &console, tx, "override.delete", written).await?;
+    audit_and_commit(
+        &state,
+        &console,
+        tx,
+        &emit::OVERRIDE,
+        "override.delete",
+        written,
+    )
+    .await?;
     Ok(Redirect::to(&format!(
         "/console/companies/{company_id}?done=override-deleted"
     ))

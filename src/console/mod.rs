@@ -23,7 +23,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::api::AppState;
+use crate::api::error::AppError;
+use crate::api::{emit, AppState};
 use error::ConsoleResult;
 use session::Console;
 
@@ -71,7 +72,11 @@ pub fn router(state: AppState) -> Router {
         .route("/console/stripe/reconcile", post(stripe::reconcile_now))
         .route("/console/audit", get(audit::page))
         .route("/console/plans", get(catalog::plans_page))
-        .route("/console/features", get(catalog::features_page))
+        .route(
+            "/console/features",
+            get(catalog::features_page).post(catalog::create_feature),
+        )
+        .route("/console/features/{id}", post(catalog::update_feature))
         .route("/console/insights", get(insights::page))
         .layer(middleware::from_fn(observe))
         .with_state(state)
@@ -95,7 +100,7 @@ fn page_label(path: &str) -> &'static str {
         p if p.starts_with("/console/stripe") => "stripe",
         "/console/audit" => "audit",
         "/console/plans" => "plans",
-        "/console/features" => "features",
+        "/console/features" | "/console/features/{id}" => "features",
         "/console/insights" => "insights",
         _ => "other",
     }
@@ -165,6 +170,50 @@ impl Layout {
         .to_string();
         self
     }
+}
+
+/// Audits a write made through the API's functions in its transaction, then commits it as
+/// the API would (messages, snapshot changes).
+pub async fn audit_and_commit(
+    state: &AppState,
+    console: &Console,
+    mut tx: crate::store::Tx,
+    kinds: &emit::Kinds,
+    action: &str,
+    written: emit::Written,
+) -> ConsoleResult<()> {
+    let auth = console.auth();
+    crate::store::console::audit(
+        &mut tx,
+        &crate::store::console::NewAudit {
+            actor_id: &console.user_id,
+            actor_email: &console.email,
+            environment_id: Some(console.env_id()),
+            company_id: written.company_id.as_deref(),
+            action,
+            target: &written.id,
+            before: written.before.as_ref(),
+            after: written.after.as_ref(),
+        },
+    )
+    .await?;
+    emit::finish(state, &auth, tx, kinds, written).await?;
+    crate::metrics::WRITES.inc(if action.starts_with("override.") {
+        "company_overrides"
+    } else {
+        "features"
+    });
+    tracing::info!(user = %console.email, action, "console write");
+    Ok(())
+}
+
+/// An API error a form can show (4xx, with its status), or the error itself (5xx).
+pub fn shown(e: AppError) -> Result<(axum::http::StatusCode, String), error::ConsoleError> {
+    let status = e.status();
+    if status.is_server_error() {
+        return Err(e.into());
+    }
+    Ok((status, e.to_string()))
 }
 
 /// Renders a template into an HTML response.

@@ -110,6 +110,20 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        match self.try_call(method.clone(), path, body).await {
+            Ok(v) => v,
+            Err(e) => panic!("webdriver {method} {path}: {e}"),
+        }
+    }
+
+    /// The call's value, or its W3C error (`stale element reference` when the page it was
+    /// found on has gone: a form submission navigated meanwhile).
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.session));
@@ -117,14 +131,13 @@ impl Browser {
         if method == reqwest::Method::POST {
             req = req.json(&body.unwrap_or_else(|| json!({})));
         }
-        let resp = req.send().await.expect("webdriver request");
+        let resp = req.send().await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        let v: Value = resp.json().await.expect("webdriver json");
-        assert!(
-            status.is_success(),
-            "webdriver {method} {path}: {status} {v}"
-        );
-        v["value"].clone()
+        let v: Value = resp.json().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status} {v}"));
+        }
+        Ok(v["value"].clone())
     }
 
     pub async fn goto(&self, url: &str) {
@@ -214,13 +227,15 @@ impl Browser {
         .await;
     }
 
+    /// The attribute; `None` when absent, or when the element's page has gone meanwhile.
     pub async fn attr(&self, e: &Element, name: &str) -> Option<String> {
-        self.call(
+        self.try_call(
             reqwest::Method::GET,
             &format!("/element/{}/attribute/{name}", e.0),
             None,
         )
         .await
+        .ok()?
         .as_str()
         .map(str::to_string)
     }
