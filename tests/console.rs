@@ -794,6 +794,141 @@ async fn the_console_is_off_when_disabled() {
 }
 
 #[tokio::test]
+async fn secure_cookies_idle_sessions_and_config_errors_naming_the_key() {
+    let err = entitled::config::Config::from_layers(
+        Some(("bad.toml", "[console]\nsession_idle_minutes = 0\n")),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("console.session_idle_minutes"), "{err}");
+
+    let app =
+        common::spawn_app_with("[console]\nsecure_cookies = true\nsession_idle_minutes = 5\n")
+            .await;
+    let page = raw_client()
+        .get(format!("{}/console/login", app.base))
+        .send()
+        .await
+        .unwrap();
+    let header = page.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        header.contains("; Secure") && header.contains("HttpOnly"),
+        "{header}"
+    );
+    let once = create_console_user(&app, "ada@example.com", false);
+    let session = http_session(&app, "ada@example.com", &once).await;
+    let (status, _) = get_page(&app, &session, "/console/companies").await;
+    assert_eq!(status, StatusCode::OK);
+    // Unused for longer than session_idle_minutes: signed out.
+    sqlx::query("UPDATE console_sessions SET last_seen_at = now() - interval '6 minutes'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (status, _) = get_page(&app, &session, "/console/companies").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn plan_entitlements_are_added_and_removed_from_the_plans_page() {
+    let (app, _) = seeded().await;
+    let once = create_console_user(&app, "ada@example.com", false);
+    let admin = http_session(&app, "ada@example.com", &once).await;
+    let (status, page) = get_page(&app, &admin, "/console/plans").await;
+    assert_eq!(status, StatusCode::OK);
+    let csrf = csrf_of(&page);
+    let free: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'free'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let sso: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'sso'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let company = app
+        .create(
+            "/companies",
+            json!({"keys": {"id": "tiny"}, "name": "Tiny", "base_plan_id": free}),
+        )
+        .await;
+    assert!(company["id"].is_string());
+    assert_eq!(
+        app.check("sso", json!({"id": "tiny"})).await["value"],
+        false
+    );
+    let path = format!("/console/plans/{free}/entitlements");
+    let add = |value_type: &str, value: &str, period: &str| {
+        vec![
+            ("csrf_token", csrf.clone()),
+            ("feature_id", sso.clone()),
+            ("value_type", value_type.to_string()),
+            ("value", value.to_string()),
+            ("metric_period", period.to_string()),
+        ]
+    };
+    assert_eq!(
+        post_form(&app, &admin, &path, &add("boolean", "true", "")).await,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(app.check("sso", json!({"id": "tiny"})).await["value"], true);
+    // The same feature again: the API's conflict, shown on the page; nothing changes.
+    let resp = raw_client()
+        .post(format!("{}{path}", app.base))
+        .header("cookie", format!("entitled_console={admin}"))
+        .form(&add("boolean", "false", ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("data-testid=\"entitlement-error\""));
+    assert_eq!(app.check("sso", json!({"id": "tiny"})).await["value"], true);
+    // A value that is no number for a numeric entitlement: refused before the API.
+    let resp = raw_client()
+        .post(format!("{}{path}", app.base))
+        .header("cookie", format!("entitled_console={admin}"))
+        .form(&add("numeric", "lots", "current_month"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let entitlement: String = sqlx::query_scalar(
+        "SELECT id FROM plan_entitlements WHERE plan_id = $1 AND feature_id = $2",
+    )
+    .bind(&free)
+    .bind(&sso)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let del = vec![("csrf_token", csrf.clone())];
+    assert_eq!(
+        post_form(
+            &app,
+            &admin,
+            &format!("/console/plans/entitlements/{entitlement}/delete"),
+            &del
+        )
+        .await,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        app.check("sso", json!({"id": "tiny"})).await["value"],
+        false
+    );
+    let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM console_audit ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        actions,
+        ["plan_entitlement.create", "plan_entitlement.delete"]
+    );
+}
+
+#[tokio::test]
 async fn features_are_created_and_edited_with_the_apis_validation_and_audited() {
     let (app, _) = seeded().await;
     let once = create_console_user(&app, "ada@example.com", false);

@@ -199,29 +199,29 @@ pub async fn get(
 }
 
 /// The value fields, spelled out (not flattened) so a wrong type names its field.
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[schema(as = CreatePlanEntitlementRequestBody)]
 pub struct CreateBody {
-    plan_id: String,
-    feature_id: String,
+    pub plan_id: String,
+    pub feature_id: String,
     #[schema(value_type = Option<super::openapi::ValueType>)]
-    value_type: Option<String>,
-    value_bool: Option<bool>,
-    value_numeric: Option<i64>,
-    value_trait_id: Option<String>,
-    value_credit_id: Option<String>,
-    credit_consumption_rate: Option<f64>,
+    pub value_type: Option<String>,
+    pub value_bool: Option<bool>,
+    pub value_numeric: Option<i64>,
+    pub value_trait_id: Option<String>,
+    pub value_credit_id: Option<String>,
+    pub credit_consumption_rate: Option<f64>,
     #[schema(value_type = Option<crate::engine::MetricPeriod>)]
-    metric_period: Option<String>,
+    pub metric_period: Option<String>,
     #[schema(value_type = Option<crate::engine::MonthReset>)]
-    metric_period_month_reset: Option<String>,
+    pub metric_period_month_reset: Option<String>,
     #[schema(value_type = Option<super::openapi::PriceBehavior>)]
-    price_behavior: Option<String>,
+    pub price_behavior: Option<String>,
     /// A Stripe price id whose `recurring.meter` is set: where billable usage is reported.
-    monthly_metered_price_id: Option<String>,
-    yearly_metered_price_id: Option<String>,
+    pub monthly_metered_price_id: Option<String>,
+    pub yearly_metered_price_id: Option<String>,
     /// With `pay_as_you_go` / `overage`: usage at or above this is denied (≥ the allocation).
-    soft_limit: Option<i64>,
+    pub soft_limit: Option<i64>,
 }
 
 /// A text field of an update: absent or `null` keeps the current value; `""` clears it.
@@ -269,6 +269,23 @@ pub async fn create(
     Json(body): Json<CreateBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
+    let mut tx = state.pool.begin().await?;
+    let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
+    let written = create_in(&mut tx, &auth, body, watch).await?;
+    let id = written.id.clone();
+    emit::finish(&state, &auth, tx, &emit::PLAN_ENTITLEMENT, written).await?;
+    crate::metrics::WRITES.inc("plan_entitlements");
+    tracing::info!(entitlement_id = %id, "plan entitlement created");
+    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+}
+
+/// Creates a plan entitlement in `tx` with the API's validation; the caller commits.
+pub async fn create_in(
+    tx: &mut Conn,
+    auth: &Auth,
+    body: CreateBody,
+    views: bool,
+) -> AppResult<emit::Written> {
     let input = ValueInput {
         value_type: body.value_type,
         value_bool: body.value_bool,
@@ -285,28 +302,20 @@ pub async fn create(
         yearly_metered_price_id: keep_or_clear(body.yearly_metered_price_id, None),
         soft_limit: body.soft_limit,
     };
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
-    let before = None;
-    plan_type(&mut tx, "plan_id", &body.plan_id).await?;
-    let feature_type = store::feature_type(&mut tx, "feature_id", &body.feature_id).await?;
+    plan_type(tx, "plan_id", &body.plan_id).await?;
+    let feature_type = store::feature_type(tx, "feature_id", &body.feature_id).await?;
     let values = input.resolve(None, feature_type)?;
-    let billing = billing(&mut tx, &auth, requested, &values).await?;
-    let id = store::insert_entitlement(&mut tx, &body.plan_id, &body.feature_id, &values, &billing)
-        .await?;
-    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::PLAN_ENTITLEMENT,
-        (before, after),
-        vec![Change::Catalog],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("plan_entitlements");
-    tracing::info!(entitlement_id = %id, plan_id = %body.plan_id, feature_id = %body.feature_id, "plan entitlement created");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    let billing = billing(tx, auth, requested, &values).await?;
+    let id =
+        store::insert_entitlement(tx, &body.plan_id, &body.feature_id, &values, &billing).await?;
+    let after = emit::view(views, find_in(tx, auth, &id)).await?;
+    Ok(emit::Written {
+        id,
+        company_id: None,
+        before: None,
+        after,
+        changes: vec![Change::Catalog],
+    })
 }
 
 /// Absent or `null` fields keep their current value.
@@ -403,21 +412,29 @@ pub async fn delete(
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
-    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    if !store::delete_entitlement(&mut tx, &id).await? {
-        return Err(AppError::not_found("plan entitlement", &id));
-    }
-    let after = None;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::PLAN_ENTITLEMENT,
-        (before, after),
-        vec![Change::Catalog],
-    )
-    .await?;
+    let written = delete_in(&mut tx, &auth, &id, watch).await?;
+    emit::finish(&state, &auth, tx, &emit::PLAN_ENTITLEMENT, written).await?;
     crate::metrics::WRITES.inc("plan_entitlements");
     tracing::info!("plan entitlement deleted");
     Ok(envelope::deleted())
+}
+
+/// Deletes plan entitlement `id` in `tx`; the caller commits.
+pub async fn delete_in(
+    tx: &mut Conn,
+    auth: &Auth,
+    id: &str,
+    views: bool,
+) -> AppResult<emit::Written> {
+    let before = emit::view(views, find_in(tx, auth, id)).await?;
+    if !store::delete_entitlement(tx, id).await? {
+        return Err(AppError::not_found("plan entitlement", id));
+    }
+    Ok(emit::Written {
+        id: id.to_string(),
+        company_id: None,
+        before,
+        after: None,
+        changes: vec![Change::Catalog],
+    })
 }

@@ -10,19 +10,27 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::error::ConsoleResult;
 use super::session::{Console, Form, Posted};
-use super::{audit_and_commit, render, shown, Layout};
+use super::{audit_and_commit, shown, Layout};
 use crate::api::features::{self, FeatureBody, FlagInput};
-use crate::api::{emit, AppState};
+use crate::api::{emit, plan_entitlements, AppState};
 use crate::engine::{self, MetricPeriod};
 use crate::store;
+
+pub struct EntitlementLine {
+    pub id: String,
+    pub feature: String,
+    pub value: String,
+}
 
 pub struct PlanLine {
     pub id: String,
     pub key: String,
     pub name: String,
     pub is_add_on: bool,
-    /// `(feature, value)`, by feature.
-    pub entitlements: Vec<(String, String)>,
+    /// The linked Stripe product.
+    pub product: Option<String>,
+    /// By feature.
+    pub entitlements: Vec<EntitlementLine>,
 }
 
 #[derive(Template)]
@@ -30,6 +38,11 @@ pub struct PlanLine {
 struct PlansPage {
     layout: Layout,
     plans: Vec<PlanLine>,
+    /// `(id, "name (key)")` of every feature with a flag.
+    features: Vec<(String, String)>,
+    value_types: &'static [&'static str],
+    metric_periods: &'static [&'static str],
+    errors: HashMap<&'static str, String>,
 }
 
 /// How an entitlement's value reads: `true`, `1000 per current_month`, `unlimited`, ….
@@ -47,51 +60,174 @@ pub fn value_text(c: &engine::Candidate) -> String {
     }
 }
 
-pub async fn plans_page(
-    State(state): State<AppState>,
-    console: Console,
-) -> ConsoleResult<Response> {
+async fn plans_html(
+    state: &AppState,
+    console: &Console,
+    errors: HashMap<&'static str, String>,
+) -> ConsoleResult<String> {
     let catalog = state.cache.catalog();
-    let feature_names: std::collections::HashMap<&str, String> = catalog
+    let mut features: Vec<(String, String)> = catalog
         .flags_sorted
         .iter()
         .filter_map(|f| f.feature.as_ref())
-        .map(|f| (f.id.as_str(), format!("{} ({})", f.name, f.key)))
+        .map(|f| (f.id.clone(), format!("{} ({})", f.name, f.key)))
         .collect();
+    features.sort_by(|a, b| a.1.cmp(&b.1));
+    features.dedup_by(|a, b| a.0 == b.0);
+    let names: HashMap<&str, &str> = features
+        .iter()
+        .map(|(id, n)| (id.as_str(), n.as_str()))
+        .collect();
+    let ids: Vec<String> = catalog.plans.keys().cloned().collect();
+    let mut conn = state.pool.acquire().await?;
+    let products: HashMap<String, Option<String>> = store::plans::rows(&mut conn, &ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.billing_product_id))
+        .collect();
+    drop(conn);
     let mut plans: Vec<PlanLine> = catalog
         .plans
         .values()
         .map(|p| {
-            let mut entitlements: Vec<(String, String)> = catalog
+            let mut entitlements: Vec<EntitlementLine> = catalog
                 .entitlements
                 .iter()
                 .filter_map(|(feature_id, by_plan)| {
-                    by_plan.get(&p.id).map(|e| {
-                        (
-                            feature_names
-                                .get(feature_id.as_str())
-                                .cloned()
-                                .unwrap_or_else(|| feature_id.clone()),
-                            value_text(&e.candidate),
-                        )
+                    let e = by_plan.get(&p.id)?;
+                    let id = match &e.candidate.source {
+                        engine::Source::Plan { entitlement_id } => entitlement_id.clone(),
+                        engine::Source::Override { override_id } => override_id.clone(),
+                    };
+                    Some(EntitlementLine {
+                        id,
+                        feature: names
+                            .get(feature_id.as_str())
+                            .map_or_else(|| feature_id.clone(), |n| n.to_string()),
+                        value: value_text(&e.candidate),
                     })
                 })
                 .collect();
-            entitlements.sort();
+            entitlements.sort_by(|a, b| a.feature.cmp(&b.feature));
             PlanLine {
                 id: p.id.clone(),
                 key: p.key.clone(),
                 name: p.name.clone(),
                 is_add_on: p.is_add_on,
+                product: products.get(&p.id).cloned().flatten(),
                 entitlements,
             }
         })
         .collect();
     plans.sort_by(|a, b| a.name.cmp(&b.name));
-    render(&PlansPage {
-        layout: Layout::new(&state, &console),
+    Ok(PlansPage {
+        layout: Layout::new(state, console),
         plans,
-    })
+        features,
+        value_types: super::company::VALUE_TYPES,
+        metric_periods: super::company::METRIC_PERIODS,
+        errors,
+    }
+    .render()?)
+}
+
+pub async fn plans_page(
+    State(state): State<AppState>,
+    console: Console,
+) -> ConsoleResult<Response> {
+    let html = plans_html(&state, &console, HashMap::new()).await?;
+    Ok(axum::response::Html(html).into_response())
+}
+
+/// The plans page again with `message` at the top, answered with `status`.
+async fn plans_refused(
+    state: &AppState,
+    console: &Console,
+    status: axum::http::StatusCode,
+    message: String,
+) -> ConsoleResult<Response> {
+    let mut errors = HashMap::new();
+    errors.insert("form", message);
+    let html = plans_html(state, console, errors).await?;
+    Ok((status, axum::response::Html(html)).into_response())
+}
+
+#[tracing::instrument(skip_all, fields(console_user, plan_id = %plan_id))]
+pub async fn create_entitlement(
+    State(state): State<AppState>,
+    Path(plan_id): Path<String>,
+    posted: Posted,
+) -> ConsoleResult<Response> {
+    let Posted { console, form } = posted;
+    console.require_admin()?;
+    let value_type = form.get("value_type").unwrap_or("").to_string();
+    let v = match super::company::value_fields(
+        &value_type,
+        form.get("value").unwrap_or(""),
+        form.get("credit_consumption_rate").unwrap_or(""),
+    ) {
+        Ok(v) => v,
+        Err(m) => {
+            return plans_refused(&state, &console, axum::http::StatusCode::BAD_REQUEST, m).await
+        }
+    };
+    let body = plan_entitlements::CreateBody {
+        plan_id,
+        feature_id: form.get("feature_id").unwrap_or("").to_string(),
+        value_type: Some(value_type).filter(|s| !s.is_empty()),
+        value_bool: v.value_bool,
+        value_numeric: v.value_numeric,
+        value_trait_id: v.value_trait_id,
+        value_credit_id: v.value_credit_id,
+        credit_consumption_rate: v.credit_consumption_rate,
+        metric_period: text(&form, "metric_period"),
+        metric_period_month_reset: text(&form, "metric_period_month_reset"),
+        ..Default::default()
+    };
+    let auth = console.auth();
+    let mut tx = state.begin().await?;
+    match plan_entitlements::create_in(&mut tx, &auth, body, true).await {
+        Ok(written) => {
+            audit_and_commit(
+                &state,
+                &console,
+                tx,
+                &emit::PLAN_ENTITLEMENT,
+                "plan_entitlement.create",
+                written,
+            )
+            .await?;
+            Ok(Redirect::to("/console/plans").into_response())
+        }
+        Err(e) => {
+            drop(tx);
+            let (status, message) = shown(e)?;
+            plans_refused(&state, &console, status, message).await
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(console_user, entitlement_id = %id))]
+pub async fn delete_entitlement(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted,
+) -> ConsoleResult<Response> {
+    let console = posted.console;
+    console.require_admin()?;
+    let auth = console.auth();
+    let mut tx = state.begin().await?;
+    let written = plan_entitlements::delete_in(&mut tx, &auth, &id, true).await?;
+    audit_and_commit(
+        &state,
+        &console,
+        tx,
+        &emit::PLAN_ENTITLEMENT,
+        "plan_entitlement.delete",
+        written,
+    )
+    .await?;
+    Ok(Redirect::to("/console/plans").into_response())
 }
 
 pub struct FlagLine {

@@ -100,8 +100,9 @@ struct Page {
     events: Vec<(String, String, String, i64)>,
 }
 
-const VALUE_TYPES: &[&str] = &["boolean", "numeric", "unlimited", "trait", "credit"];
-const METRIC_PERIODS: &[&str] = &["all_time", "current_day", "current_week", "current_month"];
+pub(super) const VALUE_TYPES: &[&str] = &["boolean", "numeric", "unlimited", "trait", "credit"];
+pub(super) const METRIC_PERIODS: &[&str] =
+    &["all_time", "current_day", "current_week", "current_month"];
 const EXPIRY_CHOICES: &[(&str, &str)] = &[
     ("7", "In 7 days"),
     ("30", "In 30 days"),
@@ -409,15 +410,19 @@ fn expiry(choice: &str, date: &str, now: DateTime<Utc>) -> Result<Option<DateTim
 
 /// The value fields of the API's bodies from the console's one `value` input.
 #[derive(Debug)]
-struct ValueFields {
-    value_bool: Option<bool>,
-    value_numeric: Option<i64>,
-    value_trait_id: Option<String>,
-    value_credit_id: Option<String>,
-    credit_consumption_rate: Option<f64>,
+pub(super) struct ValueFields {
+    pub value_bool: Option<bool>,
+    pub value_numeric: Option<i64>,
+    pub value_trait_id: Option<String>,
+    pub value_credit_id: Option<String>,
+    pub credit_consumption_rate: Option<f64>,
 }
 
-fn value_fields(value_type: &str, value: &str, rate: &str) -> Result<ValueFields, String> {
+pub(super) fn value_fields(
+    value_type: &str,
+    value: &str,
+    rate: &str,
+) -> Result<ValueFields, String> {
     let value = value.trim();
     let mut f = ValueFields {
         value_bool: None,

@@ -73,6 +73,14 @@ pub fn router(state: AppState) -> Router {
         .route("/console/audit", get(audit::page))
         .route("/console/plans", get(catalog::plans_page))
         .route(
+            "/console/plans/{id}/entitlements",
+            post(catalog::create_entitlement),
+        )
+        .route(
+            "/console/plans/entitlements/{id}/delete",
+            post(catalog::delete_entitlement),
+        )
+        .route(
             "/console/features",
             get(catalog::features_page).post(catalog::create_feature),
         )
@@ -99,7 +107,7 @@ fn page_label(path: &str) -> &'static str {
         p if p.starts_with("/console/companies/{id}/overrides") => "overrides",
         p if p.starts_with("/console/stripe") => "stripe",
         "/console/audit" => "audit",
-        "/console/plans" => "plans",
+        p if p.starts_with("/console/plans") => "plans",
         "/console/features" | "/console/features/{id}" => "features",
         "/console/insights" => "insights",
         _ => "other",
@@ -198,10 +206,10 @@ pub async fn audit_and_commit(
     )
     .await?;
     emit::finish(state, &auth, tx, kinds, written).await?;
-    crate::metrics::WRITES.inc(if action.starts_with("override.") {
-        "company_overrides"
-    } else {
-        "features"
+    crate::metrics::WRITES.inc(match action.split('.').next() {
+        Some("override") => "company_overrides",
+        Some("plan_entitlement") => "plan_entitlements",
+        _ => "features",
     });
     tracing::info!(user = %console.email, action, "console write");
     Ok(())
