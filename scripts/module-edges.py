@@ -16,7 +16,7 @@ LAYERS = [
     ["app"],
     ["api"],
     ["jobs"],
-    ["stripe", "ingest", "insights", "seed"],
+    ["stripe", "ingest", "insights", "seed", "datastream"],
     ["outbound"],
     ["outbox", "changes"],
     ["cache"],

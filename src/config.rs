@@ -67,6 +67,18 @@ pub struct Config {
     pub insights: InsightsConfig,
     pub webhooks: WebhooksConfig,
     pub stripe: StripeConfig,
+    pub datastream: DatastreamConfig,
+}
+
+/// The datastream the SDKs evaluate flags from (`datastream/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatastreamConfig {
+    /// Open connections per API key; one more is refused with 429 before the upgrade.
+    pub max_connections_per_key: usize,
+    /// Messages queued for one connection; a consumer that falls this far behind is closed
+    /// (1008) rather than buffered without bound.
+    pub send_queue: usize,
 }
 
 /// The Stripe inbox workers (`stripe/worker.rs`), for every environment.
@@ -262,6 +274,12 @@ impl Config {
         }
         if self.server.body_limit_bytes < 1024 {
             return invalid("server.body_limit_bytes must be at least 1024".into());
+        }
+        if self.datastream.max_connections_per_key == 0 {
+            return invalid("datastream.max_connections_per_key must be at least 1".into());
+        }
+        if self.datastream.send_queue == 0 {
+            return invalid("datastream.send_queue must be at least 1".into());
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections must be at least 1".into());
