@@ -130,7 +130,20 @@ impl Datastream {
             }
         };
         conn.unsubscribe_all();
+        let closing = conn.close.is_none();
         drop(conn);
+        if closing {
+            // The closing handshake: read (and discard) until the client answers our close,
+            // so its unread requests do not turn the close into a reset.
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Some(Ok(m)) = stream.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
         let _ = writer.await;
         tracing::info!(
             env = %environment,
