@@ -292,11 +292,13 @@ fn entitlement_rules(
         (Value::Bool(b), _) => return vec![rule("", ok_type, *b, base)],
         (Value::Unlimited, _) => return vec![rule("", ok_type, true, base)],
         (Value::Credit { credit_id, rate }, _) => {
+            // The SDK's engine reads a credit condition as "balance ≥ consumption rate"
+            // under the operator its own rules carry, `eq`.
             let mut with = base.clone();
             with.push(RCondition {
                 credit_id: Some(credit_id.clone()),
                 consumption_rate: Some(*rate),
-                ..bare(env, &format!("{rule_id}_credit"), "credit", "gte")
+                ..bare(env, &format!("{rule_id}_credit"), "credit", "eq")
             });
             return vec![
                 rule("", ok_type, true, with),
