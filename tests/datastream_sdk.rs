@@ -390,7 +390,7 @@ async fn the_sdk_evaluates_locally_like_the_server_and_follows_changes() {
     // Changes reach the SDK's answers within a second.
     let free_co = json!({"id": "free"});
     assert_eq!(
-        sdk.matrix(&[free_co.clone()], &["sso"]).await,
+        sdk.matrix(std::slice::from_ref(&free_co), &["sso"]).await,
         vec![vec![false]]
     );
     app.create(
@@ -408,7 +408,7 @@ async fn the_sdk_evaluates_locally_like_the_server_and_follows_changes() {
     )
     .await;
     assert_eq!(
-        sdk.matrix(&[cus.clone()], &["sso"]).await,
+        sdk.matrix(std::slice::from_ref(&cus), &["sso"]).await,
         vec![vec![false]]
     );
     let sub = s::subscription("sub_ds", "cus_ds", "active", &[enterprise_item()]);
@@ -427,7 +427,7 @@ async fn the_sdk_evaluates_locally_like_the_server_and_follows_changes() {
     // Usage tracked by another client: 4 of 5 reports, one more reaches the limit.
     let under = json!({"id": "free-reports-under"});
     assert_eq!(
-        sdk.matrix(&[under.clone()], &["reports"]).await,
+        sdk.matrix(std::slice::from_ref(&under), &["reports"]).await,
         vec![vec![true]]
     );
     track("free-reports-under", "report_generated", 1).await;
@@ -436,7 +436,8 @@ async fn the_sdk_evaluates_locally_like_the_server_and_follows_changes() {
     // A flag's default flipped.
     let flag_id = id_of(&app, "flags", "priority-support").await;
     assert_eq!(
-        sdk.matrix(&[free_co.clone()], &["priority-support"]).await,
+        sdk.matrix(std::slice::from_ref(&free_co), &["priority-support"])
+            .await,
         vec![vec![false]]
     );
     let (st, body) = app
