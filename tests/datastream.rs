@@ -399,3 +399,89 @@ async fn shutdown_closes_connections_with_1001() {
         .expect("the server stops once its connections are closed")
         .unwrap();
 }
+
+/// The SDKs report local evaluations as `flag_check` events on `/batch`: counted in the
+/// insights' check figures and `entitled_sdk_flag_checks_total`, not as checks this server
+/// answered, no usage; a mixed batch keeps its track events.
+#[tokio::test]
+async fn batch_accepts_flag_check_events_beside_track_events() {
+    let app = seeded("[insights]\ncheck_flush_secs = 1\n").await;
+    acme(&app).await;
+    let metric = |name: &'static str| {
+        let app = &app;
+        async move {
+            let text = app
+                .client
+                .get(format!("{}/metrics", app.base))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        }
+    };
+    let (answered, reported) = (
+        metric("entitled_checks_total{").await,
+        metric("entitled_sdk_flag_checks_total").await,
+    );
+    let check = |value: bool| {
+        json!({"type": "flag_check", "body": {"flag_key": "audit-log", "value": value, "reason": "local",
+               "company_id": null, "req_company": {"id": "acme"}}})
+    };
+    let (s, body) = app
+        .post(
+            "/batch",
+            json!({"events": [
+                check(true),
+                {"type": "track", "body": {"event": "report_generated", "company": {"id": "acme"}, "quantity": 2}},
+                check(false),
+                check(false),
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["data"]["events"].as_array().unwrap().len(),
+        1,
+        "{body}"
+    );
+    assert_eq!(metric("entitled_sdk_flag_checks_total").await - reported, 3);
+    assert_eq!(
+        metric("entitled_checks_total{").await,
+        answered,
+        "not checks this server answered"
+    );
+    // The track event counted usage.
+    let c = app.check("reports", json!({"id": "acme"})).await;
+    assert_eq!(c["feature_usage"], 2, "{c}");
+    // Insights count the reported checks once flushed.
+    let d = common::eventually(Duration::from_secs(10), || async {
+        let (_, body) = app.get("/insights/top-features?by=checks&limit=5").await;
+        let f = body["data"]["features"].as_array()?.clone();
+        let audit = f.into_iter().find(|x| x["feature_key"] == "audit-log")?;
+        (audit["checks"] == 3).then_some(audit)
+    })
+    .await;
+    assert_eq!(d["allowed_checks"], 1, "{d}");
+    // A flag_check naming no flag is refused, naming the field; nothing of the batch applies.
+    let (s, body) = app
+        .post(
+            "/batch",
+            json!({"events": [{"type": "flag_check", "body": {"value": true}}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("events[0].body.flag_key"),
+        "{body}"
+    );
+    app.stop().await;
+}
