@@ -294,15 +294,7 @@ async fn changes_arrive_as_partials_and_deletes() {
     assert_eq!(m["entity_id"], acme_id.as_str());
     assert_eq!(m["data"]["keys"], json!({"id": "acme"}));
 
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     // (Metrics are per process, shared by this file's tests.)
     let open: i64 = text
         .lines()
@@ -353,16 +345,9 @@ async fn a_consumer_that_stops_reading_is_closed_with_1008() {
         request(&mut ws, "start", "rulesengine.Flags", None).await;
     }
     let drops = || async {
-        let text = app
-            .client
-            .get(format!("{}/metrics", app.base))
-            .send()
+        app.metrics_text()
             .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
+            .lines()
             .any(|l| l == "entitled_datastream_drops_total{reason=\"slow_consumer\"} 1")
             .then_some(())
     };
@@ -407,27 +392,9 @@ async fn shutdown_closes_connections_with_1001() {
 async fn batch_accepts_flag_check_events_beside_track_events() {
     let app = seeded("[insights]\ncheck_flush_secs = 1\n").await;
     acme(&app).await;
-    let metric = |name: &'static str| {
-        let app = &app;
-        async move {
-            let text = app
-                .client
-                .get(format!("{}/metrics", app.base))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>()
-        }
-    };
     let (answered, reported) = (
-        metric("entitled_checks_total{").await,
-        metric("entitled_sdk_flag_checks_total").await,
+        app.metric_sum("entitled_checks_total{").await,
+        app.metric_sum("entitled_sdk_flag_checks_total").await,
     );
     let check = |value: bool| {
         json!({"type": "flag_check", "body": {"flag_key": "audit-log", "value": value, "reason": "local",
@@ -450,9 +417,12 @@ async fn batch_accepts_flag_check_events_beside_track_events() {
         1,
         "{body}"
     );
-    assert_eq!(metric("entitled_sdk_flag_checks_total").await - reported, 3);
     assert_eq!(
-        metric("entitled_checks_total{").await,
+        app.metric_sum("entitled_sdk_flag_checks_total").await - reported,
+        3
+    );
+    assert_eq!(
+        app.metric_sum("entitled_checks_total{").await,
         answered,
         "not checks this server answered"
     );

@@ -90,19 +90,7 @@ impl Sdk {
 
 /// Checks the server answered (`entitled_checks_total`, every outcome).
 async fn server_checks(app: &common::TestApp) -> u64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("entitled_checks_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    app.metric_sum("entitled_checks_total{").await
 }
 
 async fn id_of(app: &common::TestApp, table: &str, key: &str) -> String {
