@@ -455,3 +455,57 @@ async fn batch_accepts_flag_check_events_beside_track_events() {
     );
     app.stop().await;
 }
+
+/// A change committed on one replica reaches the connections of another (LISTEN/NOTIFY)
+/// within a second; an override that expires is withdrawn at its expiration, no write needed.
+#[tokio::test]
+async fn other_replicas_push_and_expiry_needs_no_write() {
+    let a = seeded("").await;
+    let acme_id = acme(&a).await;
+    let b = common::spawn_on(&a.db_url, "").await;
+    let mut ws = connect(&b).await;
+    request(
+        &mut ws,
+        "start",
+        "rulesengine.Company",
+        Some(json!({"id": "acme"})),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["message_type"], "full");
+
+    let sso = id_of(&a, "features", "sso").await;
+    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let started = std::time::Instant::now();
+    a.create(
+        "/company-overrides",
+        json!({"company_id": acme_id, "feature_id": sso, "value_type": "boolean", "value_bool": true,
+               "expiration_date": expires.to_rfc3339()}),
+    )
+    .await;
+    let m = next(&mut ws).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(m["message_type"], "partial", "{m}");
+    let has_override = |m: &Value| {
+        m["data"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["rule_type"] == "company_override")
+    };
+    assert!(has_override(&m), "{m}");
+
+    // Nothing is written at the expiration; the timer withdraws the rule.
+    let m = next(&mut ws).await;
+    let late = chrono::Utc::now() - expires;
+    assert!(!has_override(&m), "{m}");
+    assert!(
+        late >= chrono::Duration::zero() && late < chrono::Duration::seconds(1),
+        "withdrawn {late:?} after the expiration"
+    );
+    b.stop().await;
+    a.stop().await;
+}
