@@ -17,7 +17,7 @@ LAYERS = [
     ["console"],
     ["api"],
     ["jobs"],
-    ["stripe", "ingest", "insights", "seed"],
+    ["stripe", "ingest", "insights", "seed", "datastream"],
     ["outbound"],
     ["outbox", "changes"],
     ["cache"],

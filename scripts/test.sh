@@ -11,17 +11,18 @@ cd "$(dirname "$0")/.."
 # POST /mcp), pinned, in a virtualenv of their own.
 VENV=${ENTITLED_SDK_VENV:-target/sdk-venv}
 # standardwebhooks verifies outbound webhook deliveries (tests/outbound_webhooks.rs).
-SDKS=("schematichq==1.4.6" "mcp==2.3.0" "standardwebhooks==1.3.0")
+# schematichq with its datastream extra (wasmtime, websockets): tests/datastream_sdk.rs.
+SDKS=("schematichq[datastream]==1.4.6" "mcp==2.3.0" "standardwebhooks==1.3.0")
 # True when every pin is installed at its version (whatever it was installed from).
 installed() {
   "$VENV/bin/python" - "${SDKS[@]}" 2>/dev/null <<'PY'
 import sys
 from importlib.metadata import version
-sys.exit(any(version(pin.split("==")[0]) != pin.split("==")[1] for pin in sys.argv[1:]))
+sys.exit(any(version(pin.split("==")[0].split("[")[0]) != pin.split("==")[1] for pin in sys.argv[1:]))
 PY
 }
 if [ ! -x "$VENV/bin/python" ] || ! installed \
-    || ! "$VENV/bin/python" -c "import schematic, mcp, standardwebhooks" 2>/dev/null; then
+    || ! "$VENV/bin/python" -c "import schematic, mcp, standardwebhooks, wasmtime, websockets" 2>/dev/null; then
   echo "==> installing ${SDKS[*]} into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "${SDKS[@]}"

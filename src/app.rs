@@ -13,6 +13,7 @@ use crate::api::AppState;
 use crate::cache::Cache;
 use crate::changes::{self, Publisher};
 use crate::config::Config;
+use crate::datastream::Datastream;
 use crate::insights::{self, CheckCounts};
 use crate::jobs;
 use crate::store;
@@ -41,6 +42,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
     );
     let stripe = Arc::new(Stripe::new(&config.stripe));
     let breaker = store::breaker::Breaker::new(store::db::connect_options(&config)?);
+    let datastream = Datastream::new(cache.clone(), publisher.clone(), config.datastream.clone());
     Ok((
         AppState {
             pool,
@@ -51,6 +53,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
             checks,
             stripe,
             db: Arc::new(breaker),
+            datastream,
         },
         listener,
     ))
@@ -114,8 +117,13 @@ pub async fn run(
     let token = shutdown.clone();
     // Connection info: the console rate-limits sign-ins per client address.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let datastream = state.datastream.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move { token.cancelled().await })
+        .with_graceful_shutdown(async move {
+            token.cancelled().await;
+            // Upgraded connections are not the server's to wait for: close them (1001).
+            datastream.shutdown().await;
+        })
         .await?;
     shutdown.cancel();
     state.stripe.shutdown.cancel();

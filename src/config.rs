@@ -68,6 +68,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub stripe: StripeConfig,
     pub console: ConsoleConfig,
+    pub datastream: DatastreamConfig,
 }
 
 /// The admin console (`console/`), served at `/console`.
@@ -79,6 +80,18 @@ pub struct ConsoleConfig {
     pub secure_cookies: bool,
     /// A session unused for this long is signed out.
     pub session_idle_minutes: u32,
+}
+
+
+/// The datastream the SDKs evaluate flags from (`datastream/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatastreamConfig {
+    /// Open connections per API key; one more is refused with 429 before the upgrade.
+    pub max_connections_per_key: usize,
+    /// Messages queued for one connection; a consumer that falls this far behind is closed
+    /// (1008) rather than buffered without bound.
+    pub send_queue: usize,
 }
 
 /// The Stripe inbox workers (`stripe/worker.rs`), for every environment.
@@ -274,6 +287,12 @@ impl Config {
         }
         if self.server.body_limit_bytes < 1024 {
             return invalid("server.body_limit_bytes must be at least 1024".into());
+        }
+        if self.datastream.max_connections_per_key == 0 {
+            return invalid("datastream.max_connections_per_key must be at least 1".into());
+        }
+        if self.datastream.send_queue == 0 {
+            return invalid("datastream.send_queue must be at least 1".into());
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections must be at least 1".into());

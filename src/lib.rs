@@ -9,6 +9,8 @@
 //!   `jobs/` (the scheduler and its jobs), `ingest` (event group commit), `insights`,
 //!   `outbound/` (outbound webhooks: emitting into the outbox, signing, delivery),
 //!   `outbox` (the claim-lease-deliver loop every outbox drains with).
+//! - `datastream/` — `GET /datastream`: the SDKs' local evaluation, the snapshot in the rules
+//!   engine's model, pushed as it changes.
 //! - `changes` — what a write changed: notify inside the transaction, commit, refresh.
 //! - `cache/` — the in-memory snapshot checks read (`cache/check.rs` evaluates a check).
 //! - `store/` — all SQL, the pool and migrations, and the store's error type.
@@ -23,6 +25,7 @@ pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod datastream;
 pub mod engine;
 pub mod ids;
 pub mod ingest;

@@ -218,6 +218,11 @@ impl<const N: usize> GaugeVec<N> {
         self.family.get(&self.key(values)).map(|g| g.get())
     }
 
+    /// Moves the gauge by `delta` (open connections, subscriptions).
+    pub fn add(&self, values: [&str; N], delta: i64) {
+        self.family.get_or_create(&self.key(values)).inc_by(delta);
+    }
+
     fn key(&self, values: [&str; N]) -> [(&'static str, String); N] {
         std::array::from_fn(|i| (self.labels[i], values[i].to_owned()))
     }
@@ -508,6 +513,21 @@ const METER_LAG_BUCKETS: &[f64] = &[
 pub static METER_EVENT_LAG_SECONDS: LazyLock<Histogram> =
     LazyLock::new(|| Histogram::new(METER_LAG_BUCKETS.iter().copied()));
 
+/// Open datastream connections (`GET /datastream`).
+pub static DATASTREAM_CONNECTIONS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+/// Datastream subscriptions by entity: `flags`, `company`, `user`.
+pub static DATASTREAM_SUBSCRIPTIONS: LazyLock<GaugeVec<1>> =
+    LazyLock::new(|| GaugeVec::new(["entity"]));
+/// Datastream messages sent, by message type.
+pub static DATASTREAM_MESSAGES: LazyLock<FixedCounter<4>> =
+    LazyLock::new(|| FixedCounter::new("type", ["full", "partial", "delete", "error"]));
+/// Datastream connections closed or refused by the server, by reason.
+pub static DATASTREAM_DROPS: LazyLock<FixedCounter<3>> = LazyLock::new(|| {
+    FixedCounter::new("reason", ["slow_consumer", "connection_limit", "protocol"])
+});
+/// Flag checks the SDKs evaluated locally and reported (`flag_check` events on `/batch`).
+pub static SDK_FLAG_CHECKS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
 /// Every metric above under its exposed name (counters without `_total`), in the order
 /// `/metrics` has always listed them.
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -661,6 +681,31 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "entitled_console_sign_ins",
         "Console sign-in attempts by outcome",
         CONSOLE_SIGN_INS.clone(),
+    );
+    r.register(
+        "entitled_datastream_connections",
+        "Open datastream connections",
+        DATASTREAM_CONNECTIONS.clone(),
+    );
+    r.register(
+        "entitled_datastream_subscriptions",
+        "Datastream subscriptions by entity: flags, company, user",
+        DATASTREAM_SUBSCRIPTIONS.clone(),
+    );
+    r.register(
+        "entitled_datastream_messages",
+        "Datastream messages sent, by type: full, partial, delete, error",
+        DATASTREAM_MESSAGES.clone(),
+    );
+    r.register(
+        "entitled_datastream_drops",
+        "Datastream connections closed or refused, by reason: slow_consumer, connection_limit, protocol",
+        DATASTREAM_DROPS.clone(),
+    );
+    r.register(
+        "entitled_sdk_flag_checks",
+        "Flag checks the SDKs evaluated locally and reported as flag_check events",
+        SDK_FLAG_CHECKS.clone(),
     );
     r
 });
@@ -817,6 +862,11 @@ mod tests {
                 "entitled_webhook_endpoints_disabled_total counter",
                 "entitled_console_requests_total counter",
                 "entitled_console_sign_ins_total counter",
+                "entitled_datastream_connections gauge",
+                "entitled_datastream_subscriptions gauge",
+                "entitled_datastream_messages_total counter",
+                "entitled_datastream_drops_total counter",
+                "entitled_sdk_flag_checks_total counter",
                 "entitled_db_pool_max gauge",
             ]
         );

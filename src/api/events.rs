@@ -50,7 +50,8 @@ pub struct CreateEvent {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CaptureEvent {
     api_key: Option<String>,
-    /// `track` or `identify`.
+    /// `track` or `identify`; or `flag_check`, a check the SDK evaluated locally (counted in
+    /// insights, not stored).
     #[serde(rename = "type")]
     #[schema(value_type = super::openapi::EventType)]
     event_type: String,
@@ -436,6 +437,8 @@ pub async fn capture(
     let batch: CaptureBatch = parse_json(&bytes)?;
     check_batch_size(batch.events.len())?;
     let mut events = Vec::with_capacity(batch.events.len());
+    // Checks the SDKs evaluated locally: counted in insights once the batch is accepted.
+    let mut flag_checks = Vec::new();
     for (i, e) in batch.events.into_iter().enumerate() {
         let secret = e
             .api_key
@@ -448,6 +451,12 @@ pub async fn capture(
             auth.record_in_span();
         }
         auth.require_write()?;
+        if e.event_type == "flag_check" {
+            if let Some(check) = flag_check(&state, &format!("events[{i}]"), &auth, e.body)? {
+                flag_checks.push(check);
+            }
+            continue;
+        }
         events.push(validate(
             &format!("events[{i}]"),
             auth.env_id(),
@@ -461,10 +470,51 @@ pub async fn capture(
             },
         )?);
     }
-    let done = ingest(&state, events).await?;
+    let done = if events.is_empty() {
+        store::Ingested::default()
+    } else {
+        ingest(&state, events).await?
+    };
+    for (environment_id, flag_id, value) in &flag_checks {
+        state.checks.record(environment_id, flag_id, *value);
+    }
+    crate::metrics::SDK_FLAG_CHECKS.inc_by(flag_checks.len() as u64);
     Ok(envelope::ok_empty(AcceptedBatch {
         events: accepted(&done, &headers),
     }))
+}
+
+/// The SDKs' report of a check they evaluated locally (datastream mode).
+#[derive(Deserialize)]
+struct FlagCheckBody {
+    flag_key: Option<String>,
+    flag_id: Option<String>,
+    value: bool,
+}
+
+/// A `flag_check` event: (environment, flag id, value) to count in insights' check
+/// figures, or `None` for a flag this server does not know (deleted since). Not stored, no
+/// usage, not in `entitled_checks_total` (which counts the checks this server answered).
+fn flag_check(
+    state: &AppState,
+    path: &str,
+    auth: &Auth,
+    body: Option<Value>,
+) -> AppResult<Option<(String, String, bool)>> {
+    let body = body.unwrap_or(Value::Object(Map::new()));
+    let b: FlagCheckBody = from_value(&format!("{path}.body"), &body)?;
+    let catalog = state.cache.catalog();
+    let id = match (&b.flag_id, &b.flag_key) {
+        (Some(id), _) if catalog.flags_sorted.iter().any(|f| &f.id == id) => Some(id.clone()),
+        (_, Some(key)) => catalog.flags_by_key.get(key).map(|f| f.id.clone()),
+        (None, None) => {
+            return Err(AppError::bad_request(format!(
+                "{path}.body.flag_key: a flag_check event names its flag"
+            )))
+        }
+        _ => None,
+    };
+    Ok(id.map(|id| (auth.env_id().to_string(), id, b.value)))
 }
 
 /// `EventDetailResponseData`.

@@ -5,6 +5,7 @@ mod breaker;
 pub mod checks;
 pub mod companies;
 pub mod credits;
+pub mod datastream;
 pub mod emit;
 pub mod envelope;
 pub mod error;
@@ -289,6 +290,7 @@ pub fn router(state: AppState) -> Router {
         latency: latency.unmatched(),
     };
     router
+        .route("/datastream", axum::routing::get(datastream::upgrade))
         .fallback(not_found.layer(middleware::from_fn_with_state(unmatched, observe)))
         .method_not_allowed_fallback(
             method_not_allowed.layer(middleware::from_fn_with_state(unmatched, observe)),

@@ -32,6 +32,8 @@ pub struct AppState {
     pub stripe: Arc<Stripe>,
     /// Whether Postgres is known to be down: routes that need it answer 503 at once.
     pub db: Arc<store::breaker::Breaker>,
+    /// `GET /datastream`: the SDKs' local-evaluation connections.
+    pub datastream: Arc<crate::datastream::Datastream>,
 }
 
 impl AppState {

@@ -130,7 +130,7 @@ impl EnvCache {
 
     /// The company's context with the environment's fallback plan when it has no base plan.
     /// The fallback is a plan key resolved now, so a plan created after start applies.
-    fn effective_context<'a>(
+    pub fn effective_context<'a>(
         &self,
         catalog: &Catalog,
         state: &'a CompanyState,

@@ -399,6 +399,10 @@ impl EnvCache {
             .get(id)
     }
 
+    pub fn user(&self, id: &str) -> Option<Arc<UserState>> {
+        self.users.read().unwrap_or_else(|e| e.into_inner()).get(id)
+    }
+
     pub fn find_user(&self, keys: &KeyMap) -> Option<(String, Arc<UserState>)> {
         self.users
             .read()

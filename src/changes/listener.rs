@@ -7,7 +7,7 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{wire, Publisher};
+use super::{wire, Applied, Publisher};
 use crate::cache::Cache;
 use crate::store;
 
@@ -55,6 +55,9 @@ pub fn spawn_listener(
                     if let Err(e) = super::apply(&cache, &changes).await {
                         tracing::warn!(error = %e, "cache reload failed; reloading everything");
                         reload_all_until_ok(&cache, &shutdown).await;
+                        publisher.announce(Applied::everything());
+                    } else if let Some(a) = Applied::of(&changes) {
+                        publisher.announce(a);
                     }
                 }
                 Ok(None) => {
@@ -63,6 +66,7 @@ pub fn spawn_listener(
                     tracing::warn!("cache listener lost its connection; reconnecting");
                     crate::metrics::CACHE_LISTENER_RECONNECTS.inc();
                     reconnect_and_reload(&cache, &mut listener, &shutdown).await;
+                    publisher.announce(Applied::everything());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cache listener error; retrying");
@@ -70,6 +74,7 @@ pub fn spawn_listener(
                         return;
                     }
                     reconnect_and_reload(&cache, &mut listener, &shutdown).await;
+                    publisher.announce(Applied::everything());
                 }
             }
         }

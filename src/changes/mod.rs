@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::{PgConnection, Postgres, Transaction};
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
 
 use crate::cache::Cache;
 use crate::engine::UsageCounter;
@@ -98,6 +98,57 @@ impl Change {
     }
 }
 
+/// What a refresh of this process's snapshot brought in, announced after the snapshot holds
+/// it (this process's commits and other replicas' alike): the datastream pushes from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The whole snapshot was reloaded (a listener reconnect): anything may have changed.
+    pub everything: bool,
+    /// Flags, rules, plans or entitlements.
+    pub catalog: bool,
+    /// (environment id, company id) of companies whose state, usage or credits changed.
+    pub companies: Vec<(String, String)>,
+    /// (environment id, user id).
+    pub users: Vec<(String, String)>,
+}
+
+impl Applied {
+    pub fn everything() -> Applied {
+        Applied {
+            everything: true,
+            ..Applied::default()
+        }
+    }
+
+    /// What `changes` mean for readers of the snapshot; `None` when nothing they read.
+    pub fn of(changes: &[Change]) -> Option<Applied> {
+        let mut a = Applied::default();
+        for c in changes {
+            match c {
+                Change::Catalog => a.catalog = true,
+                Change::Company { environment_id, id }
+                | Change::Credits {
+                    environment_id,
+                    company_id: id,
+                }
+                | Change::Usage {
+                    environment_id,
+                    company_id: id,
+                    ..
+                } => a.companies.push((environment_id.clone(), id.clone())),
+                Change::User { environment_id, id } => {
+                    a.users.push((environment_id.clone(), id.clone()))
+                }
+                Change::ApiKeys | Change::Outbox | Change::Webhooks => {}
+            }
+        }
+        (a.catalog || !a.companies.is_empty() || !a.users.is_empty()).then_some(a)
+    }
+}
+
+/// How many announcements a slow subscriber may fall behind before it is told it lagged.
+const APPLIED_BACKLOG: usize = 4096;
+
 /// Publishes changes from this process: to every replica through `NOTIFY`, and to this
 /// process's snapshot directly. Cloning is cheap.
 #[derive(Clone)]
@@ -109,6 +160,8 @@ pub struct Publisher {
     outbox_wake: Arc<Notify>,
     /// The same for the meter-event sender (a `Notify` wakes one waiter).
     meter_wake: Arc<Notify>,
+    /// Announces each refresh of the snapshot once it holds the change.
+    applied: broadcast::Sender<Arc<Applied>>,
 }
 
 impl Publisher {
@@ -119,6 +172,7 @@ impl Publisher {
             cache: Some(cache),
             outbox_wake: Arc::new(Notify::new()),
             meter_wake: Arc::new(Notify::new()),
+            applied: broadcast::channel(APPLIED_BACKLOG).0,
         }
     }
 
@@ -129,6 +183,7 @@ impl Publisher {
             cache: None,
             outbox_wake: Arc::new(Notify::new()),
             meter_wake: Arc::new(Notify::new()),
+            applied: broadcast::channel(1).0,
         }
     }
 
@@ -149,6 +204,16 @@ impl Publisher {
     /// What the meter-event sender waits on.
     pub fn meter_wake(&self) -> Arc<Notify> {
         self.meter_wake.clone()
+    }
+
+    /// Announcements of what each snapshot refresh brought in, from now on.
+    pub fn applied(&self) -> broadcast::Receiver<Arc<Applied>> {
+        self.applied.subscribe()
+    }
+
+    /// Announces a refresh (no one listening is fine).
+    pub(crate) fn announce(&self, applied: Applied) {
+        let _ = self.applied.send(Arc::new(applied));
     }
 
     /// Queues `changes` in the transaction (delivered only if it commits), without
@@ -180,6 +245,9 @@ impl Publisher {
         let Some(cache) = &self.cache else { return };
         if let Err(e) = apply(cache, changes).await {
             tracing::warn!(error = %e, changes = changes.len(), "snapshot refresh after commit failed");
+        }
+        if let Some(a) = Applied::of(changes) {
+            self.announce(a);
         }
     }
 }

@@ -233,6 +233,29 @@ impl TestApp {
         json["data"].clone()
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    #[allow(dead_code)]
+    pub async fn metrics_text(&self) -> String {
+        let resp = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await;
+        resp.expect("GET /metrics").text().await.unwrap_or_default()
+    }
+
+    /// The sum of the series of `/metrics` whose line starts with `prefix`
+    /// (`entitled_checks_total{` adds every outcome).
+    #[allow(dead_code)]
+    pub async fn metric_sum(&self, prefix: &str) -> u64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// Checks a flag for company keys and returns the check result.
     pub async fn check(&self, flag: &str, company: Value) -> Value {
         let (status, json) = self

@@ -1,0 +1,107 @@
+//! The datastream's shared state: admission per API key, the shutdown signal and the
+//! connections' tasks. Each connection keeps its own subscriptions (flags, companies by id,
+//! users by id) and its bounded send queue (`super::Conn`); what changed reaches every
+//! connection through the snapshot's refresh announcements (`changes::Publisher::applied`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::WebSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::{Cache, EnvCache};
+use crate::changes::Publisher;
+use crate::config::DatastreamConfig;
+
+pub struct Datastream {
+    pub(super) cache: Arc<Cache>,
+    pub(super) changes: Publisher,
+    pub(super) config: DatastreamConfig,
+    /// Open connections per API key id.
+    open: Mutex<HashMap<String, usize>>,
+    pub(super) shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// One admitted connection: counted against its key until dropped.
+pub struct Slot {
+    hub: Arc<Datastream>,
+    key_id: String,
+}
+
+impl Slot {
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.hub.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key_id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key_id);
+            }
+        }
+        crate::metrics::DATASTREAM_CONNECTIONS.dec();
+    }
+}
+
+impl Datastream {
+    pub fn new(cache: Arc<Cache>, changes: Publisher, config: DatastreamConfig) -> Arc<Datastream> {
+        Arc::new(Datastream {
+            cache,
+            changes,
+            config,
+            open: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// Counts a new connection for `key_id`; `None` when the key already has
+    /// `max_connections_per_key` open.
+    pub fn admit(self: &Arc<Self>, key_id: &str) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key_id.to_string()).or_default();
+        if *n >= self.config.max_connections_per_key {
+            crate::metrics::DATASTREAM_DROPS.inc("connection_limit");
+            tracing::warn!(
+                key_id,
+                limit = self.config.max_connections_per_key,
+                "datastream connection refused: the key has the most connections allowed"
+            );
+            return None;
+        }
+        *n += 1;
+        crate::metrics::DATASTREAM_CONNECTIONS.inc();
+        Some(Slot {
+            hub: self.clone(),
+            key_id: key_id.to_string(),
+        })
+    }
+
+    /// Serves an upgraded connection in a task this hub waits for on shutdown.
+    pub fn serve(self: &Arc<Self>, socket: WebSocket, env: Arc<EnvCache>, slot: Slot) {
+        let hub = self.clone();
+        self.tracker.spawn(hub.run(socket, env, slot));
+    }
+
+    /// Closes every connection with 1001 (going away) and waits until they are closed.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Open connections (all keys).
+    pub fn connections(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
+    }
+}
