@@ -604,6 +604,8 @@ async fn search_finds_companies_by_name_key_and_id_and_filters_by_plan() {
         ("crm-9001", 1),
         ("acme-4", 1),
         ("glob", 1),
+        ("%", 0),
+        ("_cme", 0),
         ("zzz", 0),
     ] {
         let (status, html) = get_page(
