@@ -1025,3 +1025,150 @@ async fn features_are_created_and_edited_with_the_apis_validation_and_audited() 
         StatusCode::FORBIDDEN
     );
 }
+
+#[tokio::test]
+async fn overrides_are_edited_and_deleted_with_before_and_after_audited() {
+    let (app, company_id) = seeded().await;
+    let once = create_console_user(&app, "ada@example.com", false);
+    let admin = http_session(&app, "ada@example.com", &once).await;
+    let (_, page) = get_page(&app, &admin, &format!("/console/companies/{company_id}")).await;
+    let csrf = csrf_of(&page);
+    let feature_id: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'projects'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let base = format!("/console/companies/{company_id}/overrides");
+    let create = vec![
+        ("csrf_token", csrf.clone()),
+        ("feature_id", feature_id),
+        ("value_type", "numeric".to_string()),
+        ("value", "5".to_string()),
+        ("expires", "never".to_string()),
+        ("note", "five projects for the pilot".to_string()),
+    ];
+    assert_eq!(
+        post_form(&app, &admin, &base, &create).await,
+        StatusCode::SEE_OTHER
+    );
+    let override_id: String = sqlx::query_scalar("SELECT id FROM company_overrides")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let (_, page) = get_page(&app, &admin, &format!("/console/companies/{company_id}")).await;
+    assert!(page.contains("five projects for the pilot"));
+    assert!(page.contains("data-testid=\"override-edit\""));
+
+    // Edit: more projects, an expiry date, a new note.
+    let edit = vec![
+        ("csrf_token", csrf.clone()),
+        ("value", "8".to_string()),
+        ("expires_date", "2099-03-01".to_string()),
+        ("note", "eight after the renewal call".to_string()),
+    ];
+    let path = format!("{base}/{override_id}");
+    assert_eq!(
+        post_form(&app, &admin, &path, &edit).await,
+        StatusCode::SEE_OTHER
+    );
+    let (_, o) = app.get(&format!("/company-overrides/{override_id}")).await;
+    assert_eq!(o["data"]["value_numeric"], 8);
+    assert_eq!(o["data"]["note"], "eight after the renewal call");
+    assert!(o["data"]["expiration_date"]
+        .as_str()
+        .unwrap()
+        .starts_with("2099-03-01"));
+    // A value the type refuses: 400, and the override is unchanged.
+    let bad = vec![
+        ("csrf_token", csrf.clone()),
+        ("value", "eight".to_string()),
+        ("note", "x".to_string()),
+    ];
+    assert_eq!(
+        post_form(&app, &admin, &path, &bad).await,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Delete.
+    let del = vec![("csrf_token", csrf.clone())];
+    assert_eq!(
+        post_form(&app, &admin, &format!("{path}/delete"), &del).await,
+        StatusCode::SEE_OTHER
+    );
+    let (status, _) = app.get(&format!("/company-overrides/{override_id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Each write audited with the override before and after it.
+    let rows: Vec<(String, Option<serde_json::Value>, Option<serde_json::Value>)> =
+        sqlx::query_as("SELECT action, before, after FROM console_audit ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let actions: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["override.create", "override.update", "override.delete"]
+    );
+    assert_eq!(rows[1].1.as_ref().unwrap()["value_numeric"], 5);
+    assert_eq!(rows[1].2.as_ref().unwrap()["value_numeric"], 8);
+    assert!(rows[2].2.is_none());
+
+    // Reconcile now without a Stripe key: the API's 422, shown as a page.
+    let (status, html) = {
+        let resp = raw_client()
+            .post(format!("{}/console/stripe/reconcile", app.base))
+            .header("cookie", format!("entitled_console={admin}"))
+            .form(&[("csrf_token", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    };
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("stripe_api_key") || html.contains("Stripe"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn the_environment_switcher_scopes_every_page() {
+    let app = common::spawn_app_with(
+        "[[environments]]\nkey = \"a\"\nname = \"A\"\n[[environments]]\nkey = \"b\"\nname = \"B\"\n",
+    )
+    .await;
+    // A company in environment b only (the test app's key is environment a's).
+    let b_key = common::create_api_key(&app.pool, "b").await;
+    // The server hears of the new key through its listener.
+    common::eventually(std::time::Duration::from_secs(5), || async {
+        let (status, _) = app
+            .send(
+                reqwest::Method::POST,
+                "/companies",
+                Some(&json!({"keys": {"id": "only-in-b"}, "name": "Bee Corp"})),
+                Some(&b_key),
+            )
+            .await;
+        status.is_success().then_some(())
+    })
+    .await;
+    let once = create_console_user(&app, "ada@example.com", false);
+    let admin = http_session(&app, "ada@example.com", &once).await;
+    let (_, page) = get_page(&app, &admin, "/console/companies?q=only-in-b").await;
+    assert!(!page.contains("Bee Corp"), "environment a is the default");
+    let csrf = csrf_of(&page);
+    let switch = vec![
+        ("csrf_token", csrf.clone()),
+        ("environment", "b".to_string()),
+    ];
+    assert_eq!(
+        post_form(&app, &admin, "/console/environment", &switch).await,
+        StatusCode::SEE_OTHER
+    );
+    let (_, page) = get_page(&app, &admin, "/console/companies?q=only-in-b").await;
+    assert!(page.contains("Bee Corp"));
+    let unknown = vec![("csrf_token", csrf), ("environment", "nope".to_string())];
+    assert_eq!(
+        post_form(&app, &admin, "/console/environment", &unknown).await,
+        StatusCode::BAD_REQUEST
+    );
+}
