@@ -1172,3 +1172,84 @@ async fn the_environment_switcher_scopes_every_page() {
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn flag_rules_are_replaced_from_their_page_with_the_apis_validation() {
+    let (app, _) = seeded().await;
+    let once = create_console_user(&app, "ada@example.com", false);
+    let admin = http_session(&app, "ada@example.com", &once).await;
+    let flag_id: String = sqlx::query_scalar("SELECT id FROM flags WHERE key = 'sso'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let path = format!("/console/flags/{flag_id}/rules");
+    let (status, page) = get_page(&app, &admin, &path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("data-testid=\"rules-edit\""));
+    let csrf = csrf_of(&page);
+    let send = |rules: &str| {
+        raw_client()
+            .post(format!("{}{path}", app.base))
+            .header("cookie", format!("entitled_console={admin}"))
+            .form(&[("csrf_token", csrf.as_str()), ("rules", rules)])
+            .send()
+    };
+    assert_eq!(
+        app.check("sso", json!({"id": "acme-42"})).await["value"],
+        false
+    );
+
+    // Not JSON: 400, the text kept in the textarea.
+    let resp = send("{not json").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("data-testid=\"rules-error\"") && html.contains("{not json"));
+    // The API's validation, naming the rule and condition by path.
+    let bad = r#"{"rules": [{"name": "big", "priority": 1, "value": true,
+        "conditions": [{"condition_type": "trait", "operator": "gt"}]}]}"#;
+    let resp = send(bad).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("rules[0].conditions[0]"), "{html}");
+    assert_eq!(
+        app.check("sso", json!({"id": "acme-42"})).await["value"],
+        false
+    );
+
+    // Companies with 10 or more seats get SSO.
+    let good = r#"{"rules": [{"name": "Big teams", "priority": 1, "value": true,
+        "conditions": [{"condition_type": "trait", "operator": "gte", "trait_id": "seats_bought", "trait_value": "10"}]}]}"#;
+    assert_eq!(send(good).await.unwrap().status(), StatusCode::SEE_OTHER);
+    let checked = app.check("sso", json!({"id": "acme-42"})).await;
+    assert_eq!(checked["value"], true, "{checked}");
+    let (_, page) = get_page(&app, &admin, &path).await;
+    assert!(page.contains("Big teams") && page.contains("seats_bought"));
+    let audited: Vec<String> = sqlx::query_scalar("SELECT action FROM console_audit")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, ["flag_rules.replace"]);
+
+    // What the page shows round-trips: saving it unchanged keeps the answer.
+    let shown = {
+        let at =
+            page.find("data-testid=\"rules-json\">").unwrap() + "data-testid=\"rules-json\">".len();
+        let end = page[at..].find("</textarea>").unwrap();
+        page[at..at + end]
+            .replace("&quot;", "\"")
+            .replace("&#34;", "\"")
+            .replace("&#x22;", "\"")
+            .replace("&gt;", ">")
+            .replace("&lt;", "<")
+            .replace("&amp;", "&")
+    };
+    assert_eq!(
+        send(&shown).await.unwrap().status(),
+        StatusCode::SEE_OTHER,
+        "{shown}"
+    );
+    assert_eq!(
+        app.check("sso", json!({"id": "acme-42"})).await["value"],
+        true
+    );
+}
