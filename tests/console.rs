@@ -710,6 +710,9 @@ async fn sessions_cookies_rate_limits_and_the_cli() {
         "{header}"
     );
     assert!(!header.contains("Secure"), "{header}");
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(resp.headers()["cache-control"], "no-store");
     let cookie = set_cookie(&resp, "entitled_console").unwrap();
     // Until the one-time password is replaced, every page leads to the password page.
     let (status, _) = get_page(&app, &cookie, "/console/companies").await;

@@ -126,7 +126,21 @@ async fn observe(req: Request, next: Next) -> Response {
         .map_or("other", |m| page_label(m.as_str()));
     let method = req.method().clone();
     let started = Instant::now();
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
+    // No script, no framing, nothing cached: pages carry customer data and forms.
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            "content-security-policy",
+            "default-src 'self'; script-src 'none'; frame-ancestors 'none'; form-action 'self'",
+        ),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "same-origin"),
+        ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
+    ] {
+        headers.insert(name, axum::http::HeaderValue::from_static(value));
+    }
     let status = response.status();
     let class = match status.as_u16() {
         200..=299 => "2xx",
