@@ -604,6 +604,8 @@ async fn search_finds_companies_by_name_key_and_id_and_filters_by_plan() {
         ("crm-9001", 1),
         ("acme-4", 1),
         ("glob", 1),
+        ("%", 0),
+        ("_cme", 0),
         ("zzz", 0),
     ] {
         let (status, html) = get_page(
@@ -708,6 +710,9 @@ async fn sessions_cookies_rate_limits_and_the_cli() {
         "{header}"
     );
     assert!(!header.contains("Secure"), "{header}");
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(resp.headers()["cache-control"], "no-store");
     let cookie = set_cookie(&resp, "entitled_console").unwrap();
     // Until the one-time password is replaced, every page leads to the password page.
     let (status, _) = get_page(&app, &cookie, "/console/companies").await;
@@ -1021,5 +1026,233 @@ async fn features_are_created_and_edited_with_the_apis_validation_and_audited() 
     assert_eq!(
         post_form(&app, &viewer, path, &vform).await,
         StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn overrides_are_edited_and_deleted_with_before_and_after_audited() {
+    let (app, company_id) = seeded().await;
+    let once = create_console_user(&app, "ada@example.com", false);
+    let admin = http_session(&app, "ada@example.com", &once).await;
+    let (_, page) = get_page(&app, &admin, &format!("/console/companies/{company_id}")).await;
+    let csrf = csrf_of(&page);
+    let feature_id: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'projects'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let base = format!("/console/companies/{company_id}/overrides");
+    let create = vec![
+        ("csrf_token", csrf.clone()),
+        ("feature_id", feature_id),
+        ("value_type", "numeric".to_string()),
+        ("value", "5".to_string()),
+        ("expires", "never".to_string()),
+        ("note", "five projects for the pilot".to_string()),
+    ];
+    assert_eq!(
+        post_form(&app, &admin, &base, &create).await,
+        StatusCode::SEE_OTHER
+    );
+    let override_id: String = sqlx::query_scalar("SELECT id FROM company_overrides")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let (_, page) = get_page(&app, &admin, &format!("/console/companies/{company_id}")).await;
+    assert!(page.contains("five projects for the pilot"));
+    assert!(page.contains("data-testid=\"override-edit\""));
+
+    // Edit: more projects, an expiry date, a new note.
+    let edit = vec![
+        ("csrf_token", csrf.clone()),
+        ("value", "8".to_string()),
+        ("expires_date", "2099-03-01".to_string()),
+        ("note", "eight after the renewal call".to_string()),
+    ];
+    let path = format!("{base}/{override_id}");
+    assert_eq!(
+        post_form(&app, &admin, &path, &edit).await,
+        StatusCode::SEE_OTHER
+    );
+    let (_, o) = app.get(&format!("/company-overrides/{override_id}")).await;
+    assert_eq!(o["data"]["value_numeric"], 8);
+    assert_eq!(o["data"]["note"], "eight after the renewal call");
+    assert!(o["data"]["expiration_date"]
+        .as_str()
+        .unwrap()
+        .starts_with("2099-03-01"));
+    // A value the type refuses: 400, and the override is unchanged.
+    let bad = vec![
+        ("csrf_token", csrf.clone()),
+        ("value", "eight".to_string()),
+        ("note", "x".to_string()),
+    ];
+    assert_eq!(
+        post_form(&app, &admin, &path, &bad).await,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Delete.
+    let del = vec![("csrf_token", csrf.clone())];
+    assert_eq!(
+        post_form(&app, &admin, &format!("{path}/delete"), &del).await,
+        StatusCode::SEE_OTHER
+    );
+    let (status, _) = app.get(&format!("/company-overrides/{override_id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Each write audited with the override before and after it.
+    let rows: Vec<(String, Option<serde_json::Value>, Option<serde_json::Value>)> =
+        sqlx::query_as("SELECT action, before, after FROM console_audit ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let actions: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["override.create", "override.update", "override.delete"]
+    );
+    assert_eq!(rows[1].1.as_ref().unwrap()["value_numeric"], 5);
+    assert_eq!(rows[1].2.as_ref().unwrap()["value_numeric"], 8);
+    assert!(rows[2].2.is_none());
+
+    // Reconcile now without a Stripe key: the API's 422, shown as a page.
+    let (status, html) = {
+        let resp = raw_client()
+            .post(format!("{}/console/stripe/reconcile", app.base))
+            .header("cookie", format!("entitled_console={admin}"))
+            .form(&[("csrf_token", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    };
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("stripe_api_key") || html.contains("Stripe"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn the_environment_switcher_scopes_every_page() {
+    let app = common::spawn_app_with(
+        "[[environments]]\nkey = \"a\"\nname = \"A\"\n[[environments]]\nkey = \"b\"\nname = \"B\"\n",
+    )
+    .await;
+    // A company in environment b only (the test app's key is environment a's).
+    let b_key = common::create_api_key(&app.pool, "b").await;
+    // The server hears of the new key through its listener.
+    common::eventually(std::time::Duration::from_secs(5), || async {
+        let (status, _) = app
+            .send(
+                reqwest::Method::POST,
+                "/companies",
+                Some(&json!({"keys": {"id": "only-in-b"}, "name": "Bee Corp"})),
+                Some(&b_key),
+            )
+            .await;
+        status.is_success().then_some(())
+    })
+    .await;
+    let once = create_console_user(&app, "ada@example.com", false);
+    let admin = http_session(&app, "ada@example.com", &once).await;
+    let (_, page) = get_page(&app, &admin, "/console/companies?q=only-in-b").await;
+    assert!(!page.contains("Bee Corp"), "environment a is the default");
+    let csrf = csrf_of(&page);
+    let switch = vec![
+        ("csrf_token", csrf.clone()),
+        ("environment", "b".to_string()),
+    ];
+    assert_eq!(
+        post_form(&app, &admin, "/console/environment", &switch).await,
+        StatusCode::SEE_OTHER
+    );
+    let (_, page) = get_page(&app, &admin, "/console/companies?q=only-in-b").await;
+    assert!(page.contains("Bee Corp"));
+    let unknown = vec![("csrf_token", csrf), ("environment", "nope".to_string())];
+    assert_eq!(
+        post_form(&app, &admin, "/console/environment", &unknown).await,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn flag_rules_are_replaced_from_their_page_with_the_apis_validation() {
+    let (app, _) = seeded().await;
+    let once = create_console_user(&app, "ada@example.com", false);
+    let admin = http_session(&app, "ada@example.com", &once).await;
+    let flag_id: String = sqlx::query_scalar("SELECT id FROM flags WHERE key = 'sso'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let path = format!("/console/flags/{flag_id}/rules");
+    let (status, page) = get_page(&app, &admin, &path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("data-testid=\"rules-edit\""));
+    let csrf = csrf_of(&page);
+    let send = |rules: &str| {
+        raw_client()
+            .post(format!("{}{path}", app.base))
+            .header("cookie", format!("entitled_console={admin}"))
+            .form(&[("csrf_token", csrf.as_str()), ("rules", rules)])
+            .send()
+    };
+    assert_eq!(
+        app.check("sso", json!({"id": "acme-42"})).await["value"],
+        false
+    );
+
+    // Not JSON: 400, the text kept in the textarea.
+    let resp = send("{not json").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("data-testid=\"rules-error\"") && html.contains("{not json"));
+    // The API's validation, naming the rule and condition by path.
+    let bad = r#"{"rules": [{"name": "big", "priority": 1, "value": true,
+        "conditions": [{"condition_type": "trait", "operator": "gt"}]}]}"#;
+    let resp = send(bad).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("rules[0].conditions[0]"), "{html}");
+    assert_eq!(
+        app.check("sso", json!({"id": "acme-42"})).await["value"],
+        false
+    );
+
+    // Companies with 10 or more seats get SSO.
+    let good = r#"{"rules": [{"name": "Big teams", "priority": 1, "value": true,
+        "conditions": [{"condition_type": "trait", "operator": "gte", "trait_id": "seats_bought", "trait_value": "10"}]}]}"#;
+    assert_eq!(send(good).await.unwrap().status(), StatusCode::SEE_OTHER);
+    let checked = app.check("sso", json!({"id": "acme-42"})).await;
+    assert_eq!(checked["value"], true, "{checked}");
+    let (_, page) = get_page(&app, &admin, &path).await;
+    assert!(page.contains("Big teams") && page.contains("seats_bought"));
+    let audited: Vec<String> = sqlx::query_scalar("SELECT action FROM console_audit")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, ["flag_rules.replace"]);
+
+    // What the page shows round-trips: saving it unchanged keeps the answer.
+    let shown = {
+        let at =
+            page.find("data-testid=\"rules-json\">").unwrap() + "data-testid=\"rules-json\">".len();
+        let end = page[at..].find("</textarea>").unwrap();
+        page[at..at + end]
+            .replace("&quot;", "\"")
+            .replace("&#34;", "\"")
+            .replace("&#x22;", "\"")
+            .replace("&gt;", ">")
+            .replace("&lt;", "<")
+            .replace("&amp;", "&")
+    };
+    assert_eq!(
+        send(&shown).await.unwrap().status(),
+        StatusCode::SEE_OTHER,
+        "{shown}"
+    );
+    assert_eq!(
+        app.check("sso", json!({"id": "acme-42"})).await["value"],
+        true
     );
 }

@@ -533,13 +533,36 @@ pub async fn put_rules(
     Json(body): Json<RulesBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let (rules, plan_refs) = body.resolve()?;
     let mut tx = state.pool.begin().await?;
-    if store::flag_for_update(&mut tx, &id).await?.is_none() {
-        return Err(AppError::not_found("flag", &id));
+    let written = put_rules_in(&mut tx, &state, &auth, &id, body, false).await?;
+    state.commit(tx, &written.changes).await?;
+    crate::metrics::WRITES.inc("flags");
+    tracing::info!("flag rules replaced");
+    let view = one(&state, &auth, &id).await?;
+    Ok(envelope::ok_empty(RulesView {
+        flag: view.flag,
+        rules: view.rules,
+    }))
+}
+
+/// Replaces flag `id`'s rules in `tx` with the API's validation (paths name the offending
+/// rule and condition), writing the `flag_rules.updated` message when wanted; the caller
+/// commits with the returned changes. `views`: build the flag's views before and after
+/// (for an audit entry) even when no message wants them.
+pub async fn put_rules_in(
+    tx: &mut Conn,
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+    body: RulesBody,
+    views: bool,
+) -> AppResult<emit::Written> {
+    let (rules, plan_refs) = body.resolve()?;
+    if store::flag_for_update(tx, id).await?.is_none() {
+        return Err(AppError::not_found("flag", id));
     }
     let wanted: Vec<String> = plan_refs.iter().flat_map(|(_, ids)| ids.clone()).collect();
-    let missing = store::missing_plans(&mut tx, &wanted).await?;
+    let missing = store::missing_plans(tx, &wanted).await?;
     if let Some(plan_id) = missing.first() {
         let path = plan_refs
             .iter()
@@ -550,27 +573,27 @@ pub async fn put_rules(
             "{path}.resource_ids: plan {plan_id:?} not found"
         )));
     }
-    let watch = state.wants(&auth, "flag_rules.updated");
-    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    store::replace_rules(&mut tx, &id, &rules).await?;
+    let watch = state.wants(auth, "flag_rules.updated");
+    let before = emit::view(watch || views, find_in(tx, auth, id)).await?;
+    store::replace_rules(tx, id, &rules).await?;
     let mut changes = vec![Change::Catalog];
-    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    if let (Some(before), Some(after)) = (before, after) {
+    let after = emit::view(watch || views, find_in(tx, auth, id)).await?;
+    if let (true, Some(before), Some(after)) = (watch, &before, &after) {
         let event = crate::outbound::Event::new(
             "flag_rules.updated",
             serde_json::json!({"flag": after, "rules": after["rules"]}),
         )
         .with_previous(serde_json::json!({"flag": before, "rules": before["rules"]}));
-        changes.extend(emit::write(&state, &auth, &mut tx, [Some(event)]).await?);
+        changes.extend(emit::write(state, auth, tx, [Some(event)]).await?);
     }
-    state.commit(tx, &changes).await?;
-    crate::metrics::WRITES.inc("flags");
     tracing::info!(rules = rules.len(), "flag rules replaced");
-    let view = one(&state, &auth, &id).await?;
-    Ok(envelope::ok_empty(RulesView {
-        flag: view.flag,
-        rules: view.rules,
-    }))
+    Ok(emit::Written {
+        id: id.to_string(),
+        company_id: None,
+        before,
+        after,
+        changes,
+    })
 }
 
 #[cfg(test)]

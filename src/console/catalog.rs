@@ -8,10 +8,11 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::error::ConsoleResult;
+use super::error::{ConsoleError, ConsoleResult};
 use super::session::{Console, Form, Posted};
 use super::{audit_and_commit, shown, Layout};
 use crate::api::features::{self, FeatureBody, FlagInput};
+use crate::api::flags;
 use crate::api::{emit, plan_entitlements, AppState};
 use crate::engine::{self, MetricPeriod};
 use crate::store;
@@ -192,7 +193,7 @@ pub async fn create_entitlement(
                 &state,
                 &console,
                 tx,
-                &emit::PLAN_ENTITLEMENT,
+                Some(&emit::PLAN_ENTITLEMENT),
                 "plan_entitlement.create",
                 written,
             )
@@ -222,7 +223,7 @@ pub async fn delete_entitlement(
         &state,
         &console,
         tx,
-        &emit::PLAN_ENTITLEMENT,
+        Some(&emit::PLAN_ENTITLEMENT),
         "plan_entitlement.delete",
         written,
     )
@@ -232,6 +233,7 @@ pub async fn delete_entitlement(
 
 pub struct FlagLine {
     pub key: String,
+    pub flag_id: String,
     pub feature_id: String,
     pub name: String,
     pub description: String,
@@ -302,6 +304,7 @@ async fn features_html(
                 .collect();
             FlagLine {
                 key: f.key.clone(),
+                flag_id: f.id.clone(),
                 feature_id: row.map(|r| r.id.clone()).unwrap_or_default(),
                 name: row.map(|r| r.name.clone()).unwrap_or_default(),
                 description: row.map(|r| r.description.clone()).unwrap_or_default(),
@@ -384,7 +387,7 @@ pub async fn create_feature(
                 &state,
                 &console,
                 tx,
-                &emit::FEATURE,
+                Some(&emit::FEATURE),
                 "feature.create",
                 written,
             )
@@ -434,7 +437,7 @@ pub async fn update_feature(
                 &state,
                 &console,
                 tx,
-                &emit::FEATURE,
+                Some(&emit::FEATURE),
                 "feature.update",
                 written,
             )
@@ -448,6 +451,144 @@ pub async fn update_feature(
             errors.insert("form", message);
             let html = features_html(&state, &console, FeatureForm::default(), errors).await?;
             Ok((status, axum::response::Html(html)).into_response())
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/flag_rules.html")]
+struct RulesPage {
+    layout: Layout,
+    id: String,
+    key: String,
+    default_value: bool,
+    /// `(priority, name, type, value, conditions as JSON)`.
+    rules: Vec<(i32, String, String, bool, String)>,
+    /// The textarea: the rules as `PUT /flags/{id}/rules` takes them (or as sent).
+    json: String,
+    error: String,
+}
+
+/// A rule view as the rules body spells it: the ids, resources and timestamps the API adds
+/// to its views left out, and nulls dropped.
+fn editable(v: &serde_json::Value) -> serde_json::Value {
+    const VIEW_ONLY: &[&str] = &[
+        "id",
+        "rule_id",
+        "flag_id",
+        "condition_group_id",
+        "environment_id",
+        "resources",
+        "created_at",
+        "updated_at",
+    ];
+    match v {
+        serde_json::Value::Object(o) => serde_json::Value::Object(
+            o.iter()
+                .filter(|(k, v)| !VIEW_ONLY.contains(&k.as_str()) && !v.is_null())
+                .map(|(k, v)| (k.clone(), editable(v)))
+                .collect(),
+        ),
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(editable).collect()),
+        other => other.clone(),
+    }
+}
+
+async fn rules_html(
+    state: &AppState,
+    console: &Console,
+    id: &str,
+    sent: Option<String>,
+    error: String,
+) -> ConsoleResult<String> {
+    let mut conn = state.pool.acquire().await?;
+    let view = flags::details(&mut conn, console.env_id(), &[id.to_string()])
+        .await?
+        .pop()
+        .ok_or_else(|| ConsoleError::NotFound(format!("flag {id:?} not found")))?;
+    drop(conn);
+    let rules_json = serde_json::to_value(&view.rules).map_err(anyhow::Error::from)?;
+    let json = sent.unwrap_or_else(|| {
+        serde_json::to_string_pretty(&serde_json::json!({"rules": editable(&rules_json)}))
+            .unwrap_or_default()
+    });
+    let rules = view
+        .rules
+        .iter()
+        .zip(rules_json.as_array().into_iter().flatten())
+        .map(|(r, j)| {
+            let conditions = serde_json::json!({
+                "conditions": editable(&j["conditions"]),
+                "condition_groups": editable(&j["condition_groups"]),
+            });
+            (
+                r.priority,
+                r.name.clone(),
+                r.rule_type.clone(),
+                r.value,
+                conditions.to_string(),
+            )
+        })
+        .collect();
+    let flag = serde_json::to_value(&view.flag).map_err(anyhow::Error::from)?;
+    Ok(RulesPage {
+        layout: Layout::new(state, console),
+        id: id.to_string(),
+        key: flag["key"].as_str().unwrap_or_default().to_string(),
+        default_value: flag["default_value"].as_bool().unwrap_or(false),
+        rules,
+        json,
+        error,
+    }
+    .render()?)
+}
+
+pub async fn rules_page(
+    State(state): State<AppState>,
+    console: Console,
+    Path(id): Path<String>,
+) -> ConsoleResult<Response> {
+    let html = rules_html(&state, &console, &id, None, String::new()).await?;
+    Ok(axum::response::Html(html).into_response())
+}
+
+#[tracing::instrument(skip_all, fields(console_user, flag_id = %id))]
+pub async fn put_rules(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted,
+) -> ConsoleResult<Response> {
+    let Posted { console, form } = posted;
+    console.require_admin()?;
+    let sent = form.get("rules").unwrap_or("").to_string();
+    let refuse = |status: axum::http::StatusCode, message: String| {
+        let (state, console, id, sent) = (&state, &console, &id, sent.clone());
+        async move {
+            let html = rules_html(state, console, id, Some(sent), message).await?;
+            Ok::<_, ConsoleError>((status, axum::response::Html(html)).into_response())
+        }
+    };
+    let body: flags::RulesBody = match serde_json::from_str(&sent) {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("rules: not a rules body ({e})"),
+            )
+            .await
+        }
+    };
+    let auth = console.auth();
+    let mut tx = state.begin().await?;
+    match flags::put_rules_in(&mut tx, &state, &auth, &id, body, true).await {
+        Ok(written) => {
+            audit_and_commit(&state, &console, tx, None, "flag_rules.replace", written).await?;
+            Ok(Redirect::to(&format!("/console/flags/{id}/rules")).into_response())
+        }
+        Err(e) => {
+            drop(tx);
+            let (status, message) = shown(e)?;
+            refuse(status, message).await
         }
     }
 }

@@ -542,7 +542,7 @@ pub async fn create_override(
         &state,
         &console,
         tx,
-        &emit::OVERRIDE,
+        Some(&emit::OVERRIDE),
         "override.create",
         written,
     )
@@ -622,7 +622,7 @@ pub async fn update_override(
         &state,
         &console,
         tx,
-        &emit::OVERRIDE,
+        Some(&emit::OVERRIDE),
         "override.update",
         written,
     )
@@ -653,7 +653,7 @@ pub async fn delete_override(
         &state,
         &console,
         tx,
-        &emit::OVERRIDE,
+        Some(&emit::OVERRIDE),
         "override.delete",
         written,
     )

@@ -85,6 +85,10 @@ pub fn router(state: AppState) -> Router {
             get(catalog::features_page).post(catalog::create_feature),
         )
         .route("/console/features/{id}", post(catalog::update_feature))
+        .route(
+            "/console/flags/{id}/rules",
+            get(catalog::rules_page).post(catalog::put_rules),
+        )
         .route("/console/insights", get(insights::page))
         .layer(middleware::from_fn(observe))
         .with_state(state)
@@ -108,7 +112,7 @@ fn page_label(path: &str) -> &'static str {
         p if p.starts_with("/console/stripe") => "stripe",
         "/console/audit" => "audit",
         p if p.starts_with("/console/plans") => "plans",
-        "/console/features" | "/console/features/{id}" => "features",
+        "/console/features" | "/console/features/{id}" | "/console/flags/{id}/rules" => "features",
         "/console/insights" => "insights",
         _ => "other",
     }
@@ -122,7 +126,21 @@ async fn observe(req: Request, next: Next) -> Response {
         .map_or("other", |m| page_label(m.as_str()));
     let method = req.method().clone();
     let started = Instant::now();
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
+    // No script, no framing, nothing cached: pages carry customer data and forms.
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            "content-security-policy",
+            "default-src 'self'; script-src 'none'; frame-ancestors 'none'; form-action 'self'",
+        ),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "same-origin"),
+        ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
+    ] {
+        headers.insert(name, axum::http::HeaderValue::from_static(value));
+    }
     let status = response.status();
     let class = match status.as_u16() {
         200..=299 => "2xx",
@@ -186,7 +204,7 @@ pub async fn audit_and_commit(
     state: &AppState,
     console: &Console,
     mut tx: crate::store::Tx,
-    kinds: &emit::Kinds,
+    kinds: Option<&emit::Kinds>,
     action: &str,
     written: emit::Written,
 ) -> ConsoleResult<()> {
@@ -205,10 +223,16 @@ pub async fn audit_and_commit(
         },
     )
     .await?;
-    emit::finish(state, &auth, tx, kinds, written).await?;
+    match kinds {
+        // A lifecycle message (`<object>.created`, …) when wanted, then commit.
+        Some(kinds) => emit::finish(state, &auth, tx, kinds, written).await?,
+        // The write queued its own messages: commit with its changes.
+        None => state.commit(tx, &written.changes).await?,
+    }
     crate::metrics::WRITES.inc(match action.split('.').next() {
         Some("override") => "company_overrides",
         Some("plan_entitlement") => "plan_entitlements",
+        Some("flag_rules") => "flags",
         _ => "features",
     });
     tracing::info!(user = %console.email, action, "console write");

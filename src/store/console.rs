@@ -384,35 +384,31 @@ pub struct CompanyHit {
 /// What to search for.
 #[derive(Debug, Default)]
 pub struct CompanySearch {
-    /// A name prefix (any case), a key value prefix, or a company id; empty: every company.
+    /// A name prefix (any case), a key value prefix (exact case), or a company id; empty:
+    /// every company.
     pub q: String,
     pub plan_id: Option<String>,
     pub limit: i64,
     pub offset: i64,
 }
 
-fn like_prefix(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 1);
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
-}
+/// Appended to a prefix, the end of its range: the last code point sorts after every
+/// character a name or key continues the prefix with.
+const PREFIX_END: &str = "\u{10FFFF}";
 
-const HIT_COLUMNS: &str = "c.id, c.name, c.created_at,
+/// The columns of a hit, computed only for the page's companies (`page`: `id`, `ord`).
+const HIT_SELECT: &str = "SELECT c.id, c.name, c.created_at,
     COALESCE((SELECT array_agg(k.key || '=' || k.value ORDER BY k.key)
               FROM company_keys k WHERE k.company_id = c.id), '{}') AS keys,
     COALESCE((SELECT array_agg(p.name ORDER BY p.name) FROM company_plans cp
               JOIN plans p ON p.id = cp.plan_id
-              WHERE cp.company_id = c.id AND cp.ended_at IS NULL), '{}') AS plans";
+              WHERE cp.company_id = c.id AND cp.ended_at IS NULL), '{}') AS plans
+    FROM page JOIN companies c ON c.id = page.id ORDER BY page.ord";
 
-/// Companies of the environment matching `s`. Each shape walks an index: a search by name
-/// prefix, key value prefix or id (ordered by name), the members of one plan (ordered by
-/// id, straight off the plan index), or everyone (newest first).
+/// Companies of the environment matching `s`. Each shape walks an index and computes a hit's
+/// columns only for the page: a search by name prefix (byte order of the lower-cased name,
+/// the order of its `text_pattern_ops` index), key value prefix or id; the members of one
+/// plan (by company id, straight off the plan index); or everyone (newest first).
 pub async fn search_companies(
     conn: &mut PgConnection,
     env_id: &str,
@@ -420,27 +416,35 @@ pub async fn search_companies(
 ) -> Result<Vec<CompanyHit>, sqlx::Error> {
     let q = s.q.trim();
     if !q.is_empty() {
+        // Prefixes as ranges (`~>=~`, `~<~`: the operators of the `text_pattern_ops`
+        // indexes), so even a generic prepared plan walks just the range. Each branch is
+        // capped at what the page can use; key hits come in key order.
         return sqlx::query_as(&format!(
             "WITH hits AS (
                  (SELECT id FROM companies
-                  WHERE environment_id = $1 AND lower(name) LIKE lower($2) ESCAPE '\\'
-                  ORDER BY lower(name), id LIMIT $5 + $6)
+                  WHERE environment_id = $1
+                    AND lower(name) ~>=~ lower($2) AND lower(name) ~<~ (lower($2) || $3)
+                  ORDER BY lower(name) USING ~<~, id LIMIT $5 + $6)
                  UNION
                  (SELECT company_id FROM company_keys
-                  WHERE environment_id = $1 AND value LIKE $2 ESCAPE '\\'
-                  LIMIT $5 + $6)
+                  WHERE environment_id = $1 AND value ~>=~ $2 AND value ~<~ ($2 || $3)
+                  ORDER BY value USING ~<~ LIMIT $5 + $6)
                  UNION
-                 SELECT id FROM companies WHERE environment_id = $1 AND id = $3
+                 SELECT id FROM companies WHERE environment_id = $1 AND id = $2
+             ),
+             page AS (
+                 SELECT c.id, row_number() OVER (ORDER BY lower(c.name) USING ~<~, c.id) AS ord
+                 FROM companies c JOIN hits h ON h.id = c.id
+                 WHERE c.environment_id = $1
+                   AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM company_plans cp
+                        WHERE cp.company_id = c.id AND cp.plan_id = $4 AND cp.ended_at IS NULL))
+                 ORDER BY lower(c.name) USING ~<~, c.id LIMIT $5 OFFSET $6
              )
-             SELECT {HIT_COLUMNS} FROM companies c JOIN hits h ON h.id = c.id
-             WHERE c.environment_id = $1
-               AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM company_plans cp
-                    WHERE cp.company_id = c.id AND cp.plan_id = $4 AND cp.ended_at IS NULL))
-             ORDER BY lower(c.name), c.id LIMIT $5 OFFSET $6"
+             {HIT_SELECT}"
         ))
         .bind(env_id)
-        .bind(like_prefix(q))
         .bind(q)
+        .bind(PREFIX_END)
         .bind(&s.plan_id)
         .bind(s.limit)
         .bind(s.offset)
@@ -449,9 +453,13 @@ pub async fn search_companies(
     }
     if let Some(plan_id) = &s.plan_id {
         return sqlx::query_as(&format!(
-            "SELECT {HIT_COLUMNS} FROM company_plans m JOIN companies c ON c.id = m.company_id
-             WHERE m.environment_id = $1 AND m.plan_id = $2 AND m.ended_at IS NULL
-             ORDER BY m.company_id LIMIT $3 OFFSET $4"
+            "WITH page AS (
+                 SELECT company_id AS id, row_number() OVER (ORDER BY company_id) AS ord
+                 FROM company_plans
+                 WHERE environment_id = $1 AND plan_id = $2 AND ended_at IS NULL
+                 ORDER BY company_id LIMIT $3 OFFSET $4
+             )
+             {HIT_SELECT}"
         ))
         .bind(env_id)
         .bind(plan_id)
@@ -461,8 +469,12 @@ pub async fn search_companies(
         .await;
     }
     sqlx::query_as(&format!(
-        "SELECT {HIT_COLUMNS} FROM companies c WHERE c.environment_id = $1
-         ORDER BY c.created_at DESC, c.id DESC LIMIT $2 OFFSET $3"
+        "WITH page AS (
+             SELECT id, row_number() OVER (ORDER BY created_at DESC, id DESC) AS ord
+             FROM companies WHERE environment_id = $1
+             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3
+         )
+         {HIT_SELECT}"
     ))
     .bind(env_id)
     .bind(s.limit)
@@ -544,15 +556,4 @@ pub async fn stripe_event_payload(
     .fetch_optional(conn)
     .await?;
     Ok(row.map(|j| j.0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::like_prefix;
-
-    #[test]
-    fn like_prefix_escapes_wildcards() {
-        assert_eq!(like_prefix("acme"), "acme%");
-        assert_eq!(like_prefix("50%_a\\b"), "50\\%\\_a\\\\b%");
-    }
 }
