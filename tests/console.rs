@@ -852,6 +852,13 @@ async fn secure_cookies_idle_sessions_and_config_errors_naming_the_key() {
         .unwrap();
     let (status, _) = get_page(&app, &session, "/console/companies").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    // The next sign-in sweeps the dead session away.
+    http_sign_in(&app, "ada@example.com", "correct horse battery staple").await;
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM console_sessions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1, "only the new session is left");
 }
 
 #[tokio::test]
