@@ -3,8 +3,8 @@
 # call over HTTP to entitled, in one run (benches/sdk_latency.py), and the messages per second
 # one replica pushes to 1,000 subscribed connections (benches/datastream_fanout.rs).
 #
-#   benches/datastream.sh                       # CHECKS=2000, CONNS=1000, SECONDS=10
-#   CHECKS=500 CONNS=200 SECONDS=5 benches/datastream.sh
+#   benches/datastream.sh                       # CHECKS=2000, CONNS=1000, FANOUT_SECS=10
+#   CHECKS=500 CONNS=200 FANOUT_SECS=5 benches/datastream.sh
 #
 # Needs the SDK with its datastream extra: ENTITLED_SDK_PYTHON (scripts/test.sh sets up
 # target/sdk-venv with schematichq[datastream]==1.4.6).
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CHECKS=${CHECKS:-2000}
 CONNS=${CONNS:-1000}
-SECONDS_=${SECONDS:-10}
+FANOUT_SECS=${FANOUT_SECS:-10}
 PORT=${PORT:-18090}
 DB=entitled_bench_datastream
 PYTHON=${ENTITLED_SDK_PYTHON:-target/sdk-venv/bin/python}
@@ -43,5 +43,5 @@ curl -sf -X POST "http://127.0.0.1:$PORT/companies" -H "$H" \
 
 echo "==> SDK check_flag latency (schematichq 1.4.6), $CHECKS checks each"
 "$PYTHON" benches/sdk_latency.py "http://127.0.0.1:$PORT" "$KEY" "$CHECKS"
-echo "==> fan-out to $CONNS connections for ${SECONDS_}s"
-"$FANOUT" "http://127.0.0.1:$PORT" "$KEY" "$CONNS" "$SECONDS_"
+echo "==> fan-out to $CONNS connections for ${FANOUT_SECS}s"
+"$FANOUT" "http://127.0.0.1:$PORT" "$KEY" "$CONNS" "$FANOUT_SECS"

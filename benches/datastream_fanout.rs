@@ -114,8 +114,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let got = received.load(Ordering::Relaxed);
     let span = last.lock().unwrap().duration_since(started).as_secs_f64();
+    // Fewer messages than events × connections means pushes coalesced: a connection behind
+    // the changes renders the latest state once for several of them.
     println!(
-        "fan-out: {conns} connections, {events} events ({:.0}/s), {got} of {expected} messages in {span:.2} s: {:.0} messages/s",
+        "fan-out: {conns} connections, {events} events ({:.0}/s), {got} messages (events × connections = {expected}) in {span:.2} s: {:.0} messages/s",
         events as f64 / seconds,
         got as f64 / span
     );

@@ -25,8 +25,13 @@ def pct(xs, p):
 
 async def main() -> None:
     base, key, checks = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    ds = AsyncSchematic(key, AsyncSchematicConfig(base_url=base, use_datastream=True))
-    http = AsyncSchematic(key, AsyncSchematicConfig(base_url=base, cache_providers=[]))
+    # Events (the datastream client's flag_check reports) go to entitled's /batch too.
+    ds = AsyncSchematic(
+        key, AsyncSchematicConfig(base_url=base, event_capture_url=base, use_datastream=True)
+    )
+    http = AsyncSchematic(
+        key, AsyncSchematicConfig(base_url=base, event_capture_url=base, cache_providers=[])
+    )
     await ds.initialize()
     await http.initialize()
     deadline = time.monotonic() + 10

@@ -184,6 +184,16 @@ async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_
         return;
     };
     let (app, company_id) = seeded().await;
+    // On the free plan (no custom branding there), assigned by hand.
+    let free: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'free'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    app.create(
+        "/companies",
+        json!({"keys": {"id": "acme-42"}, "base_plan_id": free}),
+    )
+    .await;
     let admin = "ada@example.com";
     let one_time = create_console_user(&app, admin, false);
 
@@ -219,6 +229,11 @@ async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_
     );
     b.click(&b.find("[data-testid=\"company-result\"] a").await)
         .await;
+
+    // Its plan, assigned by hand.
+    let plan = b.testid("company-plan").await;
+    assert!(b.text(&plan).await.contains("Free"));
+    assert_eq!(b.text(&b.testid("plan-source").await).await, "manual");
 
     // Its answer for custom-branding is false, as the check endpoint says.
     let answer = b.testid("feature-answer-custom-branding").await;
@@ -364,6 +379,11 @@ async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_
         b.attr(&row, "data-status").await.as_deref(),
         Some("applied")
     );
+    // Its JSON, as received.
+    b.click(&b.find(&format!("[data-event-id=\"{event_id}\"] a")).await)
+        .await;
+    let json_text = b.text(&b.testid("inbox-event-json").await).await;
+    assert!(json_text.contains("cus_TqvAcme0001xQ"), "{json_text}");
 
     // A viewer sees the company but no write control.
     let viewer = "vic@example.com";
@@ -832,6 +852,13 @@ async fn secure_cookies_idle_sessions_and_config_errors_naming_the_key() {
         .unwrap();
     let (status, _) = get_page(&app, &session, "/console/companies").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    // The next sign-in sweeps the dead session away.
+    http_sign_in(&app, "ada@example.com", "correct horse battery staple").await;
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM console_sessions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1, "only the new session is left");
 }
 
 #[tokio::test]

@@ -104,9 +104,9 @@ pub(super) const VALUE_TYPES: &[&str] = &["boolean", "numeric", "unlimited", "tr
 pub(super) const METRIC_PERIODS: &[&str] =
     &["all_time", "current_day", "current_week", "current_month"];
 const EXPIRY_CHOICES: &[(&str, &str)] = &[
-    ("7", "In 7 days"),
-    ("30", "In 30 days"),
-    ("90", "In 90 days"),
+    ("7", "7 days"),
+    ("30", "30 days"),
+    ("90", "90 days"),
     ("date", "On a date"),
     ("never", "Never"),
 ];

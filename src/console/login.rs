@@ -139,6 +139,9 @@ pub async fn submit(State(state): State<AppState>, req: Request) -> ConsoleResul
         };
     }
     store::console::record_success(&mut conn, &user.id).await?;
+    // Sessions past the idle timeout are dead weight: each sign-in sweeps them.
+    let idle = Duration::minutes(i64::from(state.config.console.session_idle_minutes));
+    store::console::end_idle_sessions(&mut conn, now - idle).await?;
     let token = session::random_token();
     let default_env = state.cache.default_env().map(|e| e.environment.id.clone());
     store::console::create_session(

@@ -174,7 +174,9 @@ impl FromRequestParts<AppState> for Console {
             env,
         };
         // Until the one-time password is replaced, only the password page is served.
-        if console.must_change_password && parts.uri.path() != "/console/password" {
+        if console.must_change_password
+            && !matches!(parts.uri.path(), "/console/password" | "/console/logout")
+        {
             return Err(ConsoleError::ChangePassword);
         }
         tracing::Span::current().record("console_user", console.email.as_str());

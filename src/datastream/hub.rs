@@ -10,7 +10,10 @@ use axum::extract::ws::WebSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{Cache, EnvCache};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::cache::{Cache, Catalog, CompanyState, EnvCache};
 use crate::changes::Publisher;
 use crate::config::DatastreamConfig;
 
@@ -22,6 +25,18 @@ pub struct Datastream {
     open: Mutex<HashMap<String, usize>>,
     pub(super) shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The last rendering of each subscribed company, shared by every connection holding it:
+    /// a change renders a company once, not once per connection.
+    renders: Mutex<HashMap<String, Render>>,
+}
+
+/// A company rendered from one version of its snapshot state and of the catalog (the
+/// snapshot replaces the `Arc`s on every change), valid until its next clock-driven change.
+struct Render {
+    state: Arc<CompanyState>,
+    catalog: Arc<Catalog>,
+    value: Arc<Value>,
+    next_change: Option<DateTime<Utc>>,
 }
 
 /// One admitted connection: counted against its key until dropped.
@@ -58,6 +73,7 @@ impl Datastream {
             open: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            renders: Mutex::new(HashMap::new()),
         })
     }
 
@@ -94,6 +110,47 @@ impl Datastream {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+    }
+
+    /// The company in the rules engine's model, as JSON, and when it next changes by the
+    /// clock; `None` when the snapshot no longer has it.
+    pub(super) fn render_company(
+        &self,
+        env: &EnvCache,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Option<(Arc<Value>, Option<DateTime<Utc>>)> {
+        let Some(state) = env.company(id) else {
+            self.lock_renders().remove(id);
+            return None;
+        };
+        let catalog = Arc::clone(&self.cache.catalog());
+        if let Some(r) = self.lock_renders().get(id) {
+            if Arc::ptr_eq(&r.state, &state)
+                && Arc::ptr_eq(&r.catalog, &catalog)
+                && r.next_change.is_none_or(|t| now < t)
+            {
+                return Some((r.value.clone(), r.next_change));
+            }
+        }
+        let context = env.effective_context(&catalog, &state);
+        let rendered = super::model::company(&env.environment.id, &catalog, &state, &context, now);
+        let value = Arc::new(serde_json::to_value(&rendered.company).unwrap_or(Value::Null));
+        let next_change = rendered.next_change;
+        self.lock_renders().insert(
+            id.to_string(),
+            Render {
+                state,
+                catalog,
+                value: value.clone(),
+                next_change,
+            },
+        );
+        Some((value, next_change))
+    }
+
+    fn lock_renders(&self) -> std::sync::MutexGuard<'_, HashMap<String, Render>> {
+        self.renders.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Open connections (all keys).

@@ -60,6 +60,7 @@ struct Request {
 
 /// What one connection holds and last sent.
 struct Conn {
+    hub: Arc<Datastream>,
     cache: Arc<Cache>,
     env: Arc<EnvCache>,
     out: mpsc::Sender<Message>,
@@ -73,7 +74,7 @@ struct Conn {
 }
 
 struct Sent {
-    value: Value,
+    value: Arc<Value>,
     next_change: Option<DateTime<Utc>>,
 }
 
@@ -90,6 +91,7 @@ impl Datastream {
         let writer = tokio::spawn(write_loop(sink, queue, close_rx));
         let mut applied = self.changes.applied();
         let mut conn = Conn {
+            hub: self.clone(),
             cache: self.cache.clone(),
             env,
             out,
@@ -353,28 +355,19 @@ impl Conn {
     /// keys changed, else the changed fields (usage as changed metrics only); `delete` when
     /// it is gone.
     fn refresh_company(&mut self, id: &str) {
-        let catalog = self.env_catalog();
-        let Some(state) = self.env.company(id) else {
+        let Some((value, next_change)) = self.hub.render_company(&self.env, id, Utc::now()) else {
             if let Some(old) = self.companies.remove(id) {
                 crate::metrics::DATASTREAM_SUBSCRIPTIONS.add(["company"], -1);
-                self.send("delete", envelope(COMPANY, Some(id), "delete", old.value));
+                let data = Value::clone(&old.value);
+                self.send("delete", envelope(COMPANY, Some(id), "delete", data));
             }
             return;
         };
-        let context = self.env.effective_context(&catalog, &state);
-        let rendered = model::company(
-            &self.env.environment.id,
-            &catalog,
-            &state,
-            &context,
-            Utc::now(),
-        );
-        let value = serde_json::to_value(&rendered.company).unwrap_or(Value::Null);
         let message = match self.companies.get(id) {
-            None => Some(("full", value.clone())),
+            None => Some(("full", Value::clone(&value))),
             Some(old) => diff(&old.value, &value).map(|partial| match partial {
                 Some(p) => ("partial", p),
-                None => ("full", value.clone()),
+                None => ("full", Value::clone(&value)),
             }),
         };
         if let Some((message_type, data)) = message {
@@ -383,13 +376,8 @@ impl Conn {
                 envelope(COMPANY, Some(id), message_type, data),
             );
         }
-        self.companies.insert(
-            id.to_string(),
-            Sent {
-                value,
-                next_change: rendered.next_change,
-            },
-        );
+        self.companies
+            .insert(id.to_string(), Sent { value, next_change });
     }
 
     fn refresh_user(&mut self, id: &str) {

@@ -264,6 +264,21 @@ pub async fn end_session(conn: &mut PgConnection, id_hash: &str) -> Result<(), s
     Ok(())
 }
 
+/// Drops sessions unused since `idle_since` (they can no longer sign anyone in). Returns how
+/// many went.
+pub async fn end_idle_sessions(
+    conn: &mut PgConnection,
+    idle_since: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("DELETE FROM console_sessions WHERE last_seen_at <= $1")
+            .bind(idle_since)
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
+}
+
 async fn end_sessions_of(conn: &mut PgConnection, user_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM console_sessions WHERE user_id = $1")
         .bind(user_id)

@@ -29,7 +29,12 @@ async def main() -> None:
     base_url, api_key = sys.argv[1], sys.argv[2]
     client = AsyncSchematic(
         api_key,
-        AsyncSchematicConfig(base_url=base_url, use_datastream=True, event_buffer_period=1),
+        AsyncSchematicConfig(
+            base_url=base_url,
+            event_capture_url=base_url,
+            use_datastream=True,
+            event_buffer_period=1,
+        ),
     )
     await client.initialize()
     ds = client._datastream_client
