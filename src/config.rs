@@ -82,7 +82,6 @@ pub struct ConsoleConfig {
     pub session_idle_minutes: u32,
 }
 
-
 /// The datastream the SDKs evaluate flags from (`datastream/`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
