@@ -19,11 +19,16 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// `entitled_checks_total` is one counter for the whole test binary: a test that asserts it did
+/// not move holds this while it measures, and the other tests' REST checks wait for it.
+static REST_CHECKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn seeded(extra: &str) -> common::TestApp {
     let app = common::spawn_app_with(extra).await;
     entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
         .await
         .unwrap();
+    let _counted = REST_CHECKS.lock().await;
     common::eventually(Duration::from_secs(2), || async {
         let (s, _) = app
             .post("/flags/sso/check", json!({"company": null, "user": null}))
@@ -392,6 +397,7 @@ async fn shutdown_closes_connections_with_1001() {
 async fn batch_accepts_flag_check_events_beside_track_events() {
     let app = seeded("[insights]\ncheck_flush_secs = 1\n").await;
     acme(&app).await;
+    let counted = REST_CHECKS.lock().await;
     let (answered, reported) = (
         app.metric_sum("entitled_checks_total{").await,
         app.metric_sum("entitled_sdk_flag_checks_total").await,
@@ -426,6 +432,7 @@ async fn batch_accepts_flag_check_events_beside_track_events() {
         answered,
         "not checks this server answered"
     );
+    drop(counted);
     // The track event counted usage.
     let c = app.check("reports", json!({"id": "acme"})).await;
     assert_eq!(c["feature_usage"], 2, "{c}");
