@@ -14,6 +14,9 @@
 #      POST /flags/check (every flag) for that company;
 #   5. the check-bulk baseline and entitled's POST /flags/check-bulk with BULK_CONTEXTS
 #      (default 10) companies, reported also per (context x flag) evaluated.
+#
+#   PERF_DIR=/tmp/prof benches/checks.sh   # also a `perf record -g` of entitled per measurement
+#   ENTITLED_BIN=/path/to/other/entitled benches/checks.sh   # an A/B against the same baseline
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15s}
@@ -79,13 +82,30 @@ LUA
 lua "$TMP/post.lua" "$REQ"
 lua "$TMP/bulk.lua" "$BULK_REQ"
 
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / t}' "/proc/$1/stat"; }
 run() { # name url [lua]
+  local pid=${PIDS[1]} before perf=
+  [[ $1 == entitled* ]] && pid=${PIDS[0]}
+  before=$(cpu "$pid")
+  if [ -n "${PERF_DIR:-}" ] && [ "$1" != noop ]; then
+    # A profile of the server during this measurement (perf costs a few percent of throughput).
+    mkdir -p "$PERF_DIR"
+    perf record -q -F 999 -p "$pid" -o "$PERF_DIR/$1.data" -- sleep "${DURATION%s}" 2>/dev/null &
+    perf=$!
+  fi
   wrk -t2 -c64 -d"$DURATION" --latency -s "${3:-$TMP/post.lua}" "$2" > "$TMP/$1.txt"
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' "$TMP/$1.txt")
   p50=$(awk '$1 == "50%" {print $2}' "$TMP/$1.txt")
   p99=$(awk '$1 == "99%" {print $2}' "$TMP/$1.txt")
-  echo "$1 $rps $p50 $p99"
+  [ -z "$perf" ] || wait "$perf" || true
+  # The server's CPU per request: what it costs, less sensitive to a noisy machine than
+  # requests/s (wrk shares the two cores).
+  local total us
+  total=$(awk '/requests in/ {print $1}' "$TMP/$1.txt")
+  us=$(python3 -c 'import sys; print(f"{(float(sys.argv[2]) - float(sys.argv[1])) * 1e6 / int(sys.argv[3]):.1f}")' "$before" "$(cpu "$pid")" "$total")
+  echo "$1 $rps $p50 $p99 $us"
 }
 echo "check body: $(wc -c < "$TMP/body.json") bytes; all-flags body: $(wc -c < "$TMP/all.json") bytes ($FLAGS flags, $ENTITLED true for bench-co); check-bulk body: $(wc -c < "$TMP/bulk.json") bytes ($BULK_CONTEXTS contexts); duration $DURATION each" >&2
 NOOP=$(run noop "http://127.0.0.1:$BASE_PORT/noop")
@@ -98,11 +118,11 @@ ENT_BULK=$(run entitled-bulk "http://127.0.0.1:$PORT/flags/check-bulk" "$TMP/bul
 grep -q '"value":true' "$TMP/body.json" || { echo "unexpected check body: $(cat "$TMP/body.json")"; exit 1; }
 
 echo
-echo "| target | requests/s | p50 | p99 |"
-echo "|---|---|---|---|"
+echo "| target | requests/s | p50 | p99 | server CPU µs/request |"
+echo "|---|---|---|---|---|"
 for line in "$NOOP" "$BASE" "$ENT" "$BASE_ALL" "$ENT_ALL" "$BASE_BULK" "$ENT_BULK"; do
   set -- $line
-  echo "| $1 | $2 | $3 | $4 |"
+  echo "| $1 | $2 | $3 | $4 | $5 |"
 done
 python3 - "$BASE" "$ENT" "$BASE_ALL" "$ENT_ALL" "$BASE_BULK" "$ENT_BULK" "$FLAGS" "$BULK_CONTEXTS" <<'PY'
 import sys
@@ -111,7 +131,8 @@ def ms(v):
 b, e, ba, ea, bb, eb = (a.split() for a in sys.argv[1:7])
 flags, contexts = int(sys.argv[7]), int(sys.argv[8])
 print()
-print(f"single check, entitled / baseline: throughput {float(e[1]) / float(b[1]):.2f}x, p99 {ms(e[3]) / ms(b[3]):.2f}x")
+print(f"single check, entitled / baseline: throughput {float(e[1]) / float(b[1]):.2f}x, p99 {ms(e[3]) / ms(b[3]):.2f}x; "
+      f"server CPU per request {float(e[4]):.1f} / {float(b[4]):.1f} us ({float(e[4]) / float(b[4]):.2f}x)")
 print(f"all flags ({flags}), entitled / all-flags baseline: throughput {float(ea[1]) / float(ba[1]):.2f}x, p99 {ms(ea[3]) / ms(ba[3]):.2f}x; "
       f"entitled all-flags / single-check baseline: {float(ea[1]) / float(b[1]):.2f}x requests/s")
 per = float(eb[1]) * contexts * flags

@@ -44,7 +44,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
     let breaker = store::breaker::Breaker::new(store::db::connect_options(&config)?);
     let datastream = Datastream::new(cache.clone(), publisher.clone(), config.datastream.clone());
     Ok((
-        AppState {
+        AppState::new(crate::api::state::Shared {
             pool,
             cache,
             config: Arc::new(config),
@@ -54,7 +54,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<(AppState, sqlx::post
             stripe,
             db: Arc::new(breaker),
             datastream,
-        },
+        }),
         listener,
     ))
 }
