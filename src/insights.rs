@@ -18,17 +18,49 @@ use sqlx::PgPool;
 
 pub use crate::store::insights::Drained;
 
+/// Shards per flag: a check adds to its thread's shard (see `metrics::shard`), so the two
+/// worker threads answering checks never write the same cache line.
+const SHARDS: usize = 8;
+
+#[repr(align(128))]
 #[derive(Default)]
-struct FlagCounts {
+struct Shard {
     checks: AtomicU64,
     allowed: AtomicU64,
 }
+
+#[derive(Default)]
+struct FlagCounts {
+    shards: [Shard; SHARDS],
+}
+
+impl FlagCounts {
+    fn add(&self, checks: u64, allowed: u64) {
+        let s = &self.shards[crate::metrics::shard() % SHARDS];
+        s.checks.fetch_add(checks, Ordering::Relaxed);
+        if allowed > 0 {
+            s.allowed.fetch_add(allowed, Ordering::Relaxed);
+        }
+    }
+
+    /// The counts so far, leaving zeros.
+    fn take(&self) -> (u64, u64) {
+        self.shards.iter().fold((0, 0), |(c, a), s| {
+            (
+                c + s.checks.swap(0, Ordering::Relaxed),
+                a + s.allowed.swap(0, Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+type FlagMap = HashMap<String, Arc<FlagCounts>>;
 
 struct EnvCounts {
     environment_id: String,
     /// Flag id → counters. Read lock-free on every check; replaced (copy on write) only the
     /// first time a flag is checked in this process.
-    flags: ArcSwap<HashMap<String, Arc<FlagCounts>>>,
+    flags: ArcSwap<FlagMap>,
     grow: Mutex<()>,
 }
 
@@ -53,26 +85,18 @@ impl CheckCounts {
 
     /// Counts one check. No lock and no allocation once the flag has been seen.
     pub fn record(&self, environment_id: &str, flag_id: &str, allowed: bool) {
-        let Some(env) = self
+        self.env(environment_id).record(flag_id, allowed);
+    }
+
+    /// The counters of one environment, for a request that checks many flags: the
+    /// environment is found and its flag map loaded once.
+    pub fn env(&self, environment_id: &str) -> EnvRecorder<'_> {
+        let env = self
             .envs
             .iter()
-            .find(|e| e.environment_id == environment_id)
-        else {
-            return;
-        };
-        let add = |c: &FlagCounts| {
-            c.checks.fetch_add(1, Ordering::Relaxed);
-            if allowed {
-                c.allowed.fetch_add(1, Ordering::Relaxed);
-            }
-        };
-        let flags = env.flags.load();
-        match flags.get(flag_id) {
-            Some(c) => add(c),
-            None => {
-                drop(flags);
-                add(&env.insert(flag_id));
-            }
+            .find(|e| e.environment_id == environment_id);
+        EnvRecorder {
+            flags: env.map(|e| (e, e.flags.load())),
         }
     }
 
@@ -81,8 +105,7 @@ impl CheckCounts {
         let mut out = Vec::new();
         for env in &self.envs {
             for (flag_id, c) in env.flags.load().iter() {
-                let checks = c.checks.swap(0, Ordering::Relaxed);
-                let allowed = c.allowed.swap(0, Ordering::Relaxed);
+                let (checks, allowed) = c.take();
                 if checks > 0 || allowed > 0 {
                     out.push(Drained {
                         environment_id: env.environment_id.clone(),
@@ -110,8 +133,25 @@ impl CheckCounts {
                 Some(c) => c.clone(),
                 None => env.insert(&d.flag_id),
             };
-            counts.checks.fetch_add(d.checks, Ordering::Relaxed);
-            counts.allowed.fetch_add(d.allowed, Ordering::Relaxed);
+            counts.add(d.checks, d.allowed);
+        }
+    }
+}
+
+/// See [`CheckCounts::env`]; counts nothing for an environment this process does not serve.
+pub struct EnvRecorder<'a> {
+    flags: Option<(&'a EnvCounts, arc_swap::Guard<Arc<FlagMap>>)>,
+}
+
+impl EnvRecorder<'_> {
+    /// Counts one check of `flag_id`.
+    pub fn record(&self, flag_id: &str, allowed: bool) {
+        let Some((env, flags)) = &self.flags else {
+            return;
+        };
+        match flags.get(flag_id) {
+            Some(c) => c.add(1, u64::from(allowed)),
+            None => env.insert(flag_id).add(1, u64::from(allowed)),
         }
     }
 }

@@ -28,7 +28,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-pub use sharded::{ShardedCounter, ShardedHistogram};
+pub use sharded::{shard, ShardedCounter, ShardedHistogram};
 
 /// A series' labels: `(name, value)` pairs, all known at compile time.
 type Labels<const N: usize> = [(&'static str, &'static str); N];

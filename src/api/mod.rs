@@ -1,5 +1,6 @@
 //! The HTTP API: routes, one file per resource.
 
+pub mod answer;
 pub mod auth;
 mod breaker;
 pub mod checks;

@@ -34,8 +34,8 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 const SHARDS: usize = 16;
 
 /// The calling thread's shard, fixed at its first use: tokio's workers are long-lived, so
-/// consecutive workers get different shards.
-fn shard() -> usize {
+/// consecutive workers get different shards. Other per-thread counters (insights) use it too.
+pub fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local!(static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS);
     SHARD.with(|s| *s)
