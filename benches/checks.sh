@@ -15,7 +15,7 @@
 #   5. the check-bulk baseline and entitled's POST /flags/check-bulk with BULK_CONTEXTS
 #      (default 10) companies, reported also per (context x flag) evaluated.
 #
-#   PERF_DIR=/tmp/prof benches/checks.sh   # also a `perf record -g` of entitled per measurement
+#   PERF_DIR=/tmp/prof benches/checks.sh   # also a `perf record` of the server per measurement
 #   ENTITLED_BIN=/path/to/other/entitled benches/checks.sh   # an A/B against the same baseline
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -122,18 +122,8 @@ impl CheckCounts {
     /// Puts drained counts back (after a failed flush).
     pub fn restore(&self, drained: &[Drained]) {
         for d in drained {
-            let Some(env) = self
-                .envs
-                .iter()
-                .find(|e| e.environment_id == d.environment_id)
-            else {
-                continue;
-            };
-            let counts = match env.flags.load().get(&d.flag_id) {
-                Some(c) => c.clone(),
-                None => env.insert(&d.flag_id),
-            };
-            counts.add(d.checks, d.allowed);
+            self.env(&d.environment_id)
+                .add(&d.flag_id, d.checks, d.allowed);
         }
     }
 }
@@ -146,12 +136,16 @@ pub struct EnvRecorder<'a> {
 impl EnvRecorder<'_> {
     /// Counts one check of `flag_id`.
     pub fn record(&self, flag_id: &str, allowed: bool) {
+        self.add(flag_id, 1, u64::from(allowed));
+    }
+
+    fn add(&self, flag_id: &str, checks: u64, allowed: u64) {
         let Some((env, flags)) = &self.flags else {
             return;
         };
         match flags.get(flag_id) {
-            Some(c) => c.add(1, u64::from(allowed)),
-            None => env.insert(flag_id).add(1, u64::from(allowed)),
+            Some(c) => c.add(checks, allowed),
+            None => env.insert(flag_id).add(checks, allowed),
         }
     }
 }

@@ -35,7 +35,7 @@ pub struct CheckBody {
 }
 
 /// `CheckFlagResponseData`: the schema of one flag's answer. Answers are written by
-/// [`FlagAnswer`], borrowed from the evaluation; a test keeps the two field lists equal.
+/// [`write_answer`] (REST) and [`FlagAnswer`] (MCP); tests keep all three equal.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct CheckView {
@@ -56,8 +56,9 @@ pub struct CheckView {
     pub feature_usage_reset_at: Option<DateTime<Utc>>,
 }
 
-/// One flag's answer (`CheckFlagResponseData`), serialised straight from the flag and its
-/// evaluation: nothing is copied to answer a check.
+/// One flag's answer (`CheckFlagResponseData`) borrowed from the flag and its evaluation,
+/// serialised by serde: the MCP check's answer, and the reference that the REST checks'
+/// hand-written [`write_answer`] is tested against, byte for byte.
 #[derive(Serialize)]
 struct FlagAnswer<'a> {
     flag: &'a str,

@@ -19,7 +19,7 @@ use crate::stripe::{Stripe, SyncContext};
 /// Shared by every handler through `State`: one `Arc`, so the clones axum makes per request
 /// (the handler service, the `State` extractor) are one reference count each, not one per
 /// field. With ten fields each clone and drop touched ten counters shared by every worker
-/// thread; `benches/checks.sh` with `PERF_DIR` showed that at ≈5% of a check's time.
+/// thread; `benches/checks.sh` with `PERF_DIR` put that at ≈4% of a check's samples.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
