@@ -23,7 +23,7 @@ LAYERS = [
     ["cache"],
     ["store"],
     ["engine"],
-    ["config", "ids", "metrics"],
+    ["config", "ids", "metrics", "group"],
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 

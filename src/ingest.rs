@@ -10,10 +10,11 @@ use std::time::Instant;
 
 use chrono::Utc;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::Cache;
 use crate::changes::{Change, Publisher};
+use crate::group;
 use crate::store::events::{self, CreditContext, Ingested, NewEvent};
 use crate::store::meter_events::MeterContext;
 use crate::store::{self, Error};
@@ -42,35 +43,12 @@ impl Ingestor {
         changes: Publisher,
         limit_warning_percent: u32,
     ) -> Ingestor {
-        let (tx, rx) = mpsc::channel::<Job>(1024);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..WRITERS {
-            let rx = rx.clone();
-            let pool = pool.clone();
-            let cache = cache.clone();
-            let changes = changes.clone();
-            tokio::spawn(async move {
-                loop {
-                    let group = {
-                        let mut rx = rx.lock().await;
-                        let Some(first) = rx.recv().await else { return };
-                        let mut group = vec![first];
-                        let mut n = group[0].events.len();
-                        while n < MAX_GROUP_EVENTS {
-                            match rx.try_recv() {
-                                Ok(job) => {
-                                    n += job.events.len();
-                                    group.push(job);
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        group
-                    };
-                    write_group(&pool, &cache, &changes, limit_warning_percent, group).await;
-                }
-            });
-        }
+        let write = move |group: Vec<Job>| {
+            let (pool, cache, changes) = (pool.clone(), cache.clone(), changes.clone());
+            async move { write_group(&pool, &cache, &changes, limit_warning_percent, group).await }
+        };
+        let weight = |job: &Job| job.events.len();
+        let tx = group::spawn_writers(1024, WRITERS, MAX_GROUP_EVENTS, weight, write);
         Ingestor { tx }
     }
 

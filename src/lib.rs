@@ -15,7 +15,8 @@
 //! - `cache/` — the in-memory snapshot checks read (`cache/check.rs` evaluates a check).
 //! - `store/` — all SQL, the pool and migrations, and the store's error type.
 //! - `engine/` — pure evaluation: rules, most-generous merge, metric periods.
-//! - leaves: `config`, `ids`, `metrics`.
+//! - leaves: `config`, `ids`, `metrics`, `group` (the group-commit queue `ingest` and the
+//!   Stripe inbox write through).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod console;
 pub mod datastream;
 pub mod engine;
+pub mod group;
 pub mod ids;
 pub mod ingest;
 pub mod insights;

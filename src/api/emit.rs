@@ -14,42 +14,31 @@ use crate::outbound::Event;
 use crate::store;
 
 /// The request types of one kind of object.
+#[derive(Debug)]
 pub struct Kinds {
     pub created: &'static str,
     pub updated: &'static str,
     pub deleted: &'static str,
 }
 
-pub const USER: Kinds = Kinds {
-    created: "user.created",
-    updated: "user.updated",
-    deleted: "user.deleted",
-};
-pub const PLAN: Kinds = Kinds {
-    created: "plan.created",
-    updated: "plan.updated",
-    deleted: "plan.deleted",
-};
-pub const PLAN_ENTITLEMENT: Kinds = Kinds {
-    created: "plan.entitlement.created",
-    updated: "plan.entitlement.updated",
-    deleted: "plan.entitlement.deleted",
-};
-pub const FEATURE: Kinds = Kinds {
-    created: "feature.created",
-    updated: "feature.updated",
-    deleted: "feature.deleted",
-};
-pub const FLAG: Kinds = Kinds {
-    created: "flag.created",
-    updated: "flag.updated",
-    deleted: "flag.deleted",
-};
-pub const OVERRIDE: Kinds = Kinds {
-    created: "company.override.created",
-    updated: "company.override.updated",
-    deleted: "company.override.deleted",
-};
+/// The three kinds of an object's lifecycle messages: `<prefix>.created`, `.updated` and
+/// `.deleted`.
+macro_rules! kinds {
+    ($prefix:literal) => {
+        Kinds {
+            created: concat!($prefix, ".created"),
+            updated: concat!($prefix, ".updated"),
+            deleted: concat!($prefix, ".deleted"),
+        }
+    };
+}
+
+pub const USER: Kinds = kinds!("user");
+pub const PLAN: Kinds = kinds!("plan");
+pub const PLAN_ENTITLEMENT: Kinds = kinds!("plan.entitlement");
+pub const FEATURE: Kinds = kinds!("feature");
+pub const FLAG: Kinds = kinds!("flag");
+pub const OVERRIDE: Kinds = kinds!("company.override");
 
 /// Whether any message of `kinds` is wanted in the key's environment.
 pub fn wanted(state: &AppState, auth: &Auth, kinds: &Kinds) -> bool {

@@ -109,6 +109,19 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The parameter's value, unless absent or empty.
+    pub fn non_empty(&self, name: &str) -> Option<String> {
+        self.get(name).filter(|s| !s.is_empty()).map(str::to_string)
+    }
+
+    /// A single-valued parameter `one` (e.g. `plan_id`) and a many-valued `many` (e.g.
+    /// `plan_ids`, as [`Query::get_all`] reads it), together.
+    pub fn get_one_and_all(&self, one: &str, many: &str) -> Vec<String> {
+        let mut all = self.get_all(many);
+        all.extend(self.non_empty(one));
+        all
+    }
+
     /// Repeated (`ids=a&ids=b`), bracketed (`ids[]=a`) or comma-separated values.
     pub fn get_all(&self, name: &str) -> Vec<String> {
         let bracket = format!("{name}[]");

@@ -147,7 +147,7 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     let filter = FeatureFilter {
         ids: query.get_all("ids"),
         feature_types,
-        q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
+        q: query.non_empty("q"),
     };
     let mut conn = state.pool.acquire().await?;
     let ids = store::list_feature_ids(&mut conn, &filter, page.limit, page.offset).await?;

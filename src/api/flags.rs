@@ -253,7 +253,7 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
             .get("feature_id")
             .filter(|s| !s.is_empty())
             .map(str::to_string),
-        q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
+        q: query.non_empty("q"),
     };
     let mut conn = state.pool.acquire().await?;
     let ids = store::list_flag_ids(&mut conn, &filter, page.limit, page.offset).await?;

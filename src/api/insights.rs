@@ -6,7 +6,8 @@
 use axum::extract::State;
 use axum::response::Response;
 use chrono::{DateTime, Datelike, TimeDelta, TimeZone, Utc};
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth::Auth;
@@ -236,13 +237,17 @@ pub struct TopFeaturesView {
     pub features: Vec<TopFeature>,
 }
 
-/// The arguments of top features, as sent (query parameters or MCP arguments).
-#[derive(Debug, Default, Clone)]
+// The arguments of top features, as sent (query parameters or MCP arguments). The field
+// docs are the MCP tool's argument descriptions.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 pub struct TopFeaturesArgs {
+    /// RFC 3339; default 30 days before `end_time`.
     pub start_time: Option<String>,
+    /// RFC 3339; default now. At most 366 days after `start_time`.
     pub end_time: Option<String>,
+    /// How many features (1 to 100, default 10).
     pub limit: Option<i64>,
-    /// `usage` (default) or `checks`.
+    /// Rank by `usage` (default) or `checks`.
     pub by: Option<String>,
 }
 
@@ -384,14 +389,17 @@ pub struct PlanGrowthView {
     pub points: Vec<PlanGrowthPoint>,
 }
 
-/// The arguments of plan growth, as sent.
-#[derive(Debug, Default, Clone)]
+// The arguments of plan growth, as sent (query parameters or MCP arguments). The field docs
+// are the MCP tool's argument descriptions.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 pub struct PlanGrowthArgs {
+    /// RFC 3339; default 30 days before `end_time`.
     pub start_time: Option<String>,
+    /// RFC 3339; default now.
     pub end_time: Option<String>,
     /// `day` (default) or `month`.
     pub granularity: Option<String>,
-    /// The SDK's form: this many calendar months up to now, monthly.
+    /// Instead of a window: this many calendar months up to now, monthly.
     pub months: Option<i64>,
 }
 

@@ -155,30 +155,6 @@ pub struct TrackUsageEventArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct TopFeaturesArgs {
-    /// RFC 3339; default 30 days before `end_time`.
-    pub start_time: Option<String>,
-    /// RFC 3339; default now. At most 366 days after `start_time`.
-    pub end_time: Option<String>,
-    /// How many features (1 to 100, default 10).
-    pub limit: Option<i64>,
-    /// Rank by `usage` (default) or `checks`.
-    pub by: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct PlanGrowthArgs {
-    /// RFC 3339; default 30 days before `end_time`.
-    pub start_time: Option<String>,
-    /// RFC 3339; default now.
-    pub end_time: Option<String>,
-    /// `day` (default) or `month`.
-    pub granularity: Option<String>,
-    /// Instead of a window: this many calendar months up to now, monthly.
-    pub months: Option<i64>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
 pub struct CheckFlagArgs {
     /// The flag's key, e.g. `custom-branding`.
     pub flag: String,
@@ -269,13 +245,10 @@ impl EntitledMcp {
                 without_plan: a.without_plan.unwrap_or(false),
             };
             let data = companies::list_companies(&self.state, &auth, &filter, page).await?;
-            Ok::<_, AppError>((data, page))
+            Ok((data, json!({"limit": page.limit, "offset": page.offset})))
         }
         .await;
-        match result {
-            Ok((data, p)) => answer(Ok(data), json!({"limit": p.limit, "offset": p.offset})),
-            Err(e) => Ok(tool_error(e)),
-        }
+        answer_with_params(result)
     }
 
     /// Creates or updates the company the keys identify (name, traits, base plan, add-ons).
@@ -328,13 +301,10 @@ impl EntitledMcp {
                 q: a.q,
             };
             let data = users::list_users(&self.state, &auth, &filter, page).await?;
-            Ok::<_, AppError>((data, page))
+            Ok((data, json!({"limit": page.limit, "offset": page.offset})))
         }
         .await;
-        match result {
-            Ok((data, p)) => answer(Ok(data), json!({"limit": p.limit, "offset": p.offset})),
-            Err(e) => Ok(tool_error(e)),
-        }
+        answer_with_params(result)
     }
 
     /// Creates or updates the user the keys identify, optionally in a company.
@@ -438,17 +408,11 @@ impl EntitledMcp {
     )]
     async fn get_top_features(
         &self,
-        Parameters(a): Parameters<TopFeaturesArgs>,
+        Parameters(a): Parameters<insights::TopFeaturesArgs>,
         Extension(parts): Extension<Parts>,
     ) -> Result<CallToolResult, ErrorData> {
         let auth = auth_of(&parts)?;
-        let args = insights::TopFeaturesArgs {
-            start_time: a.start_time,
-            end_time: a.end_time,
-            limit: a.limit,
-            by: a.by,
-        };
-        answer_with_params(insights::top_features_of(&self.state, &auth, &args).await)
+        answer_with_params(insights::top_features_of(&self.state, &auth, &a).await)
     }
 
     /// Companies joining and leaving each plan per day (or month) over a window, and the
@@ -459,17 +423,11 @@ impl EntitledMcp {
     )]
     async fn get_plan_growth(
         &self,
-        Parameters(a): Parameters<PlanGrowthArgs>,
+        Parameters(a): Parameters<insights::PlanGrowthArgs>,
         Extension(parts): Extension<Parts>,
     ) -> Result<CallToolResult, ErrorData> {
         let auth = auth_of(&parts)?;
-        let args = insights::PlanGrowthArgs {
-            start_time: a.start_time,
-            end_time: a.end_time,
-            granularity: a.granularity,
-            months: a.months,
-        };
-        answer_with_params(insights::plan_growth_of(&self.state, &auth, &args).await)
+        answer_with_params(insights::plan_growth_of(&self.state, &auth, &a).await)
     }
 
     /// May this company (and user) use this feature now? The flag's value, the rule that

@@ -108,19 +108,7 @@ async fn fetch(
                 consumption_rate: r.values.credit_consumption_rate,
                 notes,
                 company: companies.get(&r.company_id).cloned(),
-                feature: FeatureView {
-                    id: r.feature_id.clone(),
-                    key: r.f_key,
-                    name: r.f_name,
-                    description: r.f_description,
-                    event_source: "track",
-                    feature_type: r.f_feature_type,
-                    event_subtype: r.f_event_subtype,
-                    trait_id: r.f_trait_id,
-                    icon: "",
-                    created_at: r.f_created_at,
-                    updated_at: r.f_updated_at,
-                },
+                feature: FeatureView::joined(r.feature_id.clone(), r.feature),
                 id: r.id,
                 company_id: r.company_id,
                 feature_id: r.feature_id,
@@ -156,13 +144,6 @@ async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<OverrideView>
         .ok_or_else(|| AppError::not_found("company override", id))
 }
 
-/// `name` and `names`, together.
-fn ids_param(query: &Query, one: &str, many: &str) -> Vec<String> {
-    let mut ids = query.get_all(many);
-    ids.extend(query.get(one).filter(|s| !s.is_empty()).map(str::to_string));
-    ids
-}
-
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
@@ -186,10 +167,10 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     let page = query.page()?;
     let filter = OverrideFilter {
         ids: query.get_all("ids"),
-        company_ids: ids_param(&query, "company_id", "company_ids"),
-        feature_ids: ids_param(&query, "feature_id", "feature_ids"),
+        company_ids: query.get_one_and_all("company_id", "company_ids"),
+        feature_ids: query.get_one_and_all("feature_id", "feature_ids"),
         without_expired: query.bool("without_expired")?.unwrap_or(false),
-        q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
+        q: query.non_empty("q"),
         limit: Some(page.limit),
         offset: page.offset,
     };
@@ -232,7 +213,8 @@ pub struct CreateBody {
     pub note: Option<String>,
 }
 
-/// The value fields of a create or update body, as the store resolves them.
+/// The value fields of a create or update body (of an override or a plan entitlement), as
+/// the store resolves them.
 macro_rules! value_input {
     ($body:expr) => {
         ValueInput {
@@ -247,6 +229,7 @@ macro_rules! value_input {
         }
     };
 }
+pub(crate) use value_input;
 
 fn future(expiration_date: DateTime<Utc>, now: DateTime<Utc>) -> AppResult<DateTime<Utc>> {
     if expiration_date <= now {

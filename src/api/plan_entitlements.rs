@@ -12,9 +12,11 @@ use super::emit;
 use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
+use super::overrides::value_input;
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
+use crate::store::catalog::JoinedFeature;
 use crate::store::companies::plan_type;
 use crate::store::plans::{self as store, Billing, EntitlementFilter};
 use crate::store::values::{EntitlementValues, ValueInput};
@@ -36,6 +38,25 @@ pub struct FeatureView {
     pub icon: &'static str,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl FeatureView {
+    /// The view of a feature joined into another row; `id` is that row's `feature_id`.
+    pub fn joined(id: String, f: JoinedFeature) -> Self {
+        FeatureView {
+            id,
+            key: f.key,
+            name: f.name,
+            description: f.description,
+            feature_type: f.feature_type,
+            event_source: "track",
+            event_subtype: f.event_subtype,
+            trait_id: f.trait_id,
+            icon: "",
+            created_at: f.created_at,
+            updated_at: f.updated_at,
+        }
+    }
 }
 
 /// `PlanResponseData`.
@@ -93,19 +114,7 @@ pub async fn fetch(
             environment_id: env_id.to_string(),
             rule_id: r.id.clone(),
             consumption_rate: r.values.credit_consumption_rate,
-            feature: FeatureView {
-                id: r.feature_id.clone(),
-                key: r.f_key,
-                name: r.f_name,
-                description: r.f_description,
-                event_source: "track",
-                feature_type: r.f_feature_type,
-                event_subtype: r.f_event_subtype,
-                trait_id: r.f_trait_id,
-                icon: "",
-                created_at: r.f_created_at,
-                updated_at: r.f_updated_at,
-            },
+            feature: FeatureView::joined(r.feature_id.clone(), r.feature),
             plan: PlanSummary {
                 id: r.plan_id.clone(),
                 key: r.p_key,
@@ -147,13 +156,6 @@ async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<PlanEntitleme
         .ok_or_else(|| AppError::not_found("plan entitlement", id))
 }
 
-/// `name` and `names`, together.
-fn ids_param(query: &Query, one: &str, many: &str) -> Vec<String> {
-    let mut ids = query.get_all(many);
-    ids.extend(query.get(one).filter(|s| !s.is_empty()).map(str::to_string));
-    ids
-}
-
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
@@ -175,9 +177,9 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     let page = query.page()?;
     let filter = EntitlementFilter {
         ids: query.get_all("ids"),
-        plan_ids: ids_param(&query, "plan_id", "plan_ids"),
-        feature_ids: ids_param(&query, "feature_id", "feature_ids"),
-        q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
+        plan_ids: query.get_one_and_all("plan_id", "plan_ids"),
+        feature_ids: query.get_one_and_all("feature_id", "feature_ids"),
+        q: query.non_empty("q"),
         limit: Some(page.limit),
         offset: page.offset,
     };
@@ -286,16 +288,7 @@ pub async fn create_in(
     body: CreateBody,
     views: bool,
 ) -> AppResult<emit::Written> {
-    let input = ValueInput {
-        value_type: body.value_type,
-        value_bool: body.value_bool,
-        value_numeric: body.value_numeric,
-        value_trait_id: body.value_trait_id,
-        value_credit_id: body.value_credit_id,
-        credit_consumption_rate: body.credit_consumption_rate,
-        metric_period: body.metric_period,
-        metric_period_month_reset: body.metric_period_month_reset,
-    };
+    let input = value_input!(body);
     let requested = Billing {
         price_behavior: keep_or_clear(body.price_behavior, None),
         monthly_metered_price_id: keep_or_clear(body.monthly_metered_price_id, None),
@@ -353,16 +346,7 @@ pub async fn update(
     Json(body): Json<UpdateBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let input = ValueInput {
-        value_type: body.value_type,
-        value_bool: body.value_bool,
-        value_numeric: body.value_numeric,
-        value_trait_id: body.value_trait_id,
-        value_credit_id: body.value_credit_id,
-        credit_consumption_rate: body.credit_consumption_rate,
-        metric_period: body.metric_period,
-        metric_period_month_reset: body.metric_period_month_reset,
-    };
+    let input = value_input!(body);
     let mut tx = state.pool.begin().await?;
     let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
     let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;

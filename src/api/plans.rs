@@ -186,7 +186,7 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     let filter = PlanFilter {
         ids: query.get_all("ids"),
         plan_type: plan_type.map(str::to_string),
-        q: query.get("q").filter(|s| !s.is_empty()).map(str::to_string),
+        q: query.non_empty("q"),
         has_product_id: query.bool("has_product_id")?,
     };
     let mut conn = state.pool.acquire().await?;

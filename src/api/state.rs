@@ -69,14 +69,7 @@ impl AppState {
 
     /// What applying Stripe state needs, from this process.
     pub fn sync(&self) -> SyncContext {
-        SyncContext::new(
-            self.pool.clone(),
-            self.stripe.clone(),
-            self.cache
-                .environments()
-                .map(|e| (e.environment.id.clone(), e.config.clone())),
-            self.changes.clone(),
-        )
+        self.job_context(CancellationToken::new()).sync()
     }
 
     /// What the scheduler's jobs need, from this process.

@@ -170,6 +170,16 @@ impl Cache {
         self.envs.get(id)
     }
 
+    /// The environment and its company `company_id`, when both are known.
+    pub fn env_and_company(
+        &self,
+        env_id: &str,
+        company_id: &str,
+    ) -> Option<(&Arc<EnvCache>, Arc<CompanyState>)> {
+        let env = self.env(env_id)?;
+        Some((env, env.company(company_id)?))
+    }
+
     /// Every configured environment.
     pub fn environments(&self) -> impl Iterator<Item = &Arc<EnvCache>> {
         self.envs.values()

@@ -10,10 +10,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::error::{ConsoleError, ConsoleResult};
 use super::session::{Console, Form, Posted};
-use super::{audit_and_commit, shown, Layout};
+use super::{
+    audit_and_commit, commit_or_refused, Layout, ENTITLEMENT_CREATE, ENTITLEMENT_DELETE,
+    FEATURE_CREATE, FEATURE_UPDATE, RULES_REPLACE,
+};
 use crate::api::features::{self, FeatureBody, FlagInput};
 use crate::api::flags;
-use crate::api::{emit, plan_entitlements, AppState};
+use crate::api::{plan_entitlements, AppState};
 use crate::engine::{self, MetricPeriod};
 use crate::store;
 
@@ -187,24 +190,10 @@ pub async fn create_entitlement(
     };
     let auth = console.auth();
     let mut tx = state.begin().await?;
-    match plan_entitlements::create_in(&mut tx, &auth, body, true).await {
-        Ok(written) => {
-            audit_and_commit(
-                &state,
-                &console,
-                tx,
-                Some(&emit::PLAN_ENTITLEMENT),
-                "plan_entitlement.create",
-                written,
-            )
-            .await?;
-            Ok(Redirect::to("/console/plans").into_response())
-        }
-        Err(e) => {
-            drop(tx);
-            let (status, message) = shown(e)?;
-            plans_refused(&state, &console, status, message).await
-        }
+    let done = plan_entitlements::create_in(&mut tx, &auth, body, true).await;
+    match commit_or_refused(&state, &console, tx, ENTITLEMENT_CREATE, done).await? {
+        Ok(()) => Ok(Redirect::to("/console/plans").into_response()),
+        Err((status, message)) => plans_refused(&state, &console, status, message).await,
     }
 }
 
@@ -219,15 +208,7 @@ pub async fn delete_entitlement(
     let auth = console.auth();
     let mut tx = state.begin().await?;
     let written = plan_entitlements::delete_in(&mut tx, &auth, &id, true).await?;
-    audit_and_commit(
-        &state,
-        &console,
-        tx,
-        Some(&emit::PLAN_ENTITLEMENT),
-        "plan_entitlement.delete",
-        written,
-    )
-    .await?;
+    audit_and_commit(&state, &console, tx, ENTITLEMENT_DELETE, written).await?;
     Ok(Redirect::to("/console/plans").into_response())
 }
 
@@ -381,22 +362,10 @@ pub async fn create_feature(
     };
     let auth = console.auth();
     let mut tx = state.begin().await?;
-    match features::create_in(&mut tx, &auth, &body, true).await {
-        Ok(written) => {
-            audit_and_commit(
-                &state,
-                &console,
-                tx,
-                Some(&emit::FEATURE),
-                "feature.create",
-                written,
-            )
-            .await?;
-            Ok(Redirect::to("/console/features").into_response())
-        }
-        Err(e) => {
-            drop(tx);
-            let (status, message) = shown(e)?;
+    let done = features::create_in(&mut tx, &auth, &body, true).await;
+    match commit_or_refused(&state, &console, tx, FEATURE_CREATE, done).await? {
+        Ok(()) => Ok(Redirect::to("/console/features").into_response()),
+        Err((status, message)) => {
             let mut errors = HashMap::new();
             errors.insert(feature_field(&message), message);
             let sent = FeatureForm {
@@ -431,22 +400,10 @@ pub async fn update_feature(
     };
     let auth = console.auth();
     let mut tx = state.begin().await?;
-    match features::update_in(&mut tx, &auth, &id, &body, true).await {
-        Ok(written) => {
-            audit_and_commit(
-                &state,
-                &console,
-                tx,
-                Some(&emit::FEATURE),
-                "feature.update",
-                written,
-            )
-            .await?;
-            Ok(Redirect::to("/console/features").into_response())
-        }
-        Err(e) => {
-            drop(tx);
-            let (status, message) = shown(e)?;
+    let done = features::update_in(&mut tx, &auth, &id, &body, true).await;
+    match commit_or_refused(&state, &console, tx, FEATURE_UPDATE, done).await? {
+        Ok(()) => Ok(Redirect::to("/console/features").into_response()),
+        Err((status, message)) => {
             let mut errors = HashMap::new();
             errors.insert("form", message);
             let html = features_html(&state, &console, FeatureForm::default(), errors).await?;
@@ -580,15 +537,9 @@ pub async fn put_rules(
     };
     let auth = console.auth();
     let mut tx = state.begin().await?;
-    match flags::put_rules_in(&mut tx, &state, &auth, &id, body, true).await {
-        Ok(written) => {
-            audit_and_commit(&state, &console, tx, None, "flag_rules.replace", written).await?;
-            Ok(Redirect::to(&format!("/console/flags/{id}/rules")).into_response())
-        }
-        Err(e) => {
-            drop(tx);
-            let (status, message) = shown(e)?;
-            refuse(status, message).await
-        }
+    let done = flags::put_rules_in(&mut tx, &state, &auth, &id, body, true).await;
+    match commit_or_refused(&state, &console, tx, RULES_REPLACE, done).await? {
+        Ok(()) => Ok(Redirect::to(&format!("/console/flags/{id}/rules")).into_response()),
+        Err((status, message)) => refuse(status, message).await,
     }
 }

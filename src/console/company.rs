@@ -15,10 +15,13 @@ use serde_json::Value;
 
 use super::error::{ConsoleError, ConsoleResult};
 use super::session::{Console, Form, Posted};
-use super::{audit_and_commit, param, query_pairs, shown, when, Layout};
+use super::{
+    audit_and_commit, param, query_pairs, shown, when, Layout, OVERRIDE_CREATE, OVERRIDE_DELETE,
+    OVERRIDE_UPDATE,
+};
 use crate::api::checks::company_answers;
 use crate::api::overrides::{self, CreateBody, UpdateBody};
-use crate::api::{companies, emit, AppState};
+use crate::api::{companies, AppState};
 use crate::engine::MetricPeriod;
 use crate::store;
 use crate::store::credits::from_micros;
@@ -284,7 +287,7 @@ async fn render_page(
                 let (value, raw_value) = value_text(&o.values);
                 OverrideLine {
                     author: authors.get(&o.id).cloned().unwrap_or_default(),
-                    feature: format!("{} ({})", o.f_name, o.f_key),
+                    feature: format!("{} ({})", o.feature.name, o.feature.key),
                     value,
                     raw_value,
                     expires: o
@@ -538,15 +541,7 @@ pub async fn create_override(
         }
     };
     store::console::set_note_author(&mut tx, &written.id, &console.email).await?;
-    audit_and_commit(
-        &state,
-        &console,
-        tx,
-        Some(&emit::OVERRIDE),
-        "override.create",
-        written,
-    )
-    .await?;
+    audit_and_commit(&state, &console, tx, OVERRIDE_CREATE, written).await?;
     Ok(Redirect::to(&format!(
         "/console/companies/{company_id}?done=override-created"
     ))
@@ -618,15 +613,7 @@ pub async fn update_override(
             return refused(&state, &console, &company_id, sent, status, m).await;
         }
     };
-    audit_and_commit(
-        &state,
-        &console,
-        tx,
-        Some(&emit::OVERRIDE),
-        "override.update",
-        written,
-    )
-    .await?;
+    audit_and_commit(&state, &console, tx, OVERRIDE_UPDATE, written).await?;
     Ok(Redirect::to(&format!(
         "/console/companies/{company_id}?done=override-updated"
     ))
@@ -649,15 +636,7 @@ pub async fn delete_override(
             "override {override_id:?} is not one of company {company_id:?}"
         )));
     }
-    audit_and_commit(
-        &state,
-        &console,
-        tx,
-        Some(&emit::OVERRIDE),
-        "override.delete",
-        written,
-    )
-    .await?;
+    audit_and_commit(&state, &console, tx, OVERRIDE_DELETE, written).await?;
     Ok(Redirect::to(&format!(
         "/console/companies/{company_id}?done=override-deleted"
     ))

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::api::error::AppError;
+use crate::api::error::{AppError, AppResult};
 use crate::api::{emit, AppState};
 use error::ConsoleResult;
 use session::Console;
@@ -198,14 +198,57 @@ impl Layout {
     }
 }
 
+/// A console write as the audit log names it, with the lifecycle messages the API sends for
+/// it (`None`: the write queued its own) and the table `entitled_writes_total` counts it
+/// against.
+#[derive(Debug, Clone, Copy)]
+pub struct Action {
+    pub name: &'static str,
+    pub kinds: Option<&'static emit::Kinds>,
+    pub table: &'static str,
+}
+
+impl Action {
+    const fn new(name: &'static str, kinds: &'static emit::Kinds, table: &'static str) -> Self {
+        Action {
+            name,
+            kinds: Some(kinds),
+            table,
+        }
+    }
+}
+
+pub const FEATURE_CREATE: Action = Action::new("feature.create", &emit::FEATURE, "features");
+pub const FEATURE_UPDATE: Action = Action::new("feature.update", &emit::FEATURE, "features");
+pub const ENTITLEMENT_CREATE: Action = Action::new(
+    "plan_entitlement.create",
+    &emit::PLAN_ENTITLEMENT,
+    "plan_entitlements",
+);
+pub const ENTITLEMENT_DELETE: Action = Action::new(
+    "plan_entitlement.delete",
+    &emit::PLAN_ENTITLEMENT,
+    "plan_entitlements",
+);
+pub const RULES_REPLACE: Action = Action {
+    name: "flag_rules.replace",
+    kinds: None,
+    table: "flags",
+};
+pub const OVERRIDE_CREATE: Action =
+    Action::new("override.create", &emit::OVERRIDE, "company_overrides");
+pub const OVERRIDE_UPDATE: Action =
+    Action::new("override.update", &emit::OVERRIDE, "company_overrides");
+pub const OVERRIDE_DELETE: Action =
+    Action::new("override.delete", &emit::OVERRIDE, "company_overrides");
+
 /// Audits a write made through the API's functions in its transaction, then commits it as
 /// the API would (messages, snapshot changes).
 pub async fn audit_and_commit(
     state: &AppState,
     console: &Console,
     mut tx: crate::store::Tx,
-    kinds: Option<&emit::Kinds>,
-    action: &str,
+    action: Action,
     written: emit::Written,
 ) -> ConsoleResult<()> {
     let auth = console.auth();
@@ -216,27 +259,43 @@ pub async fn audit_and_commit(
             actor_email: &console.email,
             environment_id: Some(console.env_id()),
             company_id: written.company_id.as_deref(),
-            action,
+            action: action.name,
             target: &written.id,
             before: written.before.as_ref(),
             after: written.after.as_ref(),
         },
     )
     .await?;
-    match kinds {
+    match action.kinds {
         // A lifecycle message (`<object>.created`, …) when wanted, then commit.
         Some(kinds) => emit::finish(state, &auth, tx, kinds, written).await?,
         // The write queued its own messages: commit with its changes.
         None => state.commit(tx, &written.changes).await?,
     }
-    crate::metrics::WRITES.inc(match action.split('.').next() {
-        Some("override") => "company_overrides",
-        Some("plan_entitlement") => "plan_entitlements",
-        Some("flag_rules") => "flags",
-        _ => "features",
-    });
-    tracing::info!(user = %console.email, action, "console write");
+    crate::metrics::WRITES.inc(action.table);
+    tracing::info!(user = %console.email, action = action.name, "console write");
     Ok(())
+}
+
+/// Audits and commits a write that succeeded ([`audit_and_commit`]). A write refused for
+/// what the user sent is rolled back and answered as its status and message, for the form
+/// to show; a server error stays an error.
+pub async fn commit_or_refused(
+    state: &AppState,
+    console: &Console,
+    tx: crate::store::Tx,
+    action: Action,
+    result: AppResult<emit::Written>,
+) -> ConsoleResult<Result<(), (axum::http::StatusCode, String)>> {
+    match result {
+        Ok(written) => audit_and_commit(state, console, tx, action, written)
+            .await
+            .map(Ok),
+        Err(e) => {
+            drop(tx);
+            shown(e).map(Err)
+        }
+    }
 }
 
 /// An API error a form can show (4xx, with its status), or the error itself (5xx).

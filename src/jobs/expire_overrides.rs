@@ -59,9 +59,9 @@ fn view(environment_id: &str, r: &OverrideDetailRow) -> serde_json::Value {
         "expired_at": r.expired_at,
         "note": r.note,
         "feature": {
-            "id": r.feature_id, "key": r.f_key, "name": r.f_name, "description": r.f_description,
-            "feature_type": r.f_feature_type, "event_subtype": r.f_event_subtype,
-            "trait_id": r.f_trait_id, "created_at": r.f_created_at, "updated_at": r.f_updated_at,
+            "id": r.feature_id, "key": r.feature.key, "name": r.feature.name, "description": r.feature.description,
+            "feature_type": r.feature.feature_type, "event_subtype": r.feature.event_subtype,
+            "trait_id": r.feature.trait_id, "created_at": r.feature.created_at, "updated_at": r.feature.updated_at,
         },
         "created_at": r.created_at,
         "updated_at": r.updated_at,

@@ -49,10 +49,7 @@ pub async fn emit(
         if !(wants_warning || wants_reached || wants_soft_warning || wants_soft_reached) {
             continue;
         }
-        let (Some(env), Some(before)) = (
-            cache.env(env_id),
-            cache.env(env_id).and_then(|e| e.company(company_id)),
-        ) else {
+        let Some((env, before)) = cache.env_and_company(env_id, company_id) else {
             continue;
         };
         let mut after = (*before).clone();
@@ -135,10 +132,9 @@ pub async fn emit(
                 messages.push(e);
             }
         }
-        if !messages.is_empty() {
-            let change = super::emit(conn, env_id, &env.environment.key, &messages).await?;
-            wrote = wrote.or(change);
-        }
+        // Nothing to send writes nothing (`None`).
+        let change = super::emit(conn, env_id, &env.environment.key, &messages).await?;
+        wrote = wrote.or(change);
     }
     Ok(wrote)
 }
@@ -164,10 +160,7 @@ pub async fn emit_credits(
         if !wants_warning && !wants_reached {
             continue;
         }
-        let (Some(env), Some(before)) = (
-            cache.env(env_id),
-            cache.env(env_id).and_then(|e| e.company(company_id)),
-        ) else {
+        let Some((env, before)) = cache.env_and_company(env_id, company_id) else {
             continue;
         };
         let mut messages = Vec::new();
@@ -217,10 +210,9 @@ pub async fn emit_credits(
                 messages.push(e);
             }
         }
-        if !messages.is_empty() {
-            let change = super::emit(conn, env_id, &env.environment.key, &messages).await?;
-            wrote = wrote.or(change);
-        }
+        // Nothing to send writes nothing (`None`).
+        let change = super::emit(conn, env_id, &env.environment.key, &messages).await?;
+        wrote = wrote.or(change);
     }
     Ok(wrote)
 }

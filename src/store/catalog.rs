@@ -7,6 +7,7 @@ use sqlx::types::Json;
 use sqlx::PgConnection;
 
 use super::error::{sqlstate, violated_constraint, Error};
+use super::rows;
 use crate::engine::{Condition, FeatureType, RuleKind};
 use crate::ids;
 
@@ -104,6 +105,34 @@ pub struct RuleRow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A feature's columns joined into another table's row (`JOIN features f`), aliased `f_…`
+/// by [`JOINED_FEATURE_COLUMNS`]; its id is the row's `feature_id`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JoinedFeature {
+    #[sqlx(rename = "f_key")]
+    pub key: String,
+    #[sqlx(rename = "f_name")]
+    pub name: String,
+    #[sqlx(rename = "f_description")]
+    pub description: String,
+    #[sqlx(rename = "f_feature_type")]
+    pub feature_type: String,
+    #[sqlx(rename = "f_event_subtype")]
+    pub event_subtype: Option<String>,
+    #[sqlx(rename = "f_trait_id")]
+    pub trait_id: Option<String>,
+    #[sqlx(rename = "f_created_at")]
+    pub created_at: DateTime<Utc>,
+    #[sqlx(rename = "f_updated_at")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The select list of a [`JoinedFeature`], for a query joining `features f`.
+pub const JOINED_FEATURE_COLUMNS: &str = "f.key AS f_key, f.name AS f_name, \
+    f.description AS f_description, f.feature_type AS f_feature_type, \
+    f.event_subtype AS f_event_subtype, f.trait_id AS f_trait_id, \
+    f.created_at AS f_created_at, f.updated_at AS f_updated_at";
+
 const FEATURE_COLUMNS: &str =
     "id, key, name, description, feature_type, event_subtype, trait_id, created_at, updated_at";
 const FLAG_COLUMNS: &str =
@@ -114,11 +143,11 @@ pub async fn features(
     conn: &mut PgConnection,
     ids: &[String],
 ) -> Result<Vec<FeatureRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {FEATURE_COLUMNS} FROM features WHERE id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(conn)
+    rows::by_ids(
+        conn,
+        &format!("SELECT {FEATURE_COLUMNS} FROM features"),
+        ids,
+    )
     .await
 }
 
@@ -160,22 +189,12 @@ pub async fn feature_for_update(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Option<FeatureRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {FEATURE_COLUMNS} FROM features WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
+    rows::for_update(conn, &format!("SELECT {FEATURE_COLUMNS} FROM features"), id).await
 }
 
 /// The flags with these ids, in no particular order.
 pub async fn flags(conn: &mut PgConnection, ids: &[String]) -> Result<Vec<FlagRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {FLAG_COLUMNS} FROM flags WHERE id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(conn)
-    .await
+    rows::by_ids(conn, &format!("SELECT {FLAG_COLUMNS} FROM flags"), ids).await
 }
 
 /// Which flags to list. Empty lists do not filter.
@@ -216,12 +235,7 @@ pub async fn flag_for_update(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Option<FlagRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {FLAG_COLUMNS} FROM flags WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
+    rows::for_update(conn, &format!("SELECT {FLAG_COLUMNS} FROM flags"), id).await
 }
 
 /// The flags belonging to these features.

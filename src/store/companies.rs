@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
-use super::keys::{self, Entity};
+use super::catalog::contains_pattern;
+use super::keys::{self, Entity, EntityRow, KeyRow};
 use super::Error;
 use crate::ids;
 
@@ -30,16 +31,8 @@ pub async fn upsert(
     env_id: &str,
     req: &UpsertCompany,
 ) -> Result<(String, bool), Error> {
-    let (id, created) = keys::upsert(
-        conn,
-        Entity::Company,
-        env_id,
-        &req.keys,
-        req.name.as_deref(),
-        req.traits.as_ref(),
-        req.update_only,
-    )
-    .await?;
+    let done = keys::upsert(conn, Entity::Company, env_id, &req.into()).await?;
+    let (id, created) = (done.id, done.created);
     if let Some(plan_id) = &req.base_plan_id {
         set_base_plan(conn, env_id, &id, plan_id).await?;
     }
@@ -90,17 +83,7 @@ pub async fn set_base_plan(
     .bind(company_id)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "INSERT INTO company_plans (id, environment_id, company_id, plan_id, is_base, source)
-         VALUES ($1, $2, $3, $4, true, 'manual')",
-    )
-    .bind(ids::new_id(ids::prefix::COMPANY_PLAN))
-    .bind(env_id)
-    .bind(company_id)
-    .bind(plan_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    insert_manual(conn, env_id, company_id, plan_id, true).await
 }
 
 /// Makes the company's manual add-ons exactly `plan_ids`.
@@ -128,18 +111,31 @@ pub async fn set_add_ons(
     .execute(&mut *conn)
     .await?;
     for plan_id in plan_ids {
-        sqlx::query(
-            "INSERT INTO company_plans (id, environment_id, company_id, plan_id, is_base, source)
-             VALUES ($1, $2, $3, $4, false, 'manual')
-             ON CONFLICT (company_id, plan_id) WHERE ended_at IS NULL DO NOTHING",
-        )
-        .bind(ids::new_id(ids::prefix::COMPANY_PLAN))
-        .bind(env_id)
-        .bind(company_id)
-        .bind(plan_id)
-        .execute(&mut *conn)
-        .await?;
+        insert_manual(conn, env_id, company_id, plan_id, false).await?;
     }
+    Ok(())
+}
+
+/// A manual membership of `plan_id`, unless the company is a current member already.
+async fn insert_manual(
+    conn: &mut PgConnection,
+    env_id: &str,
+    company_id: &str,
+    plan_id: &str,
+    is_base: bool,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO company_plans (id, environment_id, company_id, plan_id, is_base, source)
+         VALUES ($1, $2, $3, $4, $5, 'manual')
+         ON CONFLICT (company_id, plan_id) WHERE ended_at IS NULL DO NOTHING",
+    )
+    .bind(ids::new_id(ids::prefix::COMPANY_PLAN))
+    .bind(env_id)
+    .bind(company_id)
+    .bind(plan_id)
+    .bind(is_base)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -204,10 +200,7 @@ pub async fn list_ids(
     limit: i64,
     offset: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let q = filter
-        .q
-        .as_deref()
-        .map(|s| format!("%{}%", s.replace('%', "\\%").replace('_', "\\_")));
+    let q = filter.q.as_deref().map(contains_pattern);
     sqlx::query_scalar(
         "SELECT c.id FROM companies c
          WHERE c.environment_id = $1
@@ -231,19 +224,6 @@ pub async fn list_ids(
     .await
 }
 
-/// A `companies` row.
-#[derive(Debug, sqlx::FromRow)]
-pub struct CompanyRow {
-    pub id: String,
-    pub name: String,
-    pub traits: sqlx::types::Json<Map<String, Value>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// A company's key: `(company_id, key, value, created_at)`.
-pub type KeyRow = (String, String, String, DateTime<Utc>);
-
 /// A current plan membership of a company, with the plan's names.
 #[derive(Debug, sqlx::FromRow)]
 pub struct CompanyPlanRow {
@@ -262,7 +242,7 @@ pub struct CompanyPlanRow {
 #[derive(Debug)]
 pub struct DetailsRows {
     /// The companies found, in no particular order.
-    pub companies: Vec<CompanyRow>,
+    pub companies: Vec<EntityRow>,
     /// Their keys, oldest first.
     pub keys: Vec<KeyRow>,
     /// Their current plans, oldest first.
@@ -277,21 +257,7 @@ pub async fn details_rows(
     env_id: &str,
     ids: &[String],
 ) -> Result<DetailsRows, sqlx::Error> {
-    let companies: Vec<CompanyRow> = sqlx::query_as(
-        "SELECT id, name, traits, created_at, updated_at FROM companies
-         WHERE environment_id = $1 AND id = ANY($2)",
-    )
-    .bind(env_id)
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let keys: Vec<KeyRow> = sqlx::query_as(
-        "SELECT company_id, key, value, created_at FROM company_keys
-         WHERE company_id = ANY($1) ORDER BY created_at, key",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
+    let (companies, keys) = keys::rows_and_keys(conn, Entity::Company, env_id, ids).await?;
     let plans: Vec<CompanyPlanRow> = sqlx::query_as(
         "SELECT cp.company_id, cp.plan_id, cp.is_base, cp.source, cp.quantity, cp.started_at,
                 p.name, p.description, p.billing_product_id

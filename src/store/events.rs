@@ -10,7 +10,9 @@ use sqlx::PgConnection;
 
 use super::companies::{self, UpsertCompany};
 use super::credits;
+use super::keys::Entity;
 use super::meter_events::{self, CounterMoves, MeterContext};
+use super::snapshot::CounterRow;
 use super::users::{self, UpsertUser};
 use super::Error;
 use crate::engine::{period, MetricPeriod, MonthReset, UsageCounter};
@@ -291,39 +293,8 @@ async fn resolve_track_companies(
     out: &mut Ingested,
     company_of: &mut [Option<String>],
 ) -> Result<(), Error> {
-    let tracks = || {
-        events
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| match &e.kind {
-                Kind::Track(t) if !out.duplicate[i] && !t.company.is_empty() => Some((i, e, t)),
-                _ => None,
-            })
-    };
-    let known = lookup_keys(
-        conn,
-        "company_keys",
-        "company_id",
-        tracks().map(|(_, e, t)| (e, &t.company)),
-    )
-    .await?;
-    let mut missing: Vec<(usize, &NewEvent, &Track)> = Vec::new();
-    for (i, e, t) in tracks() {
-        match resolve(&known, e, &t.company) {
-            Resolved::One(id) => company_of[i] = Some(id),
-            Resolved::None => missing.push((i, e, t)),
-            Resolved::Several(ids) => {
-                return Err(Error::Conflict(format!(
-                    "events[{i}].body.company: keys identify more than one company ({})",
-                    ids.join(", ")
-                )))
-            }
-        }
-    }
-    // Create in a stable order (the upsert locks keys, and re-checks under the lock).
-    missing.sort_by(|a, b| {
-        (&a.1.environment_id, &a.2.company).cmp(&(&b.1.environment_id, &b.2.company))
-    });
+    let tracks = tracks_naming(events, &out.duplicate, |t| &t.company);
+    let missing = resolve_known(conn, Entity::Company, &tracks, |t| &t.company, company_of).await?;
     for (i, e, t) in missing {
         let (id, created) = companies::upsert(
             conn,
@@ -344,7 +315,7 @@ async fn resolve_track_companies(
     }
     // Traits sent with track events update the company, merged per company.
     let mut traits: BTreeMap<(String, String), Map<String, Value>> = BTreeMap::new();
-    for (i, e, t) in tracks() {
+    for &(i, e, t) in &tracks {
         if let (Some(tr), Some(id)) = (&t.traits, &company_of[i]) {
             if !tr.is_empty() {
                 traits
@@ -376,40 +347,12 @@ async fn resolve_track_users(
     company_of: &[Option<String>],
     user_of: &mut [Option<String>],
 ) -> Result<(), Error> {
-    let tracks = || {
-        events
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| match &e.kind {
-                Kind::Track(t) if !out.duplicate[i] && !t.user.is_empty() => Some((i, e, t)),
-                _ => None,
-            })
-    };
-    if tracks().next().is_none() {
+    let tracks = tracks_naming(events, &out.duplicate, |t| &t.user);
+    if tracks.is_empty() {
         return Ok(());
     }
-    let known = lookup_keys(
-        conn,
-        "user_keys",
-        "user_id",
-        tracks().map(|(_, e, t)| (e, &t.user)),
-    )
-    .await?;
+    let missing = resolve_known(conn, Entity::User, &tracks, |t| &t.user, user_of).await?;
     let mut memberships: BTreeMap<(String, String), String> = BTreeMap::new();
-    let mut missing = Vec::new();
-    for (i, e, t) in tracks() {
-        match resolve(&known, e, &t.user) {
-            Resolved::One(id) => user_of[i] = Some(id),
-            Resolved::None => missing.push((i, e, t)),
-            Resolved::Several(ids) => {
-                return Err(Error::Conflict(format!(
-                    "events[{i}].body.user: keys identify more than one user ({})",
-                    ids.join(", ")
-                )))
-            }
-        }
-    }
-    missing.sort_by(|a, b| (&a.1.environment_id, &a.2.user).cmp(&(&b.1.environment_id, &b.2.user)));
     for (i, e, t) in missing {
         let done = users::upsert(
             conn,
@@ -426,7 +369,7 @@ async fn resolve_track_users(
             .push((e.environment_id.clone(), done.id.clone()));
         user_of[i] = Some(done.id);
     }
-    for (i, e, _) in tracks() {
+    for &(i, e, _) in &tracks {
         if let (Some(u), Some(c)) = (&user_of[i], &company_of[i]) {
             memberships.insert((c.clone(), u.clone()), e.environment_id.clone());
         }
@@ -446,6 +389,57 @@ async fn resolve_track_users(
         .await?;
     }
     Ok(())
+}
+
+/// A track event, by its index in the batch.
+type TrackAt<'e> = (usize, &'e NewEvent, &'e Track);
+
+/// The track events of the batch (duplicates left out) whose `keys_of` names an entity.
+fn tracks_naming<'e>(
+    events: &'e [NewEvent],
+    duplicate: &[bool],
+    keys_of: fn(&Track) -> &Keys,
+) -> Vec<TrackAt<'e>> {
+    events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.kind {
+            Kind::Track(t) if !duplicate[i] && !keys_of(t).is_empty() => Some((i, e, t)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Looks up the entity each track names by `keys_of` with one query: found ids go into
+/// `ids_of`; the tracks naming none are answered, in a stable order for creating them (the
+/// upsert locks keys, and re-checks under the lock). Keys naming two entities are a 409.
+async fn resolve_known<'e>(
+    conn: &mut PgConnection,
+    entity: Entity,
+    tracks: &[TrackAt<'e>],
+    keys_of: fn(&Track) -> &Keys,
+    ids_of: &mut [Option<String>],
+) -> Result<Vec<TrackAt<'e>>, Error> {
+    let wanted = tracks.iter().map(|&(_, e, t)| (e, keys_of(t)));
+    let known = lookup_keys(conn, entity.table(), entity.column(), wanted).await?;
+    let mut missing = Vec::new();
+    for &(i, e, t) in tracks {
+        match resolve(&known, e, keys_of(t)) {
+            Resolved::One(id) => ids_of[i] = Some(id),
+            Resolved::None => missing.push((i, e, t)),
+            Resolved::Several(ids) => {
+                let noun = entity.noun();
+                return Err(Error::Conflict(format!(
+                    "events[{i}].body.{noun}: keys identify more than one {noun} ({})",
+                    ids.join(", ")
+                )));
+            }
+        }
+    }
+    missing.sort_by(|a, b| {
+        (&a.1.environment_id, keys_of(a.2)).cmp(&(&b.1.environment_id, keys_of(b.2)))
+    });
+    Ok(missing)
 }
 
 /// `(environment, key, value)` → entity id, for every key the events name.
@@ -535,17 +529,6 @@ struct CounterColumns {
     month_reset: Vec<&'static str>,
     window_start: Vec<DateTime<Utc>>,
     delta: Vec<i64>,
-}
-
-#[derive(sqlx::FromRow)]
-struct CounterRow {
-    company_id: String,
-    event_name: String,
-    period: String,
-    month_reset: String,
-    window_start: DateTime<Utc>,
-    count: i64,
-    version: i64,
 }
 
 async fn insert_rows(
@@ -745,37 +728,19 @@ async fn count_usage(
         .collect();
     let mut by_company: BTreeMap<String, Vec<UsageCounter>> = BTreeMap::new();
     for r in rows {
-        if let (Some(p), Some(m)) = (
-            MetricPeriod::parse(&r.period),
-            MonthReset::parse(&r.month_reset),
-        ) {
-            let key = (
-                r.company_id.clone(),
-                r.event_name.clone(),
-                p.as_str(),
-                m.as_str(),
-            );
-            if let Some(entry) = moves.get_mut(&key) {
-                entry.0 = r.count;
-            }
-        }
-        let (Some(period), Some(month_reset)) = (
-            MetricPeriod::parse(&r.period),
-            MonthReset::parse(&r.month_reset),
-        ) else {
+        let Some((company, counter)) = r.into_engine() else {
             continue;
         };
-        by_company
-            .entry(r.company_id)
-            .or_default()
-            .push(UsageCounter {
-                event: r.event_name,
-                period,
-                month_reset,
-                window_start: r.window_start,
-                count: r.count,
-                version: r.version,
-            });
+        let key = (
+            company.clone(),
+            counter.event.clone(),
+            counter.period.as_str(),
+            counter.month_reset.as_str(),
+        );
+        if let Some(entry) = moves.get_mut(&key) {
+            entry.0 = counter.count;
+        }
+        by_company.entry(company).or_default().push(counter);
     }
     for (company, counters) in by_company {
         let env = env_of

@@ -1,6 +1,8 @@
 //! Identifying keys (`{"stripe_customer_id": "cus_1"}`) of companies and users: each key
 //! value identifies at most one entity per environment.
 
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
 use super::error::{sqlstate, violated_constraint, Error};
@@ -18,13 +20,13 @@ impl Entity {
             Entity::User => "user",
         }
     }
-    fn table(self) -> &'static str {
+    pub(super) fn table(self) -> &'static str {
         match self {
             Entity::Company => "company_keys",
             Entity::User => "user_keys",
         }
     }
-    fn entity_table(self) -> &'static str {
+    pub(super) fn entity_table(self) -> &'static str {
         match self {
             Entity::Company => "companies",
             Entity::User => "users",
@@ -36,12 +38,54 @@ impl Entity {
             Entity::User => crate::ids::prefix::USER,
         }
     }
-    fn column(self) -> &'static str {
+    pub(super) fn column(self) -> &'static str {
         match self {
             Entity::Company => "company_id",
             Entity::User => "user_id",
         }
     }
+}
+
+/// A `companies` or `users` row.
+#[derive(Debug, sqlx::FromRow)]
+pub struct EntityRow {
+    pub id: String,
+    pub name: String,
+    pub traits: sqlx::types::Json<Map<String, Value>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A company's or user's key: `(owner_id, key, value, created_at)`.
+pub type KeyRow = (String, String, String, DateTime<Utc>);
+
+/// The environment's companies or users `ids` (in no particular order) and their keys
+/// (oldest first).
+pub async fn rows_and_keys(
+    conn: &mut PgConnection,
+    entity: Entity,
+    env_id: &str,
+    ids: &[String],
+) -> Result<(Vec<EntityRow>, Vec<KeyRow>), sqlx::Error> {
+    let rows = sqlx::query_as(&format!(
+        "SELECT id, name, traits, created_at, updated_at FROM {}
+         WHERE environment_id = $1 AND id = ANY($2)",
+        entity.entity_table()
+    ))
+    .bind(env_id)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let keys = sqlx::query_as(&format!(
+        "SELECT {owner}, key, value, created_at FROM {table}
+         WHERE {owner} = ANY($1) ORDER BY created_at, key",
+        owner = entity.column(),
+        table = entity.table()
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok((rows, keys))
 }
 
 pub fn validate(field: &str, keys: &[(String, String)]) -> Result<(), Error> {
@@ -163,23 +207,36 @@ pub async fn put(
     Ok(changed)
 }
 
-/// Finds the entity `keys` identify or creates it (unless `update_only`), adds the keys, and
-/// merges `name` and `traits` (a `null` trait removes it). Returns its id and whether it was
-/// created. Concurrent upserts of the same keys serialise on advisory locks.
-pub async fn upsert(
-    conn: &mut PgConnection,
-    entity: Entity,
-    env_id: &str,
-    keys: &[(String, String)],
-    name: Option<&str>,
-    traits: Option<&serde_json::Map<String, serde_json::Value>>,
-    update_only: bool,
-) -> Result<(String, bool), Error> {
-    let u = upsert_reporting(conn, entity, env_id, keys, name, traits, update_only).await?;
-    Ok((u.id, u.created))
+/// What to create or update: the entity `keys` identify, with `name` and `traits` merged
+/// (a `null` trait removes it); with `update_only`, an entity no key identifies is a 404
+/// rather than created.
+#[derive(Debug, Clone, Copy)]
+pub struct Upsert<'a> {
+    pub keys: &'a [(String, String)],
+    pub name: Option<&'a str>,
+    pub traits: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    pub update_only: bool,
 }
 
-/// What [`upsert_reporting`] did.
+/// An [`Upsert`] of a request with `keys`, `name`, `traits` and `update_only` fields.
+macro_rules! upsert_of {
+    ($($request:ty),+) => {$(
+        impl<'a> From<&'a $request> for Upsert<'a> {
+            fn from(r: &'a $request) -> Self {
+                Upsert {
+                    keys: &r.keys,
+                    name: r.name.as_deref(),
+                    traits: r.traits.as_ref(),
+                    update_only: r.update_only,
+                }
+            }
+        }
+    )+};
+}
+
+upsert_of!(super::companies::UpsertCompany, super::users::UpsertUser);
+
+/// What [`upsert`] did.
 #[derive(Debug)]
 pub struct Upserted {
     pub id: String,
@@ -188,16 +245,20 @@ pub struct Upserted {
     pub changed: bool,
 }
 
-/// [`upsert`], also telling whether an existing entity changed.
-pub async fn upsert_reporting(
+/// Finds the entity `u.keys` identify or creates it, adds the keys, and merges the name and
+/// traits. Concurrent upserts of the same keys serialise on advisory locks.
+pub async fn upsert(
     conn: &mut PgConnection,
     entity: Entity,
     env_id: &str,
-    keys: &[(String, String)],
-    name: Option<&str>,
-    traits: Option<&serde_json::Map<String, serde_json::Value>>,
-    update_only: bool,
+    u: &Upsert<'_>,
 ) -> Result<Upserted, Error> {
+    let Upsert {
+        keys,
+        name,
+        traits,
+        update_only,
+    } = *u;
     validate("keys", keys)?;
     if let Some(t) = traits {
         validate_traits(t)?;

@@ -29,6 +29,7 @@ pub mod notify;
 pub mod overrides;
 pub mod plans;
 pub mod reconcile;
+pub mod rows;
 pub mod seed;
 pub mod snapshot;
 pub mod stripe;

@@ -9,8 +9,8 @@ use sqlx::PgConnection;
 
 use super::error::{sqlstate, violated_constraint, Error};
 use crate::ids;
-use crate::store::catalog::contains_pattern;
-use crate::store::values::EntitlementValues;
+use crate::store::catalog::{contains_pattern, JoinedFeature, JOINED_FEATURE_COLUMNS};
+use crate::store::values::{BindValues, EntitlementValues};
 
 /// A `company_overrides` row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -115,14 +115,7 @@ pub async fn insert(
     .bind(env_id)
     .bind(&new.company_id)
     .bind(&new.feature_id)
-    .bind(&v.value_type)
-    .bind(v.value_bool)
-    .bind(v.value_numeric)
-    .bind(&v.value_trait_id)
-    .bind(&v.value_credit_id)
-    .bind(v.credit_consumption_rate)
-    .bind(&v.metric_period)
-    .bind(&v.metric_period_month_reset)
+    .bind_values(v)
     .bind(new.expiration_date)
     .bind(&new.note)
     .execute(&mut *conn)
@@ -175,14 +168,7 @@ pub async fn update(
          WHERE id = $1",
     )
     .bind(id)
-    .bind(&values.value_type)
-    .bind(values.value_bool)
-    .bind(values.value_numeric)
-    .bind(&values.value_trait_id)
-    .bind(&values.value_credit_id)
-    .bind(values.credit_consumption_rate)
-    .bind(&values.metric_period)
-    .bind(&values.metric_period_month_reset)
+    .bind_values(values)
     .bind(expiration_date)
     .bind(note)
     .execute(conn)
@@ -234,14 +220,8 @@ pub struct OverrideDetailRow {
     pub note: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    pub f_key: String,
-    pub f_name: String,
-    pub f_description: String,
-    pub f_feature_type: String,
-    pub f_event_subtype: Option<String>,
-    pub f_trait_id: Option<String>,
-    pub f_created_at: DateTime<Utc>,
-    pub f_updated_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    pub feature: JoinedFeature,
 }
 
 /// The environment's overrides `filter` selects, with their feature, newest first; `now`
@@ -252,15 +232,12 @@ pub async fn list(
     filter: &OverrideFilter,
     now: DateTime<Utc>,
 ) -> Result<Vec<OverrideDetailRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "SELECT o.id, o.company_id, o.feature_id, o.value_type, o.value_bool, o.value_numeric,
                 o.value_trait_id, o.value_credit_id, o.credit_consumption_rate, o.metric_period,
                 o.metric_period_month_reset, o.expiration_date, o.expired_at, o.note,
                 o.created_at, o.updated_at,
-                f.key AS f_key, f.name AS f_name, f.description AS f_description,
-                f.feature_type AS f_feature_type, f.event_subtype AS f_event_subtype,
-                f.trait_id AS f_trait_id, f.created_at AS f_created_at,
-                f.updated_at AS f_updated_at
+                {JOINED_FEATURE_COLUMNS}
          FROM company_overrides o JOIN features f ON f.id = o.feature_id
          WHERE o.environment_id = $1
            AND (cardinality($2::text[]) = 0 OR o.id = ANY($2))
@@ -270,8 +247,8 @@ pub async fn list(
                 AND (o.expiration_date IS NULL OR o.expiration_date > $6)))
            AND ($7::text IS NULL OR f.name ILIKE $7 OR f.key ILIKE $7 OR o.note ILIKE $7)
          ORDER BY o.created_at DESC, o.id DESC
-         LIMIT $8 OFFSET $9",
-    )
+         LIMIT $8 OFFSET $9"
+    ))
     .bind(env_id)
     .bind(&filter.ids)
     .bind(&filter.company_ids)

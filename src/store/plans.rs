@@ -7,10 +7,11 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::error::{sqlstate, violated_constraint, Error};
+use super::rows;
 use crate::engine::FeatureType;
 use crate::ids;
-use crate::store::catalog;
-use crate::store::values::EntitlementValues;
+use crate::store::catalog::{self, JoinedFeature, JOINED_FEATURE_COLUMNS};
+use crate::store::values::{BindValues, EntitlementValues};
 
 /// A `plans` row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -122,12 +123,7 @@ pub async fn get_for_update(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Option<PlanRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {PLAN_COLUMNS} FROM plans WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
+    rows::for_update(conn, &format!("SELECT {PLAN_COLUMNS} FROM plans"), id).await
 }
 
 pub async fn update(
@@ -190,12 +186,7 @@ pub async fn list_ids(
 
 /// The plans with these ids, in no particular order.
 pub async fn rows(conn: &mut PgConnection, ids: &[String]) -> Result<Vec<PlanRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {PLAN_COLUMNS} FROM plans WHERE id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(conn)
-    .await
+    rows::by_ids(conn, &format!("SELECT {PLAN_COLUMNS} FROM plans"), ids).await
 }
 
 /// Per plan of `plan_ids`, the environment's companies currently on it; plans without any
@@ -344,18 +335,8 @@ pub async fn insert_entitlement(
     .bind(&id)
     .bind(plan_id)
     .bind(feature_id)
-    .bind(&values.value_type)
-    .bind(values.value_bool)
-    .bind(values.value_numeric)
-    .bind(&values.value_trait_id)
-    .bind(&values.value_credit_id)
-    .bind(values.credit_consumption_rate)
-    .bind(&values.metric_period)
-    .bind(&values.metric_period_month_reset)
-    .bind(&billing.price_behavior)
-    .bind(&billing.monthly_metered_price_id)
-    .bind(&billing.yearly_metered_price_id)
-    .bind(billing.soft_limit)
+    .bind_values(values)
+    .bind_billing(billing)
     .execute(&mut *conn)
     .await;
     match res {
@@ -404,18 +385,8 @@ pub async fn update_entitlement(
          WHERE id = $1",
     )
     .bind(id)
-    .bind(&values.value_type)
-    .bind(values.value_bool)
-    .bind(values.value_numeric)
-    .bind(&values.value_trait_id)
-    .bind(&values.value_credit_id)
-    .bind(values.credit_consumption_rate)
-    .bind(&values.metric_period)
-    .bind(&values.metric_period_month_reset)
-    .bind(&billing.price_behavior)
-    .bind(&billing.monthly_metered_price_id)
-    .bind(&billing.yearly_metered_price_id)
-    .bind(billing.soft_limit)
+    .bind_values(values)
+    .bind_billing(billing)
     .execute(conn)
     .await?;
     Ok(())
@@ -456,14 +427,8 @@ pub struct EntitlementDetailRow {
     pub values: EntitlementValues,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    pub f_key: String,
-    pub f_name: String,
-    pub f_description: String,
-    pub f_feature_type: String,
-    pub f_event_subtype: Option<String>,
-    pub f_trait_id: Option<String>,
-    pub f_created_at: DateTime<Utc>,
-    pub f_updated_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    pub feature: JoinedFeature,
     pub p_key: String,
     pub p_name: String,
     pub p_description: String,
@@ -477,15 +442,12 @@ pub async fn list_entitlements(
     conn: &mut PgConnection,
     filter: &EntitlementFilter,
 ) -> Result<Vec<EntitlementDetailRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "SELECT e.id, e.plan_id, e.feature_id, e.price_behavior, e.monthly_metered_price_id,
                 e.yearly_metered_price_id, e.soft_limit, e.value_type, e.value_bool,
                 e.value_numeric, e.value_trait_id, e.value_credit_id, e.credit_consumption_rate,
                 e.metric_period, e.metric_period_month_reset, e.created_at, e.updated_at,
-                f.key AS f_key, f.name AS f_name, f.description AS f_description,
-                f.feature_type AS f_feature_type, f.event_subtype AS f_event_subtype,
-                f.trait_id AS f_trait_id, f.created_at AS f_created_at,
-                f.updated_at AS f_updated_at,
+                {JOINED_FEATURE_COLUMNS},
                 p.key AS p_key, p.name AS p_name, p.description AS p_description,
                 p.plan_type AS p_plan_type, p.created_at AS p_created_at,
                 p.updated_at AS p_updated_at
@@ -498,8 +460,8 @@ pub async fn list_entitlements(
            AND ($4::text IS NULL OR f.name ILIKE $4 OR f.key ILIKE $4
                 OR p.name ILIKE $4 OR p.key ILIKE $4)
          ORDER BY e.created_at DESC, e.id DESC
-         LIMIT $5 OFFSET $6",
-    )
+         LIMIT $5 OFFSET $6"
+    ))
     .bind(&filter.ids)
     .bind(&filter.plan_ids)
     .bind(&filter.feature_ids)

@@ -4,7 +4,7 @@
 
 use sqlx::PgConnection;
 
-use super::values::EntitlementValues;
+use super::values::{BindValues, EntitlementValues};
 use crate::ids;
 
 /// What an upsert did.
@@ -188,18 +188,8 @@ pub async fn upsert_entitlement(
     .bind(ids::new_id(ids::prefix::PLAN_ENTITLEMENT))
     .bind(plan_id)
     .bind(feature_id)
-    .bind(&v.value_type)
-    .bind(v.value_bool)
-    .bind(v.value_numeric)
-    .bind(&v.value_trait_id)
-    .bind(&v.value_credit_id)
-    .bind(v.credit_consumption_rate)
-    .bind(&v.metric_period)
-    .bind(&v.metric_period_month_reset)
-    .bind(&billing.price_behavior)
-    .bind(&billing.monthly_metered_price_id)
-    .bind(&billing.yearly_metered_price_id)
-    .bind(billing.soft_limit)
+    .bind_values(v)
+    .bind_billing(billing)
     .fetch_optional(&mut *conn)
     .await?;
     Ok(Outcome::of(row))

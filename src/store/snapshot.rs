@@ -293,8 +293,9 @@ struct MembershipRow {
     period_start: Option<DateTime<Utc>>,
 }
 
+/// A `usage_counters` row.
 #[derive(sqlx::FromRow)]
-struct CounterRow {
+pub(super) struct CounterRow {
     company_id: String,
     event_name: String,
     period: String,
@@ -302,6 +303,24 @@ struct CounterRow {
     window_start: DateTime<Utc>,
     count: i64,
     version: i64,
+}
+
+impl CounterRow {
+    /// The company and its counter; `None` for a period or month reset this build does not
+    /// know.
+    pub(super) fn into_engine(self) -> Option<(String, engine::UsageCounter)> {
+        let period = engine::MetricPeriod::parse(&self.period)?;
+        let month_reset = engine::MonthReset::parse(&self.month_reset)?;
+        let counter = engine::UsageCounter {
+            event: self.event_name,
+            period,
+            month_reset,
+            window_start: self.window_start,
+            count: self.count,
+            version: self.version,
+        };
+        Some((self.company_id, counter))
+    }
 }
 
 /// Counters of windows that may still be current (the longest window is a month).
@@ -421,21 +440,10 @@ fn assemble_companies(
         }
     }
     for r in counters {
-        let (Some(period), Some(month_reset)) = (
-            engine::MetricPeriod::parse(&r.period),
-            engine::MonthReset::parse(&r.month_reset),
-        ) else {
+        let Some((company_id, counter)) = r.into_engine() else {
             continue;
         };
-        if let Some(c) = out.get_mut(&r.company_id) {
-            let counter = engine::UsageCounter {
-                event: r.event_name,
-                period,
-                month_reset,
-                window_start: r.window_start,
-                count: r.count,
-                version: r.version,
-            };
+        if let Some(c) = out.get_mut(&company_id) {
             engine::merge_usage(&mut c.context.usage, std::slice::from_ref(&counter));
         }
     }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
+use super::rows::PgQuery;
 use crate::ids;
 
 /// Records `event_created` as the newest event applied to `object_id`, unless a newer one
@@ -25,24 +26,16 @@ pub async fn claim_version(
     event_id: &str,
     event_created: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let row: Option<(DateTime<Utc>,)> = sqlx::query_as(
-        "INSERT INTO stripe_object_versions
-             (environment_id, object_id, object_type, last_event_created, last_event_id)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (environment_id, object_id) DO UPDATE
-             SET last_event_created = EXCLUDED.last_event_created,
-                 last_event_id = EXCLUDED.last_event_id, updated_at = now()
-             WHERE stripe_object_versions.last_event_created <= EXCLUDED.last_event_created
-         RETURNING last_event_created",
+    let claimed = claim_versions(
+        conn,
+        env_id,
+        &[object_id],
+        object_type,
+        &[event_id],
+        &[event_created],
     )
-    .bind(env_id)
-    .bind(object_id)
-    .bind(object_type)
-    .bind(event_created)
-    .bind(event_id)
-    .fetch_optional(conn)
     .await?;
-    Ok(row.is_some())
+    Ok(!claimed.is_empty())
 }
 
 /// [`claim_version`] for many objects of one type at once, each at its own version
@@ -422,6 +415,21 @@ pub struct Desired {
     pub trial_end: Option<DateTime<Utc>>,
 }
 
+impl Desired {
+    /// Binds what Stripe says of the membership, in the order `sync_memberships` names the
+    /// columns: `quantity`, `period_start`, `period_end`, `stripe_subscription_id`,
+    /// `stripe_subscription_item_id`, `stripe_status`, `trial_end`.
+    fn bind_subscription<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
+        q.bind(self.quantity)
+            .bind(self.period_start)
+            .bind(self.period_end)
+            .bind(&self.subscription_id)
+            .bind(&self.item_id)
+            .bind(&self.status)
+            .bind(self.trial_end)
+    }
+}
+
 /// A row of [`sync_memberships`]' one query: a grant (part 0) or a current membership (1).
 #[derive(sqlx::FromRow)]
 struct SyncRow {
@@ -663,22 +671,14 @@ pub async fn sync_memberships(
         changed = true;
     }
     for (id, d) in to_update {
-        sqlx::query(
+        let update = sqlx::query(
             "UPDATE company_plans SET quantity = $2, period_start = $3, period_end = $4,
                  stripe_subscription_id = $5, stripe_subscription_item_id = $6,
                  stripe_status = $7, trial_end = $8, updated_at = now()
              WHERE id = $1",
         )
-        .bind(&id)
-        .bind(d.quantity)
-        .bind(d.period_start)
-        .bind(d.period_end)
-        .bind(&d.subscription_id)
-        .bind(&d.item_id)
-        .bind(&d.status)
-        .bind(d.trial_end)
-        .execute(&mut *conn)
-        .await?;
+        .bind(&id);
+        d.bind_subscription(update).execute(&mut *conn).await?;
         changed = true;
     }
     for d in to_insert {
@@ -699,7 +699,7 @@ pub async fn sync_memberships(
             .execute(&mut *conn)
             .await?;
         }
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO company_plans (id, environment_id, company_id, plan_id, is_base, source,
                  quantity, period_start, period_end, stripe_subscription_id,
                  stripe_subscription_item_id, stripe_status, trial_end)
@@ -709,16 +709,8 @@ pub async fn sync_memberships(
         .bind(env_id)
         .bind(company_id)
         .bind(&d.plan_id)
-        .bind(d.is_base)
-        .bind(d.quantity)
-        .bind(d.period_start)
-        .bind(d.period_end)
-        .bind(&d.subscription_id)
-        .bind(&d.item_id)
-        .bind(&d.status)
-        .bind(d.trial_end)
-        .execute(&mut *conn)
-        .await?;
+        .bind(d.is_base);
+        d.bind_subscription(insert).execute(&mut *conn).await?;
         changed = true;
     }
     Ok(MembershipSync {

@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
+use super::catalog::contains_pattern;
 use super::companies::{self, UpsertCompany};
-use super::keys::{self, Entity};
+use super::keys::{self, Entity, EntityRow, KeyRow};
 use super::Error;
 
 #[derive(Debug, Default, Clone)]
@@ -63,16 +64,8 @@ pub async fn upsert(
         companies.push(company_id.clone());
     }
 
-    let (id, created) = keys::upsert(
-        conn,
-        Entity::User,
-        env_id,
-        &req.keys,
-        req.name.as_deref(),
-        req.traits.as_ref(),
-        req.update_only,
-    )
-    .await?;
+    let done = keys::upsert(conn, Entity::User, env_id, &req.into()).await?;
+    let (id, created) = (done.id, done.created);
     for company_id in &companies {
         sqlx::query(
             "INSERT INTO company_memberships (environment_id, company_id, user_id) VALUES ($1, $2, $3)
@@ -110,10 +103,7 @@ pub async fn list_ids(
     limit: i64,
     offset: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let q = filter
-        .q
-        .as_deref()
-        .map(|s| format!("%{}%", s.replace('%', "\\%").replace('_', "\\_")));
+    let q = filter.q.as_deref().map(contains_pattern);
     sqlx::query_scalar(
         "SELECT u.id FROM users u
          WHERE u.environment_id = $1
@@ -134,19 +124,6 @@ pub async fn list_ids(
     .await
 }
 
-/// A `users` row.
-#[derive(Debug, sqlx::FromRow)]
-pub struct UserRow {
-    pub id: String,
-    pub name: String,
-    pub traits: sqlx::types::Json<Map<String, Value>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// A user's key: `(user_id, key, value, created_at)`.
-pub type KeyRow = (String, String, String, DateTime<Utc>);
-
 /// A user's membership of a company, with the company's name and times.
 #[derive(Debug, sqlx::FromRow)]
 pub struct MembershipRow {
@@ -162,7 +139,7 @@ pub struct MembershipRow {
 #[derive(Debug)]
 pub struct DetailsRows {
     /// The users found, in no particular order.
-    pub users: Vec<UserRow>,
+    pub users: Vec<EntityRow>,
     /// Their keys, oldest first.
     pub keys: Vec<KeyRow>,
     /// Their memberships, oldest first.
@@ -175,19 +152,7 @@ pub async fn details_rows(
     env_id: &str,
     ids: &[String],
 ) -> Result<DetailsRows, sqlx::Error> {
-    let users: Vec<UserRow> = sqlx::query_as(
-        "SELECT id, name, traits, created_at, updated_at FROM users WHERE environment_id = $1 AND id = ANY($2)",
-    )
-    .bind(env_id)
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let keys: Vec<KeyRow> = sqlx::query_as(
-        "SELECT user_id, key, value, created_at FROM user_keys WHERE user_id = ANY($1) ORDER BY created_at, key",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
+    let (users, keys) = keys::rows_and_keys(conn, Entity::User, env_id, ids).await?;
     let memberships: Vec<MembershipRow> = sqlx::query_as(
         "SELECT m.user_id, m.company_id, m.created_at, c.name, c.created_at AS company_created_at,
                 c.updated_at AS company_updated_at

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::plans::Billing;
+use super::rows::{PgQuery, PgQueryAs};
 use super::Error;
 use crate::engine::{self, FeatureType};
 
@@ -17,6 +19,46 @@ pub struct EntitlementValues {
     pub credit_consumption_rate: Option<f64>,
     pub metric_period: Option<String>,
     pub metric_period_month_reset: Option<String>,
+}
+
+/// Binds the columns shared by plan entitlements and company overrides, in the order their
+/// SQL names them, inside a query's `.bind(…)` chain.
+pub trait BindValues<'q> {
+    /// `value_type`, `value_bool`, `value_numeric`, `value_trait_id`, `value_credit_id`,
+    /// `credit_consumption_rate`, `metric_period`, `metric_period_month_reset`.
+    fn bind_values(self, v: &'q EntitlementValues) -> Self;
+    /// `price_behavior`, `monthly_metered_price_id`, `yearly_metered_price_id`, `soft_limit`.
+    fn bind_billing(self, b: &'q Billing) -> Self;
+}
+
+// `sqlx::query` and `sqlx::query_as` build different types with the same `bind`.
+macro_rules! impl_bind_values {
+    ($(impl<$($g:tt),*> for $ty:ty;)+) => {$(
+        impl<$($g),*> BindValues<'q> for $ty {
+            fn bind_values(self, v: &'q EntitlementValues) -> Self {
+                self.bind(&v.value_type)
+                    .bind(v.value_bool)
+                    .bind(v.value_numeric)
+                    .bind(&v.value_trait_id)
+                    .bind(&v.value_credit_id)
+                    .bind(v.credit_consumption_rate)
+                    .bind(&v.metric_period)
+                    .bind(&v.metric_period_month_reset)
+            }
+
+            fn bind_billing(self, b: &'q Billing) -> Self {
+                self.bind(&b.price_behavior)
+                    .bind(&b.monthly_metered_price_id)
+                    .bind(&b.yearly_metered_price_id)
+                    .bind(b.soft_limit)
+            }
+        }
+    )+};
+}
+
+impl_bind_values! {
+    impl<'q> for PgQuery<'q>;
+    impl<'q, O> for PgQueryAs<'q, O>;
 }
 
 impl EntitlementValues {

@@ -245,25 +245,23 @@ async fn put_customer(
     deleted: bool,
 ) -> Result<(String, Written), ApplyError> {
     // The company's own upsert (keys, name), reporting whether it changed.
-    let company = keys::upsert_reporting(
-        conn,
-        Entity::Company,
-        ctx.environment_id,
-        &customer_keys(ctx.config, c),
-        non_empty(&c.name).or(non_empty(&c.email)),
-        None,
-        false,
-    )
-    .await
-    .map_err(|e| match e {
-        crate::store::Error::Conflict(msg) => ApplyError::Rejected(format!(
-            "customer {}: {msg}. The customer's metadata names a company other than the one \
+    let upsert = keys::Upsert {
+        keys: &customer_keys(ctx.config, c),
+        name: non_empty(&c.name).or(non_empty(&c.email)),
+        traits: None,
+        update_only: false,
+    };
+    let company = keys::upsert(conn, Entity::Company, ctx.environment_id, &upsert)
+        .await
+        .map_err(|e| match e {
+            crate::store::Error::Conflict(msg) => ApplyError::Rejected(format!(
+                "customer {}: {msg}. The customer's metadata names a company other than the one \
                  already linked to {CUSTOMER_KEY}={}; fix the metadata or merge the companies, \
                  then retry this event",
-            c.id, c.id
-        )),
-        other => other.into(),
-    })?;
+                c.id, c.id
+            )),
+            other => other.into(),
+        })?;
     let company_id = company.id;
     let written = store::upsert_customer(
         conn,

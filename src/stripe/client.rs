@@ -264,6 +264,18 @@ impl StripeClient {
         }
     }
 
+    /// Sends one request when the rate limit allows, with the client's timeout and key,
+    /// counting it in [`Client::requests_sent`].
+    async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+        self.limiter.acquire().await;
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        request
+            .timeout(self.timeout)
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+    }
+
     /// Requests sent so far through this client and its clones, retries included.
     pub fn requests_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
@@ -328,20 +340,11 @@ impl StripeClient {
                 }
             }
         };
-        self.limiter.acquire().await;
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        let sent = self
-            .http
-            .post(&url)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(body)
-            .timeout(self.timeout)
-            .bearer_auth(&self.api_key)
-            .send()
-            .await;
+        let post = self.http.post(&url).header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        );
+        let sent = self.send(post.body(body)).await;
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -403,16 +406,7 @@ impl StripeClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.limiter.acquire().await;
-            self.sent.fetch_add(1, Ordering::Relaxed);
-            let sent = self
-                .http
-                .get(&url)
-                .query(query)
-                .timeout(self.timeout)
-                .bearer_auth(&self.api_key)
-                .send()
-                .await;
+            let sent = self.send(self.http.get(&url).query(query)).await;
             let response = match sent {
                 Ok(r) => r,
                 Err(e)

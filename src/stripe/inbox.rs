@@ -2,10 +2,8 @@
 //! at a time or group-committed ([`Writer`]); `store::stripe_inbox` holds the SQL (insert,
 //! claim, finish, fail, list).
 
-use std::sync::Arc;
-
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::store::error::is_unavailable;
 
@@ -98,29 +96,11 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer tasks; they stop when the last handle is dropped.
     pub fn start(pool: PgPool) -> Writer {
-        let (tx, rx) = mpsc::channel::<Job>(4096);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..WRITERS {
-            let rx = rx.clone();
+        let write = move |group: Vec<Job>| {
             let pool = pool.clone();
-            tokio::spawn(async move {
-                loop {
-                    let group = {
-                        let mut rx = rx.lock().await;
-                        let Some(first) = rx.recv().await else { return };
-                        let mut group = vec![first];
-                        while group.len() < MAX_GROUP {
-                            match rx.try_recv() {
-                                Ok(job) => group.push(job),
-                                Err(_) => break,
-                            }
-                        }
-                        group
-                    };
-                    write_group(&pool, group).await;
-                }
-            });
-        }
+            async move { write_group(&pool, group).await }
+        };
+        let tx = crate::group::spawn_writers(4096, WRITERS, MAX_GROUP, |_: &Job| 1, write);
         Writer { tx }
     }
 

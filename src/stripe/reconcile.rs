@@ -402,13 +402,7 @@ impl Started {
             }
             let counts = state.add(object, |_| {});
             progress.update(object, counts, true);
-            store::update_run(
-                self.lock.conn(),
-                &self.record.id,
-                &state.counts_json(),
-                self.client.requests_sent() as i64,
-            )
-            .await?;
+            self.save_progress(state).await?;
         }
         *caught_up = self.catch_up_events(sync, state, progress, cancel).await?;
         Ok(())
@@ -478,13 +472,7 @@ impl Started {
             progress.update(object, counts, false);
             if last_saved.elapsed() >= std::time::Duration::from_secs(2) {
                 last_saved = std::time::Instant::now();
-                store::update_run(
-                    self.lock.conn(),
-                    &self.record.id,
-                    &state.counts_json(),
-                    self.client.requests_sent() as i64,
-                )
-                .await?;
+                self.save_progress(state).await?;
             }
         }
         while let Some(done) = appliers.join_next().await {
@@ -506,6 +494,19 @@ impl Started {
             return Err(Fatal::Cancelled);
         }
         paged
+    }
+
+    /// Saves the run's counts and requests so far, for `entitled stripe status` and a
+    /// restart to read.
+    async fn save_progress(&mut self, state: &RunState) -> Result<(), Fatal> {
+        store::update_run(
+            self.lock.conn(),
+            &self.record.id,
+            &state.counts_json(),
+            self.client.requests_sent() as i64,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Marks what the listing of `object` did not see as deleted.
