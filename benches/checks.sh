@@ -25,33 +25,29 @@ BASE_PORT=$((PORT + 1))
 BULK_CONTEXTS=${BULK_CONTEXTS:-10}
 DB=entitled_bench
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exit 1; }
-./scripts/ensure-postgres.sh >/dev/null
+. benches/lib.sh
 
-cargo build --release --quiet
-BASELINE=$(cargo bench --bench baseline_server --no-run 2>&1 | grep -o '[^ (]*/release/deps/baseline_server-[0-9a-f]*' | head -n1)
+release_build
+BASELINE=$(bench_bin baseline_server)
 # ENTITLED_BIN runs another build (an A/B) against the same baseline.
-BIN=${ENTITLED_BIN:-${CARGO_TARGET_DIR:-target}/release/entitled}
+BIN=${ENTITLED_BIN:-$RELEASE_BIN}
 
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -qc "CREATE DATABASE $DB"
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
-export ENTITLED_SERVER__LISTEN=127.0.0.1:$PORT
-export ENTITLED_LOG__LEVEL=warn
+fresh_db $DB "$PORT"
 $BIN migrate >/dev/null
 $BIN seed fixtures/demo-catalog.toml >/dev/null
 $BIN seed benches/bench-catalog.toml >/dev/null
 $BIN seed benches/bench-catalog-50.toml >/dev/null
-KEY=$($BIN api-key create --environment development --name bench | tail -n1)
+KEY=$(bench_key $BIN)
 
 TMP=$(mktemp -d)
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$TMP"; }
 PIDS=()
 trap cleanup EXIT
 $BIN serve & PIDS+=($!)
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break; sleep 0.1; done
+wait_ready "$PORT"
 
 H="X-Schematic-Api-Key: $KEY"
-plan() { curl -sf "http://127.0.0.1:$PORT/plans?q=$1" -H "$H" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])'; }
-PRO=$(plan Pro); ANALYTICS=$(plan Analytics); SUPPORT=$(plan Premium)
+PRO=$(plan_id Pro); ANALYTICS=$(plan_id Analytics); SUPPORT=$(plan_id Premium)
 company() { # key
   curl -sf -X POST "http://127.0.0.1:$PORT/companies" -H "$H" \
     -d "{\"keys\": {\"id\": \"$1\"}, \"base_plan_id\": \"$PRO\", \"add_on_ids\": [\"$ANALYTICS\", \"$SUPPORT\"], \"traits\": {\"bench_trait_1\": 3, \"bench_trait_limit\": 9, \"wide_trait_2\": 4}}" >/dev/null

@@ -17,27 +17,24 @@ PORT=${PORT:-18090}
 DB=entitled_bench_datastream
 PYTHON=${ENTITLED_SDK_PYTHON:-target/sdk-venv/bin/python}
 "$PYTHON" -c "import schematic, wasmtime, websockets" || { echo "$PYTHON lacks schematichq[datastream]"; exit 1; }
-./scripts/ensure-postgres.sh >/dev/null
+. benches/lib.sh
 
-cargo build --release --quiet
-FANOUT=$(cargo bench --bench datastream_fanout --no-run 2>&1 | grep -o '[^ (]*/release/deps/datastream_fanout-[0-9a-f]*' | head -n1)
-BIN=${ENTITLED_BIN:-${CARGO_TARGET_DIR:-target}/release/entitled}
+release_build
+FANOUT=$(bench_bin datastream_fanout)
+BIN=${ENTITLED_BIN:-$RELEASE_BIN}
 
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -qc "CREATE DATABASE $DB"
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
-export ENTITLED_SERVER__LISTEN=127.0.0.1:$PORT
-export ENTITLED_LOG__LEVEL=warn
+fresh_db $DB "$PORT"
 export ENTITLED_DATASTREAM__MAX_CONNECTIONS_PER_KEY=$((CONNS + 10))
 $BIN migrate >/dev/null
 $BIN seed fixtures/demo-catalog.toml >/dev/null
-KEY=$($BIN api-key create --environment development --name bench | tail -n1)
+KEY=$(bench_key $BIN)
 
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
 $BIN serve & PIDS+=($!)
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break; sleep 0.1; done
+wait_ready "$PORT"
 H="X-Schematic-Api-Key: $KEY"
-PRO=$(curl -sf "http://127.0.0.1:$PORT/plans?q=Pro" -H "$H" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+PRO=$(plan_id Pro)
 curl -sf -X POST "http://127.0.0.1:$PORT/companies" -H "$H" \
   -d "{\"keys\": {\"id\": \"bench-co\"}, \"base_plan_id\": \"$PRO\", \"traits\": {\"seats_used\": 1}}" >/dev/null
 

@@ -20,32 +20,24 @@ SAMPLES=${SAMPLES:-200}
 CONCURRENCY=${CONCURRENCY:-16}
 PORT=${PORT:-18100}
 DB=entitled_bench_outbound
-TARGET=${CARGO_TARGET_DIR:-target}
-./scripts/ensure-postgres.sh >/dev/null
+. benches/lib.sh
 
-cargo build --release --quiet
-LOAD=$(cargo bench --bench outbound_load --no-run 2>&1 | grep -o '[^ (]*/release/deps/outbound_load-[0-9a-f]*' | head -n1)
-BIN=$TARGET/release/entitled
-PSQL="psql -h 127.0.0.1 -U postgres -qAt"
+release_build
+LOAD=$(bench_bin outbound_load)
 
-$PSQL -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
-export ENTITLED_SERVER__LISTEN=127.0.0.1:$PORT
-export ENTITLED_LOG__LEVEL=warn
+fresh_db $DB "$PORT"
 export ENTITLED_WEBHOOKS__ALLOW_PRIVATE_TARGETS=true
 export ENTITLED_WEBHOOKS__CONCURRENCY=$CONCURRENCY
 # Attempts held at the closed receiver (the backlog phase) must not time out.
 export ENTITLED_WEBHOOKS__TIMEOUT_SECS=300
 $BIN migrate >/dev/null
-KEY=$($BIN api-key create --environment development --name bench | tail -n1)
+KEY=$(bench_key $BIN)
 
 PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; }
 trap cleanup EXIT
 $BIN serve & PIDS+=($!)
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null \
-  || { echo "entitled serve did not start on port $PORT (PORT=… to pick another)"; exit 1; }
+wait_ready "$PORT"
 
 echo "==> $ENDPOINTS endpoints × $CHANGES changes, concurrency $CONCURRENCY; $SAMPLES latency samples" >&2
 OUT=$("$LOAD" "http://127.0.0.1:$PORT" "$KEY" "$ENDPOINTS" "$CHANGES" "$CONCURRENCY" "$SAMPLES")

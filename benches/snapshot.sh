@@ -16,22 +16,18 @@ cd "$(dirname "$0")/.."
 SIZES=${SIZES:-"100000 1000000"}
 CHECKERS=${CHECKERS:-2}
 DB=entitled_bench_snapshot
-TARGET=${CARGO_TARGET_DIR:-target}
-./scripts/ensure-postgres.sh >/dev/null
+. benches/lib.sh
 
-cargo build --release --quiet
-BENCH=$(cargo bench --bench snapshot --no-run 2>&1 | grep -o '[^ (]*/release/deps/snapshot-[0-9a-f]*' | head -n1)
-BIN=$TARGET/release/entitled
-PSQL="psql -h 127.0.0.1 -U postgres -qAt -v ON_ERROR_STOP=1"
+release_build
+BENCH=$(bench_bin snapshot)
+PSQL="$PSQL -v ON_ERROR_STOP=1"
 
-$PSQL -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
-export ENTITLED_LOG__LEVEL=warn
+fresh_db $DB
 $BIN migrate >/dev/null
 $BIN seed fixtures/demo-catalog.toml >/dev/null
 $BIN seed benches/bench-catalog.toml >/dev/null
 # Creating a key syncs the configured environments into the database.
-$BIN api-key create --environment development --name bench >/dev/null
+bench_key $BIN >/dev/null
 ENV=$($PSQL -d $DB -c "SELECT id FROM environments WHERE key = 'development'")
 
 have=0

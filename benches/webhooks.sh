@@ -27,20 +27,14 @@ PORT=${PORT:-18090}
 BASE_PORT=$((PORT + 1))
 DB=entitled_bench_webhooks
 SECRET=whsec_bench_0123456789abcdef
-TARGET=${CARGO_TARGET_DIR:-target}
 command -v pgbench >/dev/null || { echo "pgbench is required (apt-get install postgresql-client)"; exit 1; }
-./scripts/ensure-postgres.sh >/dev/null
+. benches/lib.sh
 
-cargo build --release --quiet
-LOAD=$(cargo bench --bench webhook_load --no-run 2>&1 | grep -o '[^ (]*/release/deps/webhook_load-[0-9a-f]*' | head -n1)
-BASELINE=$(cargo bench --bench baseline_server --no-run 2>&1 | grep -o '[^ (]*/release/deps/baseline_server-[0-9a-f]*' | head -n1)
-BIN=$TARGET/release/entitled
-PSQL="psql -h 127.0.0.1 -U postgres -qAt"
+release_build
+LOAD=$(bench_bin webhook_load)
+BASELINE=$(bench_bin baseline_server)
 
-$PSQL -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
-export ENTITLED_SERVER__LISTEN=127.0.0.1:$PORT
-export ENTITLED_LOG__LEVEL=warn
+fresh_db $DB "$PORT"
 export ENTITLED_ENVIRONMENTS__0__STRIPE_WEBHOOK_SECRETS="[\"$SECRET\"]"
 $BIN migrate >/dev/null
 $PSQL -d $DB -c "INSERT INTO plans (id, key, name, plan_type, billing_product_id)
@@ -54,9 +48,7 @@ cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 "$BASELINE" "$BASE_PORT" /dev/null & PIDS+=($!)
 $BIN serve & PIDS+=($!)
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break; sleep 0.1; done
-kill -0 "${PIDS[1]}" 2>/dev/null && curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null \
-  || { echo "entitled serve did not start on port $PORT (PORT=… to pick another)"; exit 1; }
+wait_ready "$PORT" "${PIDS[1]}"
 
 echo "==> load generator ceiling: $SENDERS senders → baseline /noop, ${DURATION}s" >&2
 NOOP=$("$LOAD" "http://127.0.0.1:$BASE_PORT/noop" "$SECRET" "$DURATION" "$SENDERS" "$CUSTOMERS")

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -11,18 +10,10 @@ use serde_json::{json, Value};
 
 async fn seeded(extra: &str) -> common::TestApp {
     let app = common::spawn_app_with(extra).await;
-    let summary = entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
+    let summary = app.seed_demo_catalog().await;
     assert!(summary.changed());
     // The seed notified the running server; wait until its snapshot has the catalog.
-    common::eventually(Duration::from_secs(2), || async {
-        let (s, _) = app
-            .post("/flags/sso/check", json!({"company": null, "user": null}))
-            .await;
-        (s == StatusCode::OK).then_some(())
-    })
-    .await;
+    app.wait_for_flag("sso").await;
     app
 }
 
@@ -47,9 +38,7 @@ async fn feature_id(app: &common::TestApp, key: &str) -> String {
 #[tokio::test]
 async fn seeding_twice_changes_nothing() {
     let app = seeded("").await;
-    let again = entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
+    let again = app.seed_demo_catalog().await;
     assert!(!again.changed(), "{again}");
     assert_eq!(again.features[2], 9);
     assert_eq!(again.plans[2], 5);

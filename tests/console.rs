@@ -60,9 +60,9 @@ fn csrf_of(html: &str) -> String {
     rest[..rest.find('"').unwrap()].to_string()
 }
 
-/// The login form's status after POSTing `email` and `password` over HTTP, and the session
-/// cookie when it set one.
-async fn http_sign_in(app: &TestApp, email: &str, password: &str) -> (StatusCode, Option<String>) {
+/// The login form's answer after POSTing `email` and `password` over HTTP (with the form's
+/// CSRF token and cookie).
+async fn post_login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
     let client = raw_client();
     let page = client
         .get(format!("{}/console/login", app.base))
@@ -71,7 +71,7 @@ async fn http_sign_in(app: &TestApp, email: &str, password: &str) -> (StatusCode
         .unwrap();
     let login_cookie = set_cookie(&page, "entitled_console_login").expect("login csrf cookie");
     let csrf = csrf_of(&page.text().await.unwrap());
-    let resp = client
+    client
         .post(format!("{}/console/login", app.base))
         .header("cookie", format!("entitled_console_login={login_cookie}"))
         .form(&[
@@ -81,9 +81,25 @@ async fn http_sign_in(app: &TestApp, email: &str, password: &str) -> (StatusCode
         ])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The login form's status after POSTing `email` and `password` over HTTP, and the session
+/// cookie when it set one.
+async fn http_sign_in(app: &TestApp, email: &str, password: &str) -> (StatusCode, Option<String>) {
+    let resp = post_login(app, email, password).await;
     let status = resp.status();
     (status, set_cookie(&resp, "entitled_console"))
+}
+
+/// Runs `entitled console-user {args}` on the app's database.
+fn console_user(app: &TestApp, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_entitled"))
+        .arg("console-user")
+        .args(args)
+        .env("DATABASE_URL", &app.db_url)
+        .output()
+        .unwrap()
 }
 
 /// Signs in over HTTP and replaces the one-time password; the session cookie.
@@ -91,18 +107,9 @@ async fn http_session(app: &TestApp, email: &str, one_time: &str) -> String {
     let (status, cookie) = http_sign_in(app, email, one_time).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let cookie = cookie.expect("session cookie");
-    let client = raw_client();
-    let page = client
-        .get(format!("{}/console/password", app.base))
-        .header("cookie", format!("entitled_console={cookie}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, page) = get_page(app, &cookie, "/console/password").await;
     let csrf = csrf_of(&page);
-    let resp = client
+    let resp = raw_client()
         .post(format!("{}/console/password", app.base))
         .header("cookie", format!("entitled_console={cookie}"))
         .form(&[
@@ -185,10 +192,7 @@ async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_
     };
     let (app, company_id) = seeded().await;
     // On the free plan (no custom branding there), assigned by hand.
-    let free: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'free'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let free = app.id_of("plans", "free").await;
     app.create(
         "/companies",
         json!({"keys": {"id": "acme-42"}, "base_plan_id": free}),
@@ -249,11 +253,7 @@ async fn an_admin_finds_a_company_grants_an_override_and_retries_a_stripe_event_
         .contains(checked["reason"].as_str().unwrap()));
 
     // Grant custom-branding for 30 days with a note.
-    let feature_id: String =
-        sqlx::query_scalar("SELECT id FROM features WHERE key = 'custom-branding'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let feature_id = app.id_of("features", "custom-branding").await;
     b.testid("override-create").await;
     b.select("override-feature", &feature_id).await;
     b.select("override-value-type", "boolean").await;
@@ -441,10 +441,7 @@ async fn forged_and_replayed_writes_get_403_and_nothing_is_written() {
     let viewer_once = create_console_user(&app, "vic@example.com", true);
     let admin = http_session(&app, "ada@example.com", &admin_once).await;
     let viewer = http_session(&app, "vic@example.com", &viewer_once).await;
-    let feature_id: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'sso'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let feature_id = app.id_of("features", "sso").await;
     let path = format!("/console/companies/{company_id}/overrides");
 
     // The admin's own form, as the page renders it, works with the admin's cookie…
@@ -534,10 +531,7 @@ async fn a_refused_override_shows_the_apis_message_next_to_its_field_and_saves_n
     let admin = http_session(&app, "ada@example.com", &once).await;
     let (_, page) = get_page(&app, &admin, &format!("/console/companies/{company_id}")).await;
     let csrf = csrf_of(&page);
-    let feature_id: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'api-calls'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let feature_id = app.id_of("features", "api-calls").await;
     let path = format!("/console/companies/{company_id}/overrides");
     let client = raw_client();
     let send = |form: Vec<(&'static str, String)>| {
@@ -547,42 +541,45 @@ async fn a_refused_override_shows_the_apis_message_next_to_its_field_and_saves_n
             .form(&form)
             .send()
     };
-    // No note: refused with the message beside the note.
-    let resp = send(vec![
-        ("csrf_token", csrf.clone()),
-        ("feature_id", feature_id.clone()),
-        ("value_type", "numeric".into()),
-        ("value", "100".into()),
-        ("expires", "30".into()),
-        ("note", " ".into()),
-    ])
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let html = resp.text().await.unwrap();
-    assert!(
-        html.contains("data-testid=\"override-note-error\""),
-        "{html}"
+    // Refused with 400 and the message beside its field: no note; a date in the past (the
+    // API's own message, beside the expiry).
+    // (the form's fields after the value, the texts the answer must show)
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        &'static [&'static str],
     );
-    // A date in the past: the API's own message, beside the expiry.
-    let resp = send(vec![
-        ("csrf_token", csrf.clone()),
-        ("feature_id", feature_id.clone()),
-        ("value_type", "numeric".into()),
-        ("value", "100".into()),
-        ("expires", "date".into()),
-        ("expires_date", "2001-01-01".into()),
-        ("note", "too late".into()),
-    ])
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let html = resp.text().await.unwrap();
-    assert!(
-        html.contains("data-testid=\"override-expires-error\""),
-        "{html}"
-    );
-    assert!(html.contains("is not in the future"), "{html}");
+    let refused: [Case; 2] = [
+        (
+            &[("expires", "30"), ("note", " ")],
+            &["data-testid=\"override-note-error\""],
+        ),
+        (
+            &[
+                ("expires", "date"),
+                ("expires_date", "2001-01-01"),
+                ("note", "too late"),
+            ],
+            &[
+                "data-testid=\"override-expires-error\"",
+                "is not in the future",
+            ],
+        ),
+    ];
+    for (fields, expected) in refused {
+        let mut form = vec![
+            ("csrf_token", csrf.clone()),
+            ("feature_id", feature_id.clone()),
+            ("value_type", "numeric".into()),
+            ("value", "100".into()),
+        ];
+        form.extend(fields.iter().map(|(k, v)| (*k, v.to_string())));
+        let resp = send(form).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{fields:?}");
+        let html = resp.text().await.unwrap();
+        for e in expected {
+            assert!(html.contains(e), "{html}");
+        }
+    }
     // A value the API refuses for the feature's type (a boolean for an event feature).
     let resp = send(vec![
         ("csrf_token", csrf.clone()),
@@ -642,10 +639,7 @@ async fn search_finds_companies_by_name_key_and_id_and_filters_by_plan() {
     let (_, html) = get_page(&app, &viewer, "/console/companies").await;
     assert_eq!(hits(&html), 2);
     // The plan filter: nobody is on pro yet.
-    let pro: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'pro'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let pro = app.id_of("plans", "pro").await;
     let (_, html) = get_page(&app, &viewer, &format!("/console/companies?plan={pro}")).await;
     assert_eq!(hits(&html), 0);
     // Bad input names the problem.
@@ -688,34 +682,12 @@ async fn sessions_cookies_rate_limits_and_the_cli() {
 
     let once = create_console_user(&app, "Ada@Example.com", false);
     // The email is unique (case-insensitively).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_entitled"))
-        .args(["console-user", "create", "--email", "ada@example.com"])
-        .env("DATABASE_URL", &app.db_url)
-        .output()
-        .unwrap();
+    let out = console_user(&app, &["create", "--email", "ada@example.com"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 
     // The session cookie is HttpOnly and SameSite=Strict.
-    let client = raw_client();
-    let page = client
-        .get(format!("{}/console/login", app.base))
-        .send()
-        .await
-        .unwrap();
-    let login_cookie = set_cookie(&page, "entitled_console_login").unwrap();
-    let csrf = csrf_of(&page.text().await.unwrap());
-    let resp = client
-        .post(format!("{}/console/login", app.base))
-        .header("cookie", format!("entitled_console_login={login_cookie}"))
-        .form(&[
-            ("csrf_token", csrf.as_str()),
-            ("email", "ada@example.com"),
-            ("password", once.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let resp = post_login(&app, "ada@example.com", &once).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert_eq!(resp.headers()["location"], "/console/password");
     let header = resp
@@ -739,16 +711,7 @@ async fn sessions_cookies_rate_limits_and_the_cli() {
     assert_eq!(status, StatusCode::SEE_OTHER);
 
     // reset-password ends the session and prints a new one-time password.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_entitled"))
-        .args([
-            "console-user",
-            "reset-password",
-            "--email",
-            "ada@example.com",
-        ])
-        .env("DATABASE_URL", &app.db_url)
-        .output()
-        .unwrap();
+    let out = console_user(&app, &["reset-password", "--email", "ada@example.com"]);
     assert!(out.status.success());
     let again = String::from_utf8(out.stdout)
         .unwrap()
@@ -767,11 +730,7 @@ async fn sessions_cookies_rate_limits_and_the_cli() {
     assert_eq!(status, StatusCode::OK);
 
     // disable: sessions end and sign-in is refused.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_entitled"))
-        .args(["console-user", "disable", "--email", "ada@example.com"])
-        .env("DATABASE_URL", &app.db_url)
-        .output()
-        .unwrap();
+    let out = console_user(&app, &["disable", "--email", "ada@example.com"]);
     assert!(out.status.success());
     let (status, _) = get_page(&app, &session, "/console/companies").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
@@ -788,15 +747,7 @@ async fn sessions_cookies_rate_limits_and_the_cli() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 
     // The sign-ins are counted by outcome.
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("entitled_console_sign_ins_total{outcome=\"rate_limited\"}"),
         "{metrics}"
@@ -869,14 +820,8 @@ async fn plan_entitlements_are_added_and_removed_from_the_plans_page() {
     let (status, page) = get_page(&app, &admin, "/console/plans").await;
     assert_eq!(status, StatusCode::OK);
     let csrf = csrf_of(&page);
-    let free: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'free'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let sso: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'sso'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let free = app.id_of("plans", "free").await;
+    let sso = app.id_of("features", "sso").await;
     let company = app
         .create(
             "/companies",
@@ -1018,10 +963,7 @@ async fn features_are_created_and_edited_with_the_apis_validation_and_audited() 
     assert_eq!(resp.status(), StatusCode::CONFLICT);
 
     // Edited: default false.
-    let feature_id: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'exports'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let feature_id = app.id_of("features", "exports").await;
     let edit = form(&[
         ("name", "Data exports"),
         ("description", "CSV"),
@@ -1063,10 +1005,7 @@ async fn overrides_are_edited_and_deleted_with_before_and_after_audited() {
     let admin = http_session(&app, "ada@example.com", &once).await;
     let (_, page) = get_page(&app, &admin, &format!("/console/companies/{company_id}")).await;
     let csrf = csrf_of(&page);
-    let feature_id: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'projects'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let feature_id = app.id_of("features", "projects").await;
     let base = format!("/console/companies/{company_id}/overrides");
     let create = vec![
         ("csrf_token", csrf.clone()),
@@ -1208,10 +1147,7 @@ async fn flag_rules_are_replaced_from_their_page_with_the_apis_validation() {
     let (app, _) = seeded().await;
     let once = create_console_user(&app, "ada@example.com", false);
     let admin = http_session(&app, "ada@example.com", &once).await;
-    let flag_id: String = sqlx::query_scalar("SELECT id FROM flags WHERE key = 'sso'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let flag_id = app.id_of("flags", "sso").await;
     let path = format!("/console/flags/{flag_id}/rules");
     let (status, page) = get_page(&app, &admin, &path).await;
     assert_eq!(status, StatusCode::OK);

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -24,42 +23,13 @@ struct Setup {
 /// token.
 async fn setup() -> Setup {
     let app = common::spawn_app().await;
-    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
+    app.seed_demo_catalog().await;
     let credit = app
-        .create(
-            "/billing/credits",
-            json!({"name": "Tokens", "description": "AI tokens"}),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let id = |sql: &'static str| {
-        let pool = app.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, String>(sql)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
-    let pro = id("SELECT id FROM plans WHERE key = 'pro'").await;
-    let free = id("SELECT id FROM plans WHERE key = 'free'").await;
-    let ent: String = id("SELECT id FROM plan_entitlements WHERE plan_id = (SELECT id FROM plans WHERE key = 'pro') AND feature_id = (SELECT id FROM features WHERE key = 'ai-tokens')").await;
-    let (s, body) = app
-        .put(
-            &format!("/plan-entitlements/{ent}"),
-            json!({"value_type": "credit", "value_credit_id": credit, "credit_consumption_rate": 2.0}),
-        )
+        .pro_ai_tokens_burn_credit(json!({"name": "Tokens", "description": "AI tokens"}), 2.0)
         .await;
-    assert_eq!(s, StatusCode::OK, "{body}");
-    common::eventually(Duration::from_secs(2), || async {
-        let (s, _) = app.post("/flags/ai-tokens/check", json!({})).await;
-        s.is_success().then_some(())
-    })
-    .await;
+    let pro = app.id_of("plans", "pro").await;
+    let free = app.id_of("plans", "free").await;
+    app.wait_for_flag("ai-tokens").await;
     Setup {
         app,
         credit,
@@ -733,10 +703,7 @@ async fn seeding_credits_and_plan_credit_grants() {
     );
 
     // A company on Pro receives the seeded grant from the job.
-    let pro: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'pro'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let pro = app.id_of("plans", "pro").await;
     let company = company_on(&app, "seeded-co", &pro).await;
     let ctx = job_context(&app).await;
     Job::GrantCredits.run_once(&ctx, Utc::now()).await.unwrap();

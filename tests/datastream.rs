@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -25,26 +24,10 @@ static REST_CHECKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn seeded(extra: &str) -> common::TestApp {
     let app = common::spawn_app_with(extra).await;
-    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
+    app.seed_demo_catalog().await;
     let _counted = REST_CHECKS.lock().await;
-    common::eventually(Duration::from_secs(2), || async {
-        let (s, _) = app
-            .post("/flags/sso/check", json!({"company": null, "user": null}))
-            .await;
-        (s == StatusCode::OK).then_some(())
-    })
-    .await;
+    app.wait_for_flag("sso").await;
     app
-}
-
-async fn id_of(app: &common::TestApp, table: &str, key: &str) -> String {
-    sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE key = $1"))
-        .bind(key)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
 }
 
 async fn connect_with(app: &common::TestApp, key: &str) -> Result<Ws, StatusCode> {
@@ -76,6 +59,33 @@ async fn request(ws: &mut Ws, action: &str, entity_type: &str, keys: Option<Valu
         .unwrap();
 }
 
+/// Starts the company with `keys` and returns the answer.
+async fn start_company(ws: &mut Ws, keys: Value) -> Value {
+    request(ws, "start", "rulesengine.Company", Some(keys)).await;
+    next(ws).await
+}
+
+/// An override turning `sso` on for the company `company_id`.
+async fn override_sso(app: &common::TestApp, company_id: &str) {
+    let sso = app.id_of("features", "sso").await;
+    app.create(
+        "/company-overrides",
+        json!({"company_id": company_id, "feature_id": sso, "value_type": "boolean", "value_bool": true}),
+    )
+    .await;
+}
+
+/// Reads past whatever is still queued until the close frame (within ten seconds); its code.
+async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| f.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
 /// The next data message (pings skipped), within five seconds.
 async fn next(ws: &mut Ws) -> Value {
     loop {
@@ -94,7 +104,7 @@ async fn next(ws: &mut Ws) -> Value {
 
 /// Company `acme` on the Pro plan; returns its id.
 async fn acme(app: &common::TestApp) -> String {
-    let pro = id_of(app, "plans", "pro").await;
+    let pro = app.id_of("plans", "pro").await;
     let c = app
         .create(
             "/companies",
@@ -129,7 +139,7 @@ async fn start_answers_flags_and_companies_and_errors_for_unknown_keys() {
         "{keys:?}"
     );
     let api = flags.iter().find(|f| f["key"] == "api-calls").unwrap();
-    let pro = id_of(&app, "plans", "pro").await;
+    let pro = app.id_of("plans", "pro").await;
     assert!(
         api["rules"]
             .as_array()
@@ -140,14 +150,7 @@ async fn start_answers_flags_and_companies_and_errors_for_unknown_keys() {
         "{api}"
     );
 
-    request(
-        &mut ws,
-        "start",
-        "rulesengine.Company",
-        Some(json!({"id": "acme"})),
-    )
-    .await;
-    let m = next(&mut ws).await;
+    let m = start_company(&mut ws, json!({"id": "acme"})).await;
     assert_eq!(m["message_type"], "full");
     assert_eq!(m["entity_type"], "rulesengine.Company");
     assert_eq!(m["entity_id"], acme_id.as_str());
@@ -157,14 +160,7 @@ async fn start_answers_flags_and_companies_and_errors_for_unknown_keys() {
     assert_eq!(m["data"]["base_plan_id"], pro.as_str());
 
     // Keys that match nothing: an error at once, carrying what was asked.
-    request(
-        &mut ws,
-        "start",
-        "rulesengine.Company",
-        Some(json!({"id": "nobody"})),
-    )
-    .await;
-    let m = next(&mut ws).await;
+    let m = start_company(&mut ws, json!({"id": "nobody"})).await;
     assert_eq!(m["message_type"], "error");
     assert_eq!(m["data"]["keys"], json!({"id": "nobody"}));
     assert_eq!(m["data"]["entity_type"], "rulesengine.Company");
@@ -201,13 +197,8 @@ async fn start_answers_flags_and_companies_and_errors_for_unknown_keys() {
         Some(json!({"id": "acme"})),
     )
     .await;
-    let sso = id_of(&app, "features", "sso").await;
-    app.create(
-        "/company-overrides",
-        json!({"company_id": acme_id, "feature_id": sso, "value_type": "boolean", "value_bool": true}),
-    )
-    .await;
-    let flag_id = id_of(&app, "flags", "sso").await;
+    override_sso(&app, &acme_id).await;
+    let flag_id = app.id_of("flags", "sso").await;
     let (s, body) = app
         .put(&format!("/flags/{flag_id}"), json!({"default_value": true}))
         .await;
@@ -234,14 +225,7 @@ async fn changes_arrive_as_partials_and_deletes() {
     let app = seeded("").await;
     let acme_id = acme(&app).await;
     let mut ws = connect(&app).await;
-    request(
-        &mut ws,
-        "start",
-        "rulesengine.Company",
-        Some(json!({"id": "acme"})),
-    )
-    .await;
-    let full = next(&mut ws).await;
+    let full = start_company(&mut ws, json!({"id": "acme"})).await;
     assert_eq!(full["message_type"], "full");
     let overrides = |m: &Value| -> Vec<Value> {
         m["data"]["rules"]
@@ -255,12 +239,7 @@ async fn changes_arrive_as_partials_and_deletes() {
     assert!(overrides(&full).is_empty(), "{full}");
 
     // An override: a partial carrying the company's rules.
-    let sso = id_of(&app, "features", "sso").await;
-    app.create(
-        "/company-overrides",
-        json!({"company_id": acme_id, "feature_id": sso, "value_type": "boolean", "value_bool": true}),
-    )
-    .await;
+    override_sso(&app, &acme_id).await;
     let m = next(&mut ws).await;
     assert_eq!(m["message_type"], "partial", "{m}");
     assert_eq!(m["entity_id"], acme_id.as_str());
@@ -358,14 +337,7 @@ async fn a_consumer_that_stops_reading_is_closed_with_1008() {
     };
     common::eventually(Duration::from_secs(10), drops).await;
     // Reading now, the consumer finds what was sent, then the close.
-    let code = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| f.code),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(code, Some(CloseCode::Policy));
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::Policy));
     app.stop().await;
 }
 
@@ -376,14 +348,7 @@ async fn shutdown_closes_connections_with_1001() {
     request(&mut ws, "start", "rulesengine.Flags", None).await;
     assert_eq!(next(&mut ws).await["message_type"], "full");
     let stopping = tokio::spawn(app.stop());
-    let code = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| f.code),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(code, Some(CloseCode::Away));
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::Away));
     tokio::time::timeout(Duration::from_secs(10), stopping)
         .await
         .expect("the server stops once its connections are closed")
@@ -471,16 +436,12 @@ async fn other_replicas_push_and_expiry_needs_no_write() {
     let acme_id = acme(&a).await;
     let b = common::spawn_on(&a.db_url, "").await;
     let mut ws = connect(&b).await;
-    request(
-        &mut ws,
-        "start",
-        "rulesengine.Company",
-        Some(json!({"id": "acme"})),
-    )
-    .await;
-    assert_eq!(next(&mut ws).await["message_type"], "full");
+    assert_eq!(
+        start_company(&mut ws, json!({"id": "acme"})).await["message_type"],
+        "full"
+    );
 
-    let sso = id_of(&a, "features", "sso").await;
+    let sso = a.id_of("features", "sso").await;
     let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
     let started = std::time::Instant::now();
     a.create(

@@ -9,12 +9,10 @@
 mod common;
 mod fake_stripe;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::stripe::{self as s, Item};
-use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -93,14 +91,6 @@ async fn server_checks(app: &common::TestApp) -> u64 {
     app.metric_sum("entitled_checks_total{").await
 }
 
-async fn id_of(app: &common::TestApp, table: &str, key: &str) -> String {
-    sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE key = $1"))
-        .bind(key)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
-}
-
 const FLAGS: [&str; 7] = [
     "sso",
     "audit-log",
@@ -135,28 +125,17 @@ fn enterprise_item() -> Item<'static> {
 #[tokio::test]
 async fn the_sdk_evaluates_locally_like_the_server_and_follows_changes() {
     let fake = fake_stripe::FakeStripe::start(s::API_KEY).await;
-    let mut app = common::spawn_app_with(&s::config(&format!(
-        "stripe_api_key = \"{}\"\nstripe_api_base = \"{}\"\nfallback_plan = \"free\"",
-        s::API_KEY,
-        fake.base
-    )))
-    .await;
-    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
-    common::eventually(Duration::from_secs(2), || async {
-        let (st, _) = app.post("/flags/sso/check", json!({})).await;
-        (st == StatusCode::OK).then_some(())
-    })
-    .await;
-    let plan = |k: &'static str| id_of(&app, "plans", k);
+    let mut app =
+        common::spawn_app_with(&s::fake_config(&fake.base, "fallback_plan = \"free\"")).await;
+    app.seed_demo_until("sso").await;
+    let plan = |k: &'static str| app.id_of("plans", k);
     let (free, pro, enterprise, analytics) = (
         plan("free").await,
         plan("pro").await,
         plan("enterprise").await,
         plan("analytics").await,
     );
-    let feature = |k: &'static str| id_of(&app, "features", k);
+    let feature = |k: &'static str| app.id_of("features", k);
     let (sso, audit, reports, api_calls, projects) = (
         feature("sso").await,
         feature("audit-log").await,
@@ -166,23 +145,8 @@ async fn the_sdk_evaluates_locally_like_the_server_and_follows_changes() {
     );
     // Credits: Pro's AI tokens cost 2 credits each.
     let credit = app
-        .create("/billing/credits", json!({"name": "Tokens"}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let ent: String = sqlx::query_scalar("SELECT id FROM plan_entitlements WHERE plan_id = $1 AND feature_id = (SELECT id FROM features WHERE key = 'ai-tokens')")
-        .bind(&pro)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let (st, body) = app
-        .put(
-            &format!("/plan-entitlements/{ent}"),
-            json!({"value_type": "credit", "value_credit_id": credit, "credit_consumption_rate": 2.0}),
-        )
+        .pro_ai_tokens_burn_credit(json!({"name": "Tokens"}), 2.0)
         .await;
-    assert_eq!(st, StatusCode::OK, "{body}");
 
     // The companies of the matrix: (key, base plan, add-ons, traits).
     let none: Option<&String> = None;
@@ -401,15 +365,8 @@ async fn the_sdk_evaluates_locally_like_the_server_and_follows_changes() {
     );
     let sub = s::subscription("sub_ds", "cus_ds", "active", &[enterprise_item()]);
     fake.put(sub.clone());
-    let (st, body) = app
-        .webhook(&s::event(
-            "customer.subscription.created",
-            "evt_ds_1",
-            s::now(),
-            sub,
-        ))
+    app.webhook_now("customer.subscription.created", "evt_ds_1", sub)
         .await;
-    assert_eq!(st, StatusCode::OK, "{body}");
     let stripe_ms = sdk.becomes(&cus, "sso", true).await;
 
     // Usage tracked by another client: 4 of 5 reports, one more reaches the limit.
@@ -422,7 +379,7 @@ async fn the_sdk_evaluates_locally_like_the_server_and_follows_changes() {
     let usage_ms = sdk.becomes(&under, "reports", false).await;
 
     // A flag's default flipped.
-    let flag_id = id_of(&app, "flags", "priority-support").await;
+    let flag_id = app.id_of("flags", "priority-support").await;
     assert_eq!(
         sdk.matrix(std::slice::from_ref(&free_co), &["priority-support"])
             .await,

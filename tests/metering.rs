@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -11,23 +10,12 @@ use serde_json::{json, Value};
 
 async fn seeded() -> common::TestApp {
     let app = common::spawn_app().await;
-    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
-    common::eventually(Duration::from_secs(2), || async {
-        let (s, _) = app.post("/flags/reports/check", json!({})).await;
-        s.is_success().then_some(())
-    })
-    .await;
+    app.seed_demo_until("reports").await;
     app
 }
 
 async fn on_plan(app: &common::TestApp, company: &str, plan_key: &str) -> String {
-    let plan: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = $1")
-        .bind(plan_key)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let plan = app.id_of("plans", plan_key).await;
     let c = app
         .create(
             "/companies",
@@ -374,10 +362,7 @@ async fn another_replica_sees_usage_within_a_second() {
 async fn usage_earned_under_an_expired_override_is_kept() {
     let app = seeded().await;
     let company = on_plan(&app, "ov", "free").await;
-    let reports: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'reports'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let reports = app.id_of("features", "reports").await;
     let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
     app.create("/company-overrides", json!({"company_id": company, "feature_id": reports, "value_type": "numeric",
         "value_numeric": 10, "metric_period": "current_month", "expiration_date": expires.to_rfc3339()})).await;

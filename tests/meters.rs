@@ -578,16 +578,7 @@ async fn overage_bills_exactly_the_units_above_the_allocation() {
     })
     .await;
     // The sender's metrics.
-    let metrics = b
-        .app
-        .client
-        .get(format!("{}/metrics", b.app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = b.app.metrics_text().await;
     // (Counters are per process, shared by the tests running beside this one: at least ours.)
     let value = |name: &str| -> f64 {
         metrics

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -89,9 +88,7 @@ async fn sdk_endpoint_gets_plan_and_override_events_verified_by_both_libraries()
         "{FAST_RETRIES}[schedule]\nexpire_overrides = \"\"\n"
     ))
     .await;
-    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
+    app.seed_demo_catalog().await;
     let receiver = Receiver::start().await;
 
     let made = common::python::json(
@@ -106,14 +103,8 @@ async fn sdk_endpoint_gets_plan_and_override_events_verified_by_both_libraries()
     .await;
     let (webhook_id, secret) = (str_of(&made["id"]), str_of(&made["secret"]));
 
-    let pro: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'pro'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let sso: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'sso'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let pro = app.id_of("plans", "pro").await;
+    let sso = app.id_of("features", "sso").await;
     let company = app
         .create(
             "/companies",

@@ -4,32 +4,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::Duration;
-
 #[tokio::test]
 async fn python_sdk_checks_flags_and_upserts_companies() {
     let app = common::spawn_app().await;
-    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
-    common::eventually(Duration::from_secs(2), || async {
-        let (s, _) = app.post("/flags/sso/check", serde_json::json!({})).await;
-        s.is_success().then_some(())
-    })
-    .await;
-    let id = |sql: &'static str| {
-        let pool = app.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, String>(sql)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
-    let pro = id("SELECT id FROM plans WHERE key = 'pro'").await;
-    let analytics = id("SELECT id FROM plans WHERE key = 'analytics'").await;
-    let audit_log = id("SELECT id FROM features WHERE key = 'audit-log'").await;
+    app.seed_demo_until("sso").await;
+    let pro = app.id_of("plans", "pro").await;
+    let analytics = app.id_of("plans", "analytics").await;
+    let audit_log = app.id_of("features", "audit-log").await;
 
     common::python::run_script(
         &app,
@@ -44,20 +25,8 @@ async fn python_sdk_checks_flags_and_upserts_companies() {
 #[tokio::test]
 async fn python_sdk_track_buffer_moves_usage() {
     let app = common::spawn_app().await;
-    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
-    let free: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'free'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    common::eventually(Duration::from_secs(2), || async {
-        let (s, _) = app
-            .post("/flags/reports/check", serde_json::json!({}))
-            .await;
-        s.is_success().then_some(())
-    })
-    .await;
+    app.seed_demo_until("reports").await;
+    let free = app.id_of("plans", "free").await;
     app.create(
         "/companies",
         serde_json::json!({"keys": {"id": "sdk-track"}, "base_plan_id": free}),

@@ -79,27 +79,15 @@ fn expected(newest: usize) -> (String, Vec<(String, bool, i64)>) {
 }
 
 async fn deliver(state: &AppState, event: &Value, reapply: bool) {
-    let env_id = state.cache.default_env().unwrap().environment.id.clone();
-    let payload = serde_json::to_string(event).unwrap();
-    let created = chrono::DateTime::from_timestamp(event["created"].as_i64().unwrap(), 0).unwrap();
-    let new = inbox::NewEvent {
-        environment_id: &env_id,
-        id: event["id"].as_str().unwrap(),
-        kind: event["type"].as_str().unwrap(),
-        object_id: event["data"]["object"]["id"].as_str(),
-        created,
-        livemode: false,
-        api_version: None,
-        payload: &payload,
-    };
-    let inserted = inbox::insert(&mut state.pool.acquire().await.unwrap(), &new)
-        .await
-        .unwrap();
+    let inserted = store(state, event).await;
     // A first delivery is applied; a redelivery is acknowledged only, or, like
     // POST /stripe/events/{id}/retry, applied again.
     if inserted || reapply {
+        let env_id = state.cache.default_env().unwrap().environment.id.clone();
         let mut tx = state.pool.begin().await.unwrap();
-        let claimed = inbox::claim(&mut tx, &env_id, new.id).await.unwrap();
+        let claimed = inbox::claim(&mut tx, &env_id, event["id"].as_str().unwrap())
+            .await
+            .unwrap();
         let status = worker::process(&state.sync(), tx, claimed).await.unwrap();
         assert!(status == "applied" || status == "skipped", "{status}");
     }
@@ -126,11 +114,17 @@ async fn memberships(state: &AppState, case: usize) -> (String, Vec<(String, boo
     (status, rows)
 }
 
-/// A fresh app (payloads applied as sent) with the lifecycle's two products linked to plans.
-async fn order_app() -> (entitled::api::AppState, common::TestDb) {
+/// The state of an app (payloads applied as sent, no server) on a fresh database.
+async fn fresh_state() -> (entitled::api::AppState, common::TestDb) {
     let db = common::fresh_database().await;
     let config = common::test_config(&db.url, &s::config("stripe_refetch_on_webhook = false"));
     let (state, _listener) = entitled::app::build_state(config).await.unwrap();
+    (state, db)
+}
+
+/// A fresh app (payloads applied as sent) with the lifecycle's two products linked to plans.
+async fn order_app() -> (entitled::api::AppState, common::TestDb) {
+    let (state, db) = fresh_state().await;
     sqlx::query(
         "INSERT INTO plans (id, key, name, plan_type, billing_product_id) VALUES
          ('plan_order_pro', 'order-pro', 'Pro', 'plan', $1),
@@ -144,16 +138,41 @@ async fn order_app() -> (entitled::api::AppState, common::TestDb) {
     (state, db)
 }
 
+/// 64 cases, no failure persistence.
+fn runner() -> TestRunner {
+    TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
+/// Whether case `case` ended with the memberships of the newest of `deliveries`; the failure
+/// starts with `context`.
+async fn newest_wins(
+    state: &AppState,
+    case: usize,
+    deliveries: &[(usize, bool)],
+    context: &str,
+) -> Result<(), TestCaseError> {
+    let newest = deliveries.iter().map(|(i, _)| *i).max().unwrap();
+    let got = memberships(state, case).await;
+    if got != expected(newest) {
+        return Err(TestCaseError::fail(format!(
+            "{context}deliveries {deliveries:?}: newest is {:?}, got {got:?}, expected {:?}",
+            LIFECYCLE[newest],
+            expected(newest)
+        )));
+    }
+    Ok(())
+}
+
 #[test]
 fn any_order_with_duplicates_converges_to_the_newest_event() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (state, db) = rt.block_on(order_app());
     let cases = AtomicUsize::new(0);
-    let mut runner = TestRunner::new(Config {
-        cases: 64,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner();
     // A delivery sequence: which lifecycle event, and whether a repeat is re-applied.
     let deliveries = prop::collection::vec((0..LIFECYCLE.len(), any::<bool>()), 1..20);
     let result = runner.run(&deliveries, |deliveries| {
@@ -162,16 +181,7 @@ fn any_order_with_duplicates_converges_to_the_newest_event() {
             for (i, reapply) in &deliveries {
                 deliver(&state, &lifecycle_event(case, *i), *reapply).await;
             }
-            let newest = deliveries.iter().map(|(i, _)| *i).max().unwrap();
-            let got = memberships(&state, case).await;
-            if got != expected(newest) {
-                return Err(TestCaseError::fail(format!(
-                    "deliveries {deliveries:?}: newest is {:?}, got {got:?}, expected {:?}",
-                    LIFECYCLE[newest],
-                    expected(newest)
-                )));
-            }
-            Ok(())
+            newest_wins(&state, case, &deliveries, "").await
         })
     });
     drop(state);
@@ -179,8 +189,9 @@ fn any_order_with_duplicates_converges_to_the_newest_event() {
     result.unwrap();
 }
 
-/// Stores a delivery in the inbox as the webhook does (a redelivery is stored once).
-async fn store(state: &AppState, event: &Value) {
+/// Stores a delivery in the inbox as the webhook does (a redelivery is stored once); whether
+/// it was new.
+async fn store(state: &AppState, event: &Value) -> bool {
     let env_id = state.cache.default_env().unwrap().environment.id.clone();
     let payload = serde_json::to_string(event).unwrap();
     let created = chrono::DateTime::from_timestamp(event["created"].as_i64().unwrap(), 0).unwrap();
@@ -196,7 +207,7 @@ async fn store(state: &AppState, event: &Value) {
     };
     inbox::insert(&mut state.pool.acquire().await.unwrap(), &new)
         .await
-        .unwrap();
+        .unwrap()
 }
 
 /// Applies the inbox `size` events at a time until nothing is due.
@@ -220,11 +231,7 @@ fn any_order_with_duplicates_converges_in_batches_of_any_size() {
     let (state, db) = rt.block_on(order_app());
     // Case numbers of their own: the subscriptions are not the other property's.
     let cases = AtomicUsize::new(10_000);
-    let mut runner = TestRunner::new(Config {
-        cases: 64,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner();
     // Deliveries, whether a repeat is re-applied, and after how many deliveries the worker
     // runs (0: only at the end).
     let deliveries = (
@@ -267,17 +274,8 @@ fn any_order_with_duplicates_converges_in_batches_of_any_size() {
                     "batch size {size}, deliveries {deliveries:?}: statuses {statuses:?}"
                 )));
             }
-            let newest = deliveries.iter().map(|(i, _)| *i).max().unwrap();
-            let got = memberships(&state, case).await;
-            if got != expected(newest) {
-                return Err(TestCaseError::fail(format!(
-                    "batch size {size}, worker every {every}, deliveries {deliveries:?}: newest \
-                     is {:?}, got {got:?}, expected {:?}",
-                    LIFECYCLE[newest],
-                    expected(newest)
-                )));
-            }
-            Ok(())
+            let context = format!("batch size {size}, worker every {every}, ");
+            newest_wins(&state, case, &deliveries, &context).await
         })
     });
     drop(state);
@@ -289,10 +287,7 @@ fn any_order_with_duplicates_converges_in_batches_of_any_size() {
 /// event is `failed` with its own error, the rest of the batch applies.
 #[tokio::test]
 async fn one_bad_event_fails_alone_and_the_rest_of_its_batch_applies() {
-    let db = common::fresh_database().await;
-    let config = common::test_config(&db.url, &s::config("stripe_refetch_on_webhook = false"));
-    let (state, _listener) = entitled::app::build_state(config).await.unwrap();
-    let env_id = state.cache.default_env().unwrap().environment.id.clone();
+    let (state, db) = fresh_state().await;
     let item = |c: usize| format!("si_bad_{c}");
     let mut events = Vec::new();
     for c in 0..5 {
@@ -319,21 +314,7 @@ async fn one_bad_event_fails_alone_and_the_rest_of_its_batch_applies() {
         ));
     }
     for event in &events {
-        let payload = serde_json::to_string(event).unwrap();
-        let new = entitled::stripe::inbox::NewEvent {
-            environment_id: &env_id,
-            id: event["id"].as_str().unwrap(),
-            kind: event["type"].as_str().unwrap(),
-            object_id: event["data"]["object"]["id"].as_str(),
-            created: chrono::DateTime::from_timestamp(event["created"].as_i64().unwrap(), 0)
-                .unwrap(),
-            livemode: false,
-            api_version: None,
-            payload: &payload,
-        };
-        entitled::stripe::inbox::insert(&mut state.pool.acquire().await.unwrap(), &new)
-            .await
-            .unwrap();
+        store(&state, event).await;
     }
     let fallbacks = entitled::metrics::STRIPE_BATCHES.get("fallback");
     let batch = entitled::stripe::worker::process_batch(&state.sync(), 100)

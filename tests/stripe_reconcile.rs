@@ -24,23 +24,25 @@ const PRO: Item<'static> = Item {
 
 async fn seeded(extra: &str) -> common::TestApp {
     let app = common::spawn_app_with(extra).await;
-    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
-    common::eventually(Duration::from_secs(2), || async {
-        let (st, _) = app.post("/flags/sso/check", json!({})).await;
-        (st == StatusCode::OK).then_some(())
-    })
-    .await;
+    app.seed_demo_until("sso").await;
     app
 }
 
 fn config(fake: &FakeStripe, extra: &str) -> String {
-    s::config(&format!(
-        "stripe_api_key = \"{}\"\nstripe_api_base = \"{}\"\n{extra}",
-        s::API_KEY,
-        fake.base
-    ))
+    s::fake_config(&fake.base, extra)
+}
+
+/// Customer 2's subscription to Pro (see [`populate`]), canceled.
+fn canceled_sub_00002() -> Value {
+    s::subscription(
+        "sub_00002",
+        "cus_00002",
+        "canceled",
+        &[Item {
+            id: "si_00002",
+            ..PRO
+        }],
+    )
 }
 
 fn product(id: &str, name: &str) -> Value {
@@ -230,15 +232,7 @@ async fn deletions_and_cancellations_in_stripe_are_reflected() {
     // Between runs, in Stripe: a customer deleted, a subscription canceled, another gone
     // entirely, a product deleted; a new customer with a subscription. No webhook arrives.
     fake.delete_customer("cus_00001");
-    fake.put(s::subscription(
-        "sub_00002",
-        "cus_00002",
-        "canceled",
-        &[Item {
-            id: "si_00002",
-            ..PRO
-        }],
-    ));
+    fake.put(canceled_sub_00002());
     fake.remove("subscriptions", "sub_00003");
     fake.remove("products", "prod_demo_analytics");
     fake.put(s::customer("cus_new", "Newcomer", json!({})));
@@ -378,15 +372,7 @@ async fn a_webhook_missed_entirely_is_caught_up_from_events() {
     let again = reconcile(&app).await;
     assert_eq!(again["events_caught_up"], 0, "{again}");
     // An event newer than what the listing saw (Stripe's clock ahead of ours) applies.
-    let canceled = s::subscription(
-        "sub_00002",
-        "cus_00002",
-        "canceled",
-        &[Item {
-            id: "si_00002",
-            ..PRO
-        }],
-    );
+    let canceled = canceled_sub_00002();
     fake.put(canceled.clone());
     fake.push_event(s::event(
         "customer.subscription.deleted",

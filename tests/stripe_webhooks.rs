@@ -5,7 +5,6 @@
 mod common;
 mod fake_stripe;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::stripe::{self as s, Item, SECRET};
@@ -14,14 +13,7 @@ use serde_json::{json, Value};
 
 async fn seeded(extra: &str) -> common::TestApp {
     let app = common::spawn_app_with(extra).await;
-    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
-    common::eventually(Duration::from_secs(2), || async {
-        let (st, _) = app.post("/flags/sso/check", json!({})).await;
-        (st == StatusCode::OK).then_some(())
-    })
-    .await;
+    app.seed_demo_until("sso").await;
     app
 }
 
@@ -268,12 +260,7 @@ async fn every_fixture_applies_and_lands_where_it_belongs() {
 #[tokio::test]
 async fn a_subscription_flips_checks_within_a_second_and_back_to_the_fallback() {
     let fake = fake_stripe::FakeStripe::start(s::API_KEY).await;
-    let app = seeded(&s::config(&format!(
-        "stripe_api_key = \"{}\"\nstripe_api_base = \"{}\"\nfallback_plan = \"free\"",
-        s::API_KEY,
-        fake.base
-    )))
-    .await;
+    let app = seeded(&s::fake_config(&fake.base, "fallback_plan = \"free\"")).await;
     let customer = json!({"stripe_customer_id": "cus_flip"});
     let before = app.check("custom-branding", customer.clone()).await;
     assert_eq!(before["value"], false);
@@ -282,20 +269,10 @@ async fn a_subscription_flips_checks_within_a_second_and_back_to_the_fallback() 
     let sub = s::subscription("sub_flip", "cus_flip", "active", &[pro(5)]);
     fake.put(sub.clone());
     let started = Instant::now();
-    let (status, body) = app
-        .webhook(&s::event(
-            "customer.subscription.created",
-            "evt_flip_1",
-            s::now(),
-            sub,
-        ))
+    app.webhook_now("customer.subscription.created", "evt_flip_1", sub)
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    common::eventually(Duration::from_secs(1), || async {
-        let c = app.check("custom-branding", customer.clone()).await;
-        (c["value"] == true).then_some(())
-    })
-    .await;
+    app.check_becomes("custom-branding", customer.clone(), true)
+        .await;
     assert!(started.elapsed() < Duration::from_secs(1));
     // Pay in advance: the seat allocation is the subscribed quantity.
     let seats = app.check("seats", customer.clone()).await;
@@ -308,20 +285,10 @@ async fn a_subscription_flips_checks_within_a_second_and_back_to_the_fallback() 
     // Canceled in Stripe (the refetch sees it): false again, the fallback plan answering.
     let canceled = s::subscription("sub_flip", "cus_flip", "canceled", &[pro(5)]);
     fake.put(canceled.clone());
-    let (status, _) = app
-        .webhook(&s::event(
-            "customer.subscription.deleted",
-            "evt_flip_2",
-            s::now(),
-            canceled,
-        ))
+    app.webhook_now("customer.subscription.deleted", "evt_flip_2", canceled)
         .await;
-    assert_eq!(status, StatusCode::OK);
-    common::eventually(Duration::from_secs(1), || async {
-        let c = app.check("custom-branding", customer.clone()).await;
-        (c["value"] == false).then_some(())
-    })
-    .await;
+    app.check_becomes("custom-branding", customer.clone(), false)
+        .await;
     let seats = app.check("seats", customer.clone()).await;
     assert_eq!(seats["feature_allocation"], 3, "Free's seats: {seats}");
     let (_, company) = app
@@ -529,10 +496,7 @@ async fn customer_metadata_links_the_app_company_and_deletion_keeps_it() {
 #[tokio::test]
 async fn a_stripe_base_plan_replaces_a_manual_one() {
     let app = seeded(&s::config("stripe_refetch_on_webhook = false")).await;
-    let enterprise: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'enterprise'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let enterprise = app.id_of("plans", "enterprise").await;
     app.create(
         "/companies",
         json!({"keys": {"stripe_customer_id": "cus_m"}, "base_plan_id": enterprise}),
@@ -633,12 +597,7 @@ async fn older_events_are_skipped_and_ties_apply() {
 #[tokio::test]
 async fn refetch_retries_429_and_500_and_treats_404_as_canceled() {
     let fake = fake_stripe::FakeStripe::start(s::API_KEY).await;
-    let app = seeded(&s::config(&format!(
-        "stripe_api_key = \"{}\"\nstripe_api_base = \"{}\"",
-        s::API_KEY,
-        fake.base
-    )))
-    .await;
+    let app = seeded(&s::fake_config(&fake.base, "")).await;
     let cus = json!({"stripe_customer_id": "cus_r"});
     // The event says trialing; Stripe says active now: what Stripe says wins.
     let in_event = s::subscription("sub_r", "cus_r", "incomplete", &[pro(1)]);
@@ -699,12 +658,7 @@ async fn refetch_retries_429_and_500_and_treats_404_as_canceled() {
 #[tokio::test]
 async fn failed_events_keep_their_error_and_the_retry_endpoint_reapplies() {
     let fake = fake_stripe::FakeStripe::start(s::API_KEY).await;
-    let app = seeded(&s::config(&format!(
-        "stripe_api_key = \"{}\"\nstripe_api_base = \"{}\"",
-        s::API_KEY,
-        fake.base
-    )))
-    .await;
+    let app = seeded(&s::fake_config(&fake.base, "")).await;
     let sub = s::subscription("sub_f", "cus_f", "active", &[pro(1)]);
     fake.put(s::customer("cus_f", "Failing", json!({})));
     // Stripe keeps failing: the event is failed, with the error, and a retry scheduled.

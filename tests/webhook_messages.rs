@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -17,22 +16,12 @@ async fn seeded() -> common::TestApp {
         "[webhooks]\nallow_private_targets = true\nretry_schedule_secs = [600]\n",
     )
     .await;
-    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
-    common::eventually(Duration::from_secs(2), || async {
-        let (s, _) = app.post("/flags/reports/check", json!({})).await;
-        s.is_success().then_some(())
-    })
-    .await;
+    app.seed_demo_until("reports").await;
     app
 }
 
 async fn on_free_plan(app: &common::TestApp, company: &str) {
-    let plan: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'free'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let plan = app.id_of("plans", "free").await;
     app.create(
         "/companies",
         json!({"keys": {"id": company}, "base_plan_id": plan}),
@@ -121,10 +110,7 @@ async fn limit_messages_fire_once_per_crossing() {
     assert!(burst_messages.iter().all(|m| m.2 == 8), "{all:?}");
 
     // A webhook that names other features in its trigger configs gets none of these.
-    let other_feature: String = sqlx::query_scalar("SELECT id FROM features WHERE key = 'sso'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let other_feature = app.id_of("features", "sso").await;
     let narrow = app
         .create(
             "/webhooks",
@@ -168,9 +154,7 @@ async fn stripe_plan_changes_and_ended_trials_are_sent() {
         s::config("stripe_refetch_on_webhook = false")
     ))
     .await;
-    entitled::seed::seed_file(&app.pool, Path::new("fixtures/demo-catalog.toml"))
-        .await
-        .unwrap();
+    app.seed_demo_catalog().await;
     let hook = app
         .create(
             "/webhooks",
@@ -288,10 +272,7 @@ async fn api_writes_send_lifecycle_messages() {
         json!({"description": "For big teams"}),
     )
     .await;
-    let flag: String = sqlx::query_scalar("SELECT id FROM flags WHERE key = 'sso'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let flag = app.id_of("flags", "sso").await;
     let (s, body) = app
         .put(
             &format!("/flags/{flag}/rules"),
@@ -341,22 +322,8 @@ async fn api_writes_send_lifecycle_messages() {
 async fn credit_limit_messages() {
     let app = seeded().await;
     let credit = app
-        .create("/billing/credits", json!({"name": "Tokens"}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let ent: String = sqlx::query_scalar("SELECT id FROM plan_entitlements WHERE plan_id = (SELECT id FROM plans WHERE key = 'pro') AND feature_id = (SELECT id FROM features WHERE key = 'ai-tokens')")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let (s, body) = app
-        .put(
-            &format!("/plan-entitlements/{ent}"),
-            json!({"value_type": "credit", "value_credit_id": credit, "credit_consumption_rate": 1.0}),
-        )
+        .pro_ai_tokens_burn_credit(json!({"name": "Tokens"}), 1.0)
         .await;
-    assert!(s.is_success(), "{body}");
     let hook = app
         .create(
             "/webhooks",
@@ -365,10 +332,7 @@ async fn credit_limit_messages() {
         )
         .await;
     let hook = hook["id"].as_str().unwrap().to_string();
-    let pro: String = sqlx::query_scalar("SELECT id FROM plans WHERE key = 'pro'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let pro = app.id_of("plans", "pro").await;
     let company = app
         .create(
             "/companies",

@@ -336,22 +336,70 @@ impl TestApp {
     /// Seeds `fixtures/demo-catalog.toml`, waits until the server's snapshot has it, and
     /// returns the id of its `pro` plan.
     pub async fn seed_demo(&self) -> String {
+        self.seed_demo_until("custom-branding").await;
+        self.id_of("plans", "pro").await
+    }
+
+    /// Seeds `fixtures/demo-catalog.toml` and returns what the seed changed.
+    pub async fn seed_demo_catalog(&self) -> entitled::seed::Summary {
         entitled::seed::seed_file(
             &self.pool,
             std::path::Path::new("fixtures/demo-catalog.toml"),
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Seeds `fixtures/demo-catalog.toml` and waits until the server's snapshot answers
+    /// a check of `flag`.
+    pub async fn seed_demo_until(&self, flag: &str) {
+        self.seed_demo_catalog().await;
+        self.wait_for_flag(flag).await;
+    }
+
+    /// Waits (at most two seconds) until `POST /flags/{flag}/check` succeeds: the server's
+    /// snapshot has the flag.
+    pub async fn wait_for_flag(&self, flag: &str) {
         eventually(Duration::from_secs(2), || async {
             let (s, _) = self
-                .post("/flags/custom-branding/check", serde_json::json!({}))
+                .post(&format!("/flags/{flag}/check"), serde_json::json!({}))
                 .await;
             s.is_success().then_some(())
         })
         .await;
-        sqlx::query_scalar("SELECT id FROM plans WHERE key = 'pro'")
+    }
+
+    /// The id of the row of `table` (`plans`, `features`, `flags`, …) with `key`.
+    pub async fn id_of(&self, table: &str, key: &str) -> String {
+        sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE key = $1"))
+            .bind(key)
             .fetch_one(&self.pool)
             .await
             .unwrap()
+    }
+
+    /// Creates a credit type from `credit` (the `POST /billing/credits` body) and makes Pro's
+    /// `ai-tokens` entitlement burn it at `rate` credits a token; returns the credit's id.
+    pub async fn pro_ai_tokens_burn_credit(&self, credit: Value, rate: f64) -> String {
+        let credit = self.create("/billing/credits", credit).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ent: String = sqlx::query_scalar(
+            "SELECT id FROM plan_entitlements WHERE plan_id = (SELECT id FROM plans WHERE key = 'pro') \
+             AND feature_id = (SELECT id FROM features WHERE key = 'ai-tokens')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        let (s, body) = self
+            .put(
+                &format!("/plan-entitlements/{ent}"),
+                serde_json::json!({"value_type": "credit", "value_credit_id": credit,
+                                   "credit_consumption_rate": rate}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        credit
     }
 }

@@ -45,17 +45,24 @@ pub async fn run(mut cmd: Command) -> Output {
     }
 }
 
+impl Output {
+    /// Fails the test, naming `what` ran and showing its output, unless it exited 0.
+    pub fn assert_success(&self, what: &str) {
+        assert!(
+            self.status.success(),
+            "{what}: {}\nstdout: {}\nstderr: {}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
 /// Runs `cmd`, which must succeed; returns its standard output.
 pub async fn run_ok(cmd: Command) -> String {
     let what = format!("{:?}", cmd.as_std());
     let out = run(cmd).await;
-    assert!(
-        out.status.success(),
-        "{what}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
+    out.assert_success(&what);
     out.stdout
 }
 

@@ -93,3 +93,22 @@ fn authority(url: &str) -> &str {
     let host = rest.split('/').next().unwrap_or(rest);
     host.rsplit_once('@').map_or(host, |(_, h)| h)
 }
+
+/// Asserts the answer to a write sent at `started` while Postgres is cut off: 503 with our
+/// error body naming the database, within six seconds.
+pub fn assert_database_unavailable(
+    status: reqwest::StatusCode,
+    body: &serde_json::Value,
+    started: std::time::Instant,
+) {
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("database"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+}

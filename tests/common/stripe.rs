@@ -20,6 +20,14 @@ pub fn config(extra: &str) -> String {
     )
 }
 
+/// [`config`] pointing the environment at a (fake) Stripe API at `api_base` with our API key;
+/// `extra` adds lines as there.
+pub fn fake_config(api_base: &str, extra: &str) -> String {
+    config(&format!(
+        "stripe_api_key = \"{API_KEY}\"\nstripe_api_base = \"{api_base}\"\n{extra}"
+    ))
+}
+
 /// A fixture event as stored in `fixtures/stripe/{name}.json`.
 pub fn fixture(name: &str) -> Value {
     let path = format!("fixtures/stripe/{name}.json");
@@ -141,11 +149,22 @@ impl TestApp {
         self.webhook_raw("/webhooks/stripe", body, Some(sig)).await
     }
 
+    /// Signs and posts `event`, which must be answered 200.
+    pub async fn webhook_ok(&self, event: &Value) {
+        let (status, body) = self.webhook(event).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// Signs and posts an event of `kind` (id `id`, created now) around `object`, which must
+    /// be answered 200.
+    pub async fn webhook_now(&self, kind: &str, id: &str, object: Value) {
+        self.webhook_ok(&event(kind, id, now(), object)).await;
+    }
+
     /// Sends `event`, expects 200, and waits until the inbox has processed it; returns its
     /// status (`applied`, `skipped`, `ignored` or `failed`).
     pub async fn deliver(&self, event: &Value) -> String {
-        let (status, body) = self.webhook(event).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        self.webhook_ok(event).await;
         let id = event["id"].as_str().unwrap().to_string();
         self.processed(&id).await
     }
