@@ -15,14 +15,7 @@ fn now() -> DateTime<Utc> {
 }
 
 fn feature(kind: FeatureType) -> Feature {
-    Feature {
-        id: "feat_1".into(),
-        key: "api".into(),
-        name: "API".into(),
-        feature_type: kind,
-        event_subtype: (kind == FeatureType::Event).then(|| "api_call".into()),
-        trait_id: (kind == FeatureType::Trait).then(|| "seats".into()),
-    }
+    crate::engine::fixtures::feature(kind, "api", "API", "seats")
 }
 
 fn candidate(source: Source, value: Value) -> Candidate {
@@ -113,6 +106,15 @@ fn shape(rules: &[RRule]) -> Vec<(&'static str, bool, Vec<&'static str>)> {
         .collect()
 }
 
+/// A limited entitlement's rules, as [`shape`] writes them: its rule while under the limit
+/// (with the limit's own `condition`), and the usage-exceeded rule past it.
+fn limit(condition: &'static str) -> Vec<(&'static str, bool, Vec<&'static str>)> {
+    vec![
+        ("plan_entitlement", true, vec!["plan", condition]),
+        ("plan_entitlement_usage_exceeded", false, vec!["plan"]),
+    ]
+}
+
 #[test]
 fn plan_entitlements_become_flag_rules_conditioned_on_the_plan() {
     type Row = (
@@ -144,19 +146,13 @@ fn plan_entitlements_become_flag_rules_conditioned_on_the_plan() {
             "event limit: usage below the allocation, else exceeded",
             FeatureType::Event,
             Value::Numeric(100),
-            vec![
-                ("plan_entitlement", true, vec!["plan", "metric"]),
-                ("plan_entitlement_usage_exceeded", false, vec!["plan"]),
-            ],
+            limit("metric"),
         ),
         (
             "trait limit",
             FeatureType::Trait,
             Value::Numeric(5),
-            vec![
-                ("plan_entitlement", true, vec!["plan", "trait"]),
-                ("plan_entitlement_usage_exceeded", false, vec!["plan"]),
-            ],
+            limit("trait"),
         ),
         (
             "credits",
@@ -165,10 +161,7 @@ fn plan_entitlements_become_flag_rules_conditioned_on_the_plan() {
                 credit_id: "cred_1".into(),
                 rate: 2.0,
             },
-            vec![
-                ("plan_entitlement", true, vec!["plan", "credit"]),
-                ("plan_entitlement_usage_exceeded", false, vec!["plan"]),
-            ],
+            limit("credit"),
         ),
         (
             "a numeric entitlement of a boolean feature: zero usage is under it",
@@ -303,13 +296,7 @@ fn company_dependent_allocations_are_company_rules_with_the_companys_figure() {
     assert!(flag("env_1", &cat, &cat.flags_sorted[0]).rules.is_empty());
     let state = company(&["plan_pro"], vec![]);
     let r = super::company("env_1", &cat, &state, &state.context, now());
-    assert_eq!(
-        shape(&r.company.rules),
-        vec![
-            ("plan_entitlement", true, vec!["plan", "metric"]),
-            ("plan_entitlement_usage_exceeded", false, vec!["plan"]),
-        ]
-    );
+    assert_eq!(shape(&r.company.rules), limit("metric"));
     assert_eq!(r.company.rules[0].conditions[1].metric_value, Some(7));
     // A company not on the plan gets no rule for it.
     let other = company(&["plan_free"], vec![]);

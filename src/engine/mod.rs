@@ -582,3 +582,22 @@ fn entitlement_answer<C: Borrow<Candidate>>(
 
 #[cfg(test)]
 mod tests;
+
+/// What unit tests here and in `datastream` build their cases from.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{Feature, FeatureType};
+
+    /// Feature `feat_1`: an `api_call` event feature, a `trait_name` trait feature, or a
+    /// boolean one, as `ft` says.
+    pub fn feature(ft: FeatureType, key: &str, name: &str, trait_name: &str) -> Feature {
+        Feature {
+            id: "feat_1".into(),
+            key: key.into(),
+            name: name.into(),
+            feature_type: ft,
+            event_subtype: (ft == FeatureType::Event).then(|| "api_call".into()),
+            trait_id: (ft == FeatureType::Trait).then(|| trait_name.into()),
+        }
+    }
+}

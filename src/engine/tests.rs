@@ -9,14 +9,7 @@ fn now() -> DateTime<Utc> {
 }
 
 fn feature(ft: FeatureType) -> Feature {
-    Feature {
-        id: "feat_1".into(),
-        key: "api-calls".into(),
-        name: "API calls".into(),
-        feature_type: ft,
-        event_subtype: (ft == FeatureType::Event).then(|| "api_call".into()),
-        trait_id: (ft == FeatureType::Trait).then(|| "seats_used".into()),
-    }
+    fixtures::feature(ft, "api-calls", "API calls", "seats_used")
 }
 
 fn flag(ft: FeatureType) -> Flag {
@@ -88,18 +81,7 @@ fn rule(id: &str, kind: RuleKind, priority: i32, value: bool, conds: Vec<Conditi
 }
 
 fn cond(t: ConditionType, op: Operator, ids: &[&str]) -> Condition {
-    Condition {
-        condition_type: t,
-        operator: op,
-        resource_ids: ids.iter().map(|s| s.to_string()).collect(),
-        trait_id: None,
-        trait_value: None,
-        trait_entity_type: None,
-        event_subtype: None,
-        metric_value: None,
-        metric_period: None,
-        metric_period_month_reset: None,
-    }
+    Condition::on_resources(t, op, ids.iter().map(|s| s.to_string()).collect())
 }
 
 #[test]
