@@ -19,16 +19,7 @@ fn feature(kind: FeatureType) -> Feature {
 }
 
 fn candidate(source: Source, value: Value) -> Candidate {
-    Candidate {
-        source,
-        label: "Pro: api".into(),
-        value,
-        metric_period: Some(MetricPeriod::CurrentMonth),
-        month_reset: MonthReset::FirstOfMonth,
-        pay_in_advance_quantity: None,
-        metered: None,
-        expires_at: None,
-    }
+    crate::engine::fixtures::candidate(source, "Pro: api", value)
 }
 
 fn plan(id: &str) -> Source {
@@ -104,6 +95,12 @@ fn shape(rules: &[RRule]) -> Vec<(&'static str, bool, Vec<&'static str>)> {
             )
         })
         .collect()
+}
+
+/// An event feature on which `plan_pro` allows 100 (not company-dependent).
+fn pro_with_limit_100() -> Catalog {
+    let pro = candidate(plan("pro"), Value::Numeric(100));
+    catalog(FeatureType::Event, vec![("plan_pro", pro, false)])
 }
 
 /// A limited entitlement's rules, as [`shape`] writes them: its rule while under the limit
@@ -194,14 +191,7 @@ fn plan_entitlements_become_flag_rules_conditioned_on_the_plan() {
 
 #[test]
 fn limits_carry_allocation_period_and_operator() {
-    let cat = catalog(
-        FeatureType::Event,
-        vec![(
-            "plan_pro",
-            candidate(plan("pro"), Value::Numeric(100)),
-            false,
-        )],
-    );
+    let cat = pro_with_limit_100();
     let f = flag("env_1", &cat, &cat.flags_sorted[0]);
     let metric = &f.rules[0].conditions[1];
     assert_eq!(metric.operator, "lt");
@@ -306,14 +296,7 @@ fn company_dependent_allocations_are_company_rules_with_the_companys_figure() {
 
 #[test]
 fn metrics_hold_the_current_window_for_every_measured_event() {
-    let cat = catalog(
-        FeatureType::Event,
-        vec![(
-            "plan_pro",
-            candidate(plan("pro"), Value::Numeric(100)),
-            false,
-        )],
-    );
+    let cat = pro_with_limit_100();
     let mut state = company(&["plan_pro"], vec![]);
     let march = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
     let feb = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();

@@ -586,7 +586,7 @@ mod tests;
 /// What unit tests here and in `datastream` build their cases from.
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use super::{Feature, FeatureType};
+    use super::{Candidate, Feature, FeatureType, MetricPeriod, MonthReset, Source, Value};
 
     /// Feature `feat_1`: an `api_call` event feature, a `trait_name` trait feature, or a
     /// boolean one, as `ft` says.
@@ -598,6 +598,20 @@ pub(crate) mod fixtures {
             feature_type: ft,
             event_subtype: (ft == FeatureType::Event).then(|| "api_call".into()),
             trait_id: (ft == FeatureType::Trait).then(|| trait_name.into()),
+        }
+    }
+
+    /// A monthly (first of the month) candidate with no billing and no expiry.
+    pub fn candidate(source: Source, label: impl Into<String>, value: Value) -> Candidate {
+        Candidate {
+            source,
+            label: label.into(),
+            value,
+            metric_period: Some(MetricPeriod::CurrentMonth),
+            month_reset: MonthReset::FirstOfMonth,
+            pay_in_advance_quantity: None,
+            metered: None,
+            expires_at: None,
         }
     }
 }

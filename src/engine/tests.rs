@@ -23,18 +23,10 @@ fn flag(ft: FeatureType) -> Flag {
 }
 
 fn plan(id: &str, value: Value) -> Candidate {
-    Candidate {
-        source: Source::Plan {
-            entitlement_id: id.into(),
-        },
-        label: format!("{id}: api-calls"),
-        value,
-        metric_period: Some(MetricPeriod::CurrentMonth),
-        month_reset: MonthReset::FirstOfMonth,
-        pay_in_advance_quantity: None,
-        metered: None,
-        expires_at: None,
-    }
+    let source = Source::Plan {
+        entitlement_id: id.into(),
+    };
+    fixtures::candidate(source, format!("{id}: api-calls"), value)
 }
 
 fn over(value: Value) -> Candidate {
