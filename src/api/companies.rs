@@ -19,7 +19,7 @@ use crate::changes::Change;
 use crate::outbound::Event;
 pub use crate::store::companies::CompanyFilter;
 use crate::store::companies::{self as store, UpsertCompany};
-use crate::store::keys::{self, Entity};
+use crate::store::keys::{self, Entity, Found};
 use crate::store::Conn;
 
 /// `CompanyPlanWithBillingSubView`.
@@ -155,8 +155,7 @@ pub async fn details(
 ) -> AppResult<Vec<CompanyView>> {
     let env_id = auth.env_id();
     let store::DetailsRows {
-        companies: rows,
-        keys,
+        found: Found { rows, keys },
         plans,
         user_counts,
     } = store::details_rows(conn, env_id, ids).await?;

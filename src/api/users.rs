@@ -17,7 +17,7 @@ use super::views::{self, KeyView, TraitView};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
-use crate::store::keys::{self, Entity};
+use crate::store::keys::{self, Entity, Found};
 pub use crate::store::users::UserFilter;
 use crate::store::users::{self as store, UpsertUser};
 use crate::store::Conn;
@@ -60,8 +60,7 @@ pub struct UserView {
 
 async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult<Vec<UserView>> {
     let store::DetailsRows {
-        users: rows,
-        keys,
+        found: Found { rows, keys },
         memberships,
     } = store::details_rows(conn, env_id, ids).await?;
     let mut by_id: HashMap<String, UserView> = rows

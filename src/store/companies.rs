@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
 use super::catalog::contains_pattern;
-use super::keys::{self, Entity, EntityRow, KeyRow};
+use super::keys::{self, Entity};
 use super::Error;
 use crate::ids;
 
@@ -241,10 +241,8 @@ pub struct CompanyPlanRow {
 /// What a full view of some companies is made of.
 #[derive(Debug)]
 pub struct DetailsRows {
-    /// The companies found, in no particular order.
-    pub companies: Vec<EntityRow>,
-    /// Their keys, oldest first.
-    pub keys: Vec<KeyRow>,
+    /// The companies found, with their keys.
+    pub found: keys::Found,
     /// Their current plans, oldest first.
     pub plans: Vec<CompanyPlanRow>,
     /// Members per company; companies without members are absent.
@@ -257,7 +255,7 @@ pub async fn details_rows(
     env_id: &str,
     ids: &[String],
 ) -> Result<DetailsRows, sqlx::Error> {
-    let (companies, keys) = keys::rows_and_keys(conn, Entity::Company, env_id, ids).await?;
+    let found = keys::rows_and_keys(conn, Entity::Company, env_id, ids).await?;
     let plans: Vec<CompanyPlanRow> = sqlx::query_as(
         "SELECT cp.company_id, cp.plan_id, cp.is_base, cp.source, cp.quantity, cp.started_at,
                 p.name, p.description, p.billing_product_id
@@ -276,8 +274,7 @@ pub async fn details_rows(
     .into_iter()
     .collect();
     Ok(DetailsRows {
-        companies,
-        keys,
+        found,
         plans,
         user_counts,
     })

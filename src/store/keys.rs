@@ -59,14 +59,22 @@ pub struct EntityRow {
 /// A company's or user's key: `(owner_id, key, value, created_at)`.
 pub type KeyRow = (String, String, String, DateTime<Utc>);
 
-/// The environment's companies or users `ids` (in no particular order) and their keys
-/// (oldest first).
+/// Companies or users found by id, with their keys.
+#[derive(Debug)]
+pub struct Found {
+    /// In no particular order.
+    pub rows: Vec<EntityRow>,
+    /// Oldest first.
+    pub keys: Vec<KeyRow>,
+}
+
+/// The environment's companies or users `ids`, and their keys.
 pub async fn rows_and_keys(
     conn: &mut PgConnection,
     entity: Entity,
     env_id: &str,
     ids: &[String],
-) -> Result<(Vec<EntityRow>, Vec<KeyRow>), sqlx::Error> {
+) -> Result<Found, sqlx::Error> {
     let rows = sqlx::query_as(&format!(
         "SELECT id, name, traits, created_at, updated_at FROM {}
          WHERE environment_id = $1 AND id = ANY($2)",
@@ -85,7 +93,7 @@ pub async fn rows_and_keys(
     .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
-    Ok((rows, keys))
+    Ok(Found { rows, keys })
 }
 
 pub fn validate(field: &str, keys: &[(String, String)]) -> Result<(), Error> {

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 use super::catalog::contains_pattern;
 use super::companies::{self, UpsertCompany};
-use super::keys::{self, Entity, EntityRow, KeyRow};
+use super::keys::{self, Entity};
 use super::Error;
 
 #[derive(Debug, Default, Clone)]
@@ -138,10 +138,8 @@ pub struct MembershipRow {
 /// What a full view of some users is made of.
 #[derive(Debug)]
 pub struct DetailsRows {
-    /// The users found, in no particular order.
-    pub users: Vec<EntityRow>,
-    /// Their keys, oldest first.
-    pub keys: Vec<KeyRow>,
+    /// The users found, with their keys.
+    pub found: keys::Found,
     /// Their memberships, oldest first.
     pub memberships: Vec<MembershipRow>,
 }
@@ -152,7 +150,7 @@ pub async fn details_rows(
     env_id: &str,
     ids: &[String],
 ) -> Result<DetailsRows, sqlx::Error> {
-    let (users, keys) = keys::rows_and_keys(conn, Entity::User, env_id, ids).await?;
+    let found = keys::rows_and_keys(conn, Entity::User, env_id, ids).await?;
     let memberships: Vec<MembershipRow> = sqlx::query_as(
         "SELECT m.user_id, m.company_id, m.created_at, c.name, c.created_at AS company_created_at,
                 c.updated_at AS company_updated_at
@@ -162,11 +160,7 @@ pub async fn details_rows(
     .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(DetailsRows {
-        users,
-        keys,
-        memberships,
-    })
+    Ok(DetailsRows { found, memberships })
 }
 
 /// Deletes the environment's user `id` (what refers to it cascades). False when there was
