@@ -249,10 +249,7 @@ pub async fn list(State(state): State<AppState>, auth: Auth, query: Query) -> Ap
     let page = query.page()?;
     let filter = FlagFilter {
         ids: query.get_all("ids"),
-        feature_id: query
-            .get("feature_id")
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
+        feature_id: query.non_empty("feature_id"),
         q: query.non_empty("q"),
     };
     let mut conn = state.pool.acquire().await?;

@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::error::{ConsoleError, ConsoleResult};
 use super::session::{Console, Form, Posted};
 use super::{
-    audit_and_commit, param, query_pairs, shown, when, Layout, OVERRIDE_CREATE, OVERRIDE_DELETE,
-    OVERRIDE_UPDATE,
+    audit_and_commit, commit_or_refused, param, query_pairs, shown, when, Layout, OVERRIDE_CREATE,
+    OVERRIDE_DELETE, OVERRIDE_UPDATE,
 };
 use crate::api::checks::company_answers;
 use crate::api::overrides::{self, CreateBody, UpdateBody};
@@ -604,16 +604,11 @@ pub async fn update_override(
         }
     };
     let mut tx = state.begin().await?;
-    let written = match overrides::update_in(&mut tx, &state, &auth, &override_id, body, true).await
+    let done = overrides::update_in(&mut tx, &state, &auth, &override_id, body, true).await;
+    if let Err((status, m)) = commit_or_refused(&state, &console, tx, OVERRIDE_UPDATE, done).await?
     {
-        Ok(w) => w,
-        Err(e) => {
-            drop(tx);
-            let (status, m) = shown(e)?;
-            return refused(&state, &console, &company_id, sent, status, m).await;
-        }
-    };
-    audit_and_commit(&state, &console, tx, OVERRIDE_UPDATE, written).await?;
+        return refused(&state, &console, &company_id, sent, status, m).await;
+    }
     Ok(Redirect::to(&format!(
         "/console/companies/{company_id}?done=override-updated"
     ))

@@ -586,7 +586,28 @@ mod tests;
 /// What unit tests here and in `datastream` build their cases from.
 #[cfg(test)]
 pub(crate) mod fixtures {
+    use super::rules::{Condition, ConditionType, Operator};
     use super::{Candidate, Feature, FeatureType, MetricPeriod, MonthReset, Source, Value};
+
+    /// A condition on `resource_ids` (plans, companies, users…) with no trait or metric part.
+    pub fn condition(
+        condition_type: ConditionType,
+        operator: Operator,
+        resource_ids: Vec<String>,
+    ) -> Condition {
+        Condition {
+            condition_type,
+            operator,
+            resource_ids,
+            trait_id: None,
+            trait_value: None,
+            trait_entity_type: None,
+            event_subtype: None,
+            metric_value: None,
+            metric_period: None,
+            metric_period_month_reset: None,
+        }
+    }
 
     /// Feature `feat_1`: an `api_call` event feature, a `trait_name` trait feature, or a
     /// boolean one, as `ft` says.

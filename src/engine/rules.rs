@@ -85,25 +85,6 @@ fn default_operator() -> Operator {
 }
 
 impl Condition {
-    /// A condition on `resource_ids` (plans, companies, users…) with no trait or metric part.
-    pub fn on_resources(
-        condition_type: ConditionType,
-        operator: Operator,
-        resource_ids: Vec<String>,
-    ) -> Self {
-        Condition {
-            condition_type,
-            operator,
-            resource_ids,
-            trait_id: None,
-            trait_value: None,
-            trait_entity_type: None,
-            event_subtype: None,
-            metric_value: None,
-            metric_period: None,
-            metric_period_month_reset: None,
-        }
-    }
     /// What is missing for this condition to be evaluable, named by field.
     pub fn validate(&self) -> Result<(), String> {
         match self.condition_type {
@@ -314,7 +295,7 @@ mod tests {
 
     #[test]
     fn validation_names_fields() {
-        let c = Condition::on_resources(ConditionType::Plan, Operator::Gt, vec![]);
+        let c = crate::engine::fixtures::condition(ConditionType::Plan, Operator::Gt, vec![]);
         assert!(c.validate().unwrap_err().starts_with("operator"));
         let c = Condition {
             operator: Operator::Eq,

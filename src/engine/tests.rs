@@ -73,7 +73,7 @@ fn rule(id: &str, kind: RuleKind, priority: i32, value: bool, conds: Vec<Conditi
 }
 
 fn cond(t: ConditionType, op: Operator, ids: &[&str]) -> Condition {
-    Condition::on_resources(t, op, ids.iter().map(|s| s.to_string()).collect())
+    fixtures::condition(t, op, ids.iter().map(|s| s.to_string()).collect())
 }
 
 #[test]

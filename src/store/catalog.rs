@@ -143,12 +143,7 @@ pub async fn features(
     conn: &mut PgConnection,
     ids: &[String],
 ) -> Result<Vec<FeatureRow>, sqlx::Error> {
-    rows::by_ids(
-        conn,
-        &format!("SELECT {FEATURE_COLUMNS} FROM features"),
-        ids,
-    )
-    .await
+    rows::by_ids(conn, "features", FEATURE_COLUMNS, ids).await
 }
 
 /// Which features to list. Empty lists do not filter.
@@ -189,12 +184,12 @@ pub async fn feature_for_update(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Option<FeatureRow>, sqlx::Error> {
-    rows::for_update(conn, &format!("SELECT {FEATURE_COLUMNS} FROM features"), id).await
+    rows::for_update(conn, "features", FEATURE_COLUMNS, id).await
 }
 
 /// The flags with these ids, in no particular order.
 pub async fn flags(conn: &mut PgConnection, ids: &[String]) -> Result<Vec<FlagRow>, sqlx::Error> {
-    rows::by_ids(conn, &format!("SELECT {FLAG_COLUMNS} FROM flags"), ids).await
+    rows::by_ids(conn, "flags", FLAG_COLUMNS, ids).await
 }
 
 /// Which flags to list. Empty lists do not filter.
@@ -235,7 +230,7 @@ pub async fn flag_for_update(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Option<FlagRow>, sqlx::Error> {
-    rows::for_update(conn, &format!("SELECT {FLAG_COLUMNS} FROM flags"), id).await
+    rows::for_update(conn, "flags", FLAG_COLUMNS, id).await
 }
 
 /// The flags belonging to these features.

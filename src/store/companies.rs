@@ -25,6 +25,8 @@ pub struct UpsertCompany {
     pub update_only: bool,
 }
 
+keys::upsert_of!(UpsertCompany);
+
 /// Creates or updates the company `keys` identify. Returns its id and whether it was created.
 pub async fn upsert(
     conn: &mut PgConnection,

@@ -226,12 +226,13 @@ pub struct Upsert<'a> {
     pub update_only: bool,
 }
 
-/// An [`Upsert`] of a request with `keys`, `name`, `traits` and `update_only` fields.
+/// An [`Upsert`] of a request with `keys`, `name`, `traits` and `update_only` fields
+/// (invoked beside each request type, so `keys` imports neither).
 macro_rules! upsert_of {
     ($($request:ty),+) => {$(
-        impl<'a> From<&'a $request> for Upsert<'a> {
+        impl<'a> From<&'a $request> for $crate::store::keys::Upsert<'a> {
             fn from(r: &'a $request) -> Self {
-                Upsert {
+                $crate::store::keys::Upsert {
                     keys: &r.keys,
                     name: r.name.as_deref(),
                     traits: r.traits.as_ref(),
@@ -241,8 +242,7 @@ macro_rules! upsert_of {
         }
     )+};
 }
-
-upsert_of!(super::companies::UpsertCompany, super::users::UpsertUser);
+pub(super) use upsert_of;
 
 /// What [`upsert`] did.
 #[derive(Debug)]

@@ -123,7 +123,7 @@ pub async fn get_for_update(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Option<PlanRow>, sqlx::Error> {
-    rows::for_update(conn, &format!("SELECT {PLAN_COLUMNS} FROM plans"), id).await
+    rows::for_update(conn, "plans", PLAN_COLUMNS, id).await
 }
 
 pub async fn update(
@@ -186,7 +186,7 @@ pub async fn list_ids(
 
 /// The plans with these ids, in no particular order.
 pub async fn rows(conn: &mut PgConnection, ids: &[String]) -> Result<Vec<PlanRow>, sqlx::Error> {
-    rows::by_ids(conn, &format!("SELECT {PLAN_COLUMNS} FROM plans"), ids).await
+    rows::by_ids(conn, "plans", PLAN_COLUMNS, ids).await
 }
 
 /// Per plan of `plan_ids`, the environment's companies currently on it; plans without any

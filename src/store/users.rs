@@ -21,6 +21,8 @@ pub struct UpsertUser {
     pub update_only: bool,
 }
 
+keys::upsert_of!(UpsertUser);
+
 /// What an upsert did: the user, and every company it created or joined.
 pub struct Upserted {
     pub id: String,

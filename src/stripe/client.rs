@@ -265,7 +265,7 @@ impl StripeClient {
     }
 
     /// Sends one request when the rate limit allows, with the client's timeout and key,
-    /// counting it in [`Client::requests_sent`].
+    /// counting it in [`StripeClient::requests_sent`].
     async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
         self.limiter.acquire().await;
         self.sent.fetch_add(1, Ordering::Relaxed);
