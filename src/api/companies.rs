@@ -69,7 +69,7 @@ fn metrics(auth: &Auth, company_id: &str) -> Vec<MetricView> {
                 account_id: String::new(),
                 company_id: company_id.to_string(),
                 environment_id: auth.env_id().to_string(),
-                event_subtype: c.event.clone(),
+                event_subtype: c.event.to_string(),
                 period: c.period.as_str(),
                 month_reset: c.month_reset.as_str(),
                 value: c.count,

@@ -141,8 +141,9 @@ impl EnvCache {
         match catalog.plan_ids_by_key.get(&self.config.fallback_plan) {
             Some(plan_id) => {
                 let mut ctx = state.context.clone();
+                let plan_id: Arc<str> = Arc::from(plan_id.as_str());
                 ctx.base_plan_id = Some(plan_id.clone());
-                ctx.plan_ids.insert(0, plan_id.clone());
+                ctx.plan_ids.insert(0, plan_id);
                 Cow::Owned(ctx)
             }
             None => Cow::Borrowed(&state.context),
@@ -159,7 +160,7 @@ fn candidates<'a>(
     feature_id: &str,
 ) -> Vec<Cow<'a, Candidate>> {
     let by_plan = catalog.entitlements.get(feature_id);
-    let overridden = state.overrides.get(feature_id);
+    let overridden = state.override_for(feature_id);
     let mut out = Vec::new();
     if by_plan.is_none() && overridden.is_none() {
         return out;
@@ -168,7 +169,7 @@ fn candidates<'a>(
         .map(|_| context.plan_ids.as_slice())
         .unwrap_or_default()
     {
-        let Some(info) = by_plan.and_then(|m| m.get(plan_id)) else {
+        let Some(info) = by_plan.and_then(|m| m.get(&**plan_id)) else {
             continue;
         };
         if info.pay_in_advance {

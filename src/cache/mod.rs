@@ -22,19 +22,54 @@ use crate::store::snapshot as load;
 
 pub use check::{CheckOutcome, Found, KeyMap, Subject};
 pub use load::{
-    ApiKeyInfo, Catalog, CompanyState, Membership, PlanEntitlementInfo, PlanInfo, UserState,
+    ApiKeyInfo, Catalog, CompanyState, KeyPair, Membership, PlanEntitlementInfo, PlanInfo,
+    UserState,
 };
 
-#[derive(Debug)]
-struct Entry<T> {
-    keys: Vec<(String, String)>,
-    value: Arc<T>,
+/// What the key index needs of a company or a user.
+trait Keyed {
+    fn id(&self) -> &Arc<str>;
+    fn keys(&self) -> &[load::KeyPair];
+}
+
+impl Keyed for CompanyState {
+    fn id(&self) -> &Arc<str> {
+        &self.context.id
+    }
+    fn keys(&self) -> &[load::KeyPair] {
+        &self.keys
+    }
+}
+
+impl Keyed for UserState {
+    fn id(&self) -> &Arc<str> {
+        &self.context.id
+    }
+    fn keys(&self) -> &[load::KeyPair] {
+        &self.keys
+    }
+}
+
+/// A key pair as the index holds it: `key`, NUL, `value` (Postgres text never holds NUL, so
+/// the split is unambiguous).
+fn key_entry(out: &mut String, key: &str, value: &str) {
+    out.clear();
+    out.push_str(key);
+    out.push('\0');
+    out.push_str(value);
+}
+
+thread_local! {
+    /// A check's key lookup writes the pair here rather than allocating.
+    static KEY_BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 #[derive(Debug)]
 struct Index<T> {
-    by_id: HashMap<String, Entry<T>>,
-    by_key: HashMap<(String, String), String>,
+    /// Keyed by the object's own id (the same allocation as its context's).
+    by_id: HashMap<Arc<str>, Arc<T>>,
+    /// [`key_entry`] → the id of the object with that key.
+    by_key: HashMap<Box<str>, Arc<str>>,
 }
 
 impl<T> Default for Index<T> {
@@ -46,52 +81,65 @@ impl<T> Default for Index<T> {
     }
 }
 
-impl<T> Index<T> {
-    /// Replaces (or with `None`, removes) one object and its key entries.
-    fn put(&mut self, id: &str, keys: Vec<(String, String)>, value: Option<T>) {
+impl<T: Keyed> Index<T> {
+    fn with_capacity(n: usize) -> Self {
+        Index {
+            by_id: HashMap::with_capacity(n),
+            by_key: HashMap::with_capacity(n),
+        }
+    }
+
+    /// Replaces (or with `None`, removes) object `id` and its key entries.
+    fn put(&mut self, id: &str, value: Option<T>) {
+        let mut entry = String::new();
         if let Some(old) = self.by_id.remove(id) {
-            for k in old.keys {
-                if self.by_key.get(&k).is_some_and(|owner| owner == id) {
-                    self.by_key.remove(&k);
+            for (k, v) in old.keys() {
+                key_entry(&mut entry, k, v);
+                if self
+                    .by_key
+                    .get(entry.as_str())
+                    .is_some_and(|owner| &**owner == id)
+                {
+                    self.by_key.remove(entry.as_str());
                 }
             }
         }
         if let Some(value) = value {
-            for k in &keys {
-                self.by_key.insert(k.clone(), id.to_string());
-            }
-            self.by_id.insert(
-                id.to_string(),
-                Entry {
-                    keys,
-                    value: Arc::new(value),
-                },
-            );
+            self.insert(value, &mut entry);
         }
     }
 
+    fn insert(&mut self, value: T, entry: &mut String) {
+        let id = value.id().clone();
+        for (k, v) in value.keys() {
+            key_entry(entry, k, v);
+            self.by_key.insert(Box::from(entry.as_str()), id.clone());
+        }
+        self.by_id.insert(id, Arc::new(value));
+    }
+
     fn get(&self, id: &str) -> Option<Arc<T>> {
-        self.by_id.get(id).map(|e| e.value.clone())
+        self.by_id.get(id).cloned()
     }
 
     fn find(&self, keys: &KeyMap) -> Option<(String, Arc<T>)> {
-        keys.iter().find_map(|(k, v)| {
-            let id = self.by_key.get(&(k.clone(), v.clone()))?;
-            Some((id.clone(), self.get(id)?))
+        KEY_BUF.with_borrow_mut(|entry| {
+            keys.iter().find_map(|(k, v)| {
+                key_entry(entry, k, v);
+                let id = self.by_key.get(entry.as_str())?;
+                Some((id.to_string(), self.get(id)?))
+            })
         })
     }
 }
 
 /// Builds an index of `objects` and swaps it into `slot`, returning the old one for the
 /// caller to drop outside the lock.
-fn swap_in<T>(
-    slot: &RwLock<Index<T>>,
-    objects: HashMap<String, T>,
-    keys: impl Fn(&T) -> Vec<(String, String)>,
-) -> Index<T> {
-    let mut idx = Index::default();
-    for (id, state) in objects {
-        idx.put(&id, keys(&state), Some(state));
+fn swap_in<T: Keyed>(slot: &RwLock<Index<T>>, objects: Vec<T>) -> Index<T> {
+    let mut idx = Index::with_capacity(objects.len());
+    let mut entry = String::new();
+    for object in objects {
+        idx.insert(object, &mut entry);
     }
     std::mem::replace(&mut *slot.write().unwrap_or_else(|e| e.into_inner()), idx)
 }
@@ -251,9 +299,9 @@ impl Cache {
         self.reload_webhook_types().await?;
         for env in self.envs.values() {
             let (companies, users) = load::environment(&self.pool, &env.environment.id).await?;
-            let old = swap_in(&env.companies, companies, |s| s.keys.clone());
+            let old = swap_in(&env.companies, companies);
             drop(old);
-            let old = swap_in(&env.users, users, |s| s.keys.clone());
+            let old = swap_in(&env.users, users);
             drop(old);
         }
         Ok(())
@@ -302,9 +350,7 @@ impl Cache {
         let grants = load::credit_grants(&self.pool, company_id).await?;
         let mut companies = env.companies.write().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = companies.by_id.get_mut(company_id) {
-            let mut state = (*entry.value).clone();
-            state.context.credit_grants = grants;
-            entry.value = Arc::new(state);
+            Arc::make_mut(entry).context.credit_grants = grants;
         }
         crate::metrics::CACHE_RELOADS.inc();
         Ok(())
@@ -317,11 +363,10 @@ impl Cache {
         };
         let _guard = self.shard(id).lock().await;
         let state = load::user(&self.pool, environment_id, id).await?;
-        let keys = state.as_ref().map(|s| s.keys.clone()).unwrap_or_default();
         env.users
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .put(id, keys, state);
+            .put(id, state);
         crate::metrics::CACHE_RELOADS.inc();
         Ok(())
     }
@@ -333,7 +378,6 @@ impl Cache {
         };
         let _guard = self.shard(id).lock().await;
         let state = load::company(&self.pool, environment_id, id).await?;
-        let keys = state.as_ref().map(|s| s.keys.clone()).unwrap_or_default();
         let mut companies = env.companies.write().unwrap_or_else(|e| e.into_inner());
         // Usage may have moved on in memory while we read: keep the newer counters.
         let state = state.map(|mut s| {
@@ -342,7 +386,7 @@ impl Cache {
             }
             s
         });
-        companies.put(id, keys, state);
+        companies.put(id, state);
         crate::metrics::CACHE_RELOADS.inc();
         Ok(())
     }
@@ -367,17 +411,21 @@ impl Cache {
         for i in shards {
             guards.push(self.refresh_locks[i].lock().await);
         }
-        let mut states = load::companies(&self.pool, environment_id, ids).await?;
+        let mut states: HashMap<Arc<str>, CompanyState> =
+            load::companies(&self.pool, environment_id, ids)
+                .await?
+                .into_iter()
+                .map(|s| (s.context.id.clone(), s))
+                .collect();
         let mut companies = env.companies.write().unwrap_or_else(|e| e.into_inner());
         for id in ids {
-            let state = states.remove(id).map(|mut s| {
+            let state = states.remove(id.as_str()).map(|mut s| {
                 if let Some(current) = companies.get(id) {
                     engine::merge_usage(&mut s.context.usage, &current.context.usage);
                 }
                 s
             });
-            let keys = state.as_ref().map(|s| s.keys.clone()).unwrap_or_default();
-            companies.put(id, keys, state);
+            companies.put(id, state);
         }
         crate::metrics::CACHE_RELOADS.inc();
         Ok(())
@@ -426,9 +474,7 @@ impl EnvCache {
         let Some(entry) = companies.by_id.get_mut(company_id) else {
             return; // not loaded yet: its full load reads the counters
         };
-        let mut state = (*entry.value).clone();
-        engine::merge_usage(&mut state.context.usage, counters);
-        entry.value = Arc::new(state);
+        engine::merge_usage(&mut Arc::make_mut(entry).context.usage, counters);
     }
 
     pub fn company_count(&self) -> usize {

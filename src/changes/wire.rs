@@ -61,7 +61,7 @@ fn encode_usage(origin: &str, env: &str, company: &str, counters: &[UsageCounter
     let mut size = empty;
     for c in counters {
         let wire: WireCounter = (
-            c.event.clone(),
+            c.event.to_string(),
             c.period,
             c.month_reset,
             c.window_start.timestamp(),
@@ -97,7 +97,7 @@ pub fn decode(payload: &str) -> Option<(&str, Change)> {
             p.u.into_iter()
                 .filter_map(|(event, period, month_reset, start, count, version)| {
                     Some(UsageCounter {
-                        event,
+                        event: event.into(),
                         period,
                         month_reset,
                         window_start: DateTime::from_timestamp(start, 0)?,

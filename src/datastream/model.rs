@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::cache::{Catalog, CompanyState, UserState};
+use crate::cache::{Catalog, CompanyState, KeyPair, UserState};
 use crate::engine::rules::{self, ConditionType};
 use crate::engine::{
     self, Candidate, Condition, FeatureType, Flag, MetricPeriod, MonthReset, RuleKind, Value,
@@ -469,7 +469,7 @@ fn condition(env: &str, id: &str, c: &Condition) -> RCondition {
     }
 }
 
-fn traits(map: &engine::Traits, entity_type: &'static str) -> Vec<RTrait> {
+fn traits(map: &engine::TraitSet, entity_type: &'static str) -> Vec<RTrait> {
     map.iter()
         .map(|(name, v)| {
             let value = match v {
@@ -481,7 +481,7 @@ fn traits(map: &engine::Traits, entity_type: &'static str) -> Vec<RTrait> {
                 trait_definition: RTraitDefinition {
                     comparable_type: comparable(&value),
                     entity_type,
-                    id: name.clone(),
+                    id: name.to_string(),
                 },
                 value,
             }
@@ -489,8 +489,11 @@ fn traits(map: &engine::Traits, entity_type: &'static str) -> Vec<RTrait> {
         .collect()
 }
 
-fn keys(pairs: &[(String, String)]) -> BTreeMap<String, String> {
-    pairs.iter().cloned().collect()
+fn keys(pairs: &[KeyPair]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// A company as the SDK's engine takes it. `plan_ids`/`base_plan_id` come from `context`,
@@ -560,7 +563,7 @@ pub fn company(
         if let Some(by_plan) = catalog.entitlements.get(&feature.id) {
             for (plan_id, info) in by_plan {
                 note(&mut measured, &mut credits, flag, &info.candidate);
-                if !context.plan_ids.contains(plan_id)
+                if !context.plan_ids.iter().any(|p| **p == **plan_id)
                     || !depends_on_company(info.pay_in_advance, &info.candidate)
                 {
                     continue;
@@ -569,7 +572,7 @@ pub fn company(
                     state
                         .memberships
                         .iter()
-                        .find(|m| &m.plan_id == plan_id)
+                        .find(|m| *m.plan_id == **plan_id)
                         .map(|m| m.quantity)
                         .unwrap_or(0)
                 } else {
@@ -584,7 +587,7 @@ pub fn company(
                 ));
             }
         }
-        if let Some(o) = state.overrides.get(&feature.id) {
+        if let Some(o) = state.override_for(&feature.id) {
             note(&mut measured, &mut credits, flag, o);
             if let Some(exp) = o.expires_at {
                 if exp <= now {
@@ -613,7 +616,7 @@ pub fn company(
             }
             RMetric {
                 account_id: ACCOUNT_ID,
-                company_id: context.id.clone(),
+                company_id: context.id.to_string(),
                 created_at: win.start,
                 environment_id: env.to_string(),
                 event_subtype: event,
@@ -640,14 +643,14 @@ pub fn company(
     Rendered {
         company: RCompany {
             account_id: ACCOUNT_ID,
-            base_plan_id: context.base_plan_id.clone(),
+            base_plan_id: context.base_plan_id.as_deref().map(str::to_string),
             billing_product_ids: Vec::new(),
             credit_balances,
             environment_id: env.to_string(),
-            id: context.id.clone(),
+            id: context.id.to_string(),
             keys: keys(&state.keys),
             metrics,
-            plan_ids: context.plan_ids.clone(),
+            plan_ids: context.plan_ids.iter().map(|p| p.to_string()).collect(),
             plan_version_ids: Vec::new(),
             rules,
             traits: traits(&context.traits, "company"),
@@ -673,7 +676,7 @@ pub fn user(environment_id: &str, state: &UserState) -> RUser {
     RUser {
         account_id: ACCOUNT_ID,
         environment_id: environment_id.to_string(),
-        id: state.context.id.clone(),
+        id: state.context.id.to_string(),
         keys: keys(&state.keys),
         rules: Vec::new(),
         traits: traits(&state.context.traits, "user"),

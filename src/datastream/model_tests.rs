@@ -61,24 +61,24 @@ fn catalog(kind: FeatureType, plans: Vec<(&str, Candidate, bool)>) -> Catalog {
 
 fn company(plans: &[&str], overrides: Vec<Candidate>) -> CompanyState {
     CompanyState {
-        keys: vec![("id".into(), "c1".into())],
+        keys: vec![("id".into(), "c1".into())].into(),
         context: CompanyContext {
             id: "comp_1".into(),
-            plan_ids: plans.iter().map(|p| p.to_string()).collect(),
-            base_plan_id: plans.first().map(|p| p.to_string()),
+            plan_ids: plans.iter().map(|p| (*p).into()).collect(),
+            base_plan_id: plans.first().map(|p| (*p).into()),
             ..CompanyContext::default()
         },
         memberships: plans
             .iter()
             .map(|p| Membership {
-                plan_id: p.to_string(),
+                plan_id: (*p).into(),
                 is_base: true,
                 quantity: 7,
             })
             .collect(),
         overrides: overrides
             .into_iter()
-            .map(|o| ("feat_1".to_string(), o))
+            .map(|o| ("feat_1".into(), o))
             .collect(),
     }
 }

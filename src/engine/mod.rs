@@ -6,14 +6,17 @@
 //! ascending priority → the flag's default. Across the base plan, add-ons and an override the
 //! most generous entitlement applies, except that a boolean `false` override always wins.
 
+pub mod compact;
 pub mod period;
 pub mod rules;
 
 use std::borrow::Borrow;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use compact::{Interner, TraitSet};
 pub use period::{MetricPeriod, MonthReset};
 pub use rules::{Condition, Rule, RuleKind};
 
@@ -126,7 +129,8 @@ pub struct Metered {
 /// A usage counter for one event in one window, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageCounter {
-    pub event: String,
+    /// Shared by every company's counters of the event.
+    pub event: Arc<str>,
     pub period: MetricPeriod,
     pub month_reset: MonthReset,
     pub window_start: DateTime<Utc>,
@@ -176,11 +180,11 @@ pub struct CreditBalance {
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CompanyContext {
-    pub id: String,
-    pub traits: Traits,
-    pub base_plan_id: Option<String>,
+    pub id: Arc<str>,
+    pub traits: TraitSet,
+    pub base_plan_id: Option<Arc<str>>,
     /// The base plan (or the fallback plan) and every add-on.
-    pub plan_ids: Vec<String>,
+    pub plan_ids: Vec<Arc<str>>,
     /// The subscription's current period start, for `billing_cycle` resets.
     pub billing_anchor: Option<DateTime<Utc>>,
     pub usage: Vec<UsageCounter>,
@@ -221,7 +225,7 @@ impl CompanyContext {
         self.usage
             .iter()
             .filter(|c| {
-                c.event == event
+                *c.event == *event
                     && c.period == period
                     && c.month_reset == reset
                     && c.window_start == win.start
@@ -246,8 +250,8 @@ pub fn counter_reset(
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct UserContext {
-    pub id: String,
-    pub traits: Traits,
+    pub id: Arc<str>,
+    pub traits: TraitSet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::period::{MetricPeriod, MonthReset};
-use super::{CompanyContext, Traits, UserContext};
+use super::{CompanyContext, TraitSet, UserContext};
 use chrono::{DateTime, Utc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,7 +182,7 @@ impl Condition {
                 None => false,
             },
             ConditionType::Trait => {
-                let traits: Option<&Traits> = match self.trait_entity_type.unwrap_or_default() {
+                let traits: Option<&TraitSet> = match self.trait_entity_type.unwrap_or_default() {
                     TraitEntity::Company => facts.company.map(|c| &c.traits),
                     TraitEntity::User => facts.user.map(|u| &u.traits),
                 };

@@ -55,7 +55,7 @@ pub async fn emit(
         let mut after = (*before).clone();
         engine::merge_usage(&mut after.context.usage, counters);
         let after = std::sync::Arc::new(after);
-        let events: HashSet<&str> = counters.iter().map(|c| c.event.as_str()).collect();
+        let events: HashSet<&str> = counters.iter().map(|c| &*c.event).collect();
         let catalog = cache.catalog();
         let mut messages = Vec::new();
         for flag in catalog.flags_by_key.values() {

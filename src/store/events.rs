@@ -733,7 +733,7 @@ async fn count_usage(
         };
         let key = (
             company.clone(),
-            counter.event.clone(),
+            counter.event.to_string(),
             counter.period.as_str(),
             counter.month_reset.as_str(),
         );

@@ -5,10 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use futures_util::TryStreamExt;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgPool, Row};
 
+use super::rows::PgQuery;
 use super::values::EntitlementValues;
-use crate::engine::{self, Candidate, Source};
+use crate::engine::{self, Candidate, Interner, Source};
 
 /// An API key as the auth extractor needs it.
 #[derive(Debug, Clone)]
@@ -53,25 +56,37 @@ pub struct PlanEntitlementInfo {
 /// A company's plan membership.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Membership {
-    pub plan_id: String,
+    pub plan_id: Arc<str>,
     pub is_base: bool,
     pub quantity: i64,
 }
 
-/// Everything a check needs about one company.
+/// Everything a check needs about one company. Every replica holds one per company, so it
+/// is kept small: boxed slices rather than vectors and maps, shared names (see
+/// `engine::compact`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompanyState {
-    pub keys: Vec<(String, String)>,
+    pub keys: Box<[KeyPair]>,
     /// The evaluation context, without the fallback plan (resolved at check time).
     pub context: engine::CompanyContext,
-    pub memberships: Vec<Membership>,
-    /// Live overrides by feature id.
-    pub overrides: HashMap<String, Candidate>,
+    pub memberships: Box<[Membership]>,
+    /// Live overrides, sorted by feature id.
+    pub overrides: Box<[(Box<str>, Candidate)]>,
+}
+
+impl CompanyState {
+    /// The company's live override of a feature.
+    pub fn override_for(&self, feature_id: &str) -> Option<&Candidate> {
+        self.overrides
+            .binary_search_by(|(f, _)| (**f).cmp(feature_id))
+            .ok()
+            .map(|i| &self.overrides[i].1)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserState {
-    pub keys: Vec<(String, String)>,
+    pub keys: Box<[KeyPair]>,
     pub context: engine::UserContext,
 }
 
@@ -278,20 +293,9 @@ pub async fn catalog(pool: &PgPool) -> Result<Catalog, sqlx::Error> {
     })
 }
 
-#[derive(sqlx::FromRow)]
-struct CompanyRow {
-    id: String,
-    traits: sqlx::types::Json<serde_json::Map<String, serde_json::Value>>,
-}
-
-#[derive(sqlx::FromRow)]
-struct MembershipRow {
-    company_id: String,
-    plan_id: String,
-    is_base: bool,
-    quantity: i64,
-    period_start: Option<DateTime<Utc>>,
-}
+/// A company's or user's identifying key. The name is one allocation shared by every object
+/// with a key of that name.
+pub type KeyPair = (Arc<str>, Box<str>);
 
 /// A `usage_counters` row.
 #[derive(sqlx::FromRow)]
@@ -309,18 +313,34 @@ impl CounterRow {
     /// The company and its counter; `None` for a period or month reset this build does not
     /// know.
     pub(super) fn into_engine(self) -> Option<(String, engine::UsageCounter)> {
-        let period = engine::MetricPeriod::parse(&self.period)?;
-        let month_reset = engine::MonthReset::parse(&self.month_reset)?;
-        let counter = engine::UsageCounter {
-            event: self.event_name,
-            period,
-            month_reset,
-            window_start: self.window_start,
-            count: self.count,
-            version: self.version,
-        };
+        let counter = counter(
+            Arc::from(self.event_name),
+            &self.period,
+            &self.month_reset,
+            self.window_start,
+            self.count,
+            self.version,
+        )?;
         Some((self.company_id, counter))
     }
+}
+
+fn counter(
+    event: Arc<str>,
+    period: &str,
+    month_reset: &str,
+    window_start: DateTime<Utc>,
+    count: i64,
+    version: i64,
+) -> Option<engine::UsageCounter> {
+    Some(engine::UsageCounter {
+        event,
+        period: engine::MetricPeriod::parse(period)?,
+        month_reset: engine::MonthReset::parse(month_reset)?,
+        window_start,
+        count,
+        version,
+    })
 }
 
 /// Counters of windows that may still be current (the longest window is a month).
@@ -388,67 +408,256 @@ const OVERRIDE_SELECT: &str = "SELECT o.id, o.company_id, o.feature_id, f.key AS
      FROM company_overrides o JOIN features f ON f.id = o.feature_id
      WHERE o.expired_at IS NULL";
 
-/// Builds company states from rows already filtered to the wanted companies.
-fn assemble_companies(
-    companies: Vec<CompanyRow>,
-    keys: Vec<(String, String, String)>,
-    memberships: Vec<MembershipRow>,
-    overrides: Vec<OverrideRow>,
-    counters: Vec<CounterRow>,
-    grants: Vec<GrantRow>,
-) -> HashMap<String, CompanyState> {
-    let mut out: HashMap<String, CompanyState> = companies
-        .into_iter()
-        .map(|c| {
-            let state = CompanyState {
-                keys: Vec::new(),
-                context: engine::CompanyContext {
-                    id: c.id.clone(),
-                    traits: c.traits.0,
-                    ..Default::default()
-                },
-                memberships: Vec::new(),
-                overrides: HashMap::new(),
-            };
-            (c.id, state)
-        })
-        .collect();
-    for (company_id, key, value) in keys {
-        if let Some(c) = out.get_mut(&company_id) {
-            c.keys.push((key, value));
+/// Which companies (or users) a load reads.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Every one of the environment.
+    Environment(&'a str),
+    /// These ids of the environment.
+    Ids(&'a str, &'a [String]),
+}
+
+impl<'a> Scope<'a> {
+    /// The filter to append to a query of the objects' own table (`$1` the environment, `$2`
+    /// the ids).
+    fn objects(self) -> &'static str {
+        match self {
+            Scope::Environment(_) => "environment_id = $1",
+            Scope::Ids(..) => "environment_id = $1 AND id = ANY($2)",
         }
     }
-    for m in memberships {
-        if let Some(c) = out.get_mut(&m.company_id) {
-            if m.is_base {
-                c.context.base_plan_id = Some(m.plan_id.clone());
-                c.context.billing_anchor = m.period_start;
-                c.context.plan_ids.insert(0, m.plan_id.clone());
-            } else {
-                c.context.plan_ids.push(m.plan_id.clone());
-            }
-            c.memberships.push(Membership {
-                plan_id: m.plan_id,
-                is_base: m.is_base,
-                quantity: m.quantity,
-            });
+
+    /// One of two filters of a table that refers to the objects: `$1` is the environment or
+    /// the ids.
+    fn pick(self, by_environment: &'static str, by_ids: &'static str) -> &'static str {
+        match self {
+            Scope::Environment(_) => by_environment,
+            Scope::Ids(..) => by_ids,
         }
     }
-    for g in grants {
-        if let Some(c) = out.get_mut(&g.company_id) {
+
+    fn bind_objects<'q>(self, q: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        match self {
+            Scope::Environment(env) => q.bind(env),
+            Scope::Ids(env, ids) => q.bind(env).bind(ids),
+        }
+    }
+
+    fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        match self {
+            Scope::Environment(env) => q.bind(env),
+            Scope::Ids(_, ids) => q.bind(ids),
+        }
+    }
+}
+
+/// Streams the rows of `q` into `each`, which reads them in place (no row is kept).
+async fn each_row(
+    pool: &PgPool,
+    q: PgQuery<'_>,
+    mut each: impl FnMut(&PgRow) -> Result<(), sqlx::Error>,
+) -> Result<(), sqlx::Error> {
+    let mut rows = q.fetch(pool);
+    while let Some(row) = rows.try_next().await? {
+        each(&row)?;
+    }
+    Ok(())
+}
+
+/// Objects being assembled from several queries: each row finds its object by id.
+struct Assembly<T> {
+    slots: HashMap<Arc<str>, usize>,
+    objects: Vec<T>,
+}
+
+impl<T> Assembly<T> {
+    fn new() -> Self {
+        Assembly {
+            slots: HashMap::new(),
+            objects: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, id: Arc<str>, object: T) {
+        self.slots.insert(id, self.objects.len());
+        self.objects.push(object);
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut T> {
+        let i = *self.slots.get(id)?;
+        Some(&mut self.objects[i])
+    }
+}
+
+/// Reads an object's id and traits (`SELECT id, traits::text`).
+fn id_and_traits(
+    row: &PgRow,
+    interner: &mut Interner,
+) -> Result<(Arc<str>, engine::TraitSet), sqlx::Error> {
+    let id: &str = row.try_get(0)?;
+    let traits: &str = row.try_get(1)?;
+    let traits = engine::TraitSet::from_json(traits, interner)
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok((Arc::from(id), traits))
+}
+
+/// Reads a key row (`SELECT owner_id, key, value`).
+fn key_row<'r>(row: &'r PgRow, interner: &mut Interner) -> Result<(&'r str, KeyPair), sqlx::Error> {
+    let owner: &str = row.try_get(0)?;
+    let key: &str = row.try_get(1)?;
+    let value: &str = row.try_get(2)?;
+    Ok((owner, (interner.intern(key), Box::from(value))))
+}
+
+/// A company while its rows arrive.
+struct CompanyParts {
+    context: engine::CompanyContext,
+    keys: Vec<KeyPair>,
+    memberships: Vec<Membership>,
+    overrides: Vec<(Box<str>, Candidate)>,
+}
+
+impl CompanyParts {
+    fn finish(self) -> CompanyState {
+        let mut overrides = self.overrides;
+        overrides.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut context = self.context;
+        context.plan_ids.shrink_to_fit();
+        context.usage.shrink_to_fit();
+        context.credit_grants.shrink_to_fit();
+        CompanyState {
+            keys: self.keys.into_boxed_slice(),
+            context,
+            memberships: self.memberships.into_boxed_slice(),
+            overrides: overrides.into_boxed_slice(),
+        }
+    }
+}
+
+/// The companies of `scope`, in six queries whatever their number, each streamed and read
+/// in place. Names that repeat (plan ids, trait, key and event names) are shared.
+async fn load_companies(pool: &PgPool, scope: Scope<'_>) -> Result<Vec<CompanyState>, sqlx::Error> {
+    let mut interner = Interner::default();
+    let mut all: Assembly<CompanyParts> = Assembly::new();
+    let sql = format!(
+        "SELECT id, traits::text FROM companies WHERE {}",
+        scope.objects()
+    );
+    each_row(pool, scope.bind_objects(sqlx::query(&sql)), |row| {
+        let (id, traits) = id_and_traits(row, &mut interner)?;
+        let context = engine::CompanyContext {
+            id: id.clone(),
+            traits,
+            ..Default::default()
+        };
+        let parts = CompanyParts {
+            context,
+            keys: Vec::new(),
+            memberships: Vec::new(),
+            overrides: Vec::new(),
+        };
+        all.add(id, parts);
+        Ok(())
+    })
+    .await?;
+    if all.objects.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let sql = format!(
+        "SELECT company_id, key, value FROM company_keys WHERE {} ORDER BY created_at, key",
+        scope.pick("environment_id = $1", "company_id = ANY($1)")
+    );
+    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
+        let (company_id, pair) = key_row(row, &mut interner)?;
+        if let Some(c) = all.get_mut(company_id) {
+            c.keys.push(pair);
+        }
+        Ok(())
+    })
+    .await?;
+
+    let sql = format!(
+        "SELECT company_id, plan_id, is_base, quantity, period_start FROM company_plans
+         WHERE {} AND ended_at IS NULL ORDER BY started_at",
+        scope.pick("environment_id = $1", "company_id = ANY($1)")
+    );
+    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
+        let company_id: &str = row.try_get(0)?;
+        let Some(c) = all.get_mut(company_id) else {
+            return Ok(());
+        };
+        let plan_id = interner.intern(row.try_get(1)?);
+        let is_base: bool = row.try_get(2)?;
+        if is_base {
+            c.context.base_plan_id = Some(plan_id.clone());
+            c.context.billing_anchor = row.try_get(4)?;
+            c.context.plan_ids.insert(0, plan_id.clone());
+        } else {
+            c.context.plan_ids.push(plan_id.clone());
+        }
+        c.memberships.push(Membership {
+            plan_id,
+            is_base,
+            quantity: row.try_get(3)?,
+        });
+        Ok(())
+    })
+    .await?;
+
+    let sql = format!(
+        "{GRANT_SELECT} AND {} ORDER BY g.created_at",
+        scope.pick("g.environment_id = $1", "g.company_id = ANY($1)")
+    );
+    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
+        let g = GrantRow::from_row(row)?;
+        if let Some(c) = all.get_mut(&g.company_id) {
             c.context.credit_grants.push(g.into_engine());
         }
-    }
-    for r in counters {
-        let Some((company_id, counter)) = r.into_engine() else {
-            continue;
+        Ok(())
+    })
+    .await?;
+
+    let sql = format!(
+        "{COUNTER_SELECT} AND {}",
+        scope.pick(
+            "u.company_id IN (SELECT id FROM companies WHERE environment_id = $1)",
+            "u.company_id = ANY($1)"
+        )
+    );
+    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
+        let company_id: &str = row.try_get(0)?;
+        let Some(c) = all.get_mut(company_id) else {
+            return Ok(());
         };
-        if let Some(c) = out.get_mut(&company_id) {
-            engine::merge_usage(&mut c.context.usage, std::slice::from_ref(&counter));
-        }
-    }
-    for o in overrides {
-        if let Some(c) = out.get_mut(&o.company_id) {
+        let Some(counter) = counter(
+            interner.intern(row.try_get(1)?),
+            row.try_get(2)?,
+            row.try_get(3)?,
+            row.try_get(4)?,
+            row.try_get(5)?,
+            row.try_get(6)?,
+        ) else {
+            return Ok(());
+        };
+        engine::merge_usage(&mut c.context.usage, std::slice::from_ref(&counter));
+        Ok(())
+    })
+    .await?;
+
+    let sql = format!(
+        "{OVERRIDE_SELECT} AND {}",
+        scope.pick("o.environment_id = $1", "o.company_id = ANY($1)")
+    );
+    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
+        let o = OverrideRow::from_row(row)?;
+        if let Some(c) = all.get_mut(&o.company_id) {
             let candidate = o.values.candidate(
                 Source::Override {
                     override_id: o.id.clone(),
@@ -456,10 +665,13 @@ fn assemble_companies(
                 o.feature_key.clone(),
                 o.expiration_date,
             );
-            c.overrides.insert(o.feature_id, candidate);
+            c.overrides.push((o.feature_id.into_boxed_str(), candidate));
         }
-    }
-    out
+        Ok(())
+    })
+    .await?;
+
+    Ok(all.objects.into_iter().map(CompanyParts::finish).collect())
 }
 
 pub async fn company(
@@ -467,146 +679,72 @@ pub async fn company(
     environment_id: &str,
     id: &str,
 ) -> Result<Option<CompanyState>, sqlx::Error> {
-    Ok(companies(pool, environment_id, &[id.to_string()])
-        .await?
-        .remove(id))
+    let ids = [id.to_string()];
+    Ok(companies(pool, environment_id, &ids).await?.pop())
 }
 
 /// Several companies in six queries, whatever their number (a reconcile page, a batch of
-/// notifications). Companies that do not exist are absent from the map.
+/// notifications). Companies that do not exist are absent.
 pub async fn companies(
     pool: &PgPool,
     environment_id: &str,
     ids: &[String],
-) -> Result<HashMap<String, CompanyState>, sqlx::Error> {
-    let rows: Vec<CompanyRow> = sqlx::query_as(
-        "SELECT id, traits FROM companies WHERE environment_id = $1 AND id = ANY($2)",
-    )
-    .bind(environment_id)
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    if rows.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let keys = sqlx::query_as(
-        "SELECT company_id, key, value FROM company_keys WHERE company_id = ANY($1)
-         ORDER BY created_at, key",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    let memberships = sqlx::query_as(
-        "SELECT company_id, plan_id, is_base, quantity, period_start FROM company_plans
-         WHERE company_id = ANY($1) AND ended_at IS NULL ORDER BY started_at",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    let overrides = sqlx::query_as(&format!("{OVERRIDE_SELECT} AND o.company_id = ANY($1)"))
-        .bind(ids)
-        .fetch_all(pool)
-        .await?;
-    let counters = sqlx::query_as(&format!("{COUNTER_SELECT} AND u.company_id = ANY($1)"))
-        .bind(ids)
-        .fetch_all(pool)
-        .await?;
-    let grants = sqlx::query_as(&format!(
-        "{GRANT_SELECT} AND g.company_id = ANY($1) ORDER BY g.created_at"
-    ))
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    Ok(assemble_companies(
-        rows,
-        keys,
-        memberships,
-        overrides,
-        counters,
-        grants,
-    ))
+) -> Result<Vec<CompanyState>, sqlx::Error> {
+    load_companies(pool, Scope::Ids(environment_id, ids)).await
 }
 
-#[allow(clippy::type_complexity)]
+/// Every company and user of an environment.
 pub async fn environment(
     pool: &PgPool,
     environment_id: &str,
-) -> Result<(HashMap<String, CompanyState>, HashMap<String, UserState>), sqlx::Error> {
-    let rows: Vec<CompanyRow> =
-        sqlx::query_as("SELECT id, traits FROM companies WHERE environment_id = $1")
-            .bind(environment_id)
-            .fetch_all(pool)
-            .await?;
-    let keys = sqlx::query_as(
-        "SELECT company_id, key, value FROM company_keys WHERE environment_id = $1 ORDER BY created_at, key",
-    )
-    .bind(environment_id)
-    .fetch_all(pool)
-    .await?;
-    let memberships = sqlx::query_as(
-        "SELECT company_id, plan_id, is_base, quantity, period_start FROM company_plans
-         WHERE environment_id = $1 AND ended_at IS NULL ORDER BY started_at",
-    )
-    .bind(environment_id)
-    .fetch_all(pool)
-    .await?;
-    let overrides = sqlx::query_as(&format!("{OVERRIDE_SELECT} AND o.environment_id = $1"))
-        .bind(environment_id)
-        .fetch_all(pool)
-        .await?;
-    let counters = sqlx::query_as(&format!(
-        "{COUNTER_SELECT} AND u.company_id IN (SELECT id FROM companies WHERE environment_id = $1)"
+) -> Result<(Vec<CompanyState>, Vec<UserState>), sqlx::Error> {
+    let scope = Scope::Environment(environment_id);
+    Ok((
+        load_companies(pool, scope).await?,
+        load_users(pool, scope).await?,
     ))
-    .bind(environment_id)
-    .fetch_all(pool)
-    .await?;
-    let grants = sqlx::query_as(&format!(
-        "{GRANT_SELECT} AND g.environment_id = $1 ORDER BY g.created_at"
-    ))
-    .bind(environment_id)
-    .fetch_all(pool)
-    .await?;
-    let companies = assemble_companies(rows, keys, memberships, overrides, counters, grants);
-
-    let users: Vec<(String, sqlx::types::Json<engine::Traits>)> =
-        sqlx::query_as("SELECT id, traits FROM users WHERE environment_id = $1")
-            .bind(environment_id)
-            .fetch_all(pool)
-            .await?;
-    let user_keys: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT user_id, key, value FROM user_keys WHERE environment_id = $1 ORDER BY created_at, key",
-    )
-    .bind(environment_id)
-    .fetch_all(pool)
-    .await?;
-    Ok((companies, assemble_users(users, user_keys)))
 }
 
-fn assemble_users(
-    users: Vec<(String, sqlx::types::Json<engine::Traits>)>,
-    keys: Vec<(String, String, String)>,
-) -> HashMap<String, UserState> {
-    let mut out: HashMap<String, UserState> = users
-        .into_iter()
-        .map(|(id, traits)| {
-            (
-                id.clone(),
-                UserState {
-                    keys: Vec::new(),
-                    context: engine::UserContext {
-                        id,
-                        traits: traits.0,
-                    },
-                },
-            )
-        })
-        .collect();
-    for (user_id, key, value) in keys {
-        if let Some(u) = out.get_mut(&user_id) {
-            u.keys.push((key, value));
-        }
+async fn load_users(pool: &PgPool, scope: Scope<'_>) -> Result<Vec<UserState>, sqlx::Error> {
+    let mut interner = Interner::default();
+    let mut all: Assembly<(engine::UserContext, Vec<KeyPair>)> = Assembly::new();
+    let sql = format!(
+        "SELECT id, traits::text FROM users WHERE {}",
+        scope.objects()
+    );
+    each_row(pool, scope.bind_objects(sqlx::query(&sql)), |row| {
+        let (id, traits) = id_and_traits(row, &mut interner)?;
+        let context = engine::UserContext {
+            id: id.clone(),
+            traits,
+        };
+        all.add(id, (context, Vec::new()));
+        Ok(())
+    })
+    .await?;
+    if all.objects.is_empty() {
+        return Ok(Vec::new());
     }
-    out
+    let sql = format!(
+        "SELECT user_id, key, value FROM user_keys WHERE {} ORDER BY created_at, key",
+        scope.pick("environment_id = $1", "user_id = ANY($1)")
+    );
+    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
+        let (user_id, pair) = key_row(row, &mut interner)?;
+        if let Some(u) = all.get_mut(user_id) {
+            u.1.push(pair);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(all
+        .objects
+        .into_iter()
+        .map(|(context, keys)| UserState {
+            keys: keys.into_boxed_slice(),
+            context,
+        })
+        .collect())
 }
 
 pub async fn user(
@@ -614,19 +752,10 @@ pub async fn user(
     environment_id: &str,
     id: &str,
 ) -> Result<Option<UserState>, sqlx::Error> {
-    let users: Vec<(String, sqlx::types::Json<engine::Traits>)> =
-        sqlx::query_as("SELECT id, traits FROM users WHERE environment_id = $1 AND id = $2")
-            .bind(environment_id)
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
-    let keys: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT user_id, key, value FROM user_keys WHERE user_id = $1 ORDER BY created_at, key",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    Ok(assemble_users(users, keys).remove(id))
+    let ids = [id.to_string()];
+    Ok(load_users(pool, Scope::Ids(environment_id, &ids))
+        .await?
+        .pop())
 }
 
 /// Candidates are built the same way for plans and overrides.
