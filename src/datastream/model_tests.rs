@@ -371,14 +371,11 @@ fn credit_balances_count_live_grants_and_referenced_credits() {
 fn companies_carry_plans_keys_and_traits() {
     let cat = catalog(FeatureType::Boolean, vec![]);
     let mut state = company(&["plan_pro", "plan_addon"], vec![]);
+    state.context.traits.insert("seats", serde_json::json!(4));
     state
         .context
         .traits
-        .insert("seats".into(), serde_json::json!(4));
-    state
-        .context
-        .traits
-        .insert("tier".into(), serde_json::json!("gold"));
+        .insert("tier", serde_json::json!("gold"));
     let r = super::company("env_1", &cat, &state, &state.context, now());
     let c = &r.company;
     assert_eq!(

@@ -286,9 +286,8 @@ fn trait_features_and_trait_allocations() {
         id: "comp_1".into(),
         ..Default::default()
     };
-    c.traits.insert("seats_used".into(), serde_json::json!(4));
-    c.traits
-        .insert("seats_bought".into(), serde_json::json!("5"));
+    c.traits.insert("seats_used", serde_json::json!(4));
+    c.traits.insert("seats_bought", serde_json::json!("5"));
     let f = flag(FeatureType::Trait);
     let e = evaluate(
         &f,
@@ -300,7 +299,7 @@ fn trait_features_and_trait_allocations() {
     assert!(e.value, "{}", e.reason);
     assert_eq!(e.entitlement.as_ref().unwrap().allocation, Some(5));
     assert_eq!(e.entitlement.as_ref().unwrap().usage, Some(4));
-    c.traits.insert("seats_used".into(), serde_json::json!(5));
+    c.traits.insert("seats_used", serde_json::json!(5));
     let e = evaluate(
         &f,
         Some(&c),
@@ -480,7 +479,7 @@ fn conditions_over_plans_users_traits_and_metrics() {
     let mut c = company_with_usage(12);
     c.plan_ids = vec!["plan_pro".into(), "plan_addon".into()];
     c.base_plan_id = Some("plan_pro".into());
-    c.traits.insert("tier".into(), serde_json::json!("gold"));
+    c.traits.insert("tier", serde_json::json!("gold"));
     let u = UserContext {
         id: "user_1".into(),
         traits: Default::default(),
@@ -573,10 +572,9 @@ fn arb_value() -> impl Strategy<Value = Value> {
 fn arb_company() -> impl Strategy<Value = CompanyContext> {
     (0i64..60, 0i64..60, 0i64..60).prop_map(|(usage, seats_used, seats_bought)| {
         let mut c = company_with_usage(usage);
+        c.traits.insert("seats_used", serde_json::json!(seats_used));
         c.traits
-            .insert("seats_used".into(), serde_json::json!(seats_used));
-        c.traits
-            .insert("seats_bought".into(), serde_json::json!(seats_bought));
+            .insert("seats_bought", serde_json::json!(seats_bought));
         c
     })
 }

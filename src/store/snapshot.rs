@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgPool, Row};
+use tokio::sync::Semaphore;
 
 use super::rows::PgQuery;
 use super::values::EntitlementValues;
@@ -457,41 +458,47 @@ impl<'a> Scope<'a> {
     }
 }
 
-/// Streams the rows of `q` into `each`, which reads them in place (no row is kept).
-async fn each_row(
+/// Streams the rows of `q`, keeping what `read` makes of each (`None`: skipped), once one of
+/// `permits` is free: loads run their queries concurrently, at most as many as the pool can
+/// spare.
+async fn rows_of<T>(
     pool: &PgPool,
+    permits: &Semaphore,
     q: PgQuery<'_>,
-    mut each: impl FnMut(&PgRow) -> Result<(), sqlx::Error>,
-) -> Result<(), sqlx::Error> {
+    mut read: impl FnMut(&PgRow) -> Result<Option<T>, sqlx::Error>,
+) -> Result<Vec<T>, sqlx::Error> {
+    let _permit = permits
+        .acquire()
+        .await
+        .map_err(|_| sqlx::Error::PoolClosed)?;
+    let mut out = Vec::new();
     let mut rows = q.fetch(pool);
     while let Some(row) = rows.try_next().await? {
-        each(&row)?;
-    }
-    Ok(())
-}
-
-/// Objects being assembled from several queries: each row finds its object by id.
-struct Assembly<T> {
-    slots: HashMap<Arc<str>, usize>,
-    objects: Vec<T>,
-}
-
-impl<T> Assembly<T> {
-    fn new() -> Self {
-        Assembly {
-            slots: HashMap::new(),
-            objects: Vec::new(),
+        if let Some(item) = read(&row)? {
+            out.push(item);
         }
     }
+    Ok(out)
+}
 
-    fn add(&mut self, id: Arc<str>, object: T) {
-        self.slots.insert(id, self.objects.len());
-        self.objects.push(object);
+/// How many of a load's queries run at once. A whole environment: up to half the pool, so a
+/// reload leaves connections to the requests it runs beside. A few objects (the refresh
+/// after a write): one, since their queries are quick and writers refresh often.
+fn load_permits(pool: &PgPool, scope: Scope<'_>) -> Semaphore {
+    match scope {
+        Scope::Environment(_) => {
+            Semaphore::new((pool.options().get_max_connections() as usize / 2).clamp(1, 6))
+        }
+        Scope::Ids(..) => Semaphore::new(1),
     }
+}
 
-    fn get_mut(&mut self, id: &str) -> Option<&mut T> {
-        let i = *self.slots.get(id)?;
-        Some(&mut self.objects[i])
+/// Objects read by id, numbered in the order they came: later queries find their slot.
+struct Slots(HashMap<Arc<str>, usize>);
+
+impl Slots {
+    fn get(&self, id: &str) -> Option<usize> {
+        self.0.get(id).copied()
     }
 }
 
@@ -507,12 +514,36 @@ fn id_and_traits(
     Ok((Arc::from(id), traits))
 }
 
-/// Reads a key row (`SELECT owner_id, key, value`).
-fn key_row<'r>(row: &'r PgRow, interner: &mut Interner) -> Result<(&'r str, KeyPair), sqlx::Error> {
-    let owner: &str = row.try_get(0)?;
+/// Reads a key row (`SELECT owner_id, key, value`) of a known owner.
+fn key_row(
+    row: &PgRow,
+    slots: &Slots,
+    names: &mut Interner,
+) -> Result<Option<(usize, KeyPair)>, sqlx::Error> {
+    let Some(slot) = slots.get(row.try_get(0)?) else {
+        return Ok(None);
+    };
     let key: &str = row.try_get(1)?;
     let value: &str = row.try_get(2)?;
-    Ok((owner, (interner.intern(key), Box::from(value))))
+    Ok(Some((slot, (names.intern(key), Box::from(value)))))
+}
+
+/// Reads `SELECT id, traits::text` rows into objects and their slots.
+async fn objects<T>(
+    pool: &PgPool,
+    permits: &Semaphore,
+    q: PgQuery<'_>,
+    mut make: impl FnMut(Arc<str>, engine::TraitSet) -> T,
+) -> Result<(Slots, Vec<T>), sqlx::Error> {
+    let mut names = Interner::default();
+    let mut slots = HashMap::new();
+    let objects = rows_of(pool, permits, q, |row| {
+        let (id, traits) = id_and_traits(row, &mut names)?;
+        slots.insert(id.clone(), slots.len());
+        Ok(Some(make(id, traits)))
+    })
+    .await?;
+    Ok((Slots(slots), objects))
 }
 
 /// A company while its rows arrive.
@@ -524,6 +555,19 @@ struct CompanyParts {
 }
 
 impl CompanyParts {
+    fn new(id: Arc<str>, traits: engine::TraitSet) -> Self {
+        CompanyParts {
+            context: engine::CompanyContext {
+                id,
+                traits,
+                ..Default::default()
+            },
+            keys: Vec::new(),
+            memberships: Vec::new(),
+            overrides: Vec::new(),
+        }
+    }
+
     fn finish(self) -> CompanyState {
         let mut overrides = self.overrides;
         overrides.sort_by(|a, b| a.0.cmp(&b.0));
@@ -540,138 +584,152 @@ impl CompanyParts {
     }
 }
 
-/// The companies of `scope`, in six queries whatever their number, each streamed and read
-/// in place. Names that repeat (plan ids, trait, key and event names) are shared.
-async fn load_companies(pool: &PgPool, scope: Scope<'_>) -> Result<Vec<CompanyState>, sqlx::Error> {
-    let mut interner = Interner::default();
-    let mut all: Assembly<CompanyParts> = Assembly::new();
+/// A `company_plans` row of a known company.
+struct MembershipRow {
+    slot: usize,
+    membership: Membership,
+    period_start: Option<DateTime<Utc>>,
+}
+
+/// The companies of `scope`: the companies first, then their keys, memberships, grants,
+/// counters and overrides concurrently, each query streamed and read in place. Names that
+/// repeat (plan ids, trait, key and event names) are shared.
+async fn load_companies(
+    pool: &PgPool,
+    permits: &Semaphore,
+    scope: Scope<'_>,
+) -> Result<Vec<CompanyState>, sqlx::Error> {
     let sql = format!(
         "SELECT id, traits::text FROM companies WHERE {}",
         scope.objects()
     );
-    each_row(pool, scope.bind_objects(sqlx::query(&sql)), |row| {
-        let (id, traits) = id_and_traits(row, &mut interner)?;
-        let context = engine::CompanyContext {
-            id: id.clone(),
-            traits,
-            ..Default::default()
-        };
-        let parts = CompanyParts {
-            context,
-            keys: Vec::new(),
-            memberships: Vec::new(),
-            overrides: Vec::new(),
-        };
-        all.add(id, parts);
-        Ok(())
-    })
-    .await?;
-    if all.objects.is_empty() {
+    let q = scope.bind_objects(sqlx::query(&sql));
+    let (slots, mut companies) = objects(pool, permits, q, CompanyParts::new).await?;
+    if companies.is_empty() {
         return Ok(Vec::new());
     }
+    let slots = &slots;
 
-    let sql = format!(
+    let keys_sql = format!(
         "SELECT company_id, key, value FROM company_keys WHERE {} ORDER BY created_at, key",
         scope.pick("environment_id = $1", "company_id = ANY($1)")
     );
-    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
-        let (company_id, pair) = key_row(row, &mut interner)?;
-        if let Some(c) = all.get_mut(company_id) {
-            c.keys.push(pair);
-        }
-        Ok(())
-    })
-    .await?;
+    let mut key_names = Interner::default();
+    let keys = rows_of(pool, permits, scope.bind(sqlx::query(&keys_sql)), |row| {
+        key_row(row, slots, &mut key_names)
+    });
 
-    let sql = format!(
+    let plans_sql = format!(
         "SELECT company_id, plan_id, is_base, quantity, period_start FROM company_plans
          WHERE {} AND ended_at IS NULL ORDER BY started_at",
         scope.pick("environment_id = $1", "company_id = ANY($1)")
     );
-    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
-        let company_id: &str = row.try_get(0)?;
-        let Some(c) = all.get_mut(company_id) else {
-            return Ok(());
+    let mut plan_ids = Interner::default();
+    let memberships = rows_of(pool, permits, scope.bind(sqlx::query(&plans_sql)), |row| {
+        let Some(slot) = slots.get(row.try_get(0)?) else {
+            return Ok(None);
         };
-        let plan_id = interner.intern(row.try_get(1)?);
-        let is_base: bool = row.try_get(2)?;
-        if is_base {
-            c.context.base_plan_id = Some(plan_id.clone());
-            c.context.billing_anchor = row.try_get(4)?;
-            c.context.plan_ids.insert(0, plan_id.clone());
-        } else {
-            c.context.plan_ids.push(plan_id.clone());
-        }
-        c.memberships.push(Membership {
-            plan_id,
-            is_base,
+        let membership = Membership {
+            plan_id: plan_ids.intern(row.try_get(1)?),
+            is_base: row.try_get(2)?,
             quantity: row.try_get(3)?,
-        });
-        Ok(())
-    })
-    .await?;
+        };
+        Ok(Some(MembershipRow {
+            slot,
+            membership,
+            period_start: row.try_get(4)?,
+        }))
+    });
 
-    let sql = format!(
+    let grants_sql = format!(
         "{GRANT_SELECT} AND {} ORDER BY g.created_at",
         scope.pick("g.environment_id = $1", "g.company_id = ANY($1)")
     );
-    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
+    let grants = rows_of(pool, permits, scope.bind(sqlx::query(&grants_sql)), |row| {
         let g = GrantRow::from_row(row)?;
-        if let Some(c) = all.get_mut(&g.company_id) {
-            c.context.credit_grants.push(g.into_engine());
-        }
-        Ok(())
-    })
-    .await?;
+        Ok(slots.get(&g.company_id).map(|slot| (slot, g.into_engine())))
+    });
 
-    let sql = format!(
+    let counters_sql = format!(
         "{COUNTER_SELECT} AND {}",
         scope.pick(
             "u.company_id IN (SELECT id FROM companies WHERE environment_id = $1)",
             "u.company_id = ANY($1)"
         )
     );
-    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
-        let company_id: &str = row.try_get(0)?;
-        let Some(c) = all.get_mut(company_id) else {
-            return Ok(());
-        };
-        let Some(counter) = counter(
-            interner.intern(row.try_get(1)?),
-            row.try_get(2)?,
-            row.try_get(3)?,
-            row.try_get(4)?,
-            row.try_get(5)?,
-            row.try_get(6)?,
-        ) else {
-            return Ok(());
-        };
-        engine::merge_usage(&mut c.context.usage, std::slice::from_ref(&counter));
-        Ok(())
-    })
-    .await?;
+    let mut events = Interner::default();
+    let counters = rows_of(
+        pool,
+        permits,
+        scope.bind(sqlx::query(&counters_sql)),
+        |row| {
+            let Some(slot) = slots.get(row.try_get(0)?) else {
+                return Ok(None);
+            };
+            let counter = counter(
+                events.intern(row.try_get(1)?),
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+                row.try_get(5)?,
+                row.try_get(6)?,
+            );
+            Ok(counter.map(|c| (slot, c)))
+        },
+    );
 
-    let sql = format!(
+    let overrides_sql = format!(
         "{OVERRIDE_SELECT} AND {}",
         scope.pick("o.environment_id = $1", "o.company_id = ANY($1)")
     );
-    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
-        let o = OverrideRow::from_row(row)?;
-        if let Some(c) = all.get_mut(&o.company_id) {
+    let overrides = rows_of(
+        pool,
+        permits,
+        scope.bind(sqlx::query(&overrides_sql)),
+        |row| {
+            let o = OverrideRow::from_row(row)?;
+            let Some(slot) = slots.get(&o.company_id) else {
+                return Ok(None);
+            };
             let candidate = o.values.candidate(
-                Source::Override {
-                    override_id: o.id.clone(),
-                },
-                o.feature_key.clone(),
+                Source::Override { override_id: o.id },
+                o.feature_key,
                 o.expiration_date,
             );
-            c.overrides.push((o.feature_id.into_boxed_str(), candidate));
-        }
-        Ok(())
-    })
-    .await?;
+            Ok(Some((slot, o.feature_id.into_boxed_str(), candidate)))
+        },
+    );
 
-    Ok(all.objects.into_iter().map(CompanyParts::finish).collect())
+    let (keys, memberships, grants, counters, overrides) =
+        tokio::try_join!(keys, memberships, grants, counters, overrides)?;
+    for (slot, pair) in keys {
+        companies[slot].keys.push(pair);
+    }
+    for m in memberships {
+        let c = &mut companies[m.slot];
+        let plan_id = m.membership.plan_id.clone();
+        if m.membership.is_base {
+            c.context.base_plan_id = Some(plan_id.clone());
+            c.context.billing_anchor = m.period_start;
+            c.context.plan_ids.insert(0, plan_id);
+        } else {
+            c.context.plan_ids.push(plan_id);
+        }
+        c.memberships.push(m.membership);
+    }
+    for (slot, grant) in grants {
+        companies[slot].context.credit_grants.push(grant);
+    }
+    for (slot, counter) in counters {
+        engine::merge_usage(
+            &mut companies[slot].context.usage,
+            std::slice::from_ref(&counter),
+        );
+    }
+    for (slot, feature_id, candidate) in overrides {
+        companies[slot].overrides.push((feature_id, candidate));
+    }
+    Ok(companies.into_iter().map(CompanyParts::finish).collect())
 }
 
 pub async fn company(
@@ -690,7 +748,8 @@ pub async fn companies(
     environment_id: &str,
     ids: &[String],
 ) -> Result<Vec<CompanyState>, sqlx::Error> {
-    load_companies(pool, Scope::Ids(environment_id, ids)).await
+    let scope = Scope::Ids(environment_id, ids);
+    load_companies(pool, &load_permits(pool, scope), scope).await
 }
 
 /// Every company and user of an environment.
@@ -699,52 +758,48 @@ pub async fn environment(
     environment_id: &str,
 ) -> Result<(Vec<CompanyState>, Vec<UserState>), sqlx::Error> {
     let scope = Scope::Environment(environment_id);
-    Ok((
-        load_companies(pool, scope).await?,
-        load_users(pool, scope).await?,
-    ))
+    let permits = load_permits(pool, scope);
+    tokio::try_join!(
+        load_companies(pool, &permits, scope),
+        load_users(pool, &permits, scope)
+    )
 }
 
-async fn load_users(pool: &PgPool, scope: Scope<'_>) -> Result<Vec<UserState>, sqlx::Error> {
-    let mut interner = Interner::default();
-    let mut all: Assembly<(engine::UserContext, Vec<KeyPair>)> = Assembly::new();
+async fn load_users(
+    pool: &PgPool,
+    permits: &Semaphore,
+    scope: Scope<'_>,
+) -> Result<Vec<UserState>, sqlx::Error> {
     let sql = format!(
         "SELECT id, traits::text FROM users WHERE {}",
         scope.objects()
     );
-    each_row(pool, scope.bind_objects(sqlx::query(&sql)), |row| {
-        let (id, traits) = id_and_traits(row, &mut interner)?;
-        let context = engine::UserContext {
-            id: id.clone(),
-            traits,
-        };
-        all.add(id, (context, Vec::new()));
-        Ok(())
-    })
-    .await?;
-    if all.objects.is_empty() {
+    let q = scope.bind_objects(sqlx::query(&sql));
+    let make = |id, traits| UserState {
+        keys: Box::default(),
+        context: engine::UserContext { id, traits },
+    };
+    let (slots, mut users) = objects(pool, permits, q, make).await?;
+    if users.is_empty() {
         return Ok(Vec::new());
     }
     let sql = format!(
         "SELECT user_id, key, value FROM user_keys WHERE {} ORDER BY created_at, key",
         scope.pick("environment_id = $1", "user_id = ANY($1)")
     );
-    each_row(pool, scope.bind(sqlx::query(&sql)), |row| {
-        let (user_id, pair) = key_row(row, &mut interner)?;
-        if let Some(u) = all.get_mut(user_id) {
-            u.1.push(pair);
-        }
-        Ok(())
+    let mut names = Interner::default();
+    let keys = rows_of(pool, permits, scope.bind(sqlx::query(&sql)), |row| {
+        key_row(row, &slots, &mut names)
     })
     .await?;
-    Ok(all
-        .objects
-        .into_iter()
-        .map(|(context, keys)| UserState {
-            keys: keys.into_boxed_slice(),
-            context,
-        })
-        .collect())
+    let mut by_user: Vec<Vec<KeyPair>> = vec![Vec::new(); users.len()];
+    for (slot, pair) in keys {
+        by_user[slot].push(pair);
+    }
+    for (user, keys) in users.iter_mut().zip(by_user) {
+        user.keys = keys.into_boxed_slice();
+    }
+    Ok(users)
 }
 
 pub async fn user(
@@ -753,7 +808,8 @@ pub async fn user(
     id: &str,
 ) -> Result<Option<UserState>, sqlx::Error> {
     let ids = [id.to_string()];
-    Ok(load_users(pool, Scope::Ids(environment_id, &ids))
+    let scope = Scope::Ids(environment_id, &ids);
+    Ok(load_users(pool, &load_permits(pool, scope), scope)
         .await?
         .pop())
 }
