@@ -485,3 +485,53 @@ impl EnvCache {
             .len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str, keys: &[(&str, &str)]) -> UserState {
+        UserState {
+            keys: keys
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            context: engine::UserContext {
+                id: id.into(),
+                traits: Default::default(),
+            },
+        }
+    }
+
+    fn found(idx: &Index<UserState>, key: &str, value: &str) -> Option<String> {
+        idx.find(&vec![(key.to_string(), value.to_string())])
+            .map(|(id, state)| {
+                assert_eq!(&*state.context.id, id);
+                id
+            })
+    }
+
+    #[test]
+    fn keys_follow_puts_and_removals() {
+        let mut idx = Index::default();
+        idx.put("u1", Some(user("u1", &[("email", "a@x"), ("id", "1")])));
+        idx.put("u2", Some(user("u2", &[("id", "2")])));
+        assert_eq!(found(&idx, "email", "a@x").as_deref(), Some("u1"));
+        assert_eq!(found(&idx, "id", "2").as_deref(), Some("u2"));
+        // A key is a name and a value: neither alone finds anything.
+        assert_eq!(found(&idx, "email", "1"), None);
+        assert_eq!(found(&idx, "id\0a", "x"), None);
+
+        // u1 drops its email; u2 takes it over.
+        idx.put("u1", Some(user("u1", &[("id", "1")])));
+        idx.put("u2", Some(user("u2", &[("id", "2"), ("email", "a@x")])));
+        assert_eq!(found(&idx, "email", "a@x").as_deref(), Some("u2"));
+
+        // Removing u1 leaves the keys u2 owns.
+        idx.put("u1", None);
+        assert_eq!(found(&idx, "id", "1"), None);
+        assert!(idx.get("u1").is_none());
+        assert_eq!(found(&idx, "email", "a@x").as_deref(), Some("u2"));
+        assert_eq!(idx.by_key.len(), 2);
+    }
+}
