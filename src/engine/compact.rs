@@ -11,8 +11,6 @@ use std::sync::Arc;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-use super::Traits;
-
 /// Hands out one shared `Arc<str>` per distinct string while a snapshot is built.
 #[derive(Debug, Default)]
 pub struct Interner(HashSet<Arc<str>>);
@@ -33,18 +31,6 @@ impl Interner {
 pub struct TraitSet(Box<[(Arc<str>, Value)]>);
 
 impl TraitSet {
-    /// The traits of a JSON object, names shared through `interner`.
-    pub fn from_map(map: Traits, interner: &mut Interner) -> TraitSet {
-        let mut pairs: Vec<(Arc<str>, Value)> = map
-            .into_iter()
-            .map(|(name, value)| (interner.intern(&name), value))
-            .collect();
-        // `Traits` iterates in name order already; sorting keeps that true whatever its
-        // features.
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        TraitSet(pairs.into_boxed_slice())
-    }
-
     /// The traits of a JSON object's text (a `jsonb` column read as text), parsed straight
     /// into the set: no intermediate map.
     pub fn from_json(json: &str, interner: &mut Interner) -> serde_json::Result<TraitSet> {
@@ -61,7 +47,9 @@ impl TraitSet {
             .map(|i| &self.0[i].1)
     }
 
-    /// Sets one trait (replacing a value of the same name).
+    /// Sets one trait (replacing a value of the same name). Tests build contexts with it; a
+    /// loaded snapshot's traits are only read.
+    #[cfg(test)]
     pub fn insert(&mut self, name: &str, value: Value) {
         let mut pairs = std::mem::take(&mut self.0).into_vec();
         match pairs.binary_search_by(|(n, _)| (**n).cmp(name)) {
@@ -74,14 +62,6 @@ impl TraitSet {
     /// In name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.0.iter().map(|(n, v)| (&**n, v))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -117,9 +97,15 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 }
 
-impl From<Traits> for TraitSet {
-    fn from(map: Traits) -> TraitSet {
-        TraitSet::from_map(map, &mut Interner::default())
+/// Tests build traits from a JSON object.
+#[cfg(test)]
+impl From<super::Traits> for TraitSet {
+    fn from(map: super::Traits) -> TraitSet {
+        let mut traits = TraitSet::default();
+        for (name, value) in map {
+            traits.insert(&name, value);
+        }
+        traits
     }
 }
 
@@ -152,7 +138,7 @@ mod tests {
         let names: Vec<&str> = traits.iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["active", "beta", "region", "seats"]);
         assert_eq!(traits.get("seats"), Some(&json!(5)));
-        assert_eq!(traits.len(), 4);
+        assert_eq!(traits.iter().count(), 4);
     }
 
     #[test]
@@ -166,7 +152,7 @@ mod tests {
         let b = TraitSet::from_json(r#"{"region": "us"}"#, &mut interner).unwrap();
         assert_eq!(a.get("seats"), Some(&json!(5)));
         assert_eq!(a.get("region"), Some(&json!("eu")));
-        assert_eq!(a.len(), 2);
+        assert_eq!(a.iter().count(), 2);
         assert!(Arc::ptr_eq(&a.0[0].0, &b.0[0].0));
         assert!(TraitSet::from_json("[1]", &mut interner).is_err());
         assert!(TraitSet::from_json("{} x", &mut interner).is_err());

@@ -528,13 +528,20 @@ fn key_row(
     Ok(Some((slot, (names.intern(key), Box::from(value)))))
 }
 
-/// Reads `SELECT id, traits::text` rows into objects and their slots.
+/// The objects of `scope` in `table` (`companies` or `users`), made from their ids and
+/// traits, and their slots.
 async fn objects<T>(
     pool: &PgPool,
     permits: &Semaphore,
-    q: PgQuery<'_>,
+    table: &str,
+    scope: Scope<'_>,
     mut make: impl FnMut(Arc<str>, engine::TraitSet) -> T,
 ) -> Result<(Slots, Vec<T>), sqlx::Error> {
+    let sql = format!(
+        "SELECT id, traits::text FROM {table} WHERE {}",
+        scope.objects()
+    );
+    let q = scope.bind_objects(sqlx::query(&sql));
     let mut names = Interner::default();
     let mut slots = HashMap::new();
     let objects = rows_of(pool, permits, q, |row| {
@@ -599,12 +606,8 @@ async fn load_companies(
     permits: &Semaphore,
     scope: Scope<'_>,
 ) -> Result<Vec<CompanyState>, sqlx::Error> {
-    let sql = format!(
-        "SELECT id, traits::text FROM companies WHERE {}",
-        scope.objects()
-    );
-    let q = scope.bind_objects(sqlx::query(&sql));
-    let (slots, mut companies) = objects(pool, permits, q, CompanyParts::new).await?;
+    let (slots, mut companies) =
+        objects(pool, permits, "companies", scope, CompanyParts::new).await?;
     if companies.is_empty() {
         return Ok(Vec::new());
     }
@@ -770,16 +773,11 @@ async fn load_users(
     permits: &Semaphore,
     scope: Scope<'_>,
 ) -> Result<Vec<UserState>, sqlx::Error> {
-    let sql = format!(
-        "SELECT id, traits::text FROM users WHERE {}",
-        scope.objects()
-    );
-    let q = scope.bind_objects(sqlx::query(&sql));
     let make = |id, traits| UserState {
         keys: Box::default(),
         context: engine::UserContext { id, traits },
     };
-    let (slots, mut users) = objects(pool, permits, q, make).await?;
+    let (slots, mut users) = objects(pool, permits, "users", scope, make).await?;
     if users.is_empty() {
         return Ok(Vec::new());
     }
