@@ -5,6 +5,7 @@
 #
 #   benches/metering.sh              # 15 s
 #   DURATION=30s benches/metering.sh
+#   ENTITLED_BIN=/path/to/other/entitled benches/metering.sh   # an A/B of two builds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15s}
@@ -13,7 +14,7 @@ DB=entitled_bench_metering
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exit 1; }
 ./scripts/ensure-postgres.sh >/dev/null
 cargo build --release --quiet
-BIN=./target/release/entitled
+BIN=${ENTITLED_BIN:-${CARGO_TARGET_DIR:-target}/release/entitled}
 PSQL="psql -h 127.0.0.1 -U postgres -qAt"
 $PSQL -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
@@ -55,7 +56,11 @@ wrk -t2 -c8 -d"$DURATION" --latency -s "$TMP/batch.lua" "http://127.0.0.1:$PORT"
 wrk -t2 -c8 -d5s "http://127.0.0.1:$PORT/health" > "$TMP/noop.txt"
 
 AFTER=$($PSQL -d $DB -c "SELECT count(*) FROM events")
-COUNTED=$($PSQL -d $DB -c "SELECT sum(count) FROM usage_counters WHERE period = 'all_time'")
+if [ -n "$($PSQL -d $DB -c "SELECT to_regclass('usage_totals')")" ]; then
+  COUNTED=$($PSQL -d $DB -c "SELECT sum(all_time) FROM usage_totals")
+else # a build from before migration 0011 (an A/B)
+  COUNTED=$($PSQL -d $DB -c "SELECT sum(count) FROM usage_counters WHERE period = 'all_time'")
+fi
 COMPANIES=$($PSQL -d $DB -c "SELECT count(*) FROM companies")
 RPS=$(awk '/Requests\/sec/ {print $2}' "$TMP/run.txt")
 NON2XX=$(awk '/Non-2xx/ {print $NF}' "$TMP/run.txt")

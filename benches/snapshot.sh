@@ -8,7 +8,7 @@
 #
 # Each company is on 3 plans (Pro with the Analytics and Premium Support add-ons of the demo
 # catalog plus benches/bench-catalog.toml: 20 features in play), has one key, four traits and
-# four usage counters (two events, all-time and this month). Sizes grow one database: the
+# four usage counters (two events, all-time and this month: two `usage_totals` rows). Sizes grow one database: the
 # companies of a size are added to those of the previous one. Goal: under 1 KB per company
 # and a full reload under 10 s at 1,000,000.
 set -euo pipefail
@@ -48,12 +48,11 @@ INSERT INTO company_plans (id, environment_id, company_id, plan_id, is_base)
   SELECT 'cp_bench' || p.key || lpad(c.i::text, 8, '0'), '$ENV', c.id, p.id, p.key = 'pro'
   FROM new_companies c
   CROSS JOIN (SELECT id, key FROM plans WHERE key IN ('pro', 'analytics', 'premium-support')) p;
-INSERT INTO usage_counters (company_id, event_name, period, month_reset, window_start, count)
-  SELECT c.id, e.name, w.period, 'first_of_month', w.start, c.i % 1000
+INSERT INTO usage_totals (company_id, event_name, environment_id, all_time, month_start, month_count)
+  SELECT c.id, e.name, '$ENV', c.i % 1000,
+         date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.i % 1000
   FROM new_companies c
-  CROSS JOIN (VALUES ('bench_event_1'), ('bench_event_2')) AS e (name)
-  CROSS JOIN (VALUES ('all_time', 'epoch'::timestamptz),
-                     ('current_month', date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')) AS w (period, start);
+  CROSS JOIN (VALUES ('bench_event_1'), ('bench_event_2')) AS e (name);
 COMMIT;
 ANALYZE;
 SQL

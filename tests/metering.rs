@@ -320,12 +320,11 @@ async fn eight_parallel_clients_lose_no_update() {
     }
     let c = app.check("api-calls", json!({"id": "busy"})).await;
     assert_eq!(c["feature_usage"], 10_000, "{c}");
-    let total: i64 = sqlx::query_scalar(
-        "SELECT count FROM usage_counters WHERE event_name = 'api_call' AND period = 'all_time'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let total: i64 =
+        sqlx::query_scalar("SELECT all_time FROM usage_totals WHERE event_name = 'api_call'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(total, 10_000);
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&app.pool)
@@ -441,4 +440,129 @@ async fn long_event_names_commit_and_reach_every_replica() {
     })
     .await;
     b.stop().await;
+}
+
+/// A company's counters of one event are one `usage_totals` row: a write for a later window
+/// starts that window over, and a write for an earlier one (from a writer whose clock is
+/// behind) counts toward all time only.
+#[tokio::test]
+async fn windows_roll_over_and_late_writes_count_toward_all_time_only() {
+    let app = seeded().await;
+    on_plan(&app, "acme", "free").await; // reports: 5 per calendar month
+    app.create("/events", track("acme", "report_generated", 4))
+        .await;
+    let month = |app: &common::TestApp| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64, i64)>(
+                "SELECT all_time, month_count, version FROM usage_totals
+                 WHERE event_name = 'report_generated'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(month(&app).await, (4, 4, 1));
+
+    // The stored month is last month's: this write starts the current one over.
+    sqlx::query("UPDATE usage_totals SET month_start = month_start - interval '1 month'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.create("/events", track("acme", "report_generated", 1))
+        .await;
+    assert_eq!(month(&app).await, (5, 1, 2));
+    let c = app.check("reports", json!({"id": "acme"})).await;
+    assert_eq!(
+        (c["feature_usage"].clone(), c["value"].clone()),
+        (json!(1), json!(true)),
+        "{c}"
+    );
+
+    // Another writer already counted in next month: this write's month is past.
+    sqlx::query(
+        "UPDATE usage_totals SET month_start = month_start + interval '1 month', month_count = 100",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.create("/events", track("acme", "report_generated", 2))
+        .await;
+    assert_eq!(month(&app).await, (7, 100, 3));
+}
+
+/// Migration 0011 keeps, per company and event, the all-time count and the newest window of
+/// each period from the old one-row-per-window table.
+#[tokio::test]
+async fn migration_0011_moves_the_newest_windows_into_usage_totals() {
+    use sqlx::migrate::Migrator;
+    let db = common::fresh_database().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // The migrations before 0011, from a copy of their folder.
+    let dir = std::env::temp_dir().join(format!("entitled-migrations-{}", db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.as_str() < "0011" {
+            std::fs::copy(&path, dir.join(&name)).unwrap();
+        }
+    }
+    Migrator::new(dir.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO environments (id, key, name) VALUES ('env_1', 'development', 'Development');
+         INSERT INTO companies (id, environment_id) VALUES ('comp_1', 'env_1'), ('comp_2', 'env_1');
+         INSERT INTO usage_counters (company_id, event_name, period, month_reset, window_start, count, version) VALUES
+           ('comp_1', 'api_call', 'all_time', 'first_of_month', 'epoch', 50, 9),
+           ('comp_1', 'api_call', 'current_day', 'first_of_month', '2026-12-06', 4, 1),
+           ('comp_1', 'api_call', 'current_day', 'first_of_month', '2026-12-07', 3, 2),
+           ('comp_1', 'api_call', 'current_week', 'first_of_month', '2026-12-06', 10, 3),
+           ('comp_1', 'api_call', 'current_month', 'first_of_month', '2026-11-01', 99, 4),
+           ('comp_1', 'api_call', 'current_month', 'first_of_month', '2026-12-01', 20, 5),
+           ('comp_1', 'api_call', 'current_month', 'billing_cycle', '2026-11-20 08:00:00+00', 7, 6),
+           ('comp_1', 'seats', 'all_time', 'first_of_month', 'epoch', 2, 1),
+           ('comp_2', 'api_call', 'current_month', 'first_of_month', '2026-12-01', 1, 1);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    entitled::store::db::migrate(&pool).await.unwrap();
+
+    // One line per row: company, event, environment, all time, then each window's start
+    // and count (day, week, month, billing cycle), then the version.
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws(' ', company_id, event_name, environment_id, all_time,
+                    coalesce(to_char(day_start AT TIME ZONE 'UTC', 'MM-DD\"T\"HH24:MI'), '-'), day_count,
+                    coalesce(to_char(week_start AT TIME ZONE 'UTC', 'MM-DD\"T\"HH24:MI'), '-'), week_count,
+                    coalesce(to_char(month_start AT TIME ZONE 'UTC', 'MM-DD\"T\"HH24:MI'), '-'), month_count,
+                    coalesce(to_char(cycle_start AT TIME ZONE 'UTC', 'MM-DD\"T\"HH24:MI'), '-'), cycle_count,
+                    version)
+         FROM usage_totals ORDER BY company_id, event_name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            "comp_1 api_call env_1 50 12-07T00:00 3 12-06T00:00 10 12-01T00:00 20 11-20T08:00 7 9",
+            "comp_1 seats env_1 2 - 0 - 0 - 0 - 0 1",
+            "comp_2 api_call env_1 0 - 0 - 0 12-01T00:00 1 - 0 1",
+        ]
+    );
+    let old: Option<String> = sqlx::query_scalar("SELECT to_regclass('usage_counters')::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(old, None);
+    pool.close().await;
 }

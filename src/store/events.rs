@@ -3,6 +3,7 @@
 //! transaction so a batch applies whole or not at all. And reading stored events back.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -12,7 +13,7 @@ use super::companies::{self, UpsertCompany};
 use super::credits;
 use super::keys::Entity;
 use super::meter_events::{self, CounterMoves, MeterContext};
-use super::snapshot::CounterRow;
+use super::usage;
 use super::users::{self, UpsertUser};
 use super::Error;
 use crate::engine::{period, MetricPeriod, MonthReset, UsageCounter};
@@ -101,16 +102,6 @@ impl Touched {
         first_of_each(&mut self.credits);
     }
 }
-
-/// The windows every track event counts in. Day and week windows are the same for either
-/// month reset, so they are kept once, under `first_of_month`.
-const WINDOWS: [(MetricPeriod, MonthReset); 5] = [
-    (MetricPeriod::AllTime, MonthReset::FirstOfMonth),
-    (MetricPeriod::CurrentDay, MonthReset::FirstOfMonth),
-    (MetricPeriod::CurrentWeek, MonthReset::FirstOfMonth),
-    (MetricPeriod::CurrentMonth, MonthReset::FirstOfMonth),
-    (MetricPeriod::CurrentMonth, MonthReset::BillingCycle),
-];
 
 /// What ingestion needs to know about credits: per environment, the fallback plan (a
 /// company without a base plan burns credits as that plan says), and whether any credit
@@ -520,17 +511,6 @@ struct EventColumns<'a> {
     sent_at: Vec<Option<DateTime<Utc>>>,
 }
 
-/// Counter deltas as columns.
-#[derive(Default)]
-struct CounterColumns {
-    company: Vec<String>,
-    event: Vec<String>,
-    period: Vec<&'static str>,
-    month_reset: Vec<&'static str>,
-    window_start: Vec<DateTime<Utc>>,
-    delta: Vec<i64>,
-}
-
 async fn insert_rows(
     conn: &mut PgConnection,
     events: &[NewEvent],
@@ -638,9 +618,9 @@ async fn burn_credits(
     Ok(())
 }
 
-/// Adds every track event's quantity to its company's counters, one row per window, and
-/// queues the new absolute values for the snapshots. Returns each counter's move (value
-/// after, batch delta) and the billing-cycle anchors used, for metered billing.
+/// Adds every track event's quantity to its company's counters, one row per company and
+/// event, and queues the new absolute values for the snapshots. Returns each counter's move
+/// (value after, batch delta) and the billing-cycle anchors used, for metered billing.
 async fn count_usage(
     conn: &mut PgConnection,
     events: &[NewEvent],
@@ -648,19 +628,23 @@ async fn count_usage(
     company_of: &[Option<String>],
     now: DateTime<Utc>,
 ) -> Result<(CounterMoves, HashMap<String, DateTime<Utc>>), sqlx::Error> {
-    let counted: Vec<(usize, &Track, &String)> = events
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| match (&e.kind, &company_of[i]) {
-            (Kind::Track(t), Some(c)) if !out.duplicate[i] => Some((i, t, c)),
-            _ => None,
-        })
-        .collect();
-    if counted.is_empty() {
+    // Per company and event (sorted: concurrent groups lock rows in the same order), the
+    // environment and the quantity.
+    let mut sums: BTreeMap<(&str, &str), (&str, i64)> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        if let (Kind::Track(t), Some(c)) = (&e.kind, &company_of[i]) {
+            if !out.duplicate[i] {
+                let sum = sums
+                    .entry((c.as_str(), t.event.as_str()))
+                    .or_insert((e.environment_id.as_str(), 0));
+                sum.1 += t.quantity;
+            }
+        }
+    }
+    if sums.is_empty() {
         return Ok(Default::default());
     }
-    let mut company_ids: Vec<&str> = counted.iter().map(|c| c.2.as_str()).collect();
-    company_ids.sort();
+    let mut company_ids: Vec<&str> = sums.keys().map(|(c, _)| *c).collect();
     company_ids.dedup();
     // Billing-cycle windows start on the base subscription's period start.
     let anchors: HashMap<String, DateTime<Utc>> = sqlx::query_as::<_, (String, DateTime<Utc>)>(
@@ -673,81 +657,58 @@ async fn count_usage(
     .into_iter()
     .collect();
 
-    let mut deltas: BTreeMap<(String, String, &'static str, &'static str, DateTime<Utc>), i64> =
-        BTreeMap::new();
-    for (_, t, company) in &counted {
-        for (p, r) in WINDOWS {
-            let anchor = anchors.get(*company).copied();
-            if crate::engine::counter_reset(p, r, anchor) != r {
-                continue; // no subscription: the billing cycle is the calendar month's counter
-            }
-            let start = period::window(p, r, anchor, now).start;
-            *deltas
-                .entry((
-                    (*company).clone(),
-                    t.event.clone(),
-                    p.as_str(),
-                    r.as_str(),
-                    start,
-                ))
-                .or_default() += t.quantity;
-        }
-    }
-    // Sorted rows: concurrent batches lock counters in the same order.
-    let mut c = CounterColumns::default();
-    let mut moves = CounterMoves::with_capacity(deltas.len());
-    for ((company, event, p, r, start), delta) in deltas {
-        moves.insert((company.clone(), event.clone(), p, r), (0, delta));
-        c.company.push(company);
-        c.event.push(event);
-        c.period.push(p);
-        c.month_reset.push(r);
-        c.window_start.push(start);
-        c.delta.push(delta);
-    }
-    let rows: Vec<CounterRow> = sqlx::query_as(
-        "INSERT INTO usage_counters (company_id, event_name, period, month_reset, window_start, count)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[])
-         ON CONFLICT (company_id, event_name, period, month_reset, window_start) DO UPDATE
-             SET count = usage_counters.count + EXCLUDED.count,
-                 version = usage_counters.version + 1, updated_at = now()
-         RETURNING company_id, event_name, period, month_reset, window_start, count, version",
-    )
-    .bind(&c.company)
-    .bind(&c.event)
-    .bind(&c.period)
-    .bind(&c.month_reset)
-    .bind(&c.window_start)
-    .bind(&c.delta)
-    .fetch_all(&mut *conn)
-    .await?;
-
-    let env_of: HashMap<&str, &str> = counted
+    let deltas: Vec<usage::Delta<'_>> = sums
         .iter()
-        .map(|(i, _, c)| (c.as_str(), events[*i].environment_id.as_str()))
+        .map(|(&(company_id, event), &(environment_id, quantity))| {
+            let anchor = anchors.get(company_id).copied();
+            let starts = usage::WINDOWS.map(|(p, r)| {
+                // No subscription: the billing cycle is the calendar month's counter.
+                (crate::engine::counter_reset(p, r, anchor) == r)
+                    .then(|| period::window(p, r, anchor, now).start)
+            });
+            usage::Delta {
+                company_id,
+                event,
+                environment_id,
+                quantity,
+                starts,
+            }
+        })
         .collect();
-    let mut by_company: BTreeMap<String, Vec<UsageCounter>> = BTreeMap::new();
-    for r in rows {
-        let Some((company, counter)) = r.into_engine() else {
+    let rows = usage::add(conn, &deltas).await?;
+
+    let mut moves = CounterMoves::with_capacity(rows.len() * 5);
+    let mut by_company: BTreeMap<String, (String, Vec<UsageCounter>)> = BTreeMap::new();
+    for (company, event, totals) in rows {
+        let Ok(i) = deltas
+            .binary_search_by(|d| (d.company_id, d.event).cmp(&(company.as_str(), event.as_str())))
+        else {
             continue;
         };
-        let key = (
-            company.clone(),
-            counter.event.to_string(),
-            counter.period.as_str(),
-            counter.month_reset.as_str(),
-        );
-        if let Some(entry) = moves.get_mut(&key) {
-            entry.0 = counter.count;
+        let delta = &deltas[i];
+        let all_time = (MetricPeriod::AllTime, MonthReset::FirstOfMonth);
+        let key = |(p, r): (MetricPeriod, MonthReset)| {
+            (company.clone(), event.clone(), p.as_str(), r.as_str())
+        };
+        moves.insert(key(all_time), (totals.all_time, delta.quantity));
+        for ((window, (start, count)), ours) in usage::WINDOWS
+            .into_iter()
+            .zip(totals.windows)
+            .zip(delta.starts)
+        {
+            // Only windows this write counted in (not one a later write had moved past).
+            if ours.is_some() && start == ours {
+                moves.insert(key(window), (count, delta.quantity));
+            }
         }
-        by_company.entry(company).or_default().push(counter);
+        let event: Arc<str> = Arc::from(event);
+        by_company
+            .entry(company)
+            .or_insert_with(|| (delta.environment_id.to_string(), Vec::new()))
+            .1
+            .extend(totals.counters(&event, now));
     }
-    for (company, counters) in by_company {
-        let env = env_of
-            .get(company.as_str())
-            .copied()
-            .unwrap_or_default()
-            .to_string();
+    for (company, (env, counters)) in by_company {
         out.touched.usage.push((env, company, counters));
     }
     Ok((moves, anchors))

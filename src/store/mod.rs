@@ -34,6 +34,7 @@ pub mod seed;
 pub mod snapshot;
 pub mod stripe;
 pub mod stripe_inbox;
+mod usage;
 pub mod users;
 pub mod values;
 pub mod webhooks;

@@ -11,6 +11,7 @@ use sqlx::{FromRow, PgPool, Row};
 use tokio::sync::Semaphore;
 
 use super::rows::PgQuery;
+use super::usage::{self, Totals};
 use super::values::EntitlementValues;
 use crate::engine::{self, Candidate, Interner, Source};
 
@@ -297,58 +298,6 @@ pub async fn catalog(pool: &PgPool) -> Result<Catalog, sqlx::Error> {
 /// A company's or user's identifying key. The name is one allocation shared by every object
 /// with a key of that name.
 pub type KeyPair = (Arc<str>, Box<str>);
-
-/// A `usage_counters` row.
-#[derive(sqlx::FromRow)]
-pub(super) struct CounterRow {
-    company_id: String,
-    event_name: String,
-    period: String,
-    month_reset: String,
-    window_start: DateTime<Utc>,
-    count: i64,
-    version: i64,
-}
-
-impl CounterRow {
-    /// The company and its counter; `None` for a period or month reset this build does not
-    /// know.
-    pub(super) fn into_engine(self) -> Option<(String, engine::UsageCounter)> {
-        let counter = counter(
-            Arc::from(self.event_name),
-            &self.period,
-            &self.month_reset,
-            self.window_start,
-            self.count,
-            self.version,
-        )?;
-        Some((self.company_id, counter))
-    }
-}
-
-fn counter(
-    event: Arc<str>,
-    period: &str,
-    month_reset: &str,
-    window_start: DateTime<Utc>,
-    count: i64,
-    version: i64,
-) -> Option<engine::UsageCounter> {
-    Some(engine::UsageCounter {
-        event,
-        period: engine::MetricPeriod::parse(period)?,
-        month_reset: engine::MonthReset::parse(month_reset)?,
-        window_start,
-        count,
-        version,
-    })
-}
-
-/// Counters of windows that may still be current (the longest window is a month).
-const COUNTER_SELECT: &str = "SELECT u.company_id, u.event_name, u.period, u.month_reset,
-        u.window_start, u.count, u.version
-     FROM usage_counters u
-     WHERE (u.period = 'all_time' OR u.window_start > now() - interval '40 days')";
 
 #[derive(sqlx::FromRow)]
 struct GrantRow {
@@ -654,11 +603,9 @@ async fn load_companies(
     });
 
     let counters_sql = format!(
-        "{COUNTER_SELECT} AND {}",
-        scope.pick(
-            "u.company_id IN (SELECT id FROM companies WHERE environment_id = $1)",
-            "u.company_id = ANY($1)"
-        )
+        "SELECT {} FROM usage_totals WHERE {}",
+        usage::COLUMNS,
+        scope.pick("environment_id = $1", "company_id = ANY($1)")
     );
     let mut events = Interner::default();
     let counters = rows_of(
@@ -669,15 +616,11 @@ async fn load_companies(
             let Some(slot) = slots.get(row.try_get(0)?) else {
                 return Ok(None);
             };
-            let counter = counter(
+            Ok(Some((
+                slot,
                 events.intern(row.try_get(1)?),
-                row.try_get(2)?,
-                row.try_get(3)?,
-                row.try_get(4)?,
-                row.try_get(5)?,
-                row.try_get(6)?,
-            );
-            Ok(counter.map(|c| (slot, c)))
+                Totals::read(row)?,
+            )))
         },
     );
 
@@ -723,11 +666,10 @@ async fn load_companies(
     for (slot, grant) in grants {
         companies[slot].context.credit_grants.push(grant);
     }
-    for (slot, counter) in counters {
-        engine::merge_usage(
-            &mut companies[slot].context.usage,
-            std::slice::from_ref(&counter),
-        );
+    let now = Utc::now();
+    for (slot, event, totals) in counters {
+        let usage = &mut companies[slot].context.usage;
+        usage.extend(totals.counters(&event, now));
     }
     for (slot, feature_id, candidate) in overrides {
         companies[slot].overrides.push((feature_id, candidate));
