@@ -191,7 +191,10 @@ async fn run(expected: usize, checkers: usize) -> anyhow::Result<()> {
         "peak heap during the reload (old and new snapshot): {}",
         mib(reload_peak)
     );
-    anyhow::ensure!(during > 0, "no check answered during the reload");
+    anyhow::ensure!(
+        checkers == 0 || during > 0,
+        "no check answered during the reload"
+    );
     anyhow::ensure!(
         wrong == 0,
         "{wrong} checks answered wrong during the reload"

@@ -299,10 +299,13 @@ impl Cache {
         self.reload_webhook_types().await?;
         for env in self.envs.values() {
             let (companies, users) = load::environment(&self.pool, &env.environment.id).await?;
-            let old = swap_in(&env.companies, companies);
-            drop(old);
-            let old = swap_in(&env.users, users);
-            drop(old);
+            let old = (
+                swap_in(&env.companies, companies),
+                swap_in(&env.users, users),
+            );
+            // Freeing the old snapshot (a second or so at a million companies) is no part of
+            // the reload, and must not hold a runtime worker: a blocking thread does it.
+            tokio::task::spawn_blocking(move || drop(old));
         }
         Ok(())
     }
