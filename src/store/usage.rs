@@ -41,12 +41,15 @@ impl Totals {
     pub(super) fn read(row: &PgRow) -> Result<Totals, sqlx::Error> {
         let mut windows = [(None, 0); 4];
         for (i, w) in windows.iter_mut().enumerate() {
-            *w = (row.try_get(3 + 2 * i)?, row.try_get(4 + 2 * i)?);
+            *w = (
+                row.try_get_unchecked(3 + 2 * i)?,
+                row.try_get_unchecked(4 + 2 * i)?,
+            );
         }
         Ok(Totals {
-            all_time: row.try_get(2)?,
+            all_time: row.try_get_unchecked(2)?,
             windows,
-            version: row.try_get(11)?,
+            version: row.try_get_unchecked(11)?,
         })
     }
 
@@ -136,7 +139,13 @@ pub(super) async fn add(
     .fetch_all(conn)
     .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, Totals::read(row)?)))
+        .map(|row| {
+            Ok((
+                row.try_get_unchecked(0)?,
+                row.try_get_unchecked(1)?,
+                Totals::read(row)?,
+            ))
+        })
         .collect()
 }
 
