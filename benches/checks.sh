@@ -80,10 +80,14 @@ lua "$TMP/bulk.lua" "$BULK_REQ"
 
 # CPU seconds (user + system) a process has used so far.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / t}' "/proc/$1/stat"; }
+# Context switches (voluntary and not) of all of a process's threads so far.
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 run() { # name url [lua]
   local pid=${PIDS[1]} before perf=
   [[ $1 == entitled* ]] && pid=${PIDS[0]}
   before=$(cpu "$pid")
+  local switched
+  switched=$(switches "$pid")
   if [ -n "${PERF_DIR:-}" ] && [ "$1" != noop ]; then
     # A profile of the server during this measurement (perf costs a few percent of throughput).
     mkdir -p "$PERF_DIR"
@@ -101,7 +105,8 @@ run() { # name url [lua]
   local total us
   total=$(awk '/requests in/ {print $1}' "$TMP/$1.txt")
   us=$(python3 -c 'import sys; print(f"{(float(sys.argv[2]) - float(sys.argv[1])) * 1e6 / int(sys.argv[3]):.1f}")' "$before" "$(cpu "$pid")" "$total")
-  echo "$1 $rps $p50 $p99 $us"
+  switched=$(python3 -c 'import sys; print(f"{(int(sys.argv[2]) - int(sys.argv[1])) / int(sys.argv[3]):.3f}")' "$switched" "$(switches "$pid")" "$total")
+  echo "$1 $rps $p50 $p99 $us $switched"
 }
 echo "check body: $(wc -c < "$TMP/body.json") bytes; all-flags body: $(wc -c < "$TMP/all.json") bytes ($FLAGS flags, $ENTITLED true for bench-co); check-bulk body: $(wc -c < "$TMP/bulk.json") bytes ($BULK_CONTEXTS contexts); duration $DURATION each" >&2
 NOOP=$(run noop "http://127.0.0.1:$BASE_PORT/noop")
@@ -114,11 +119,11 @@ ENT_BULK=$(run entitled-bulk "http://127.0.0.1:$PORT/flags/check-bulk" "$TMP/bul
 grep -q '"value":true' "$TMP/body.json" || { echo "unexpected check body: $(cat "$TMP/body.json")"; exit 1; }
 
 echo
-echo "| target | requests/s | p50 | p99 | server CPU µs/request |"
-echo "|---|---|---|---|---|"
+echo "| target | requests/s | p50 | p99 | server CPU µs/request | server context switches/request |"
+echo "|---|---|---|---|---|---|"
 for line in "$NOOP" "$BASE" "$ENT" "$BASE_ALL" "$ENT_ALL" "$BASE_BULK" "$ENT_BULK"; do
   set -- $line
-  echo "| $1 | $2 | $3 | $4 | $5 |"
+  echo "| $1 | $2 | $3 | $4 | $5 | $6 |"
 done
 python3 - "$BASE" "$ENT" "$BASE_ALL" "$ENT_ALL" "$BASE_BULK" "$ENT_BULK" "$FLAGS" "$BULK_CONTEXTS" <<'PY'
 import sys
