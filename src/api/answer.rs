@@ -8,6 +8,7 @@
 //! serde_json, so the output is byte for byte what `FlagAnswer`'s derive writes: a test in
 //! `checks.rs` holds the two equal.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::engine::{self, Evaluation, MetricPeriod};
@@ -58,7 +59,7 @@ pub fn write_answer(
             .map(MetricPeriod::as_str),
     );
     out.extend_from_slice(b",\"feature_usage_reset_at\":");
-    value(out, &report.and_then(|r| r.metric_reset_at));
+    timestamp(out, report.and_then(|r| r.metric_reset_at));
     out.push(b'}');
 }
 
@@ -79,7 +80,7 @@ fn entitlement(out: &mut Vec<u8>, r: &engine::EntitlementReport) {
     out.extend_from_slice(b",\"metric_period\":");
     opt_string(out, r.metric_period.map(MetricPeriod::as_str));
     out.extend_from_slice(b",\"metric_reset_at\":");
-    value(out, &r.metric_reset_at);
+    timestamp(out, r.metric_reset_at);
     out.extend_from_slice(b",\"credit_id\":");
     opt_string(out, r.credit_id.as_deref());
     out.extend_from_slice(b",\"credit_total\":");
@@ -114,7 +115,20 @@ fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-/// Numbers, timestamps and `null`: what serde_json writes without an escape scan of ours.
+/// A timestamp as chrono's `Serialize` writes it (its `Debug` form, RFC 3339 with `Z`),
+/// without serde_json's escape scan over text that never needs escaping.
+fn timestamp(out: &mut Vec<u8>, t: Option<DateTime<Utc>>) {
+    use std::io::Write;
+    match t {
+        // Writing into a `Vec` cannot fail.
+        Some(t) => {
+            let _ = write!(out, "\"{t:?}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Numbers and `null`: what serde_json writes without an escape scan of ours.
 fn value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     // Writing into a `Vec` cannot fail, and these types always serialise.
     let _ = serde_json::to_writer(out, v);

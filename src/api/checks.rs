@@ -451,8 +451,12 @@ mod tests {
         partial.event_name = None;
         partial.metric_period = None;
         partial.usage = None;
+        // A reset on a whole second (report()'s is now, with nanoseconds).
+        let mut whole = report();
+        whole.metric_reset_at = chrono::DateTime::from_timestamp(1_764_547_200, 0);
         let cases = [
             (evaluation(Some(report())), Some("comp_1"), Some("user_1")),
+            (evaluation(Some(whole)), Some("comp_1"), None),
             (evaluation(Some(partial)), Some("comp_\"2"), None),
             (evaluation(None), None, None),
             (
