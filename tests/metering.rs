@@ -479,6 +479,15 @@ async fn windows_roll_over_and_late_writes_count_toward_all_time_only() {
         (json!(1), json!(true)),
         "{c}"
     );
+    // A replica started now reads the row in its full load and sees the same window.
+    let fresh = common::spawn_on(&app.db_url, "").await;
+    let c = fresh.check("reports", json!({"id": "acme"})).await;
+    assert_eq!(
+        (c["feature_usage"].clone(), c["value"].clone()),
+        (json!(1), json!(true)),
+        "{c}"
+    );
+    fresh.stop().await;
 
     // Another writer already counted in next month: this write's month is past.
     sqlx::query(

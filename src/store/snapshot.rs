@@ -673,8 +673,10 @@ async fn load_companies(
     }
     let now = Utc::now();
     for (slot, event, totals) in counters {
-        let usage = &mut companies[slot].context.usage;
-        usage.extend(totals.counters(&event, now));
+        companies[slot]
+            .context
+            .usage
+            .extend(totals.counters(&event, now));
     }
     for (slot, feature_id, candidate) in overrides {
         companies[slot].overrides.push((feature_id, candidate));

@@ -4,7 +4,7 @@
 //! one upsert of one row per (company, event); snapshots read the rows and expand each into
 //! the engine's per-window [`UsageCounter`]s.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Duration, Utc};
 use sqlx::postgres::PgRow;
@@ -97,18 +97,9 @@ pub(super) struct Delta<'a> {
     pub starts: [Option<DateTime<Utc>>; 4],
 }
 
-/// Adds `deltas` (sorted by company and event, so that concurrent groups lock rows in the
-/// same order) to the counters, one row per delta, and returns the rows as written: per
-/// window, a delta for the stored window adds to it, one for a later window starts it over,
-/// one for an earlier window (a clock behind another writer's) counts toward all time only.
-pub(super) async fn add(
-    conn: &mut PgConnection,
-    deltas: &[Delta<'_>],
-) -> Result<Vec<(String, String, Totals)>, sqlx::Error> {
-    let column = |f: fn(&Delta<'_>) -> Option<DateTime<Utc>>| -> Vec<Option<DateTime<Utc>>> {
-        deltas.iter().map(f).collect()
-    };
-    let rows = sqlx::query(&format!(
+/// The upsert [`add`] runs, written once: per window, [`window_count`]'s rule.
+static UPSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "INSERT INTO usage_totals AS t (company_id, event_name, environment_id, all_time,
              day_start, day_count, week_start, week_count, month_start, month_count,
              cycle_start, cycle_count)
@@ -127,17 +118,31 @@ pub(super) async fn add(
         week = window_update("week"),
         month = window_update("month"),
         cycle_count = window_count("cycle"),
-    ))
-    .bind(deltas.iter().map(|d| d.company_id).collect::<Vec<_>>())
-    .bind(deltas.iter().map(|d| d.event).collect::<Vec<_>>())
-    .bind(deltas.iter().map(|d| d.environment_id).collect::<Vec<_>>())
-    .bind(deltas.iter().map(|d| d.quantity).collect::<Vec<_>>())
-    .bind(column(|d| d.starts[0]))
-    .bind(column(|d| d.starts[1]))
-    .bind(column(|d| d.starts[2]))
-    .bind(column(|d| d.starts[3]))
-    .fetch_all(conn)
-    .await?;
+    )
+});
+
+/// Adds `deltas` (sorted by company and event, so that concurrent groups lock rows in the
+/// same order) to the counters, one row per delta, and returns the rows as written: per
+/// window, a delta for the stored window adds to it, one for a later window starts it over,
+/// one for an earlier window (a clock behind another writer's) counts toward all time only.
+pub(super) async fn add(
+    conn: &mut PgConnection,
+    deltas: &[Delta<'_>],
+) -> Result<Vec<(String, String, Totals)>, sqlx::Error> {
+    let column = |f: fn(&Delta<'_>) -> Option<DateTime<Utc>>| -> Vec<Option<DateTime<Utc>>> {
+        deltas.iter().map(f).collect()
+    };
+    let rows = sqlx::query(&UPSERT)
+        .bind(deltas.iter().map(|d| d.company_id).collect::<Vec<_>>())
+        .bind(deltas.iter().map(|d| d.event).collect::<Vec<_>>())
+        .bind(deltas.iter().map(|d| d.environment_id).collect::<Vec<_>>())
+        .bind(deltas.iter().map(|d| d.quantity).collect::<Vec<_>>())
+        .bind(column(|d| d.starts[0]))
+        .bind(column(|d| d.starts[1]))
+        .bind(column(|d| d.starts[2]))
+        .bind(column(|d| d.starts[3]))
+        .fetch_all(conn)
+        .await?;
     rows.iter()
         .map(|row| {
             Ok((
