@@ -115,8 +115,9 @@ pub async fn run(
     tracing::info!(%addr, "entitled listening");
     let app = crate::api::router(state.clone()).merge(crate::console::router(state.clone()));
     let token = shutdown.clone();
-    // Connection info: the console rate-limits sign-ins per client address.
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Checks straight to their handlers, the rest through the router with each client's
+    // address (the console rate-limits sign-ins per address).
+    let app = crate::api::front::MakeFront::new(app, state.clone());
     let datastream = state.datastream.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

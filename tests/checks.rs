@@ -441,3 +441,69 @@ async fn a_second_server_sees_writes_within_a_second() {
     assert!(started.elapsed() < Duration::from_secs(2));
     b.stop().await;
 }
+
+/// Checks go straight to their handlers (`api::front`), while a key that needs
+/// percent-decoding takes the router: both roads answer alike, refuse alike and are counted
+/// in the same latency series.
+#[tokio::test]
+async fn checks_answer_alike_by_the_front_and_the_router() {
+    let app = seeded("").await;
+    let series = |text: &str, route: &str| {
+        let name = format!(
+            "entitled_http_request_duration_seconds_count{{method=\"POST\",route=\"{route}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&name)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = app.metrics_text().await;
+    let company = json!({"company": {"id": "x"}});
+    let (s, direct) = app.post("/flags/sso/check", company.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{direct}");
+    // "%73" is "s": only the router decodes it.
+    let (s, routed) = app.post("/flags/%73so/check", company.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{routed}");
+    assert_eq!(direct, routed);
+    assert_eq!(direct["data"]["flag"], "sso");
+    let (s, all) = app.post("/flags/check", company.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{all}");
+
+    // No key: 401 on both roads and on the all-flags check.
+    for path in ["/flags/sso/check", "/flags/%73so/check", "/flags/check"] {
+        let (s, body) = app.send(Method::POST, path, Some(&company), None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}: {body}");
+    }
+    // Over the body limit: 413 naming it; malformed JSON: 400 naming the problem.
+    let big = json!({"company": {"id": "x".repeat(app.config.server.body_limit_bytes)}});
+    for path in ["/flags/sso/check", "/flags/check"] {
+        let (s, body) = app.post(path, big.clone()).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{path}: {body}");
+        let resp = app
+            .client
+            .post(format!("{}{path}", app.base))
+            .header("X-Schematic-Api-Key", &app.key)
+            .body("{\"company\": ")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("malformed JSON"),
+            "{path}: {body}"
+        );
+    }
+    // Other methods and paths are the router's: 405 and 404 as before.
+    let (s, _) = app
+        .send(Method::GET, "/flags/sso/check", None, Some(&app.key))
+        .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let (s, _) = app.post("/flags/a/b/check", company.clone()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let after = app.metrics_text().await;
+    let one = "/flags/{key}/check";
+    // Two answered, two 401s, a 413 and a 400: every request counted once.
+    assert!(series(&after, one) >= series(&before, one) + 6.0, "{after}");
+    assert!(series(&after, "/flags/check") >= series(&before, "/flags/check") + 4.0);
+}

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 
 use crate::api::error::AppError;
 use crate::api::AppState;
@@ -29,6 +30,14 @@ impl Auth {
         tracing::Span::current().record("env", self.env.environment.key.as_str());
     }
 
+    /// The caller the request's key names, recorded in the request's span.
+    pub fn from_headers(headers: &HeaderMap, state: &AppState) -> Result<Auth, AppError> {
+        let secret = secret_from(headers).ok_or(AppError::Unauthorized)?;
+        let auth = state.authenticate(secret).ok_or(AppError::Unauthorized)?;
+        auth.record_in_span();
+        Ok(auth)
+    }
+
     /// Every write, events included, needs a non-readonly key.
     pub fn require_write(&self) -> Result<(), AppError> {
         if self.readonly {
@@ -42,11 +51,11 @@ impl Auth {
 }
 
 /// The secret from `X-Schematic-Api-Key` or `Authorization: Bearer`.
-pub fn secret_from(parts: &Parts) -> Option<&str> {
-    if let Some(v) = parts.headers.get(API_KEY_HEADER) {
+pub fn secret_from(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(API_KEY_HEADER) {
         return v.to_str().ok().map(str::trim).filter(|s| !s.is_empty());
     }
-    let auth = parts.headers.get(axum::http::header::AUTHORIZATION)?;
+    let auth = headers.get(axum::http::header::AUTHORIZATION)?;
     let auth = auth.to_str().ok()?;
     let (scheme, token) = auth.split_once(' ')?;
     scheme
@@ -62,9 +71,6 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let secret = secret_from(parts).ok_or(AppError::Unauthorized)?;
-        let auth = state.authenticate(secret).ok_or(AppError::Unauthorized)?;
-        auth.record_in_span();
-        Ok(auth)
+        Auth::from_headers(&parts.headers, state)
     }
 }

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use serde_json::{Map, Value};
 
 use super::answer::write_answer;
 use super::auth::Auth;
-use super::extract::{parse_json, read_body, Path};
+use super::extract::{parse_json, read_body, read_limited, Path};
 use super::openapi::{Enveloped, Errors};
 use super::views::{key_pairs, EntitlementRef, EntitlementView};
 use crate::api::error::{AppError, AppResult};
@@ -136,15 +137,19 @@ impl CheckBody {
 }
 
 /// The body, where an empty one means "no company, no user".
-async fn context(req: Request, state: &AppState) -> AppResult<(KeyMap, KeyMap)> {
-    let bytes = read_body(req, state).await?;
+fn context(bytes: &[u8]) -> AppResult<(KeyMap, KeyMap)> {
     let body: CheckBody = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         CheckBody::default()
     } else {
-        parse_json(&bytes)?
+        parse_json(bytes)?
     };
     body.keys("")
 }
+
+/// The route of a single check; [`super::front`] answers it without the router.
+pub const ONE_PATH: &str = "/flags/{key}/check";
+/// The route of an all-flags check; [`super::front`] answers it without the router.
+pub const ALL_PATH: &str = "/flags/check";
 
 #[utoipa::path(post, path = "/flags/{key}/check", tag = "checks",
     params(("key" = String, Path, description = "The flag's key")),
@@ -152,12 +157,24 @@ async fn context(req: Request, state: &AppState) -> AppResult<(KeyMap, KeyMap)> 
     responses((status = 200, description = "The flag's value and why", body = Enveloped<CheckView>), Errors))]
 pub async fn check_one(
     State(state): State<AppState>,
-    auth: Auth,
     Path(key): Path<String>,
     req: Request,
 ) -> AppResult<Response> {
-    let (company, user) = context(req, &state).await?;
-    let Checked(o) = check_flag(&state, &auth, &key, &company, &user)?;
+    let (parts, body) = req.into_parts();
+    one(&state, &parts.headers, &key, body).await
+}
+
+/// A single check: authenticates, reads the body, evaluates flag `key` and writes the answer.
+pub async fn one(
+    state: &AppState,
+    headers: &HeaderMap,
+    key: &str,
+    body: Body,
+) -> AppResult<Response> {
+    let auth = Auth::from_headers(headers, state)?;
+    let bytes = read_limited(body, state.config.server.body_limit_bytes).await?;
+    let (company, user) = context(&bytes)?;
+    let Checked(o) = check_flag(state, &auth, key, &company, &user)?;
     let mut out = Vec::with_capacity(64 + ANSWER_BYTES_PER_FLAG);
     out.extend_from_slice(b"{\"data\":");
     write_answer(
@@ -227,18 +244,22 @@ const ANSWER_BYTES_PER_FLAG: usize = 768;
 #[utoipa::path(post, path = "/flags/check", tag = "checks",
     request_body(content = CheckBody, description = "The company and user to check for; may be empty"),
     responses((status = 200, description = "Every flag's value for the company and user", body = Enveloped<CheckAllView>), Errors))]
-pub async fn check_all(
-    State(state): State<AppState>,
-    auth: Auth,
-    req: Request,
-) -> AppResult<Response> {
-    let (company, user) = context(req, &state).await?;
+pub async fn check_all(State(state): State<AppState>, req: Request) -> AppResult<Response> {
+    let (parts, body) = req.into_parts();
+    all(&state, &parts.headers, body).await
+}
+
+/// An all-flags check: authenticates, reads the body, evaluates every flag and writes them.
+pub async fn all(state: &AppState, headers: &HeaderMap, body: Body) -> AppResult<Response> {
+    let auth = Auth::from_headers(headers, state)?;
+    let bytes = read_limited(body, state.config.server.body_limit_bytes).await?;
+    let (company, user) = context(&bytes)?;
     let started = Instant::now();
     let catalog = state.cache.catalog();
     let found = auth.env.find(&company, &user);
     let mut out = Vec::with_capacity(64 + catalog.flags_sorted.len() * ANSWER_BYTES_PER_FLAG);
     out.extend_from_slice(b"{\"data\":");
-    write_flags(&mut out, &state, &auth, &catalog, &found, Utc::now());
+    write_flags(&mut out, state, &auth, &catalog, &found, Utc::now());
     out.extend_from_slice(b",\"params\":{}}");
     metrics::CHECK_SECONDS.observe(started.elapsed().as_secs_f64());
     Ok(json_response(out))

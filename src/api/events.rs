@@ -432,7 +432,7 @@ pub async fn capture(
     req: Request,
 ) -> AppResult<Response> {
     let (parts, body) = req.into_parts();
-    let header_key = auth::secret_from(&parts).map(str::to_string);
+    let header_key = auth::secret_from(&parts.headers).map(str::to_string);
     let bytes = read_body(Request::from_parts(parts, body), &state).await?;
     let batch: CaptureBatch = parse_json(&bytes)?;
     check_batch_size(batch.events.len())?;

@@ -1,9 +1,9 @@
 //! Our own extractors, so malformed input gets our JSON error naming the field.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -29,14 +29,20 @@ where
 
 /// The raw body, with the configured size limit turned into a 413 naming it.
 pub async fn read_body(req: Request, state: &AppState) -> Result<Bytes, AppError> {
-    let limit = state.config.server.body_limit_bytes;
-    Bytes::from_request(req, state).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::PayloadTooLarge(limit)
-        } else {
-            AppError::bad_request(format!("cannot read request body: {e}"))
+    read_limited(req.into_body(), state.config.server.body_limit_bytes).await
+}
+
+/// A body of at most `limit` bytes; a longer one is a 413 naming the limit.
+pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, AppError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(AppError::PayloadTooLarge(limit))
         }
-    })
+        Err(e) => Err(AppError::bad_request(format!(
+            "cannot read request body: {e}"
+        ))),
+    }
 }
 
 /// Parses JSON, naming the offending field on error (`rules[0].priority: invalid type …`).

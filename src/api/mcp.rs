@@ -51,7 +51,7 @@ pub struct EntitledMcp {
     ))]
 pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
-    let Some(auth) = auth::secret_from(&parts).and_then(|s| state.authenticate(s)) else {
+    let Some(auth) = auth::secret_from(&parts.headers).and_then(|s| state.authenticate(s)) else {
         return AppError::Unauthorized.into_response();
     };
     auth.record_in_span();

@@ -15,6 +15,7 @@ pub mod extract;
 pub mod feature_usage;
 pub mod features;
 pub mod flags;
+pub mod front;
 pub mod health;
 pub mod insights;
 pub mod mcp;
@@ -227,13 +228,13 @@ pub fn routes() -> Vec<Route> {
         route(M::DELETE, "/features/{id}", features::delete),
         route(M::GET, "/flags", flags::list),
         route(M::POST, "/flags", flags::create),
-        route(M::POST, "/flags/check", checks::check_all).without_db(),
+        route(M::POST, checks::ALL_PATH, checks::check_all).without_db(),
         route(M::POST, "/flags/check-bulk", checks::check_bulk).without_db(),
         route(M::GET, "/flags/{id}", flags::get),
         route(M::PUT, "/flags/{id}", flags::update),
         route(M::DELETE, "/flags/{id}", flags::delete),
         route(M::PUT, "/flags/{id}/rules", flags::put_rules),
-        route(M::POST, "/flags/{key}/check", checks::check_one).without_db(),
+        route(M::POST, checks::ONE_PATH, checks::check_one).without_db(),
         route(M::GET, "/plans", plans::list),
         route(M::POST, "/plans", plans::create),
         route(M::GET, "/plans/{id}", plans::get),
@@ -270,10 +271,7 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for r in table {
         // Each route observes into its own latency series, resolved here once.
-        let observed = Observed {
-            route: Some(r.path),
-            latency: latency.series(method_label(&r.method), r.path),
-        };
+        let observed = Observed::route(&r.method, r.path);
         let mut method_router = r.router;
         if r.needs_db {
             method_router = method_router.route_layer(middleware::from_fn_with_state(
@@ -324,7 +322,7 @@ async fn method_not_allowed() -> Response {
         .into_response()
 }
 
-/// What [`observe`] records a request under: `'static` references, so handing them to each
+/// What a request is recorded under: `'static` references, so handing them to each
 /// request copies two pointers and touches no shared reference count.
 #[derive(Clone, Copy)]
 struct Observed {
@@ -333,12 +331,63 @@ struct Observed {
     latency: &'static crate::metrics::ShardedHistogram,
 }
 
-/// One span per request with the method, the route and (recorded by the auth extractor) the
-/// environment; a latency histogram per route and a count per status class.
-///
-/// The span is at INFO, so every log line of a request carries them; the check routes,
-/// the hot path, get a DEBUG span (enable with `log.level = "info,entitled::api=debug"`), since
-/// an enabled span costs an allocation per request.
+impl Observed {
+    /// The series of a route in [`routes`] (created by [`router`]).
+    fn route(method: &Method, path: &'static str) -> Observed {
+        Observed {
+            route: Some(path),
+            latency: crate::metrics::HTTP_REQUEST_SECONDS.series(method_label(method), path),
+        }
+    }
+
+    /// Runs `respond` inside one span per request with the method, the route and (recorded
+    /// by the auth extractor) the environment; records its latency in the route's
+    /// histogram and its status in a count per status class, and logs it.
+    ///
+    /// The span is at INFO, so every log line of a request carries them; the check routes,
+    /// the hot path, get a DEBUG span (enable with `log.level = "info,entitled::api=debug"`),
+    /// since an enabled span costs an allocation per request.
+    async fn observe(
+        self,
+        method: &'static str,
+        route: &str,
+        respond: impl std::future::Future<Output = Response>,
+    ) -> Response {
+        let span = if route.ends_with("check") || route.ends_with("check-bulk") {
+            tracing::debug_span!("request", method, route, env = tracing::field::Empty)
+        } else {
+            tracing::info_span!("request", method, route, env = tracing::field::Empty)
+        };
+        let started = std::time::Instant::now();
+        let response = tracing::Instrument::instrument(respond, span.clone()).await;
+        let elapsed = started.elapsed();
+        self.latency.observe(elapsed.as_secs_f64());
+        let status = response.status();
+        crate::metrics::HTTP_RESPONSES.inc(match status.as_u16() {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        });
+        let _enter = span.enter();
+        if status.is_server_error() {
+            tracing::warn!(
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "request failed"
+            );
+        } else {
+            tracing::debug!(
+                status = status.as_u16(),
+                elapsed_us = elapsed.as_micros() as u64,
+                "request"
+            );
+        }
+        response
+    }
+}
+
+/// The router's middleware around every route: [`Observed::observe`].
 async fn observe(State(observed): State<Observed>, req: Request, next: Next) -> Response {
     // Only the fallbacks look the path up (a 405 has one).
     let matched = match observed.route {
@@ -350,35 +399,5 @@ async fn observe(State(observed): State<Observed>, req: Request, next: Next) -> 
         .or(matched.as_ref().map(MatchedPath::as_str))
         .unwrap_or("unmatched");
     let method = method_label(req.method());
-    let span = if route.ends_with("check") || route.ends_with("check-bulk") {
-        tracing::debug_span!("request", method, route, env = tracing::field::Empty)
-    } else {
-        tracing::info_span!("request", method, route, env = tracing::field::Empty)
-    };
-    let started = std::time::Instant::now();
-    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    let elapsed = started.elapsed();
-    observed.latency.observe(elapsed.as_secs_f64());
-    let status = response.status();
-    crate::metrics::HTTP_RESPONSES.inc(match status.as_u16() {
-        200..=299 => "2xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
-    });
-    let _enter = span.enter();
-    if status.is_server_error() {
-        tracing::warn!(
-            status = status.as_u16(),
-            elapsed_ms = elapsed.as_millis() as u64,
-            "request failed"
-        );
-    } else {
-        tracing::debug!(
-            status = status.as_u16(),
-            elapsed_us = elapsed.as_micros() as u64,
-            "request"
-        );
-    }
-    response
+    observed.observe(method, route, next.run(req)).await
 }
