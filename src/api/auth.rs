@@ -8,19 +8,27 @@ use axum::http::HeaderMap;
 
 use crate::api::error::AppError;
 use crate::api::AppState;
-use crate::cache::EnvCache;
+use crate::cache::Grant;
 
 pub const API_KEY_HEADER: &str = "x-schematic-api-key";
 
-/// The caller's environment and permissions.
+/// The caller's environment and permissions: shared with the snapshot's key table, so
+/// authenticating a request copies nothing.
 #[derive(Clone)]
-pub struct Auth {
-    pub env: Arc<EnvCache>,
-    pub key_id: String,
-    pub readonly: bool,
+pub struct Auth(Arc<Grant>);
+
+impl std::ops::Deref for Auth {
+    type Target = Grant;
+    fn deref(&self) -> &Grant {
+        &self.0
+    }
 }
 
 impl Auth {
+    pub fn new(grant: Arc<Grant>) -> Auth {
+        Auth(grant)
+    }
+
     pub fn env_id(&self) -> &str {
         &self.env.environment.id
     }

@@ -12,13 +12,13 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::answer::write_answer;
 use super::auth::Auth;
 use super::extract::{parse_json, read_body, read_limited, Path};
 use super::openapi::{Enveloped, Errors};
-use super::views::{key_pairs, EntitlementRef, EntitlementView};
+use super::views::{EntitlementRef, EntitlementView};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::cache::{Catalog, CheckOutcome, Found, KeyMap};
@@ -30,9 +30,84 @@ use crate::metrics;
 pub struct CheckBody {
     /// Company keys, e.g. `{"id": "acme"}`; unknown keys evaluate with no company.
     #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
-    company: Option<Map<String, Value>>,
+    company: Option<Keys>,
     #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
-    user: Option<Map<String, Value>>,
+    user: Option<Keys>,
+}
+
+/// Identifying keys as a check sends them, `{"id": "acme"}`, read straight into a
+/// [`KeyMap`]: a check is the most frequent request, and going through a JSON map and
+/// copying out of it cost four allocations a check. Values may be strings or numbers
+/// (kept as their text, as everywhere else keys are read); the pairs are in key order,
+/// a repeated key keeping its last value, exactly as a JSON object map holds them.
+#[derive(Debug, Default)]
+struct Keys(KeyMap);
+
+impl<'de> Deserialize<'de> for Keys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Keys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                let mut keys: KeyMap = Vec::with_capacity(map.size_hint().unwrap_or(1));
+                while let Some(k) = map.next_key::<String>()? {
+                    let KeyValue(v) = map.next_value()?;
+                    keys.push((k, v));
+                }
+                if keys.len() > 1 {
+                    // Sorted, stably, so that of a repeated key the last stands last.
+                    keys.sort_by(|a, b| a.0.cmp(&b.0));
+                    let mut deduped: KeyMap = Vec::with_capacity(keys.len());
+                    for pair in keys {
+                        match deduped.last_mut() {
+                            Some(last) if last.0 == pair.0 => *last = pair,
+                            _ => deduped.push(pair),
+                        }
+                    }
+                    keys = deduped;
+                }
+                Ok(Keys(keys))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// One key's value: a string, or a number kept as its text.
+struct KeyValue(String);
+
+impl<'de> Deserialize<'de> for KeyValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = KeyValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyValue, E> {
+                Ok(KeyValue(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<KeyValue, E> {
+                Ok(KeyValue(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<KeyValue, E> {
+                Ok(KeyValue(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<KeyValue, E> {
+                Ok(KeyValue(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<KeyValue, E> {
+                Ok(KeyValue(
+                    serde_json::Number::from_f64(v)
+                        .map_or_else(|| v.to_string(), |n| n.to_string()),
+                ))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// `CheckFlagResponseData`: the schema of one flag's answer. Answers are written by
@@ -126,13 +201,12 @@ impl Serialize for Checked {
 }
 
 impl CheckBody {
-    /// The company and user keys; `at` prefixes the field names in errors (`contexts[2].`).
-    fn keys(&self, at: &str) -> AppResult<(KeyMap, KeyMap)> {
-        let pairs = |field: &str, keys: &Option<Map<String, Value>>| match keys {
-            Some(k) => key_pairs(&format!("{at}{field}"), k),
-            None => Ok(Vec::new()),
-        };
-        Ok((pairs("company", &self.company)?, pairs("user", &self.user)?))
+    /// The company and user keys.
+    fn keys(self) -> (KeyMap, KeyMap) {
+        (
+            self.company.map(|k| k.0).unwrap_or_default(),
+            self.user.map(|k| k.0).unwrap_or_default(),
+        )
     }
 }
 
@@ -143,7 +217,7 @@ fn context(bytes: &[u8]) -> AppResult<(KeyMap, KeyMap)> {
     } else {
         parse_json(bytes)?
     };
-    body.keys("")
+    Ok(body.keys())
 }
 
 /// The route of a single check; [`super::front`] answers it without the router.
@@ -283,12 +357,7 @@ pub async fn check_bulk(
             body.contexts.len()
         )));
     }
-    let keys = body
-        .contexts
-        .iter()
-        .enumerate()
-        .map(|(i, c)| c.keys(&format!("contexts[{i}].")))
-        .collect::<AppResult<Vec<_>>>()?;
+    let keys: Vec<_> = body.contexts.into_iter().map(CheckBody::keys).collect();
     let started = Instant::now();
     let catalog = state.cache.catalog();
     let now = Utc::now();
@@ -377,6 +446,35 @@ mod tests {
     use super::*;
     use crate::engine::{CreditBalance, EntitlementReport, RuleType};
     use utoipa::PartialSchema;
+
+    /// Keys read straight into pairs are what a JSON object map would have held: in key
+    /// order, a repeated key keeping its last value, numbers as their text; a bad value is
+    /// named by its path.
+    #[test]
+    fn keys_read_as_a_json_map_holds_them() {
+        let pairs = |json: &str| context(json.as_bytes()).map_err(|e| e.to_string());
+        let own = |v: &[(&str, &str)]| -> KeyMap {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            pairs(r#"{"company": {"b": "2", "a": 1, "b": "3"}, "user": {"n": 1.5}}"#),
+            Ok((own(&[("a", "1"), ("b", "3")]), own(&[("n", "1.5")])))
+        );
+        assert_eq!(pairs(r#"{"company": null}"#), Ok((Vec::new(), Vec::new())));
+        assert_eq!(pairs("  "), Ok((Vec::new(), Vec::new())));
+        let err = pairs(r#"{"company": {"id": [1]}}"#).unwrap_err();
+        assert!(
+            err.contains("company.id") && err.contains("a string"),
+            "{err}"
+        );
+        let err = pairs(r#"{"user": "ada"}"#).unwrap_err();
+        assert!(
+            err.contains("user") && err.contains("object of keys"),
+            "{err}"
+        );
+    }
 
     fn evaluation(entitlement: Option<EntitlementReport>) -> Evaluation {
         Evaluation {

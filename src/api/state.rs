@@ -58,13 +58,9 @@ pub struct Shared {
 impl AppState {
     /// Resolves an API key secret from the snapshot (no database on the hot path).
     pub fn authenticate(&self, secret: &str) -> Option<Auth> {
-        let info = self.cache.api_key(&store::api_keys::hash_key(secret))?;
-        let env = self.cache.env(&info.environment_id)?.clone();
-        Some(Auth {
-            env,
-            key_id: info.id,
-            readonly: info.readonly,
-        })
+        self.cache
+            .api_key(&store::api_keys::hash_key(secret))
+            .map(Auth::new)
     }
 
     /// What applying Stripe state needs, from this process.

@@ -152,11 +152,20 @@ pub struct EnvCache {
     users: RwLock<Index<UserState>>,
 }
 
+/// What an API key grants: the environment it reads and writes, and whether it only reads.
+pub struct Grant {
+    pub env: Arc<EnvCache>,
+    /// The key's id (or, for the console, who signed in).
+    pub key_id: String,
+    pub readonly: bool,
+}
+
 /// The snapshot of everything checks read, per process.
 pub struct Cache {
     pool: PgPool,
     catalog: ArcSwap<Catalog>,
-    api_keys: ArcSwap<HashMap<[u8; 32], ApiKeyInfo>>,
+    /// Key hash → what the key grants, its environment resolved at load.
+    api_keys: ArcSwap<HashMap<[u8; 32], Arc<Grant>>>,
     /// Environment id → the request types its active outbound webhooks subscribe to:
     /// writers build messages only for these. Looked up by `&str`, without allocating.
     webhook_types: ArcSwap<HashMap<String, std::collections::HashSet<String>>>,
@@ -284,7 +293,8 @@ impl Cache {
         Ok(())
     }
 
-    pub fn api_key(&self, hash: &[u8; 32]) -> Option<ApiKeyInfo> {
+    /// What the key with this hash grants: one reference count per request, no copy.
+    pub fn api_key(&self, hash: &[u8; 32]) -> Option<Arc<Grant>> {
         self.api_keys.load().get(hash).cloned()
     }
 
@@ -323,7 +333,20 @@ impl Cache {
     pub async fn reload_api_keys(&self) -> store::Result<()> {
         let _guard = self.catalog_lock.lock().await;
         let keys = load::api_keys(&self.pool).await?;
-        self.api_keys.store(Arc::new(keys));
+        // A key of an environment no longer configured grants nothing.
+        let grants = keys
+            .into_iter()
+            .filter_map(|(hash, info)| {
+                let env = self.envs.get(&info.environment_id)?.clone();
+                let grant = Grant {
+                    env,
+                    key_id: info.id,
+                    readonly: info.readonly,
+                };
+                Some((hash, Arc::new(grant)))
+            })
+            .collect();
+        self.api_keys.store(Arc::new(grants));
         crate::metrics::CACHE_RELOADS.inc();
         Ok(())
     }

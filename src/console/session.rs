@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::error::ConsoleError;
 use crate::api::auth::Auth;
 use crate::api::AppState;
-use crate::cache::EnvCache;
+use crate::cache::{EnvCache, Grant};
 use crate::store;
 
 /// The session cookie: a random secret whose SHA-256 is the session's key in Postgres.
@@ -129,11 +129,11 @@ impl Console {
 
     /// The API's view of this person: what the API handlers the console reuses authorize.
     pub fn auth(&self) -> Auth {
-        Auth {
+        Auth::new(Arc::new(Grant {
             env: self.env.clone(),
             key_id: format!("console:{}", self.user_id),
             readonly: !self.is_admin(),
-        }
+        }))
     }
 
     pub fn env_id(&self) -> &str {
