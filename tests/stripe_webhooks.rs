@@ -726,3 +726,90 @@ async fn failed_events_keep_their_error_and_the_retry_endpoint_reapplies() {
     let (_, none) = app.get("/stripe/events?type=invoice.paid").await;
     assert_eq!(none["data"].as_array().unwrap().len(), 0);
 }
+
+/// A batch recomputes the memberships of all its companies from one read: each company gets
+/// exactly its own grants, once, however often and in whatever order it is named.
+#[tokio::test]
+async fn memberships_of_several_companies_sync_from_one_read() {
+    let app = seeded(&s::config("stripe_refetch_on_webhook = false")).await;
+    let analytics = Item {
+        id: "si_many_analytics",
+        price: "price_demo_analytics",
+        product: "prod_demo_analytics",
+        quantity: 1,
+    };
+    let t = 1_790_000_000;
+    let both = s::subscription("sub_many_a", "cus_many_a", "active", &[pro(1), analytics]);
+    // Item ids are Stripe's, unique across subscriptions.
+    let pro_b = Item {
+        id: "si_many_pro_b",
+        ..pro(3)
+    };
+    let one = s::subscription("sub_many_b", "cus_many_b", "active", &[pro_b]);
+    for (i, sub) in [both, one].into_iter().enumerate() {
+        let e = s::event(
+            "customer.subscription.updated",
+            &format!("evt_many_{i}"),
+            t + i as i64,
+            sub,
+        );
+        assert_eq!(app.deliver(&e).await, "applied");
+    }
+    let company = |cus: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT environment_id, company_id FROM company_keys
+                 WHERE key = 'stripe_customer_id' AND value = $1",
+            )
+            .bind(cus)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (env, a) = company("cus_many_a").await;
+    let (_, b) = company("cus_many_b").await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    let named = [b.clone(), a.clone(), b.clone(), a.clone()];
+    let synced = entitled::store::stripe::sync_memberships_many(&mut conn, &env, &named)
+        .await
+        .unwrap();
+    let mut expected = [a.clone(), b.clone()];
+    expected.sort();
+    assert_eq!(
+        synced.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    for (c, sync) in &synced {
+        assert!(!sync.changed, "{c}: nothing to change: {sync:?}");
+        let alone = entitled::store::stripe::sync_memberships(&mut conn, &env, c)
+            .await
+            .unwrap();
+        assert_eq!(sync.after, alone.after, "{c}");
+        let plans = if *c == a { 2 } else { 1 };
+        assert_eq!(sync.after.len(), plans, "{c}: {:?}", sync.after);
+    }
+    // A membership lost behind Stripe's back comes back for its company alone.
+    sqlx::query("UPDATE company_plans SET ended_at = now() WHERE company_id = $1 AND NOT is_base")
+        .bind(&a)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let synced = entitled::store::stripe::sync_memberships_many(&mut conn, &env, &named)
+        .await
+        .unwrap();
+    let changed: Vec<(&str, bool)> = synced
+        .iter()
+        .map(|(c, s)| (c.as_str(), s.changed))
+        .collect();
+    assert!(changed.contains(&(a.as_str(), true)), "{changed:?}");
+    assert!(changed.contains(&(b.as_str(), false)), "{changed:?}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM company_plans WHERE company_id = '{a}' AND ended_at IS NULL"
+        ))
+        .await,
+        2
+    );
+}

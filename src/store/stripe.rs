@@ -433,6 +433,7 @@ impl Desired {
 /// A row of [`sync_memberships`]' one query: a grant (part 0) or a current membership (1).
 #[derive(sqlx::FromRow)]
 struct SyncRow {
+    company_id: String,
     part: i32,
     plan_id: String,
     plan_type: Option<String>,
@@ -541,12 +542,30 @@ pub async fn sync_memberships(
     env_id: &str,
     company_id: &str,
 ) -> Result<MembershipSync, sqlx::Error> {
-    // One round trip for both sides: what the subscriptions grant (part 0, newest
+    let company = [company_id.to_string()];
+    let mut synced = sync_memberships_many(conn, env_id, &company).await?;
+    Ok(synced.pop().map(|(_, s)| s).unwrap_or_default())
+}
+
+/// [`sync_memberships`] for each of `company_ids`, once each, in id order (so concurrent
+/// callers lock companies in the same order): what their subscriptions grant and their
+/// current memberships are read in one round trip for all of them; only a company whose
+/// memberships change costs more.
+pub async fn sync_memberships_many(
+    conn: &mut PgConnection,
+    env_id: &str,
+    company_ids: &[String],
+) -> Result<Vec<(String, MembershipSync)>, sqlx::Error> {
+    let mut company_ids: Vec<&str> = company_ids.iter().map(String::as_str).collect();
+    company_ids.sort_unstable();
+    company_ids.dedup();
+    // Both sides for every company: what the subscriptions grant (part 0, newest
     // subscription first) and the company's current memberships (part 1).
     let rows: Vec<SyncRow> = sqlx::query_as(
         "SELECT * FROM (
-             SELECT 0 AS part,
-                    row_number() OVER (ORDER BY s.stripe_created DESC, s.id DESC, i.id) AS ord,
+             SELECT s.company_id, 0 AS part,
+                    row_number() OVER (PARTITION BY s.company_id
+                                       ORDER BY s.stripe_created DESC, s.id DESC, i.id) AS ord,
                     p.id AS plan_id, p.plan_type, NULL::boolean AS is_base, i.quantity,
                     i.current_period_start AS period_start, i.current_period_end AS period_end,
                     s.id AS subscription_id, i.id AS item_id, s.status, s.trial_end,
@@ -557,21 +576,44 @@ pub async fn sync_memberships(
              JOIN plans p ON p.billing_product_id = i.product_id
              LEFT JOIN stripe_customers c
                   ON c.environment_id = s.environment_id AND c.id = s.customer_id
-             WHERE s.environment_id = $1 AND s.company_id = $2
+             WHERE s.environment_id = $1 AND s.company_id = ANY($2)
                AND s.status IN ('trialing', 'active', 'past_due')
                AND c.deleted_at IS NULL
              UNION ALL
-             SELECT 1, 0, plan_id, NULL, is_base, quantity, period_start, period_end,
+             SELECT company_id, 1, 0, plan_id, NULL, is_base, quantity, period_start, period_end,
                     stripe_subscription_id, stripe_subscription_item_id, stripe_status, trial_end,
                     id, source
              FROM company_plans
-             WHERE company_id = $2 AND ended_at IS NULL
-         ) x ORDER BY part, ord",
+             WHERE company_id = ANY($2) AND ended_at IS NULL
+         ) x ORDER BY company_id, part, ord",
     )
     .bind(env_id)
-    .bind(company_id)
+    .bind(&company_ids)
     .fetch_all(&mut *conn)
     .await?;
+    let mut by_company: HashMap<String, Vec<SyncRow>> = HashMap::new();
+    for row in rows {
+        by_company
+            .entry(row.company_id.clone())
+            .or_default()
+            .push(row);
+    }
+    let mut out = Vec::with_capacity(company_ids.len());
+    for company_id in company_ids {
+        let rows = by_company.remove(company_id).unwrap_or_default();
+        let synced = sync_company(conn, env_id, company_id, rows).await?;
+        out.push((company_id.to_string(), synced));
+    }
+    Ok(out)
+}
+
+/// One company's part of [`sync_memberships_many`]: its rows, in order, to the writes.
+async fn sync_company(
+    conn: &mut PgConnection,
+    env_id: &str,
+    company_id: &str,
+    rows: Vec<SyncRow>,
+) -> Result<MembershipSync, sqlx::Error> {
     let (grants, current): (Vec<SyncRow>, Vec<SyncRow>) =
         rows.into_iter().partition(|r| r.part == 0);
     let desired = desired(

@@ -34,7 +34,7 @@ use super::{worker, SyncContext};
 use crate::changes::Change;
 use crate::store;
 use crate::store::error::is_unavailable;
-use crate::store::stripe::{claim_versions, sync_memberships};
+use crate::store::stripe::{claim_versions, sync_memberships_many};
 
 /// Object types in the order a batch applies them: prices name products, subscriptions name
 /// customers and prices.
@@ -330,8 +330,9 @@ async fn apply_environment(
     }
     // Each company's memberships once, in a fixed order.
     let mut plan_changes = Vec::new();
-    for (company, written) in resync {
-        let sync = sync_memberships(&mut *conn, env_id, &company).await?;
+    let companies: Vec<String> = resync.keys().cloned().collect();
+    for (company, sync) in sync_memberships_many(&mut *conn, env_id, &companies).await? {
+        let written = resync.get(&company).copied().unwrap_or_default();
         if written || sync.changed {
             changes.push(Change::Company {
                 environment_id: env_id.to_string(),

@@ -41,7 +41,7 @@ use crate::config::EnvironmentConfig;
 use crate::store::error::is_unavailable;
 use crate::store::locks::SessionLock;
 use crate::store::reconcile::{self as store, Run};
-use crate::store::stripe::{claim_versions, sync_memberships, Write};
+use crate::store::stripe::{claim_versions, sync_memberships_many, Write};
 
 /// Pages fetched ahead of the appliers.
 pub const PAGES_IN_FLIGHT: usize = 4;
@@ -545,8 +545,8 @@ impl Started {
             )
             .await?;
             let mut changes = Vec::with_capacity(companies.len());
+            sync_memberships_many(&mut tx, &self.environment_id, &companies).await?;
             for company in companies {
-                sync_memberships(&mut tx, &self.environment_id, &company).await?;
                 changes.push(Change::Company {
                     environment_id: self.environment_id.clone(),
                     id: company,
