@@ -17,6 +17,7 @@
 #    acknowledgement to the last apply (how long entitlements lag behind Stripe's last word).
 #
 #   DURATION=2 BURST=500 CUSTOMERS=100 benches/webhooks.sh   # a quick check that it runs
+#   ENTITLED_BIN=/path/to/other/entitled benches/webhooks.sh  # an A/B against the same baselines
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-20}
@@ -33,6 +34,8 @@ command -v pgbench >/dev/null || { echo "pgbench is required (apt-get install po
 release_build
 LOAD=$(bench_bin webhook_load)
 BASELINE=$(bench_bin baseline_server)
+# ENTITLED_BIN runs another build (an A/B) against the same baselines.
+BIN=${ENTITLED_BIN:-$RELEASE_BIN}
 
 fresh_db $DB "$PORT"
 export ENTITLED_ENVIRONMENTS__0__STRIPE_WEBHOOK_SECRETS="[\"$SECRET\"]"
