@@ -220,6 +220,18 @@ fn context(bytes: &[u8]) -> AppResult<(KeyMap, KeyMap)> {
     Ok(body.keys())
 }
 
+/// Who asks, and for which company and user: the key, then the body.
+async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> AppResult<(Auth, KeyMap, KeyMap)> {
+    let auth = Auth::from_headers(headers, state)?;
+    let bytes = read_limited(body, state.config.server.body_limit_bytes).await?;
+    let (company, user) = context(&bytes)?;
+    Ok((auth, company, user))
+}
+
 /// The route of a single check; [`super::front`] answers it without the router.
 pub const ONE_PATH: &str = "/flags/{key}/check";
 /// The route of an all-flags check; [`super::front`] answers it without the router.
@@ -245,9 +257,7 @@ pub async fn one(
     key: &str,
     body: Body,
 ) -> AppResult<Response> {
-    let auth = Auth::from_headers(headers, state)?;
-    let bytes = read_limited(body, state.config.server.body_limit_bytes).await?;
-    let (company, user) = context(&bytes)?;
+    let (auth, company, user) = caller(state, headers, body).await?;
     let Checked(o) = check_flag(state, &auth, key, &company, &user)?;
     let mut out = Vec::with_capacity(64 + ANSWER_BYTES_PER_FLAG);
     out.extend_from_slice(b"{\"data\":");
@@ -325,9 +335,7 @@ pub async fn check_all(State(state): State<AppState>, req: Request) -> AppResult
 
 /// An all-flags check: authenticates, reads the body, evaluates every flag and writes them.
 pub async fn all(state: &AppState, headers: &HeaderMap, body: Body) -> AppResult<Response> {
-    let auth = Auth::from_headers(headers, state)?;
-    let bytes = read_limited(body, state.config.server.body_limit_bytes).await?;
-    let (company, user) = context(&bytes)?;
+    let (auth, company, user) = caller(state, headers, body).await?;
     let started = Instant::now();
     let catalog = state.cache.catalog();
     let found = auth.env.find(&company, &user);

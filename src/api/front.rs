@@ -12,6 +12,7 @@
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -78,14 +79,16 @@ pub struct Front {
 
 /// Which check a request is, if it is one the front answers.
 enum Check {
-    /// `POST /flags/{key}/check`: the key is the path from byte 7 to 6 bytes from the end.
-    One,
+    /// `POST /flags/{key}/check`, with where the key is in the path.
+    One(Range<usize>),
     /// `POST /flags/check`.
     All,
 }
 
 impl Check {
     fn of(req: &Request) -> Option<Check> {
+        const PREFIX: &str = "/flags/";
+        const SUFFIX: &str = "/check";
         if req.method() != Method::POST {
             return None;
         }
@@ -94,8 +97,9 @@ impl Check {
             return Some(Check::All);
         }
         // A key with a '%' needs decoding, and one with a '/' is no route: the router's.
-        let key = path.strip_prefix("/flags/")?.strip_suffix("/check")?;
-        (!key.is_empty() && !key.contains(['/', '%'])).then_some(Check::One)
+        let key = path.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+        (!key.is_empty() && !key.contains(['/', '%']))
+            .then(|| Check::One(PREFIX.len()..path.len() - SUFFIX.len()))
     }
 }
 
@@ -126,7 +130,7 @@ impl Service<Request> for Front {
 /// A check, observed as the router observes its routes.
 async fn answer(inner: &Inner, check: Check, req: Request) -> Response {
     let (observed, route) = match check {
-        Check::One => (&inner.one, checks::ONE_PATH),
+        Check::One(_) => (&inner.one, checks::ONE_PATH),
         Check::All => (&inner.all, checks::ALL_PATH),
     };
     let state = &inner.state;
@@ -134,9 +138,8 @@ async fn answer(inner: &Inner, check: Check, req: Request) -> Response {
         .observe("POST", route, async {
             let (parts, body) = req.into_parts();
             let result = match check {
-                Check::One => {
-                    let path = parts.uri.path();
-                    let key = &path["/flags/".len()..path.len() - "/check".len()];
+                Check::One(key) => {
+                    let key = &parts.uri.path()[key];
                     checks::one(state, &parts.headers, key, body).await
                 }
                 Check::All => checks::all(state, &parts.headers, body).await,
