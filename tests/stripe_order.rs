@@ -79,7 +79,7 @@ fn expected(newest: usize) -> (String, Vec<(String, bool, i64)>) {
 }
 
 async fn deliver(state: &AppState, event: &Value, reapply: bool) {
-    let inserted = store(state, event).await;
+    let inserted = s::store(state, event).await;
     // A first delivery is applied; a redelivery is acknowledged only, or, like
     // POST /stripe/events/{id}/retry, applied again.
     if inserted || reapply {
@@ -189,27 +189,6 @@ fn any_order_with_duplicates_converges_to_the_newest_event() {
     result.unwrap();
 }
 
-/// Stores a delivery in the inbox as the webhook does (a redelivery is stored once); whether
-/// it was new.
-async fn store(state: &AppState, event: &Value) -> bool {
-    let env_id = state.cache.default_env().unwrap().environment.id.clone();
-    let payload = serde_json::to_string(event).unwrap();
-    let created = chrono::DateTime::from_timestamp(event["created"].as_i64().unwrap(), 0).unwrap();
-    let new = inbox::NewEvent {
-        environment_id: &env_id,
-        id: event["id"].as_str().unwrap(),
-        kind: event["type"].as_str().unwrap(),
-        object_id: event["data"]["object"]["id"].as_str(),
-        created,
-        livemode: false,
-        api_version: None,
-        payload: &payload,
-    };
-    inbox::insert(&mut state.pool.acquire().await.unwrap(), &new)
-        .await
-        .unwrap()
-}
-
 /// Applies the inbox `size` events at a time until nothing is due.
 async fn drain_in_batches(state: &AppState, size: usize) {
     loop {
@@ -243,7 +222,7 @@ fn any_order_with_duplicates_converges_in_batches_of_any_size() {
         let size = SIZES[case % SIZES.len()];
         rt.block_on(async {
             for (n, (i, _)) in deliveries.iter().enumerate() {
-                store(&state, &lifecycle_event(case, *i)).await;
+                s::store(&state, &lifecycle_event(case, *i)).await;
                 if every > 0 && (n + 1) % every == 0 {
                     drain_in_batches(&state, size).await;
                 }
@@ -314,7 +293,7 @@ async fn one_bad_event_fails_alone_and_the_rest_of_its_batch_applies() {
         ));
     }
     for event in &events {
-        store(&state, event).await;
+        s::store(&state, event).await;
     }
     let fallbacks = entitled::metrics::STRIPE_BATCHES.get("fallback");
     let batch = entitled::stripe::worker::process_batch(&state.sync(), 100)

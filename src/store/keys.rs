@@ -150,18 +150,13 @@ pub async fn find(
     env_id: &str,
     keys: &[(String, String)],
 ) -> Result<Option<String>, Error> {
-    let (names, values): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
-    let ids: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT DISTINCT {col} FROM {table}
-         WHERE environment_id = $1 AND (key, value) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
-        col = entity.column(),
-        table = entity.table()
-    ))
-    .bind(env_id)
-    .bind(&names)
-    .bind(&values)
-    .fetch_all(conn)
-    .await?;
+    let pairs: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut ids: Vec<String> = owners(conn, entity, env_id, &pairs)
+        .await?
+        .into_values()
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
     match ids.len() {
         0 => Ok(None),
         1 => Ok(ids.into_iter().next()),
@@ -281,49 +276,15 @@ pub async fn upsert(
             )))
         }
         None => {
-            // The entity and its keys in one statement. Under the key locks nobody else
-            // can have taken these keys since `find`.
-            let id = crate::ids::new_id(entity.id_prefix());
-            // A key name given twice: the last value wins, as in `put`.
-            let mut unique: Vec<(&str, &str)> = Vec::with_capacity(keys.len());
-            for (k, v) in keys {
-                match unique.iter_mut().find(|(name, _)| *name == k.as_str()) {
-                    Some(slot) => slot.1 = v.as_str(),
-                    None => unique.push((k.as_str(), v.as_str())),
-                }
-            }
-            let (names, values): (Vec<&str>, Vec<&str>) = unique.into_iter().unzip();
-            let res = sqlx::query(&format!(
-                "WITH e AS (
-                     INSERT INTO {entity_table} (id, environment_id, name, traits)
-                     VALUES ($1, $2, COALESCE($3, ''), jsonb_strip_nulls($4))
-                     RETURNING id
-                 )
-                 INSERT INTO {table} (environment_id, {col}, key, value)
-                 SELECT $2, e.id, k.key, k.value
-                 FROM e, unnest($5::text[], $6::text[]) AS k (key, value)",
-                entity_table = entity.entity_table(),
-                table = entity.table(),
-                col = entity.column(),
-            ))
-            .bind(&id)
-            .bind(env_id)
-            .bind(name)
-            .bind(sqlx::types::Json(traits.cloned().unwrap_or_default()))
-            .bind(&names)
-            .bind(&values)
-            .execute(&mut *conn)
-            .await;
-            if let Err(e) = res {
-                if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION).is_some() {
-                    return Err(Error::Conflict(format!(
-                        "keys identify more than one {}; send keys of one {}",
-                        entity.noun(),
-                        entity.noun()
-                    )));
-                }
-                return Err(e.into());
-            }
+            // Under the key locks nobody else can have taken these keys since `find`.
+            let id = new_id(entity);
+            let new = New {
+                id: &id,
+                name,
+                traits,
+                keys,
+            };
+            create_many(conn, entity, env_id, std::slice::from_ref(&new)).await?;
             return Ok(Upserted {
                 id,
                 created: true,
@@ -354,6 +315,135 @@ pub async fn upsert(
         created,
         changed: changed && !created,
     })
+}
+
+/// An entity to create with [`create_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct New<'a> {
+    /// A fresh id ([`new_id`]).
+    pub id: &'a str,
+    pub name: Option<&'a str>,
+    pub traits: Option<&'a Map<String, Value>>,
+    pub keys: &'a [(String, String)],
+}
+
+/// A fresh id for an entity to create.
+pub fn new_id(entity: Entity) -> String {
+    crate::ids::new_id(entity.id_prefix())
+}
+
+/// Creates entities and their keys in one statement. The caller holds the locks of the keys
+/// ([`lock`]) and found none of them taken, so a unique violation means two of `new` share
+/// a key: `Conflict`. A key name given twice: the last value wins, as in [`put`].
+pub async fn create_many(
+    conn: &mut PgConnection,
+    entity: Entity,
+    env_id: &str,
+    new: &[New<'_>],
+) -> Result<(), Error> {
+    let ids: Vec<&str> = new.iter().map(|n| n.id).collect();
+    let names: Vec<&str> = new.iter().map(|n| n.name.unwrap_or("")).collect();
+    let traits: Vec<sqlx::types::Json<Map<String, Value>>> = new
+        .iter()
+        .map(|n| sqlx::types::Json(n.traits.cloned().unwrap_or_default()))
+        .collect();
+    let (mut owners, mut key_names, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    for n in new {
+        let mut unique: Vec<(&str, &str)> = Vec::with_capacity(n.keys.len());
+        for (k, v) in n.keys {
+            match unique.iter_mut().find(|(name, _)| *name == k.as_str()) {
+                Some(slot) => slot.1 = v.as_str(),
+                None => unique.push((k.as_str(), v.as_str())),
+            }
+        }
+        for (k, v) in unique {
+            owners.push(n.id);
+            key_names.push(k);
+            values.push(v);
+        }
+    }
+    let res = sqlx::query(&format!(
+        "WITH e AS (
+             INSERT INTO {entity_table} (id, environment_id, name, traits)
+             SELECT n.id, $1, n.name, jsonb_strip_nulls(n.traits)
+             FROM unnest($2::text[], $3::text[], $4::jsonb[]) AS n (id, name, traits)
+             RETURNING id
+         )
+         INSERT INTO {table} (environment_id, {col}, key, value)
+         SELECT $1, e.id, k.key, k.value
+         FROM unnest($5::text[], $6::text[], $7::text[]) AS k (owner, key, value)
+         JOIN e ON e.id = k.owner",
+        entity_table = entity.entity_table(),
+        table = entity.table(),
+        col = entity.column(),
+    ))
+    .bind(env_id)
+    .bind(&ids)
+    .bind(&names)
+    .bind(&traits)
+    .bind(&owners)
+    .bind(&key_names)
+    .bind(&values)
+    .execute(&mut *conn)
+    .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if violated_constraint(&e, sqlstate::UNIQUE_VIOLATION).is_some() => {
+            Err(Error::Conflict(format!(
+                "keys identify more than one {}; send keys of one {}",
+                entity.noun(),
+                entity.noun()
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The owner of each of `pairs` (`(key, value)`) that has one, in one query.
+pub async fn owners(
+    conn: &mut PgConnection,
+    entity: Entity,
+    env_id: &str,
+    pairs: &[(&str, &str)],
+) -> Result<std::collections::HashMap<(String, String), String>, sqlx::Error> {
+    let (names, values): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
+    let rows: Vec<(String, String, String)> = sqlx::query_as(&format!(
+        "SELECT key, value, {col} FROM {table}
+         WHERE environment_id = $1
+           AND (key, value) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+        col = entity.column(),
+        table = entity.table()
+    ))
+    .bind(env_id)
+    .bind(&names)
+    .bind(&values)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(k, v, id)| ((k, v), id)).collect())
+}
+
+/// Sets the names of entities (`(id, name)`, ids distinct) in one statement; returns the ids
+/// whose name changed.
+pub async fn rename_many(
+    conn: &mut PgConnection,
+    entity: Entity,
+    env_id: &str,
+    names: &[(&str, &str)],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let (ids, names): (Vec<&str>, Vec<&str>) = names.iter().copied().unzip();
+    let changed: Vec<String> = sqlx::query_scalar(&format!(
+        "UPDATE {table} AS t SET name = n.name, updated_at = now()
+         FROM unnest($2::text[], $3::text[]) AS n (id, name)
+         WHERE t.environment_id = $1 AND t.id = n.id AND t.name IS DISTINCT FROM n.name
+         RETURNING t.id",
+        table = entity.entity_table()
+    ))
+    .bind(env_id)
+    .bind(&ids)
+    .bind(&names)
+    .fetch_all(conn)
+    .await?;
+    Ok(changed.into_iter().collect())
 }
 
 /// `value` → company id, for the companies with key `key` set to one of `values`.

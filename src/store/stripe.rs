@@ -218,38 +218,60 @@ pub async fn upsert_price(
     Ok(written(inserted))
 }
 
-/// Records the customer → company mapping and what Stripe says about the customer. A
-/// deleted customer stays deleted (Stripe never undeletes one).
+/// A customer row: the customer → company mapping and what Stripe says about the customer.
+#[derive(Debug, Clone, Copy)]
+pub struct CustomerRow<'a> {
+    pub id: &'a str,
+    pub company_id: &'a str,
+    pub email: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub deleted: bool,
+}
+
+/// Records one customer ([`upsert_customers`]).
 pub async fn upsert_customer(
     conn: &mut PgConnection,
     env_id: &str,
-    customer_id: &str,
-    company_id: &str,
-    email: Option<&str>,
-    name: Option<&str>,
-    deleted: bool,
+    row: CustomerRow<'_>,
 ) -> Result<Written, sqlx::Error> {
-    let inserted: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO stripe_customers (environment_id, id, company_id, email, name, deleted_at)
-         VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END)
+    Ok(upsert_customers(conn, env_id, &[row]).await?[0])
+}
+
+/// Records customers (ids distinct) in one statement; returns what changed, per row. A
+/// deleted customer stays deleted (Stripe never undeletes one).
+pub async fn upsert_customers(
+    conn: &mut PgConnection,
+    env_id: &str,
+    rows: &[CustomerRow<'_>],
+) -> Result<Vec<Written>, sqlx::Error> {
+    let changed: Vec<(String, bool)> = sqlx::query_as(
+        "INSERT INTO stripe_customers AS t (environment_id, id, company_id, email, name, deleted_at)
+         SELECT $1, c.id, c.company_id, c.email, c.name, CASE WHEN c.deleted THEN now() END
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bool[])
+              AS c (id, company_id, email, name, deleted)
+         ORDER BY c.id
          ON CONFLICT (environment_id, id) DO UPDATE SET
              company_id = EXCLUDED.company_id, email = EXCLUDED.email, name = EXCLUDED.name,
-             deleted_at = COALESCE(stripe_customers.deleted_at, EXCLUDED.deleted_at),
+             deleted_at = COALESCE(t.deleted_at, EXCLUDED.deleted_at),
              updated_at = now()
-         WHERE (stripe_customers.company_id, stripe_customers.email, stripe_customers.name)
+         WHERE (t.company_id, t.email, t.name)
                IS DISTINCT FROM (EXCLUDED.company_id, EXCLUDED.email, EXCLUDED.name)
-            OR (stripe_customers.deleted_at IS NULL AND $6)
-         RETURNING (xmax = 0)",
+            OR (t.deleted_at IS NULL AND EXCLUDED.deleted_at IS NOT NULL)
+         RETURNING t.id, (t.xmax = 0)",
     )
     .bind(env_id)
-    .bind(customer_id)
-    .bind(company_id)
-    .bind(email)
-    .bind(name)
-    .bind(deleted)
-    .fetch_optional(conn)
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.company_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.email).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.name).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.deleted).collect::<Vec<_>>())
+    .fetch_all(conn)
     .await?;
-    Ok(written(inserted))
+    let changed: HashMap<String, bool> = changed.into_iter().collect();
+    Ok(rows
+        .iter()
+        .map(|r| written(changed.get(r.id).copied()))
+        .collect())
 }
 
 /// A subscription item as stored.
@@ -288,63 +310,97 @@ pub struct PutSubscription {
     pub written: Written,
 }
 
-/// Replaces the subscription and its items with `s`.
+/// Replaces the subscription and its items with `s` ([`put_subscriptions`]).
 pub async fn put_subscription(
     conn: &mut PgConnection,
     env_id: &str,
     company_id: &str,
     s: &SubscriptionFields,
 ) -> Result<PutSubscription, sqlx::Error> {
-    // One statement: the CTE reads the row as it was before the upsert. No row comes back
-    // when nothing changed.
-    let row: Option<(Option<String>, bool)> = sqlx::query_as(
+    let mut put = put_subscriptions(conn, env_id, &[company_id], std::slice::from_ref(s)).await?;
+    Ok(put.remove(0))
+}
+
+/// Replaces subscriptions (ids distinct) and their items, `subscriptions[i]` belonging to
+/// `companies[i]`, in two statements; returns what it did, per subscription.
+pub async fn put_subscriptions(
+    conn: &mut PgConnection,
+    env_id: &str,
+    companies: &[&str],
+    subscriptions: &[SubscriptionFields],
+) -> Result<Vec<PutSubscription>, sqlx::Error> {
+    let subs = subscriptions;
+    // The CTE reads the rows as they were before the upsert. A subscription that did not
+    // change returns no row.
+    let rows: Vec<(String, Option<String>, bool)> = sqlx::query_as(
         "WITH previous AS (
-             SELECT company_id FROM stripe_subscriptions WHERE environment_id = $1 AND id = $2
+             SELECT id, company_id FROM stripe_subscriptions
+             WHERE environment_id = $1 AND id = ANY($2)
          )
-         INSERT INTO stripe_subscriptions (environment_id, id, customer_id, company_id, status,
-             trial_end, cancel_at_period_end, canceled_at, stripe_created)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         INSERT INTO stripe_subscriptions AS t (environment_id, id, customer_id, company_id,
+             status, trial_end, cancel_at_period_end, canceled_at, stripe_created)
+         SELECT $1, s.id, s.customer_id, s.company_id, s.status, s.trial_end,
+                s.cancel_at_period_end, s.canceled_at, s.stripe_created
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                     $7::bool[], $8::timestamptz[], $9::timestamptz[])
+              AS s (id, customer_id, company_id, status, trial_end, cancel_at_period_end,
+                    canceled_at, stripe_created)
+         ORDER BY s.id
          ON CONFLICT (environment_id, id) DO UPDATE SET
              customer_id = EXCLUDED.customer_id, company_id = EXCLUDED.company_id,
              status = EXCLUDED.status, trial_end = EXCLUDED.trial_end,
              cancel_at_period_end = EXCLUDED.cancel_at_period_end,
              canceled_at = EXCLUDED.canceled_at, stripe_created = EXCLUDED.stripe_created,
              updated_at = now()
-         WHERE (stripe_subscriptions.customer_id, stripe_subscriptions.company_id,
-                stripe_subscriptions.status, stripe_subscriptions.trial_end,
-                stripe_subscriptions.cancel_at_period_end, stripe_subscriptions.canceled_at,
-                stripe_subscriptions.stripe_created)
+         WHERE (t.customer_id, t.company_id, t.status, t.trial_end, t.cancel_at_period_end,
+                t.canceled_at, t.stripe_created)
                IS DISTINCT FROM
                (EXCLUDED.customer_id, EXCLUDED.company_id, EXCLUDED.status, EXCLUDED.trial_end,
                 EXCLUDED.cancel_at_period_end, EXCLUDED.canceled_at, EXCLUDED.stripe_created)
-         RETURNING (SELECT company_id FROM previous), (xmax = 0)",
+         RETURNING t.id, (SELECT p.company_id FROM previous p WHERE p.id = t.id), (t.xmax = 0)",
     )
     .bind(env_id)
-    .bind(&s.id)
-    .bind(&s.customer_id)
-    .bind(company_id)
-    .bind(&s.status)
-    .bind(s.trial_end)
-    .bind(s.cancel_at_period_end)
-    .bind(s.canceled_at)
-    .bind(s.stripe_created)
-    .fetch_optional(&mut *conn)
+    .bind(subs.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
+    .bind(
+        subs.iter()
+            .map(|s| s.customer_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(companies)
+    .bind(subs.iter().map(|s| s.status.as_str()).collect::<Vec<_>>())
+    .bind(subs.iter().map(|s| s.trial_end).collect::<Vec<_>>())
+    .bind(
+        subs.iter()
+            .map(|s| s.cancel_at_period_end)
+            .collect::<Vec<_>>(),
+    )
+    .bind(subs.iter().map(|s| s.canceled_at).collect::<Vec<_>>())
+    .bind(subs.iter().map(|s| s.stripe_created).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
     .await?;
-    // Items the object no longer lists go, the others are upserted: one statement (the two
-    // touch disjoint rows). With a partial item list, nothing is deleted.
-    let item_ids: Vec<&str> = s.items.iter().map(|i| i.id.as_str()).collect();
-    let (deleted, upserted): (i64, i64) = sqlx::query_as(
+    // Items the objects no longer list go, the others are upserted: one statement (the two
+    // touch disjoint rows: nothing listed is deleted). A partial item list deletes nothing.
+    let items: Vec<(&str, &ItemFields)> = subs
+        .iter()
+        .flat_map(|s| s.items.iter().map(move |i| (s.id.as_str(), i)))
+        .collect();
+    let items_changed: Vec<String> = sqlx::query_scalar(
         "WITH gone AS (
-             DELETE FROM stripe_subscription_items
-             WHERE environment_id = $1 AND subscription_id = $2 AND id <> ALL($3) AND NOT $9
-             RETURNING 1
+             DELETE FROM stripe_subscription_items AS t
+             USING unnest($2::text[], $3::bool[]) AS s (id, partial)
+             WHERE t.environment_id = $1 AND t.subscription_id = s.id AND NOT s.partial
+               AND t.id <> ALL($4)
+             RETURNING t.subscription_id
          ), put AS (
              INSERT INTO stripe_subscription_items AS t (environment_id, id, subscription_id,
                  price_id, product_id, quantity, current_period_start, current_period_end)
-             SELECT $1, i.id, $2, i.price_id, i.product_id, i.quantity, i.period_start, i.period_end
-             FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::timestamptz[],
-                         $8::timestamptz[])
-                  AS i (id, price_id, product_id, quantity, period_start, period_end)
+             SELECT $1, i.id, i.subscription_id, i.price_id, i.product_id, i.quantity,
+                    i.period_start, i.period_end
+             FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[],
+                         $9::timestamptz[], $10::timestamptz[])
+                  AS i (id, subscription_id, price_id, product_id, quantity, period_start,
+                        period_end)
+             ORDER BY i.id
              ON CONFLICT (environment_id, id) DO UPDATE SET
                  subscription_id = EXCLUDED.subscription_id, price_id = EXCLUDED.price_id,
                  product_id = EXCLUDED.product_id, quantity = EXCLUDED.quantity,
@@ -355,50 +411,61 @@ pub async fn put_subscription(
                    IS DISTINCT FROM
                    (EXCLUDED.subscription_id, EXCLUDED.price_id, EXCLUDED.product_id,
                     EXCLUDED.quantity, EXCLUDED.current_period_start, EXCLUDED.current_period_end)
-             RETURNING 1
+             RETURNING t.subscription_id
          )
-         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM put)",
+         SELECT subscription_id FROM gone UNION SELECT subscription_id FROM put",
     )
     .bind(env_id)
-    .bind(&s.id)
-    .bind(&item_ids)
+    .bind(subs.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
+    .bind(subs.iter().map(|s| s.items_partial).collect::<Vec<_>>())
+    .bind(items.iter().map(|(_, i)| i.id.as_str()).collect::<Vec<_>>())
+    .bind(items.iter().map(|(s, _)| *s).collect::<Vec<_>>())
     .bind(
-        s.items
+        items
             .iter()
-            .map(|i| i.price_id.as_str())
+            .map(|(_, i)| i.price_id.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
-        s.items
+        items
             .iter()
-            .map(|i| i.product_id.as_str())
+            .map(|(_, i)| i.product_id.as_str())
             .collect::<Vec<_>>(),
     )
-    .bind(s.items.iter().map(|i| i.quantity).collect::<Vec<_>>())
+    .bind(items.iter().map(|(_, i)| i.quantity).collect::<Vec<_>>())
     .bind(
-        s.items
+        items
             .iter()
-            .map(|i| i.current_period_start)
+            .map(|(_, i)| i.current_period_start)
             .collect::<Vec<_>>(),
     )
     .bind(
-        s.items
+        items
             .iter()
-            .map(|i| i.current_period_end)
+            .map(|(_, i)| i.current_period_end)
             .collect::<Vec<_>>(),
     )
-    .bind(s.items_partial)
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let items_changed = deleted > 0 || upserted > 0;
-    let (previous, inserted) = match row {
-        Some((previous, inserted)) => (previous, Some(inserted)),
-        None => (None, items_changed.then_some(false)),
-    };
-    Ok(PutSubscription {
-        previous_company: previous.filter(|p| p != company_id),
-        written: written(inserted),
-    })
+    let items_changed: std::collections::HashSet<String> = items_changed.into_iter().collect();
+    let mut rows: HashMap<String, (Option<String>, bool)> = rows
+        .into_iter()
+        .map(|(id, previous, inserted)| (id, (previous, inserted)))
+        .collect();
+    Ok(subs
+        .iter()
+        .zip(companies)
+        .map(|(s, company)| {
+            let (previous, inserted) = match rows.remove(&s.id) {
+                Some((previous, inserted)) => (previous, Some(inserted)),
+                None => (None, items_changed.contains(&s.id).then_some(false)),
+            };
+            PutSubscription {
+                previous_company: previous.filter(|p| p != company),
+                written: written(inserted),
+            }
+        })
+        .collect())
 }
 
 /// A Stripe membership: what company_plans should hold for one plan.

@@ -21,9 +21,12 @@ use crate::store::companies::{self, UpsertCompany};
 use crate::store::keys::{self, Entity};
 use crate::store::meters::{self, MeterFields};
 use crate::store::stripe::{
-    self as store, ItemFields, MembershipSync, PriceFields, ProductFields, SubscriptionFields,
-    Write, Written,
+    self as store, CustomerRow, ItemFields, MembershipSync, PriceFields, ProductFields,
+    SubscriptionFields, Write, Written,
 };
+
+mod set_wise;
+pub use set_wise::{customers, subscriptions};
 
 /// The company key a Stripe customer id is stored under.
 pub const CUSTOMER_KEY: &str = "stripe_customer_id";
@@ -236,6 +239,31 @@ fn customer_keys(config: &EnvironmentConfig, c: &Customer) -> Vec<(String, Strin
     keys
 }
 
+/// The name a customer gives its company.
+fn company_name(c: &Customer) -> Option<&str> {
+    non_empty(&c.name).or(non_empty(&c.email))
+}
+
+fn customer_row<'a>(c: &'a Customer, company_id: &'a str, deleted: bool) -> CustomerRow<'a> {
+    CustomerRow {
+        id: &c.id,
+        company_id,
+        email: non_empty(&c.email),
+        name: non_empty(&c.name),
+        deleted,
+    }
+}
+
+/// What storing a customer did to its company and its row: the company created, the
+/// company's keys or name changed, or else what the customer row says.
+fn customer_written(created: bool, company_changed: bool, row: Written) -> Written {
+    match (created, company_changed, row) {
+        (true, _, _) => Some(Write::Created),
+        (false, true, None) => Some(Write::Updated),
+        (false, _, w) => w,
+    }
+}
+
 /// Creates or links the customer's company, records the customer, and returns the company
 /// and what changed.
 async fn put_customer(
@@ -247,7 +275,7 @@ async fn put_customer(
     // The company's own upsert (keys, name), reporting whether it changed.
     let upsert = keys::Upsert {
         keys: &customer_keys(ctx.config, c),
-        name: non_empty(&c.name).or(non_empty(&c.email)),
+        name: company_name(c),
         traits: None,
         update_only: false,
     };
@@ -266,19 +294,13 @@ async fn put_customer(
     let written = store::upsert_customer(
         conn,
         ctx.environment_id,
-        &c.id,
-        &company_id,
-        non_empty(&c.email),
-        non_empty(&c.name),
-        deleted,
+        customer_row(c, &company_id, deleted),
     )
     .await?;
-    let written = match (company.created, company.changed, written) {
-        (true, _, _) => Some(Write::Created),
-        (false, true, None) => Some(Write::Updated),
-        (false, _, w) => w,
-    };
-    Ok((company_id, written))
+    Ok((
+        company_id,
+        customer_written(company.created, company.changed, written),
+    ))
 }
 
 /// Applies a customer as of `v`. `None`: skipped, something newer was applied.
@@ -296,11 +318,11 @@ pub async fn customer(
         return Ok(None);
     }
     let (company_id, mut written) = put_customer(conn, ctx, customer, deleted).await?;
+    if ctx.defer_memberships {
+        return Ok(Some(customer_applied(ctx, company_id, written, deleted)));
+    }
     let mut plan_changes = Vec::new();
-    let mut resync = Vec::new();
-    if deleted && ctx.defer_memberships {
-        resync.push(company_id.clone());
-    } else if deleted {
+    if deleted {
         // The company and its keys stay; its Stripe memberships end.
         let sync = store::sync_memberships(conn, ctx.environment_id, &company_id).await?;
         if sync.changed {
@@ -321,8 +343,35 @@ pub async fn customer(
         written,
         changes,
         plan_changes,
-        resync,
+        resync: Vec::new(),
     }))
+}
+
+/// What applying a customer did, its memberships left to the caller (a deleted customer's
+/// end).
+fn customer_applied(
+    ctx: &Context<'_>,
+    company_id: String,
+    written: Written,
+    deleted: bool,
+) -> Applied {
+    let changes = match written {
+        Some(_) => vec![Change::Company {
+            environment_id: ctx.environment_id.to_string(),
+            id: company_id.clone(),
+        }],
+        None => Vec::new(),
+    };
+    Applied {
+        written,
+        changes,
+        plan_changes: Vec::new(),
+        resync: if deleted {
+            vec![company_id]
+        } else {
+            Vec::new()
+        },
+    }
 }
 
 /// Applies a product as of `v`.
@@ -538,16 +587,10 @@ pub async fn subscription(
     let fields = subscription_fields(subscription)?;
     let company_id = company_for_customer(conn, ctx, &fields.customer_id).await?;
     let put = store::put_subscription(conn, ctx.environment_id, &company_id, &fields).await?;
-    let mut written = put.written;
     if ctx.defer_memberships {
-        let mut resync = vec![company_id];
-        resync.extend(put.previous_company);
-        return Ok(Some(Applied {
-            written,
-            resync,
-            ..Applied::default()
-        }));
+        return Ok(Some(subscription_applied(company_id, put)));
     }
+    let mut written = put.written;
     // Recomputed even when the subscription is as stored: a plan linked to its product
     // since, or a membership edited by hand, is repaired here.
     let sync = store::sync_memberships(conn, ctx.environment_id, &company_id).await?;
@@ -581,6 +624,18 @@ pub async fn subscription(
         plan_changes,
         resync: Vec::new(),
     }))
+}
+
+/// What storing a subscription did, its memberships (and its previous company's) left to
+/// the caller.
+fn subscription_applied(company_id: String, put: store::PutSubscription) -> Applied {
+    let mut resync = vec![company_id];
+    resync.extend(put.previous_company);
+    Applied {
+        written: put.written,
+        resync,
+        ..Applied::default()
+    }
 }
 
 /// The subscription as Stripe holds it now (`given` canceled when Stripe no longer has it).

@@ -8,9 +8,10 @@
 //!    `skipped`, like an older event applied on its own would be;
 //! 3. claim the kept versions in one statement per object type (those a newer event already
 //!    reached are `skipped`), re-read the batch's subscriptions from Stripe concurrently when
-//!    `stripe_refetch_on_webhook` is on (the client's rate limiter paces them), look the
-//!    subscriptions' companies up in one query, and apply products, prices, customers, then
-//!    subscriptions;
+//!    `stripe_refetch_on_webhook` is on (the client's rate limiter paces them), and apply
+//!    products and prices one by one (they are few), then customers and subscriptions
+//!    set-wise ([`apply::customers`], [`apply::subscriptions`]: a few statements for all of
+//!    them);
 //! 4. recompute each touched company's memberships once, write the outbound messages, mark
 //!    every event's status in one statement and commit once, refreshing each company once.
 //!
@@ -29,7 +30,7 @@ use tokio::task::JoinSet;
 use super::apply::{self, Applied, ApplyError, Context, Version};
 use super::client::StripeClient;
 use super::inbox::{self, Claimed};
-use super::objects::Subscription;
+use super::objects::{Customer, Subscription};
 use super::{worker, SyncContext};
 use crate::changes::Change;
 use crate::store;
@@ -304,6 +305,8 @@ async fn apply_environment(
         kept.retain(|&i| claimed.contains(&items[i].object_id));
         let results = if object_type == "subscription" {
             apply_subscriptions(conn, &ctx, items, &kept).await?
+        } else if object_type == "customer" {
+            apply_customers(conn, &ctx, items, &kept).await?
         } else {
             let mut results = Vec::with_capacity(kept.len());
             for &i in &kept {
@@ -381,8 +384,25 @@ fn version(item: &Item) -> Version<'_> {
     }
 }
 
-/// The batch's subscriptions: re-read from Stripe concurrently (with refetch on), their
-/// customers' companies looked up in one query, then each stored.
+/// The batch's customers, set-wise.
+async fn apply_customers(
+    conn: &mut PgConnection,
+    ctx: &Context<'_>,
+    items: &[&Item],
+    kept: &[usize],
+) -> Result<Vec<Option<Applied>>, ApplyError> {
+    let mut customers = Vec::with_capacity(kept.len());
+    for &i in kept {
+        let c: Customer = apply::parse("customer", items[i].payload["data"]["object"].clone())?;
+        let deleted = items[i].event.kind == "customer.deleted" || c.deleted;
+        customers.push((c, deleted));
+    }
+    let applied = apply::customers(conn, ctx, &customers).await?;
+    Ok(applied.into_iter().map(Some).collect())
+}
+
+/// The batch's subscriptions: re-read from Stripe concurrently (with refetch on), then
+/// stored set-wise.
 async fn apply_subscriptions(
     conn: &mut PgConnection,
     ctx: &Context<'_>,
@@ -400,23 +420,8 @@ async fn apply_subscriptions(
             (ctx.config.stripe_max_requests_per_sec as usize).clamp(1, MAX_REFETCH_CONCURRENCY);
         subscriptions = refetch_all(client, subscriptions, concurrency).await?;
     }
-    let customers: Vec<&str> = subscriptions.iter().map(|s| s.customer.id()).collect();
-    let companies = crate::store::keys::companies_by_key_values(
-        &mut *conn,
-        ctx.environment_id,
-        apply::CUSTOMER_KEY,
-        &customers,
-    )
-    .await?;
-    let ctx = Context {
-        companies: Some(&companies),
-        ..*ctx
-    };
-    let mut results = Vec::with_capacity(kept.len());
-    for (&i, s) in kept.iter().zip(subscriptions) {
-        results.push(apply::subscription(conn, &ctx, s, version(items[i]), None).await?);
-    }
-    Ok(results)
+    let applied = apply::subscriptions(conn, ctx, subscriptions).await?;
+    Ok(applied.into_iter().map(Some).collect())
 }
 
 /// Re-reads `subscriptions` from Stripe, `concurrency` at a time, in order.

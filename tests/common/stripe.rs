@@ -199,3 +199,24 @@ impl TestApp {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
 }
+
+/// Stores a delivery in the inbox as the webhook does (a redelivery is stored once); whether
+/// it was new.
+pub async fn store(state: &entitled::api::AppState, event: &Value) -> bool {
+    let env_id = state.cache.default_env().unwrap().environment.id.clone();
+    let payload = serde_json::to_string(event).unwrap();
+    let created = chrono::DateTime::from_timestamp(event["created"].as_i64().unwrap(), 0).unwrap();
+    let new = entitled::stripe::inbox::NewEvent {
+        environment_id: &env_id,
+        id: event["id"].as_str().unwrap(),
+        kind: event["type"].as_str().unwrap(),
+        object_id: event["data"]["object"]["id"].as_str(),
+        created,
+        livemode: false,
+        api_version: None,
+        payload: &payload,
+    };
+    entitled::stripe::inbox::insert(&mut state.pool.acquire().await.unwrap(), &new)
+        .await
+        .unwrap()
+}
