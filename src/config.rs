@@ -99,6 +99,8 @@ pub struct DatastreamConfig {
 pub struct StripeConfig {
     /// Inbox events a worker claims and applies in one transaction.
     pub batch_size: usize,
+    /// Inbox workers per process (at most half of `database.max_connections` run).
+    pub workers: usize,
 }
 
 /// Outbound webhooks (`outbound/`).
@@ -381,6 +383,12 @@ impl Config {
                 self.stripe.batch_size
             ));
         }
+        if !(1..=64).contains(&self.stripe.workers) {
+            return invalid(format!(
+                "stripe.workers = {}: must be 1 to 64",
+                self.stripe.workers
+            ));
+        }
         Ok(())
     }
 
@@ -503,6 +511,7 @@ mod tests {
         );
         assert_eq!(c.schedule.expire_overrides, "*/10 * * * * *");
         assert_eq!(c.stripe.batch_size, 500);
+        assert_eq!(c.stripe.workers, 2);
     }
 
     #[test]
@@ -593,6 +602,9 @@ mod tests {
         assert!(err.to_string().contains("stripe.batch_size"), "{err}");
         let c = Config::from_layers(None, &env(&[("ENTITLED_STRIPE__BATCH_SIZE", "64")])).unwrap();
         assert_eq!(c.stripe.batch_size, 64);
+        let err =
+            Config::from_layers(None, &env(&[("ENTITLED_STRIPE__WORKERS", "65")])).unwrap_err();
+        assert!(err.to_string().contains("stripe.workers = 65"), "{err}");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Stripe {
     pub shutdown: CancellationToken,
     /// Inbox events a worker claims and applies in one transaction (`stripe.batch_size`).
     pub batch_size: usize,
+    /// Inbox workers per process (`stripe.workers`), before the pool's cap.
+    pub workers: usize,
     /// Group commit of the webhook handler's inbox inserts, started on first use.
     inbox_writer: std::sync::OnceLock<inbox::Writer>,
 }
@@ -61,6 +63,7 @@ impl Default for Stripe {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             batch_size: DEFAULT_BATCH_SIZE,
+            workers: DEFAULT_WORKERS,
             inbox_writer: std::sync::OnceLock::new(),
         }
     }
@@ -68,11 +71,14 @@ impl Default for Stripe {
 
 /// `stripe.batch_size` in the embedded defaults.
 pub const DEFAULT_BATCH_SIZE: usize = 500;
+/// `stripe.workers` in the embedded defaults.
+pub const DEFAULT_WORKERS: usize = 2;
 
 impl Stripe {
     pub fn new(config: &crate::config::StripeConfig) -> Self {
         Stripe {
             batch_size: config.batch_size,
+            workers: config.workers,
             ..Stripe::default()
         }
     }

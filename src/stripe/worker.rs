@@ -25,11 +25,13 @@ const RECONNECT: Duration = Duration::from_secs(1);
 /// How long a worker waits when everything it claimed is another worker's.
 const DEFERRED: Duration = Duration::from_millis(10);
 
-/// Worker tasks per process: half the pool, leaving the rest to the API. Applying an event
-/// is a dozen or two short statements in one transaction, so it is bound by round trips, not
-/// CPU: parallel workers are what make it fast.
-pub fn worker_count(max_connections: u32) -> usize {
-    (max_connections / 2).clamp(1, 16) as usize
+/// Worker tasks per process: `stripe.workers`, but at most half the pool, leaving the rest
+/// to the API and the inbox writers. A batch is a handful of set-wise statements, so a few
+/// workers keep up with a burst; more of them mostly compete with the webhook handler for
+/// Postgres (`BENCHMARKS.md`, "Stripe webhooks": 10 workers acknowledged half as many
+/// deliveries per second as 2, and applied no faster).
+pub fn worker_count(workers: usize, max_connections: u32) -> usize {
+    workers.min((max_connections / 2).max(1) as usize)
 }
 
 pub fn spawn(
@@ -38,7 +40,7 @@ pub fn spawn(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let n = worker_count(max_connections);
+    let n = worker_count(sync.stripe.workers, max_connections);
     for worker in 0..n {
         let state = sync.clone();
         let shutdown = shutdown.clone();
@@ -172,5 +174,18 @@ pub async fn process(
                 error = %message, "Stripe event failed; it will be retried");
             Ok("failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_count;
+
+    #[test]
+    fn workers_are_capped_at_half_the_pool() {
+        assert_eq!(worker_count(2, 20), 2);
+        assert_eq!(worker_count(16, 20), 10);
+        assert_eq!(worker_count(4, 2), 1);
+        assert_eq!(worker_count(4, 1), 1);
     }
 }
