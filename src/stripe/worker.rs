@@ -24,6 +24,8 @@ use crate::store::error::is_unavailable;
 const RECONNECT: Duration = Duration::from_secs(1);
 /// How long a worker waits when everything it claimed is another worker's.
 const DEFERRED: Duration = Duration::from_millis(10);
+/// How long a worker lets deliveries gather after a batch that was not full.
+const LINGER: Duration = Duration::from_millis(10);
 
 /// Worker tasks per process: `stripe.workers`, but at most half the pool, leaving the rest
 /// to the API and the inbox writers. A batch is a handful of set-wise statements, so a few
@@ -50,7 +52,16 @@ pub fn spawn(
                     return;
                 }
                 match process_batch(&state, state.stripe.batch_size).await {
-                    Ok(b) if b.processed > 0 => continue,
+                    Ok(b) if b.processed >= state.stripe.batch_size => continue,
+                    Ok(b) if b.processed > 0 => {
+                        // Less than a full batch: deliveries are arriving, not waiting. Let
+                        // them gather for a moment so the next batch's transaction carries
+                        // more of them (fewer transactions beside the webhook handler's).
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(LINGER) => {}
+                        }
+                    }
                     Ok(b) if b.deferred > 0 => {
                         // Every event claimed belongs to a partition another worker is
                         // applying: try again shortly rather than spin.
