@@ -12,6 +12,7 @@ use super::auth::Auth;
 use super::envelope;
 use super::extract::{Json, Page, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
+use super::resource::{self, Resource};
 use super::views::{self, EntitlementView, KeyView, TraitView};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
@@ -264,13 +265,13 @@ fn entitlements(state: &AppState, auth: &Auth, company_id: &str) -> Vec<Entitlem
     out
 }
 
-async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<CompanyView> {
-    let mut conn = state.pool.acquire().await?;
-    details(&mut conn, state, auth, &[id.to_string()])
-        .await?
-        .pop()
-        .ok_or_else(|| AppError::not_found("company", id))
-}
+// Its writes send their messages themselves ([`CompanyWatch`]): which ones depends on what
+// changed (plans, traits).
+resource::resource!(Companies: CompanyView, "company", "companies", None,
+    |conn, state, auth, id| {
+        Ok(details(conn, state, auth, &[id.to_string()]).await?.pop())
+    }
+);
 
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -329,7 +330,7 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Companies>(&state, &auth, &id).await
 }
 
 #[utoipa::path(get, path = "/companies/lookup", tag = "companies",
@@ -341,17 +342,7 @@ pub async fn lookup(
     auth: Auth,
     query: Query,
 ) -> AppResult<Response> {
-    let keys = query.key_map("keys")?;
-    keys::validate("keys", &keys)?;
-    let mut conn = state.pool.acquire().await?;
-    let id = keys::find(&mut conn, Entity::Company, auth.env_id(), &keys)
-        .await?
-        .ok_or_else(|| AppError::NotFound("no company has these keys".into()))?;
-    let view = details(&mut conn, &state, &auth, std::slice::from_ref(&id))
-        .await?
-        .pop()
-        .ok_or_else(|| AppError::not_found("company", &id))?;
-    Ok(envelope::ok(view, query.params(None)))
+    resource::lookup::<Companies>(&state, &auth, &query, Entity::Company).await
 }
 
 /// `UpsertCompanyRequestBody`.
@@ -519,7 +510,7 @@ pub async fn upsert_company(
     state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("companies");
     tracing::info!(company_id = %id, created, "company upserted");
-    one(state, auth, &id).await
+    resource::one::<Companies>(state, auth, &id).await
 }
 
 #[utoipa::path(delete, path = "/companies/{id}", tag = "companies",
@@ -534,9 +525,7 @@ pub async fn delete(
     auth.require_write()?;
     let mut tx = state.pool.begin().await?;
     let before = if state.wants(&auth, "company.deleted") {
-        details(&mut tx, &state, &auth, std::slice::from_ref(&id))
-            .await?
-            .pop()
+        Companies::find_in(&mut tx, &state, &auth, &id).await?
     } else {
         None
     };
@@ -611,5 +600,5 @@ pub async fn upsert_trait(
     changes.extend(watched.finish(&state, &auth, &mut tx, &id, created).await?);
     state.commit(tx, &changes).await?;
     crate::metrics::WRITES.inc("company_traits");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Companies>(&state, &auth, &id).await
 }

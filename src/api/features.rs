@@ -15,6 +15,7 @@ use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::flags::{self, FlagView};
 use super::openapi::{Deleted, Enveloped, Errors};
+use super::resource::{self, Edit, Resource};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
@@ -101,17 +102,11 @@ pub async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult
     Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
-async fn find_in(conn: &mut Conn, auth: &Auth, id: &str) -> AppResult<Option<FeatureView>> {
-    Ok(details(conn, auth.env_id(), &[id.to_string()]).await?.pop())
-}
-
-async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<FeatureView> {
-    let mut conn = state.pool.acquire().await?;
-    find_in(&mut conn, auth, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("feature", id))
-}
+resource::resource!(Features: FeatureView, "feature", "features", Some(&emit::FEATURE),
+    |conn, _state, auth, id| {
+        Ok(details(conn, auth.env_id(), &[id.to_string()]).await?.pop())
+    }
+);
 
 const FEATURE_TYPES: &str = "boolean, event or trait";
 
@@ -164,7 +159,7 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Features>(&state, &auth, &id).await
 }
 
 /// `CreateFeatureRequestBody` / `UpdateFeatureRequestBody`. `null` and absent mean the same.
@@ -319,19 +314,18 @@ pub async fn create(
     Json(body): Json<FeatureBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::FEATURE);
-    let written = create_in(&mut tx, &auth, &body, watch).await?;
+    let mut edit = Edit::<Features>::begin(&state, &auth).await?;
+    let written = create_in(&mut edit.tx, &state, &auth, &body, edit.watch).await?;
     let id = written.id.clone();
-    emit::finish(&state, &auth, tx, &emit::FEATURE, written).await?;
-    crate::metrics::WRITES.inc("features");
+    edit.finish(written).await?;
     tracing::info!(feature_id = %id, "feature created");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Features>(&state, &auth, &id).await
 }
 
 /// Creates a feature and its flag in `tx` with the API's validation; the caller commits.
 pub async fn create_in(
     tx: &mut Conn,
+    state: &AppState,
     auth: &Auth,
     body: &FeatureBody,
     views: bool,
@@ -359,7 +353,7 @@ pub async fn create_in(
         },
     )
     .await?;
-    let after = emit::view(views, find_in(tx, auth, &id)).await?;
+    let after = emit::view(views, Features::find_in(tx, state, auth, &id)).await?;
     Ok(emit::Written {
         id,
         company_id: None,
@@ -380,24 +374,23 @@ pub async fn update(
     Json(body): Json<FeatureBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::FEATURE);
-    let written = update_in(&mut tx, &auth, &id, &body, watch).await?;
-    emit::finish(&state, &auth, tx, &emit::FEATURE, written).await?;
-    crate::metrics::WRITES.inc("features");
+    let mut edit = Edit::<Features>::begin(&state, &auth).await?;
+    let written = update_in(&mut edit.tx, &state, &auth, &id, &body, edit.watch).await?;
+    edit.finish(written).await?;
     tracing::info!("feature updated");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Features>(&state, &auth, &id).await
 }
 
 /// Updates feature `id` (and its flag) in `tx` with the API's validation; the caller commits.
 pub async fn update_in(
     tx: &mut Conn,
+    state: &AppState,
     auth: &Auth,
     id: &str,
     body: &FeatureBody,
     views: bool,
 ) -> AppResult<emit::Written> {
-    let before = emit::view(views, find_in(tx, auth, id)).await?;
+    let before = emit::view(views, Features::find_in(tx, state, auth, id)).await?;
     let current = store::feature_for_update(tx, id)
         .await?
         .ok_or_else(|| AppError::not_found("feature", id))?;
@@ -413,7 +406,7 @@ pub async fn update_in(
         )
         .await?;
     }
-    let after = emit::view(views, find_in(tx, auth, id)).await?;
+    let after = emit::view(views, Features::find_in(tx, state, auth, id)).await?;
     Ok(emit::Written {
         id: id.to_string(),
         company_id: None,
@@ -433,10 +426,8 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::FEATURE);
-    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let companies = store::delete_feature(&mut tx, &id)
+    let mut edit = Edit::<Features>::of(&state, &auth, &id).await?;
+    let companies = store::delete_feature(&mut edit.tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("feature", &id))?;
     // Overrides on the feature went with it; those companies' snapshots change too.
@@ -447,9 +438,7 @@ pub async fn delete(
             .map(|(environment_id, id)| Change::Company { environment_id, id }),
     );
     let overrides_removed_for = changes.len() - 1;
-    let after = None;
-    emit::commit(&state, &auth, tx, &emit::FEATURE, (before, after), changes).await?;
-    crate::metrics::WRITES.inc("features");
+    edit.commit(None, changes).await?;
     tracing::info!(overrides_removed_for, "feature deleted");
     Ok(envelope::deleted())
 }

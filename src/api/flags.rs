@@ -15,6 +15,7 @@ use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::features::FeatureSummary;
 use super::openapi::{Deleted, Enveloped, Errors};
+use super::resource::{self, Edit, Resource};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
@@ -217,17 +218,11 @@ pub async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult
     views(conn, env_id, ordered).await
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
-async fn find_in(conn: &mut Conn, auth: &Auth, id: &str) -> AppResult<Option<FlagView>> {
-    Ok(details(conn, auth.env_id(), &[id.to_string()]).await?.pop())
-}
-
-async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<FlagView> {
-    let mut conn = state.pool.acquire().await?;
-    find_in(&mut conn, auth, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("flag", id))
-}
+resource::resource!(Flags: FlagView, "flag", "flags", Some(&emit::FLAG),
+    |conn, _state, auth, id| {
+        Ok(details(conn, auth.env_id(), &[id.to_string()]).await?.pop())
+    }
+);
 
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -267,7 +262,7 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Flags>(&state, &auth, &id).await
 }
 
 /// `CreateOrUpdateFlagRequestBody`. `null` and absent mean the same.
@@ -344,23 +339,11 @@ pub async fn create(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let fields = body.resolve(None)?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::FLAG);
-    let before = None;
-    let id = store::insert_flag(&mut tx, &fields).await?;
-    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::FLAG,
-        (before, after),
-        vec![Change::Catalog],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("flags");
+    let mut edit = Edit::<Flags>::begin(&state, &auth).await?;
+    let id = store::insert_flag(&mut edit.tx, &fields).await?;
+    edit.commit(Some(&id), vec![Change::Catalog]).await?;
     tracing::info!(flag_id = %id, key = %fields.key, feature_id = ?fields.feature_id, "flag created");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Flags>(&state, &auth, &id).await
 }
 
 #[utoipa::path(put, path = "/flags/{id}", tag = "flags", request_body = FlagBody,
@@ -374,27 +357,15 @@ pub async fn update(
     Json(body): Json<FlagBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::FLAG);
-    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let current = store::flag_for_update(&mut tx, &id)
+    let mut edit = Edit::<Flags>::of(&state, &auth, &id).await?;
+    let current = store::flag_for_update(&mut edit.tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("flag", &id))?;
     let fields = body.resolve(Some(&current))?;
-    store::update_flag(&mut tx, &id, &fields).await?;
-    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::FLAG,
-        (before, after),
-        vec![Change::Catalog],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("flags");
+    store::update_flag(&mut edit.tx, &id, &fields).await?;
+    edit.commit(Some(&id), vec![Change::Catalog]).await?;
     tracing::info!(key = %fields.key, default_value = fields.default_value, "flag updated");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Flags>(&state, &auth, &id).await
 }
 
 #[utoipa::path(delete, path = "/flags/{id}", tag = "flags",
@@ -407,23 +378,11 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::FLAG);
-    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    if !store::delete_flag(&mut tx, &id).await? {
+    let mut edit = Edit::<Flags>::of(&state, &auth, &id).await?;
+    if !store::delete_flag(&mut edit.tx, &id).await? {
         return Err(AppError::not_found("flag", &id));
     }
-    let after = None;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::FLAG,
-        (before, after),
-        vec![Change::Catalog],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("flags");
+    edit.commit(None, vec![Change::Catalog]).await?;
     tracing::info!("flag deleted");
     Ok(envelope::deleted())
 }
@@ -535,7 +494,7 @@ pub async fn put_rules(
     state.commit(tx, &written.changes).await?;
     crate::metrics::WRITES.inc("flags");
     tracing::info!("flag rules replaced");
-    let view = one(&state, &auth, &id).await?;
+    let view = resource::one::<Flags>(&state, &auth, &id).await?;
     Ok(envelope::ok_empty(RulesView {
         flag: view.flag,
         rules: view.rules,
@@ -571,10 +530,10 @@ pub async fn put_rules_in(
         )));
     }
     let watch = state.wants(auth, "flag_rules.updated");
-    let before = emit::view(watch || views, find_in(tx, auth, id)).await?;
+    let before = emit::view(watch || views, Flags::find_in(tx, state, auth, id)).await?;
     store::replace_rules(tx, id, &rules).await?;
     let mut changes = vec![Change::Catalog];
-    let after = emit::view(watch || views, find_in(tx, auth, id)).await?;
+    let after = emit::view(watch || views, Flags::find_in(tx, state, auth, id)).await?;
     if let (true, Some(before), Some(after)) = (watch, &before, &after) {
         let event = crate::outbound::Event::new(
             "flag_rules.updated",

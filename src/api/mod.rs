@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod overrides;
 pub mod plan_entitlements;
 pub mod plans;
+pub mod resource;
 pub mod state;
 pub mod stripe;
 pub mod users;
@@ -73,11 +74,31 @@ where
     }
 }
 
+/// The five routes of a resource of the usual shape: list and create on `path`; get, update
+/// and delete on `path/{id}`. `crud!("/plans", plans)` routes `plans::list` …;
+/// `crud!(path, module::{list, create, get, update, delete})` names the handlers.
+macro_rules! crud {
+    ($path:literal, $($m:ident)::+ :: {
+        $list:ident, $create:ident, $get:ident, $update:ident, $delete:ident $(,)?
+    }) => {
+        [
+            route(Method::GET, $path, $($m)::+::$list),
+            route(Method::POST, $path, $($m)::+::$create),
+            route(Method::GET, concat!($path, "/{id}"), $($m)::+::$get),
+            route(Method::PUT, concat!($path, "/{id}"), $($m)::+::$update),
+            route(Method::DELETE, concat!($path, "/{id}"), $($m)::+::$delete),
+        ]
+    };
+    ($path:literal, $($m:ident)::+) => {
+        crud!($path, $($m)::+::{list, create, get, update, delete})
+    };
+}
+
 /// Every route the daemon serves. Adding one here without an `#[utoipa::path]` in
 /// `openapi::ApiDoc` fails `tests/openapi.rs`.
 pub fn routes() -> Vec<Route> {
     use Method as M;
-    vec![
+    let mut table = vec![
         route(M::GET, "/health", health::health).without_db(),
         route(M::GET, "/ready", health::ready).without_db(),
         route(M::GET, "/metrics", health::metrics).without_db(),
@@ -100,12 +121,7 @@ pub fn routes() -> Vec<Route> {
             "/webhooks/stripe/{environment_key}",
             stripe::webhook,
         ),
-        route(M::GET, "/webhooks", webhooks::list),
-        route(M::POST, "/webhooks", webhooks::create),
         route(M::GET, "/webhooks/count", webhooks::count),
-        route(M::GET, "/webhooks/{id}", webhooks::get),
-        route(M::PUT, "/webhooks/{id}", webhooks::update),
-        route(M::DELETE, "/webhooks/{id}", webhooks::delete),
         route(M::POST, "/webhooks/{id}/test", webhooks::test),
         route(
             M::POST,
@@ -136,69 +152,6 @@ pub fn routes() -> Vec<Route> {
             "/stripe/meter-events/{id}/retry",
             meters::retry_meter_event,
         ),
-        route(M::GET, "/billing/credits", credits::types::list_credits),
-        route(M::POST, "/billing/credits", credits::types::create_credit),
-        route(M::GET, "/billing/credits/{id}", credits::types::get_credit),
-        route(
-            M::PUT,
-            "/billing/credits/{id}",
-            credits::types::update_credit,
-        ),
-        route(
-            M::DELETE,
-            "/billing/credits/{id}",
-            credits::types::delete_credit,
-        ),
-        route(
-            M::GET,
-            "/billing/credits/bundles",
-            credits::bundles::list_bundles,
-        ),
-        route(
-            M::POST,
-            "/billing/credits/bundles",
-            credits::bundles::create_bundle,
-        ),
-        route(
-            M::GET,
-            "/billing/credits/bundles/{id}",
-            credits::bundles::get_bundle,
-        ),
-        route(
-            M::PUT,
-            "/billing/credits/bundles/{id}",
-            credits::bundles::update_bundle,
-        ),
-        route(
-            M::DELETE,
-            "/billing/credits/bundles/{id}",
-            credits::bundles::delete_bundle,
-        ),
-        route(
-            M::GET,
-            "/billing/credits/plan-grants",
-            credits::plan_grants::list_plan_grants,
-        ),
-        route(
-            M::POST,
-            "/billing/credits/plan-grants",
-            credits::plan_grants::create_plan_grant,
-        ),
-        route(
-            M::GET,
-            "/billing/credits/plan-grants/{id}",
-            credits::plan_grants::get_plan_grant,
-        ),
-        route(
-            M::PUT,
-            "/billing/credits/plan-grants/{id}",
-            credits::plan_grants::update_plan_grant,
-        ),
-        route(
-            M::DELETE,
-            "/billing/credits/plan-grants/{id}",
-            credits::plan_grants::delete_plan_grant,
-        ),
         route(
             M::POST,
             "/billing/credits/grants/company",
@@ -221,45 +174,56 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/users/lookup", users::lookup),
         route(M::GET, "/users/{id}", users::get),
         route(M::DELETE, "/users/{id}", users::delete),
-        route(M::GET, "/features", features::list),
-        route(M::POST, "/features", features::create),
-        route(M::GET, "/features/{id}", features::get),
-        route(M::PUT, "/features/{id}", features::update),
-        route(M::DELETE, "/features/{id}", features::delete),
-        route(M::GET, "/flags", flags::list),
-        route(M::POST, "/flags", flags::create),
         route(M::POST, checks::ALL_PATH, checks::check_all).without_db(),
         route(M::POST, "/flags/check-bulk", checks::check_bulk).without_db(),
-        route(M::GET, "/flags/{id}", flags::get),
-        route(M::PUT, "/flags/{id}", flags::update),
-        route(M::DELETE, "/flags/{id}", flags::delete),
         route(M::PUT, "/flags/{id}/rules", flags::put_rules),
         route(M::POST, checks::ONE_PATH, checks::check_one).without_db(),
-        route(M::GET, "/plans", plans::list),
-        route(M::POST, "/plans", plans::create),
-        route(M::GET, "/plans/{id}", plans::get),
-        route(M::PUT, "/plans/{id}", plans::update),
-        route(M::DELETE, "/plans/{id}", plans::delete),
-        route(M::GET, "/plan-entitlements", plan_entitlements::list),
-        route(M::POST, "/plan-entitlements", plan_entitlements::create),
-        route(M::GET, "/plan-entitlements/{id}", plan_entitlements::get),
-        route(M::PUT, "/plan-entitlements/{id}", plan_entitlements::update),
-        route(
-            M::DELETE,
-            "/plan-entitlements/{id}",
-            plan_entitlements::delete,
-        ),
-        route(M::GET, "/company-overrides", overrides::list),
-        route(M::POST, "/company-overrides", overrides::create),
-        route(M::GET, "/company-overrides/{id}", overrides::get),
-        route(M::PUT, "/company-overrides/{id}", overrides::update),
-        route(M::DELETE, "/company-overrides/{id}", overrides::delete),
         route(M::GET, "/insights/summary", insights::summary),
         route(M::GET, "/insights/top-features", insights::top_features),
         route(M::GET, "/insights/plan-growth", insights::plan_growth),
         // Its check tool answers from the snapshot; the others fail on their own.
         route(M::POST, "/mcp", crate::api::mcp::handle).without_db(),
-    ]
+    ];
+    let resources = [
+        crud!("/webhooks", webhooks),
+        crud!(
+            "/billing/credits",
+            credits::types::{
+                list_credits,
+                create_credit,
+                get_credit,
+                update_credit,
+                delete_credit,
+            }
+        ),
+        crud!(
+            "/billing/credits/bundles",
+            credits::bundles::{
+                list_bundles,
+                create_bundle,
+                get_bundle,
+                update_bundle,
+                delete_bundle,
+            }
+        ),
+        crud!(
+            "/billing/credits/plan-grants",
+            credits::plan_grants::{
+                list_plan_grants,
+                create_plan_grant,
+                get_plan_grant,
+                update_plan_grant,
+                delete_plan_grant,
+            }
+        ),
+        crud!("/features", features),
+        crud!("/flags", flags),
+        crud!("/plans", plans),
+        crud!("/plan-entitlements", plan_entitlements),
+        crud!("/company-overrides", overrides),
+    ];
+    table.extend(resources.into_iter().flatten());
+    table
 }
 
 /// All routes. Does no I/O.

@@ -21,6 +21,7 @@ use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
 use super::plan_entitlements::FeatureView;
+use super::resource::{self, Edit, Resource};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
@@ -123,26 +124,15 @@ async fn fetch(
         .collect())
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
-async fn find_in(
-    conn: &mut Conn,
-    state: &AppState,
-    auth: &Auth,
-    id: &str,
-) -> AppResult<Option<OverrideView>> {
-    let filter = OverrideFilter {
-        ids: vec![id.to_string()],
-        ..Default::default()
-    };
-    Ok(fetch(conn, state, auth, &filter, Utc::now()).await?.pop())
-}
-
-async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<OverrideView> {
-    let mut conn = state.pool.acquire().await?;
-    find_in(&mut conn, state, auth, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("company override", id))
-}
+resource::resource!(Overrides: OverrideView, "company override", "company_overrides", Some(&emit::OVERRIDE),
+    |conn, state, auth, id| {
+        let filter = OverrideFilter {
+            ids: vec![id.to_string()],
+            ..Default::default()
+        };
+        Ok(fetch(conn, state, auth, &filter, Utc::now()).await?.pop())
+    }
+);
 
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -188,29 +178,50 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Overrides>(&state, &auth, &id).await
 }
 
-/// The value fields, spelled out (not flattened) so a wrong type names its field.
-#[derive(Default, Deserialize, utoipa::ToSchema)]
-#[schema(as = CreateCompanyOverrideRequestBody)]
-pub struct CreateBody {
-    pub company_id: String,
-    pub feature_id: String,
-    #[schema(value_type = Option<super::openapi::ValueType>)]
-    pub value_type: Option<String>,
-    pub value_bool: Option<bool>,
-    pub value_numeric: Option<i64>,
-    pub value_trait_id: Option<String>,
-    pub value_credit_id: Option<String>,
-    pub credit_consumption_rate: Option<f64>,
-    #[schema(value_type = Option<crate::engine::MetricPeriod>)]
-    pub metric_period: Option<String>,
-    #[schema(value_type = Option<crate::engine::MonthReset>)]
-    pub metric_period_month_reset: Option<String>,
-    /// RFC 3339; must be in the future.
-    pub expiration_date: Option<DateTime<Utc>>,
-    pub note: Option<String>,
+/// Declares a create or update body of an override or a plan entitlement: its own fields,
+/// then the value fields, spelled out (not flattened, so a wrong type names its field), then
+/// the fields after the `;`.
+macro_rules! value_body {
+    ($(#[$m:meta])* pub struct $name:ident {
+        $($(#[$fm:meta])* $fv:vis $f:ident: $t:ty,)*
+        ;
+        $($(#[$am:meta])* $av:vis $a:ident: $at:ty,)*
+    }) => {
+        $(#[$m])*
+        pub struct $name {
+            $($(#[$fm])* $fv $f: $t,)*
+            #[schema(value_type = Option<crate::api::openapi::ValueType>)]
+            pub value_type: Option<String>,
+            pub value_bool: Option<bool>,
+            pub value_numeric: Option<i64>,
+            pub value_trait_id: Option<String>,
+            pub value_credit_id: Option<String>,
+            pub credit_consumption_rate: Option<f64>,
+            #[schema(value_type = Option<crate::engine::MetricPeriod>)]
+            pub metric_period: Option<String>,
+            #[schema(value_type = Option<crate::engine::MonthReset>)]
+            pub metric_period_month_reset: Option<String>,
+            $($(#[$am])* $av $a: $at,)*
+        }
+    };
+}
+pub(crate) use value_body;
+
+value_body! {
+    /// The body of a create.
+    #[derive(Default, Deserialize, utoipa::ToSchema)]
+    #[schema(as = CreateCompanyOverrideRequestBody)]
+    pub struct CreateBody {
+        pub company_id: String,
+        pub feature_id: String,
+        ;
+        /// RFC 3339; must be in the future.
+        pub expiration_date: Option<DateTime<Utc>>,
+        pub note: Option<String>,
+    }
 }
 
 /// The value fields of a create or update body (of an override or a plan entitlement), as
@@ -259,14 +270,12 @@ pub async fn create(
     Json(body): Json<CreateBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
-    let written = create_in(&mut tx, &state, &auth, body, watch).await?;
+    let mut edit = Edit::<Overrides>::begin(&state, &auth).await?;
+    let written = create_in(&mut edit.tx, &state, &auth, body, edit.watch).await?;
     let (id, company_id) = (written.id.clone(), written.company_id.clone());
-    emit::finish(&state, &auth, tx, &emit::OVERRIDE, written).await?;
-    crate::metrics::WRITES.inc("company_overrides");
+    edit.finish(written).await?;
     tracing::info!(override_id = %id, company_id = ?company_id, "company override created");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Overrides>(&state, &auth, &id).await
 }
 
 /// Creates an override in `tx` with the API's validation; the caller commits. `views`: build
@@ -299,7 +308,7 @@ pub async fn create_in(
         },
     )
     .await?;
-    let after = emit::view(views, find_in(tx, state, auth, &id)).await?;
+    let after = emit::view(views, Overrides::find_in(tx, state, auth, &id)).await?;
     Ok(emit::Written {
         id,
         company_id: Some(body.company_id.clone()),
@@ -309,24 +318,16 @@ pub async fn create_in(
     })
 }
 
-/// Absent or `null` fields keep their value (so `expiration_date: null` does not clear it:
-/// send a later date to extend); `note: ""` clears the note.
-#[derive(Default, Deserialize, utoipa::ToSchema)]
-#[schema(as = UpdateCompanyOverrideRequestBody)]
-pub struct UpdateBody {
-    #[schema(value_type = Option<super::openapi::ValueType>)]
-    pub value_type: Option<String>,
-    pub value_bool: Option<bool>,
-    pub value_numeric: Option<i64>,
-    pub value_trait_id: Option<String>,
-    pub value_credit_id: Option<String>,
-    pub credit_consumption_rate: Option<f64>,
-    #[schema(value_type = Option<crate::engine::MetricPeriod>)]
-    pub metric_period: Option<String>,
-    #[schema(value_type = Option<crate::engine::MonthReset>)]
-    pub metric_period_month_reset: Option<String>,
-    pub expiration_date: Option<DateTime<Utc>>,
-    pub note: Option<String>,
+value_body! {
+    /// Absent or `null` fields keep their value (so `expiration_date: null` does not clear it:
+    /// send a later date to extend); `note: ""` clears the note.
+    #[derive(Default, Deserialize, utoipa::ToSchema)]
+    #[schema(as = UpdateCompanyOverrideRequestBody)]
+    pub struct UpdateBody {
+        ;
+        pub expiration_date: Option<DateTime<Utc>>,
+        pub note: Option<String>,
+    }
 }
 
 #[utoipa::path(put, path = "/company-overrides/{id}", tag = "company-overrides", request_body = UpdateBody,
@@ -340,14 +341,12 @@ pub async fn update(
     Json(body): Json<UpdateBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
-    let written = update_in(&mut tx, &state, &auth, &id, body, watch).await?;
+    let mut edit = Edit::<Overrides>::begin(&state, &auth).await?;
+    let written = update_in(&mut edit.tx, &state, &auth, &id, body, edit.watch).await?;
     let company_id = written.company_id.clone();
-    emit::finish(&state, &auth, tx, &emit::OVERRIDE, written).await?;
-    crate::metrics::WRITES.inc("company_overrides");
+    edit.finish(written).await?;
     tracing::info!(company_id = ?company_id, "company override updated");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Overrides>(&state, &auth, &id).await
 }
 
 /// Updates override `id` in `tx` with the API's validation; the caller commits.
@@ -364,7 +363,7 @@ pub async fn update_in(
     let expiration_date = body.expiration_date.map(|d| future(d, now)).transpose()?;
     let note = body.note.map(valid_note).transpose()?;
     let env_id = auth.env_id();
-    let before = emit::view(views, find_in(tx, state, auth, id)).await?;
+    let before = emit::view(views, Overrides::find_in(tx, state, auth, id)).await?;
     let current = store::get_for_update(tx, env_id, id)
         .await?
         .ok_or_else(|| AppError::not_found("company override", id))?;
@@ -383,7 +382,7 @@ pub async fn update_in(
         note.as_deref().unwrap_or(&current.note),
     )
     .await?;
-    let after = emit::view(views, find_in(tx, state, auth, id)).await?;
+    let after = emit::view(views, Overrides::find_in(tx, state, auth, id)).await?;
     Ok(emit::Written {
         id: id.to_string(),
         company_id: Some(current.company_id.clone()),
@@ -403,12 +402,10 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::OVERRIDE);
-    let written = delete_in(&mut tx, &state, &auth, &id, watch).await?;
+    let mut edit = Edit::<Overrides>::begin(&state, &auth).await?;
+    let written = delete_in(&mut edit.tx, &state, &auth, &id, edit.watch).await?;
     let company_id = written.company_id.clone();
-    emit::finish(&state, &auth, tx, &emit::OVERRIDE, written).await?;
-    crate::metrics::WRITES.inc("company_overrides");
+    edit.finish(written).await?;
     tracing::info!(company_id = ?company_id, "company override deleted");
     Ok(envelope::deleted())
 }
@@ -422,7 +419,7 @@ pub async fn delete_in(
     views: bool,
 ) -> AppResult<emit::Written> {
     let env_id = auth.env_id();
-    let before = emit::view(views, find_in(tx, state, auth, id)).await?;
+    let before = emit::view(views, Overrides::find_in(tx, state, auth, id)).await?;
     let company_id = store::delete(tx, env_id, id)
         .await?
         .ok_or_else(|| AppError::not_found("company override", id))?;

@@ -12,7 +12,8 @@ use super::emit;
 use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
-use super::overrides::value_input;
+use super::overrides::{value_body, value_input};
+use super::resource::{self, Edit, Resource};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
@@ -140,21 +141,15 @@ pub async fn fetch(
         .collect())
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
-async fn find_in(conn: &mut Conn, auth: &Auth, id: &str) -> AppResult<Option<PlanEntitlementView>> {
-    let filter = EntitlementFilter {
-        ids: vec![id.to_string()],
-        ..Default::default()
-    };
-    Ok(fetch(conn, auth.env_id(), &filter).await?.pop())
-}
-
-async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<PlanEntitlementView> {
-    let mut conn = state.pool.acquire().await?;
-    find_in(&mut conn, auth, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("plan entitlement", id))
-}
+resource::resource!(PlanEntitlements: PlanEntitlementView, "plan entitlement", "plan_entitlements", Some(&emit::PLAN_ENTITLEMENT),
+    |conn, _state, auth, id| {
+        let filter = EntitlementFilter {
+            ids: vec![id.to_string()],
+            ..Default::default()
+        };
+        Ok(fetch(conn, auth.env_id(), &filter).await?.pop())
+    }
+);
 
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -197,33 +192,25 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<PlanEntitlements>(&state, &auth, &id).await
 }
 
-/// The value fields, spelled out (not flattened) so a wrong type names its field.
-#[derive(Default, Deserialize, utoipa::ToSchema)]
-#[schema(as = CreatePlanEntitlementRequestBody)]
-pub struct CreateBody {
-    pub plan_id: String,
-    pub feature_id: String,
-    #[schema(value_type = Option<super::openapi::ValueType>)]
-    pub value_type: Option<String>,
-    pub value_bool: Option<bool>,
-    pub value_numeric: Option<i64>,
-    pub value_trait_id: Option<String>,
-    pub value_credit_id: Option<String>,
-    pub credit_consumption_rate: Option<f64>,
-    #[schema(value_type = Option<crate::engine::MetricPeriod>)]
-    pub metric_period: Option<String>,
-    #[schema(value_type = Option<crate::engine::MonthReset>)]
-    pub metric_period_month_reset: Option<String>,
-    #[schema(value_type = Option<super::openapi::PriceBehavior>)]
-    pub price_behavior: Option<String>,
-    /// A Stripe price id whose `recurring.meter` is set: where billable usage is reported.
-    pub monthly_metered_price_id: Option<String>,
-    pub yearly_metered_price_id: Option<String>,
-    /// With `pay_as_you_go` / `overage`: usage at or above this is denied (≥ the allocation).
-    pub soft_limit: Option<i64>,
+value_body! {
+    /// The body of a create.
+    #[derive(Default, Deserialize, utoipa::ToSchema)]
+    #[schema(as = CreatePlanEntitlementRequestBody)]
+    pub struct CreateBody {
+        pub plan_id: String,
+        pub feature_id: String,
+        ;
+        #[schema(value_type = Option<super::openapi::PriceBehavior>)]
+        pub price_behavior: Option<String>,
+        /// A Stripe price id whose `recurring.meter` is set: where billable usage is reported.
+        pub monthly_metered_price_id: Option<String>,
+        pub yearly_metered_price_id: Option<String>,
+        /// With `pay_as_you_go` / `overage`: usage at or above this is denied (≥ the allocation).
+        pub soft_limit: Option<i64>,
+    }
 }
 
 /// A text field of an update: absent or `null` keeps the current value; `""` clears it.
@@ -271,19 +258,18 @@ pub async fn create(
     Json(body): Json<CreateBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
-    let written = create_in(&mut tx, &auth, body, watch).await?;
+    let mut edit = Edit::<PlanEntitlements>::begin(&state, &auth).await?;
+    let written = create_in(&mut edit.tx, &state, &auth, body, edit.watch).await?;
     let id = written.id.clone();
-    emit::finish(&state, &auth, tx, &emit::PLAN_ENTITLEMENT, written).await?;
-    crate::metrics::WRITES.inc("plan_entitlements");
+    edit.finish(written).await?;
     tracing::info!(entitlement_id = %id, "plan entitlement created");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<PlanEntitlements>(&state, &auth, &id).await
 }
 
 /// Creates a plan entitlement in `tx` with the API's validation; the caller commits.
 pub async fn create_in(
     tx: &mut Conn,
+    state: &AppState,
     auth: &Auth,
     body: CreateBody,
     views: bool,
@@ -301,7 +287,7 @@ pub async fn create_in(
     let billing = billing(tx, auth, requested, &values).await?;
     let id =
         store::insert_entitlement(tx, &body.plan_id, &body.feature_id, &values, &billing).await?;
-    let after = emit::view(views, find_in(tx, auth, &id)).await?;
+    let after = emit::view(views, PlanEntitlements::find_in(tx, state, auth, &id)).await?;
     Ok(emit::Written {
         id,
         company_id: None,
@@ -311,28 +297,20 @@ pub async fn create_in(
     })
 }
 
-/// Absent or `null` fields keep their current value.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[schema(as = UpdatePlanEntitlementRequestBody)]
-pub struct UpdateBody {
-    #[schema(value_type = Option<super::openapi::ValueType>)]
-    value_type: Option<String>,
-    value_bool: Option<bool>,
-    value_numeric: Option<i64>,
-    value_trait_id: Option<String>,
-    value_credit_id: Option<String>,
-    credit_consumption_rate: Option<f64>,
-    #[schema(value_type = Option<crate::engine::MetricPeriod>)]
-    metric_period: Option<String>,
-    #[schema(value_type = Option<crate::engine::MonthReset>)]
-    metric_period_month_reset: Option<String>,
-    #[schema(value_type = Option<super::openapi::PriceBehavior>)]
-    price_behavior: Option<String>,
-    /// `""` clears it.
-    monthly_metered_price_id: Option<String>,
-    /// `""` clears it.
-    yearly_metered_price_id: Option<String>,
-    soft_limit: Option<i64>,
+value_body! {
+    /// Absent or `null` fields keep their current value.
+    #[derive(Deserialize, utoipa::ToSchema)]
+    #[schema(as = UpdatePlanEntitlementRequestBody)]
+    pub struct UpdateBody {
+        ;
+        #[schema(value_type = Option<super::openapi::PriceBehavior>)]
+        price_behavior: Option<String>,
+        /// `""` clears it.
+        monthly_metered_price_id: Option<String>,
+        /// `""` clears it.
+        yearly_metered_price_id: Option<String>,
+        soft_limit: Option<i64>,
+    }
 }
 
 #[utoipa::path(put, path = "/plan-entitlements/{id}", tag = "plan-entitlements", request_body = UpdateBody,
@@ -347,13 +325,11 @@ pub async fn update(
 ) -> AppResult<Response> {
     auth.require_write()?;
     let input = value_input!(body);
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
-    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let current = store::entitlement_for_update(&mut tx, &id)
+    let mut edit = Edit::<PlanEntitlements>::of(&state, &auth, &id).await?;
+    let current = store::entitlement_for_update(&mut edit.tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("plan entitlement", &id))?;
-    let feature_type = store::feature_type(&mut tx, "feature_id", &current.feature_id).await?;
+    let feature_type = store::feature_type(&mut edit.tx, "feature_id", &current.feature_id).await?;
     let values = input.resolve(Some(&current.values), feature_type)?;
     let requested = Billing {
         price_behavior: keep_or_clear(body.price_behavior, current.billing.price_behavior),
@@ -367,21 +343,11 @@ pub async fn update(
         ),
         soft_limit: body.soft_limit.or(current.billing.soft_limit),
     };
-    let billing = billing(&mut tx, &auth, requested, &values).await?;
-    store::update_entitlement(&mut tx, &id, &values, &billing).await?;
-    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::PLAN_ENTITLEMENT,
-        (before, after),
-        vec![Change::Catalog],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("plan_entitlements");
+    let billing = billing(&mut edit.tx, &auth, requested, &values).await?;
+    store::update_entitlement(&mut edit.tx, &id, &values, &billing).await?;
+    edit.commit(Some(&id), vec![Change::Catalog]).await?;
     tracing::info!("plan entitlement updated");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<PlanEntitlements>(&state, &auth, &id).await
 }
 
 #[utoipa::path(delete, path = "/plan-entitlements/{id}", tag = "plan-entitlements",
@@ -394,11 +360,9 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::PLAN_ENTITLEMENT);
-    let written = delete_in(&mut tx, &auth, &id, watch).await?;
-    emit::finish(&state, &auth, tx, &emit::PLAN_ENTITLEMENT, written).await?;
-    crate::metrics::WRITES.inc("plan_entitlements");
+    let mut edit = Edit::<PlanEntitlements>::begin(&state, &auth).await?;
+    let written = delete_in(&mut edit.tx, &state, &auth, &id, edit.watch).await?;
+    edit.finish(written).await?;
     tracing::info!("plan entitlement deleted");
     Ok(envelope::deleted())
 }
@@ -406,11 +370,12 @@ pub async fn delete(
 /// Deletes plan entitlement `id` in `tx`; the caller commits.
 pub async fn delete_in(
     tx: &mut Conn,
+    state: &AppState,
     auth: &Auth,
     id: &str,
     views: bool,
 ) -> AppResult<emit::Written> {
-    let before = emit::view(views, find_in(tx, auth, id)).await?;
+    let before = emit::view(views, PlanEntitlements::find_in(tx, state, auth, id)).await?;
     if !store::delete_entitlement(tx, id).await? {
         return Err(AppError::not_found("plan entitlement", id));
     }

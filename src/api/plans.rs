@@ -15,6 +15,7 @@ use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
 use super::plan_entitlements::{self, FeatureView, PlanEntitlementView};
+use super::resource::{self, Edit};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
@@ -147,17 +148,11 @@ pub async fn details(conn: &mut Conn, auth: &Auth, ids: &[String]) -> AppResult<
     Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
-async fn find_in(conn: &mut Conn, auth: &Auth, id: &str) -> AppResult<Option<PlanView>> {
-    Ok(details(conn, auth, &[id.to_string()]).await?.pop())
-}
-
-async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<PlanView> {
-    let mut conn = state.pool.acquire().await?;
-    find_in(&mut conn, auth, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("plan", id))
-}
+resource::resource!(Plans: PlanView, "plan", "plans", Some(&emit::PLAN),
+    |conn, _state, auth, id| {
+        Ok(details(conn, auth, &[id.to_string()]).await?.pop())
+    }
+);
 
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -204,7 +199,7 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Plans>(&state, &auth, &id).await
 }
 
 /// `null` and absent mean the same. The SDK sends `icon`, which entitled does not keep.
@@ -250,15 +245,13 @@ pub async fn create(
         catalog::validate_key("key", k)?;
     }
     let billing_product_id = product_id(body.billing_product_id)?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::PLAN);
-    let before = None;
+    let mut edit = Edit::<Plans>::begin(&state, &auth).await?;
     let key = match key {
         Some(k) => k,
-        None => store::free_key(&mut tx, &store::key_from_name(&body.name)).await?,
+        None => store::free_key(&mut edit.tx, &store::key_from_name(&body.name)).await?,
     };
     let plan = store::insert(
-        &mut tx,
+        &mut edit.tx,
         &PlanFields {
             key,
             name: body.name,
@@ -268,19 +261,9 @@ pub async fn create(
         },
     )
     .await?;
-    let after = emit::view(watch, find_in(&mut tx, &auth, &plan.id)).await?;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::PLAN,
-        (before, after),
-        vec![Change::Catalog],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("plans");
+    edit.commit(Some(&plan.id), vec![Change::Catalog]).await?;
     tracing::info!(plan_id = %plan.id, key = %plan.key, "plan created");
-    Ok(envelope::ok_empty(one(&state, &auth, &plan.id).await?))
+    resource::show::<Plans>(&state, &auth, &plan.id).await
 }
 
 /// Absent or `null` fields keep their value; `billing_product_id: ""` unlinks the product.
@@ -317,15 +300,13 @@ pub async fn update(
     if let Some(k) = &key {
         catalog::validate_key("key", k)?;
     }
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::PLAN);
-    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    let current = store::get_for_update(&mut tx, &id)
+    let mut edit = Edit::<Plans>::of(&state, &auth, &id).await?;
+    let current = store::get_for_update(&mut edit.tx, &id)
         .await?
         .ok_or_else(|| AppError::not_found("plan", &id))?;
     if let Some(t) = body.plan_type.as_ref().filter(|t| **t != current.plan_type) {
         // Memberships record base plan vs add-on; they would contradict the new type.
-        let n = store::active_companies(&mut tx, &id).await?;
+        let n = store::active_companies(&mut edit.tx, &id).await?;
         if n > 0 {
             return Err(AppError::Conflict(format!(
                 "plan_type: cannot change plan {id:?} to {t} while {n} companies (across all environments) are on it"
@@ -337,7 +318,7 @@ pub async fn update(
         None => current.billing_product_id,
     };
     let plan = store::update(
-        &mut tx,
+        &mut edit.tx,
         &id,
         &PlanFields {
             key: key.unwrap_or(current.key),
@@ -348,19 +329,9 @@ pub async fn update(
         },
     )
     .await?;
-    let after = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::PLAN,
-        (before, after),
-        vec![Change::Catalog],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("plans");
+    edit.commit(Some(&id), vec![Change::Catalog]).await?;
     tracing::info!(key = %plan.key, "plan updated");
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Plans>(&state, &auth, &id).await
 }
 
 #[utoipa::path(delete, path = "/plans/{id}", tag = "plans",
@@ -373,30 +344,18 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::PLAN);
-    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    if store::get_for_update(&mut tx, &id).await?.is_none() {
+    let mut edit = Edit::<Plans>::of(&state, &auth, &id).await?;
+    if store::get_for_update(&mut edit.tx, &id).await?.is_none() {
         return Err(AppError::not_found("plan", &id));
     }
-    let n = store::active_companies(&mut tx, &id).await?;
+    let n = store::active_companies(&mut edit.tx, &id).await?;
     if n > 0 {
         return Err(AppError::Conflict(format!(
             "plan {id:?} has {n} companies on it (across all environments); move them to another plan first"
         )));
     }
-    store::delete(&mut tx, &id).await?;
-    let after = None;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::PLAN,
-        (before, after),
-        vec![Change::Catalog],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("plans");
+    store::delete(&mut edit.tx, &id).await?;
+    edit.commit(None, vec![Change::Catalog]).await?;
     tracing::info!("plan deleted");
     Ok(envelope::deleted())
 }

@@ -13,11 +13,12 @@ use super::emit;
 use super::envelope;
 use super::extract::{Json, Page, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
+use super::resource::{self, Edit};
 use super::views::{self, KeyView, TraitView};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
-use crate::store::keys::{self, Entity, Found};
+use crate::store::keys::{Entity, Found};
 pub use crate::store::users::UserFilter;
 use crate::store::users::{self as store, UpsertUser};
 use crate::store::Conn;
@@ -109,17 +110,11 @@ async fn details(conn: &mut Conn, env_id: &str, ids: &[String]) -> AppResult<Vec
     Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
 }
 
-/// The view of `id` as `conn` sees it (inside a write's transaction too); `None` if absent.
-async fn find_in(conn: &mut Conn, auth: &Auth, id: &str) -> AppResult<Option<UserView>> {
-    Ok(details(conn, auth.env_id(), &[id.to_string()]).await?.pop())
-}
-
-async fn one(state: &AppState, auth: &Auth, id: &str) -> AppResult<UserView> {
-    let mut conn = state.pool.acquire().await?;
-    find_in(&mut conn, auth, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("user", id))
-}
+resource::resource!(Users: UserView, "user", "users", Some(&emit::USER),
+    |conn, _state, auth, id| {
+        Ok(details(conn, auth.env_id(), &[id.to_string()]).await?.pop())
+    }
+);
 
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -169,7 +164,7 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    Ok(envelope::ok_empty(one(&state, &auth, &id).await?))
+    resource::show::<Users>(&state, &auth, &id).await
 }
 
 #[utoipa::path(get, path = "/users/lookup", tag = "users",
@@ -181,17 +176,7 @@ pub async fn lookup(
     auth: Auth,
     query: Query,
 ) -> AppResult<Response> {
-    let keys = query.key_map("keys")?;
-    keys::validate("keys", &keys)?;
-    let mut conn = state.pool.acquire().await?;
-    let id = keys::find(&mut conn, Entity::User, auth.env_id(), &keys)
-        .await?
-        .ok_or_else(|| AppError::NotFound("no user has these keys".into()))?;
-    let view = details(&mut conn, auth.env_id(), std::slice::from_ref(&id))
-        .await?
-        .pop()
-        .ok_or_else(|| AppError::not_found("user", &id))?;
-    Ok(envelope::ok(view, query.params(None)))
+    resource::lookup::<Users>(&state, &auth, &query, Entity::User).await
 }
 
 /// `UpsertUserRequestBody`.
@@ -247,23 +232,18 @@ pub async fn upsert_user(state: &AppState, auth: &Auth, body: UpsertBody) -> App
         company_ids,
         update_only: body.update_only.unwrap_or(false),
     };
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(state, auth, &emit::USER);
+    let mut edit = Edit::<Users>::begin(state, auth).await?;
     // The user the keys name now, if a message is wanted. Errors propagate: a failed
     // statement aborts the transaction.
-    let existing = match watch {
-        true => {
-            let user = crate::store::keys::Entity::User;
-            crate::store::keys::find(&mut tx, user, auth.env_id(), &req.keys).await?
+    if edit.watch {
+        let user = crate::store::keys::Entity::User;
+        if let Some(id) =
+            crate::store::keys::find(&mut edit.tx, user, auth.env_id(), &req.keys).await?
+        {
+            edit.read_before(&id).await?;
         }
-        false => None,
-    };
-    let before = match existing {
-        Some(id) => emit::view(true, find_in(&mut tx, auth, &id)).await?,
-        None => None,
-    };
-    let done = store::upsert(&mut tx, auth.env_id(), &req).await?;
-    let after = emit::view(watch, find_in(&mut tx, auth, &done.id)).await?;
+    }
+    let done = store::upsert(&mut edit.tx, auth.env_id(), &req).await?;
     let env_id = auth.env_id().to_string();
     let mut changes = vec![Change::User {
         environment_id: env_id.clone(),
@@ -273,11 +253,9 @@ pub async fn upsert_user(state: &AppState, auth: &Auth, body: UpsertBody) -> App
         environment_id: env_id.clone(),
         id: c.clone(),
     }));
-    let before = before.filter(|_| !done.created);
-    emit::commit(state, auth, tx, &emit::USER, (before, after), changes).await?;
-    crate::metrics::WRITES.inc("users");
+    edit.commit(Some(&done.id), changes).await?;
     tracing::info!(user_id = %done.id, created = done.created, "user upserted");
-    one(state, auth, &done.id).await
+    resource::one::<Users>(state, auth, &done.id).await
 }
 
 #[utoipa::path(delete, path = "/users/{id}", tag = "users",
@@ -290,22 +268,11 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
-    let watch = emit::wanted(&state, &auth, &emit::USER);
-    let before = emit::view(watch, find_in(&mut tx, &auth, &id)).await?;
-    if !store::delete(&mut tx, auth.env_id(), &id).await? {
+    let mut edit = Edit::<Users>::of(&state, &auth, &id).await?;
+    if !store::delete(&mut edit.tx, auth.env_id(), &id).await? {
         return Err(AppError::not_found("user", &id));
     }
-    let after = None;
-    emit::commit(
-        &state,
-        &auth,
-        tx,
-        &emit::USER,
-        (before, after),
-        vec![Change::user(auth.env_id(), &id)],
-    )
-    .await?;
-    crate::metrics::WRITES.inc("users");
+    edit.commit(None, vec![Change::user(auth.env_id(), &id)])
+        .await?;
     Ok(envelope::deleted())
 }

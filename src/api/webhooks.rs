@@ -16,6 +16,7 @@ use super::auth::Auth;
 use super::envelope;
 use super::extract::{Json, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
+use super::resource::{self, Edit};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
 use crate::changes::Change;
@@ -62,6 +63,14 @@ impl From<WebhookRow> for WebhookView {
         }
     }
 }
+
+resource::resource!(Webhooks: WebhookView, "webhook", "webhooks", None,
+    |conn, _state, auth, id| {
+        Ok(store::find(conn, auth.env_id(), id)
+            .await?
+            .map(WebhookView::from))
+    }
+);
 
 /// `POST /webhooks`.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -211,10 +220,9 @@ pub async fn create(
         credit_trigger_configs: body.credit_trigger_configs.unwrap_or(json!([])),
     };
     validate(&state, &fields).await?;
-    let mut tx = state.begin().await?;
-    let row = store::insert(&mut tx, auth.env_id(), &fields, &sign::new_secret()).await?;
-    state.commit(tx, &[Change::Webhooks]).await?;
-    crate::metrics::WRITES.inc("webhooks");
+    let mut edit = Edit::<Webhooks>::begin(&state, &auth).await?;
+    let row = store::insert(&mut edit.tx, auth.env_id(), &fields, &sign::new_secret()).await?;
+    edit.commit(Some(&row.id), vec![Change::Webhooks]).await?;
     tracing::info!(webhook_id = %row.id, url = %row.url, "webhook endpoint created");
     Ok(envelope::ok_empty(WebhookView::from(row)))
 }
@@ -228,9 +236,7 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    let mut conn = state.pool.acquire().await?;
-    let row = store::get(&mut conn, auth.env_id(), &id).await?;
-    Ok(envelope::ok_empty(WebhookView::from(row)))
+    resource::show::<Webhooks>(&state, &auth, &id).await
 }
 
 #[utoipa::path(put, path = "/webhooks/{id}", tag = "webhooks", request_body = UpdateBody,
@@ -244,8 +250,8 @@ pub async fn update(
     Json(body): Json<UpdateBody>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.begin().await?;
-    let current = store::get(&mut tx, auth.env_id(), &id).await?;
+    let mut edit = Edit::<Webhooks>::of(&state, &auth, &id).await?;
+    let current = store::get(&mut edit.tx, auth.env_id(), &id).await?;
     let was_active = current.status == "active";
     let fields = WebhookFields {
         name: body
@@ -264,16 +270,14 @@ pub async fn update(
     };
     validate(&state, &fields).await?;
     let reactivated = !was_active && fields.status == "active";
-    let row = store::update(&mut tx, auth.env_id(), &id, &fields).await?;
+    let row = store::update(&mut edit.tx, auth.env_id(), &id, &fields).await?;
     // An endpoint made active again has the messages it held: wake the delivery workers
     // rather than leave them to the next poll.
-    let changes: &[Change] = if reactivated {
-        &[Change::Webhooks, Change::Outbox]
-    } else {
-        &[Change::Webhooks]
-    };
-    state.commit(tx, changes).await?;
-    crate::metrics::WRITES.inc("webhooks");
+    let mut changes = vec![Change::Webhooks];
+    if reactivated {
+        changes.push(Change::Outbox);
+    }
+    edit.commit(Some(&id), changes).await?;
     Ok(envelope::ok_empty(WebhookView::from(row)))
 }
 
@@ -287,10 +291,9 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.begin().await?;
-    store::delete(&mut tx, auth.env_id(), &id).await?;
-    state.commit(tx, &[Change::Webhooks]).await?;
-    crate::metrics::WRITES.inc("webhooks");
+    let mut edit = Edit::<Webhooks>::of(&state, &auth, &id).await?;
+    store::delete(&mut edit.tx, auth.env_id(), &id).await?;
+    edit.commit(None, vec![Change::Webhooks]).await?;
     Ok(envelope::deleted())
 }
 
@@ -306,11 +309,17 @@ pub async fn rotate_secret(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.begin().await?;
+    let mut edit = Edit::<Webhooks>::of(&state, &auth, &id).await?;
     let keep_until = Utc::now() + chrono::Duration::hours(24);
-    let row =
-        store::rotate_secret(&mut tx, auth.env_id(), &id, &sign::new_secret(), keep_until).await?;
-    state.commit(tx, &[Change::Webhooks]).await?;
+    let row = store::rotate_secret(
+        &mut edit.tx,
+        auth.env_id(),
+        &id,
+        &sign::new_secret(),
+        keep_until,
+    )
+    .await?;
+    edit.commit(Some(&id), vec![Change::Webhooks]).await?;
     tracing::info!("webhook secret rotated; the previous one signs for 24 hours more");
     Ok(envelope::ok_empty(WebhookView::from(row)))
 }

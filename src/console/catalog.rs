@@ -190,7 +190,7 @@ pub async fn create_entitlement(
     };
     let auth = console.auth();
     let mut tx = state.begin().await?;
-    let done = plan_entitlements::create_in(&mut tx, &auth, body, true).await;
+    let done = plan_entitlements::create_in(&mut tx, &state, &auth, body, true).await;
     match commit_or_refused(&state, &console, tx, ENTITLEMENT_CREATE, done).await? {
         Ok(()) => Ok(Redirect::to("/console/plans").into_response()),
         Err((status, message)) => plans_refused(&state, &console, status, message).await,
@@ -207,7 +207,7 @@ pub async fn delete_entitlement(
     console.require_admin()?;
     let auth = console.auth();
     let mut tx = state.begin().await?;
-    let written = plan_entitlements::delete_in(&mut tx, &auth, &id, true).await?;
+    let written = plan_entitlements::delete_in(&mut tx, &state, &auth, &id, true).await?;
     audit_and_commit(&state, &console, tx, ENTITLEMENT_DELETE, written).await?;
     Ok(Redirect::to("/console/plans").into_response())
 }
@@ -362,7 +362,7 @@ pub async fn create_feature(
     };
     let auth = console.auth();
     let mut tx = state.begin().await?;
-    let done = features::create_in(&mut tx, &auth, &body, true).await;
+    let done = features::create_in(&mut tx, &state, &auth, &body, true).await;
     match commit_or_refused(&state, &console, tx, FEATURE_CREATE, done).await? {
         Ok(()) => Ok(Redirect::to("/console/features").into_response()),
         Err((status, message)) => {
@@ -400,7 +400,7 @@ pub async fn update_feature(
     };
     let auth = console.auth();
     let mut tx = state.begin().await?;
-    let done = features::update_in(&mut tx, &auth, &id, &body, true).await;
+    let done = features::update_in(&mut tx, &state, &auth, &id, &body, true).await;
     match commit_or_refused(&state, &console, tx, FEATURE_UPDATE, done).await? {
         Ok(()) => Ok(Redirect::to("/console/features").into_response()),
         Err((status, message)) => {

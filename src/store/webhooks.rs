@@ -78,15 +78,22 @@ pub async fn count(conn: &mut PgConnection, env_id: &str, q: Option<&str>) -> Re
     .await?)
 }
 
-pub async fn get(conn: &mut PgConnection, env_id: &str, id: &str) -> Result<WebhookRow> {
-    sqlx::query_as(&format!(
+/// Endpoint `id` of the environment, if it exists.
+pub async fn find(conn: &mut PgConnection, env_id: &str, id: &str) -> Result<Option<WebhookRow>> {
+    Ok(sqlx::query_as(&format!(
         "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE environment_id = $1 AND id = $2"
     ))
     .bind(env_id)
     .bind(id)
     .fetch_optional(conn)
-    .await?
-    .ok_or_else(|| Error::not_found(format!("webhook {id:?} not found")))
+    .await?)
+}
+
+/// Endpoint `id` of the environment, or not found.
+pub async fn get(conn: &mut PgConnection, env_id: &str, id: &str) -> Result<WebhookRow> {
+    find(conn, env_id, id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("webhook {id:?} not found")))
 }
 
 pub async fn insert(

@@ -16,7 +16,6 @@ pub struct EventHead {
     pub created: i64,
     #[serde(default)]
     pub livemode: bool,
-    #[serde(default)]
     pub api_version: Option<String>,
     pub data: EventHeadData,
 }
@@ -28,7 +27,6 @@ pub struct EventHeadData {
 
 #[derive(Debug, Deserialize)]
 pub struct ObjectHead {
-    #[serde(default)]
     pub id: Option<String>,
 }
 
@@ -66,9 +64,7 @@ impl IdOrObject {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Customer {
     pub id: String,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub email: Option<String>,
     #[serde(default)]
     pub metadata: Map<String, Value>,
@@ -81,7 +77,6 @@ pub struct Product {
     pub id: String,
     #[serde(default)]
     pub name: String,
-    #[serde(default)]
     pub description: Option<String>,
     #[serde(default = "yes")]
     pub active: bool,
@@ -89,19 +84,15 @@ pub struct Product {
     pub metadata: Map<String, Value>,
     #[serde(default)]
     pub livemode: bool,
-    #[serde(default)]
     pub created: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Recurring {
     pub interval: String,
-    #[serde(default)]
     pub interval_count: Option<i32>,
-    #[serde(default)]
     pub usage_type: Option<String>,
     /// The meter a metered price bills (`usage_type = metered`).
-    #[serde(default)]
     pub meter: Option<String>,
 }
 
@@ -112,17 +103,13 @@ pub struct Meter {
     #[serde(default)]
     pub display_name: String,
     pub event_name: String,
-    #[serde(default)]
     pub customer_mapping: Option<PayloadKey>,
-    #[serde(default)]
     pub value_settings: Option<PayloadKey>,
-    #[serde(default)]
     pub default_aggregation: Option<Aggregation>,
     #[serde(default = "active")]
     pub status: String,
     #[serde(default)]
     pub livemode: bool,
-    #[serde(default)]
     pub created: Option<i64>,
 }
 
@@ -153,23 +140,17 @@ pub struct Price {
     pub active: bool,
     #[serde(default)]
     pub currency: String,
-    #[serde(default)]
     pub unit_amount: Option<i64>,
-    #[serde(default)]
     pub billing_scheme: Option<String>,
     #[serde(default, rename = "type")]
     pub price_type: Option<String>,
-    #[serde(default)]
     pub recurring: Option<Recurring>,
-    #[serde(default)]
     pub nickname: Option<String>,
-    #[serde(default)]
     pub lookup_key: Option<String>,
     #[serde(default)]
     pub metadata: Map<String, Value>,
     #[serde(default)]
     pub livemode: bool,
-    #[serde(default)]
     pub created: Option<i64>,
 }
 
@@ -185,11 +166,8 @@ pub struct SubscriptionItem {
     pub id: String,
     pub price: ItemPrice,
     /// Absent for metered prices.
-    #[serde(default)]
     pub quantity: Option<i64>,
-    #[serde(default)]
     pub current_period_start: Option<i64>,
-    #[serde(default)]
     pub current_period_end: Option<i64>,
 }
 
@@ -206,11 +184,9 @@ pub struct Subscription {
     pub customer: IdOrObject,
     pub status: String,
     pub created: i64,
-    #[serde(default)]
     pub trial_end: Option<i64>,
     #[serde(default)]
     pub cancel_at_period_end: bool,
-    #[serde(default)]
     pub canceled_at: Option<i64>,
     pub items: List<SubscriptionItem>,
 }

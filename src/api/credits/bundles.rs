@@ -13,6 +13,7 @@ use crate::api::envelope;
 use crate::api::error::{AppError, AppResult};
 use crate::api::extract::{Json, Path, Query};
 use crate::api::openapi;
+use crate::api::resource::{self, Edit};
 use crate::api::AppState;
 use crate::store::catalog::validate_name;
 use crate::store::credit_bundles::{self as store, BundleRow, BundleUpdate, NewBundle};
@@ -73,14 +74,11 @@ impl From<BundleRow> for BundleView {
     }
 }
 
-/// The bundle's view, or 404.
-async fn view(state: &AppState, id: &str) -> AppResult<BundleView> {
-    let mut conn = state.pool.acquire().await?;
-    store::bundle(&mut conn, id)
-        .await?
-        .map(BundleView::from)
-        .ok_or_else(|| AppError::not_found("credit bundle", id))
-}
+resource::resource!(Bundles: BundleView, "credit bundle", "credit_bundles", None,
+    |conn, _state, _auth, id| {
+        Ok(store::bundle(conn, id).await?.map(BundleView::from))
+    }
+);
 
 #[utoipa::path(get, path = "/billing/credits/bundles", tag = "credits", params(openapi::PageParams, BundleListParams),
     responses((status = 200, description = "Credit bundles, newest first", body = openapi::Enveloped<Vec<BundleView>>), openapi::Errors))]
@@ -167,10 +165,10 @@ pub async fn create_bundle(
         body.expiry_days,
         body.status.as_deref(),
     )?;
-    let mut tx = state.begin().await?;
+    let mut edit = Edit::<Bundles>::begin(&state, &auth).await?;
     // A credit type that does not exist is a 404 naming `credit_id`.
     let id = store::insert_bundle(
-        &mut tx,
+        &mut edit.tx,
         &NewBundle {
             credit_id,
             name,
@@ -183,19 +181,18 @@ pub async fn create_bundle(
     )
     .await?;
     // The snapshot holds no bundles: nothing to publish.
-    state.commit(tx, &[]).await?;
-    crate::metrics::WRITES.inc("credit_bundles");
-    Ok(envelope::ok_empty(view(&state, &id).await?))
+    edit.commit(Some(&id), vec![]).await?;
+    resource::show::<Bundles>(&state, &auth, &id).await
 }
 
 #[utoipa::path(get, path = "/billing/credits/bundles/{id}", tag = "credits", params(("id" = String, Path, description = "A bundle id, `bcbn_…`")),
     responses((status = 200, description = "The bundle", body = openapi::Enveloped<BundleView>), openapi::Errors))]
 pub async fn get_bundle(
     State(state): State<AppState>,
-    _auth: Auth,
+    auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    Ok(envelope::ok_empty(view(&state, &id).await?))
+    resource::show::<Bundles>(&state, &auth, &id).await
 }
 
 #[utoipa::path(put, path = "/billing/credits/bundles/{id}", tag = "credits", request_body = BundleBody, params(("id" = String, Path, description = "A bundle id, `bcbn_…`")),
@@ -231,12 +228,12 @@ pub async fn update_bundle(
         expiry_days: body.expiry_days,
         status: body.status,
     };
-    let mut tx = state.begin().await?;
-    if !store::update_bundle(&mut tx, &id, &update).await? {
+    let mut edit = Edit::<Bundles>::begin(&state, &auth).await?;
+    if !store::update_bundle(&mut edit.tx, &id, &update).await? {
         return Err(AppError::not_found("credit bundle", &id));
     }
-    state.commit(tx, &[]).await?;
-    Ok(envelope::ok_empty(view(&state, &id).await?))
+    edit.commit(Some(&id), vec![]).await?;
+    resource::show::<Bundles>(&state, &auth, &id).await
 }
 
 #[utoipa::path(delete, path = "/billing/credits/bundles/{id}", tag = "credits", params(("id" = String, Path, description = "A bundle id, `bcbn_…`")),
@@ -247,10 +244,10 @@ pub async fn delete_bundle(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.begin().await?;
-    if !store::delete_bundle(&mut tx, &id).await? {
+    let mut edit = Edit::<Bundles>::begin(&state, &auth).await?;
+    if !store::delete_bundle(&mut edit.tx, &id).await? {
         return Err(AppError::not_found("credit bundle", &id));
     }
-    state.commit(tx, &[]).await?;
+    edit.commit(None, vec![]).await?;
     Ok(envelope::deleted())
 }

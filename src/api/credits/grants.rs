@@ -13,6 +13,7 @@ use crate::api::envelope;
 use crate::api::error::{AppError, AppResult};
 use crate::api::extract::{self, Json, Path, Query};
 use crate::api::openapi;
+use crate::api::resource::{self, Edit};
 use crate::api::AppState;
 use crate::changes::Change;
 use crate::store::credit_bundles::bundle_terms;
@@ -104,14 +105,13 @@ impl GrantView {
     }
 }
 
-/// The grant's view in the caller's environment, or 404.
-async fn view(state: &AppState, auth: &Auth, id: &str) -> AppResult<GrantView> {
-    let mut conn = state.pool.acquire().await?;
-    store::grant_in_environment(&mut conn, auth.env_id(), id)
-        .await?
-        .map(|g| GrantView::new(g, Utc::now()))
-        .ok_or_else(|| AppError::not_found("credit grant", id))
-}
+resource::resource!(Grants: GrantView, "credit grant", "credit_grants", None,
+    |conn, _state, auth, id| {
+        Ok(store::grant_in_environment(conn, auth.env_id(), id)
+            .await?
+            .map(|g| GrantView::new(g, Utc::now())))
+    }
+);
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CompanyGrantBody {
@@ -147,12 +147,12 @@ pub async fn grant_to_company(
         .bundle_id
         .or(body.credit_bundle_id)
         .filter(|b| !b.is_empty());
-    let mut tx = state.begin().await?;
-    require_company(&mut tx, auth.env_id(), "company_id", &body.company_id).await?;
-    require_credit_type(&mut tx, "credit_id", &body.credit_id).await?;
+    let mut edit = Edit::<Grants>::begin(&state, &auth).await?;
+    require_company(&mut edit.tx, auth.env_id(), "company_id", &body.company_id).await?;
+    require_credit_type(&mut edit.tx, "credit_id", &body.credit_id).await?;
     let (micros, expires_at) = match &bundle_id {
         Some(b) => {
-            let terms = bundle_terms(&mut tx, b).await?.ok_or_else(|| {
+            let terms = bundle_terms(&mut edit.tx, b).await?.ok_or_else(|| {
                 AppError::NotFound(format!("bundle_id: credit bundle {b:?} not found"))
             })?;
             if terms.credit_id != body.credit_id {
@@ -177,7 +177,7 @@ pub async fn grant_to_company(
         }
     };
     let id = store::grant(
-        &mut tx,
+        &mut edit.tx,
         &NewGrant {
             environment_id: auth.env_id().to_string(),
             company_id: body.company_id.clone(),
@@ -191,20 +191,30 @@ pub async fn grant_to_company(
     )
     .await?
     .ok_or_else(|| AppError::Internal(anyhow::anyhow!("company grant insert returned no row")))?;
-    state
-        .commit(tx, &[Change::credits(auth.env_id(), &body.company_id)])
-        .await?;
-    crate::metrics::WRITES.inc("credit_grants");
+    edit.commit(
+        Some(&id),
+        vec![Change::credits(auth.env_id(), &body.company_id)],
+    )
+    .await?;
     tracing::info!(grant_id = %id, company_id = %body.company_id, micros, "credits granted");
-    Ok(envelope::ok_empty(view(&state, &auth, &id).await?))
+    resource::show::<Grants>(&state, &auth, &id).await
 }
 
-fn company_id_param(query: &Query) -> AppResult<String> {
-    query
+/// The company a listing's `company_id` names (a 400 when absent, a 404 when it is not the
+/// caller's environment's), with a connection to read it with.
+async fn company_of_query(
+    state: &AppState,
+    auth: &Auth,
+    query: &Query,
+) -> AppResult<(String, sqlx::pool::PoolConnection<sqlx::Postgres>)> {
+    let company_id = query
         .get("company_id")
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-        .ok_or_else(|| AppError::bad_request("query parameter company_id: required"))
+        .ok_or_else(|| AppError::bad_request("query parameter company_id: required"))?;
+    let mut conn = state.pool.acquire().await?;
+    require_company(&mut conn, auth.env_id(), "company_id", &company_id).await?;
+    Ok((company_id, conn))
 }
 
 #[utoipa::path(get, path = "/billing/credits/grants/company/list", tag = "credits", params(openapi::PageParams, CompanyParam),
@@ -215,9 +225,7 @@ pub async fn list_company_grants(
     query: Query,
 ) -> AppResult<Response> {
     let page = query.page()?;
-    let company_id = company_id_param(&query)?;
-    let mut conn = state.pool.acquire().await?;
-    require_company(&mut conn, auth.env_id(), "company_id", &company_id).await?;
+    let (company_id, mut conn) = company_of_query(&state, &auth, &query).await?;
     let now = Utc::now();
     let rows = store::grants_of_company(
         &mut conn,
@@ -256,16 +264,14 @@ pub async fn zero_out(
         .reason
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| "manual".into());
-    let mut tx = state.begin().await?;
-    let company = store::company_of_grant(&mut tx, auth.env_id(), &id)
+    let mut edit = Edit::<Grants>::begin(&state, &auth).await?;
+    let company = store::company_of_grant(&mut edit.tx, auth.env_id(), &id)
         .await?
         .ok_or_else(|| AppError::not_found("credit grant", &id))?;
-    store::zero_out(&mut tx, &id, &reason).await?;
-    state
-        .commit(tx, &[Change::credits(auth.env_id(), &company)])
+    store::zero_out(&mut edit.tx, &id, &reason).await?;
+    edit.commit(Some(&id), vec![Change::credits(auth.env_id(), &company)])
         .await?;
-    crate::metrics::WRITES.inc("credit_grants");
-    Ok(envelope::ok_empty(view(&state, &auth, &id).await?))
+    resource::show::<Grants>(&state, &auth, &id).await
 }
 
 /// `{credit_id, credit_key, granted, used, zeroed, remaining}` per credit type.
@@ -318,9 +324,7 @@ pub async fn balance(
     auth: Auth,
     query: Query,
 ) -> AppResult<Response> {
-    let company_id = company_id_param(&query)?;
-    let mut conn = state.pool.acquire().await?;
-    require_company(&mut conn, auth.env_id(), "company_id", &company_id).await?;
+    let (company_id, mut conn) = company_of_query(&state, &auth, &query).await?;
     let rows = store::balance_of_company(&mut conn, &company_id, Utc::now()).await?;
     let data: Vec<BalanceView> = rows.into_iter().map(BalanceView::from).collect();
     Ok(envelope::ok(data, query.params(None)))
@@ -367,9 +371,7 @@ pub async fn ledger(
     query: Query,
 ) -> AppResult<Response> {
     let page = query.page()?;
-    let company_id = company_id_param(&query)?;
-    let mut conn = state.pool.acquire().await?;
-    require_company(&mut conn, auth.env_id(), "company_id", &company_id).await?;
+    let (company_id, mut conn) = company_of_query(&state, &auth, &query).await?;
     let rows = store::ledger_of_company(
         &mut conn,
         auth.env_id(),

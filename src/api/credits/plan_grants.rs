@@ -13,6 +13,7 @@ use crate::api::envelope;
 use crate::api::error::{AppError, AppResult};
 use crate::api::extract::{Json, Path, Query};
 use crate::api::openapi;
+use crate::api::resource::{self, Edit};
 use crate::api::AppState;
 use crate::engine::period::{ResetCadence, ResetStart};
 use crate::store::credit_plan_grants::{
@@ -86,14 +87,11 @@ impl From<PlanGrantRow> for PlanGrantView {
     }
 }
 
-/// The plan grant's view, or 404.
-async fn view(state: &AppState, id: &str) -> AppResult<PlanGrantView> {
-    let mut conn = state.pool.acquire().await?;
-    store::plan_grant(&mut conn, id)
-        .await?
-        .map(PlanGrantView::from)
-        .ok_or_else(|| AppError::not_found("plan credit grant", id))
-}
+resource::resource!(PlanGrants: PlanGrantView, "plan credit grant", "plan_credit_grants", None,
+    |conn, _state, _auth, id| {
+        Ok(store::plan_grant(conn, id).await?.map(PlanGrantView::from))
+    }
+);
 
 #[utoipa::path(get, path = "/billing/credits/plan-grants", tag = "credits", params(openapi::PageParams, PlanGrantListParams),
     responses((status = 200, description = "Plan credit grants, newest first", body = openapi::Enveloped<Vec<PlanGrantView>>), openapi::Errors))]
@@ -185,12 +183,12 @@ pub async fn create_plan_grant(
     let reset_start = body.reset_start.unwrap_or_else(|| "billing_period".into());
     let expiry = body.expiry.unwrap_or_else(|| "period_end".into());
     validate_plan_grant_fields(Some(&reset_cadence), Some(&reset_start), Some(&expiry))?;
-    let mut tx = state.begin().await?;
+    let mut edit = Edit::<PlanGrants>::begin(&state, &auth).await?;
     // The plan first, then the credit type: a request naming neither hears about the plan.
-    crate::store::companies::plan_type(&mut tx, "plan_id", &plan_id).await?;
-    require_credit_type(&mut tx, "credit_id", &credit_id).await?;
+    crate::store::companies::plan_type(&mut edit.tx, "plan_id", &plan_id).await?;
+    require_credit_type(&mut edit.tx, "credit_id", &credit_id).await?;
     let id = store::insert_plan_grant(
-        &mut tx,
+        &mut edit.tx,
         &NewPlanGrant {
             plan_id,
             credit_id,
@@ -202,20 +200,19 @@ pub async fn create_plan_grant(
     )
     .await?;
     // The snapshot holds no plan grants (the job reads them): nothing to publish.
-    state.commit(tx, &[]).await?;
-    crate::metrics::WRITES.inc("plan_credit_grants");
+    edit.commit(Some(&id), vec![]).await?;
     tracing::info!(plan_grant_id = %id, "plan credit grant created");
-    Ok(envelope::ok_empty(view(&state, &id).await?))
+    resource::show::<PlanGrants>(&state, &auth, &id).await
 }
 
 #[utoipa::path(get, path = "/billing/credits/plan-grants/{id}", tag = "credits", params(("id" = String, Path, description = "A plan credit grant id, `bcpg_…`")),
     responses((status = 200, description = "The plan credit grant", body = openapi::Enveloped<PlanGrantView>), openapi::Errors))]
 pub async fn get_plan_grant(
     State(state): State<AppState>,
-    _auth: Auth,
+    auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    Ok(envelope::ok_empty(view(&state, &id).await?))
+    resource::show::<PlanGrants>(&state, &auth, &id).await
 }
 
 #[utoipa::path(put, path = "/billing/credits/plan-grants/{id}", tag = "credits", request_body = PlanGrantBody, params(("id" = String, Path, description = "A plan credit grant id, `bcpg_…`")),
@@ -243,12 +240,12 @@ pub async fn update_plan_grant(
         reset_start: body.reset_start,
         expiry: body.expiry,
     };
-    let mut tx = state.begin().await?;
-    if !store::update_plan_grant(&mut tx, &id, &update).await? {
+    let mut edit = Edit::<PlanGrants>::begin(&state, &auth).await?;
+    if !store::update_plan_grant(&mut edit.tx, &id, &update).await? {
         return Err(AppError::not_found("plan credit grant", &id));
     }
-    state.commit(tx, &[]).await?;
-    Ok(envelope::ok_empty(view(&state, &id).await?))
+    edit.commit(Some(&id), vec![]).await?;
+    resource::show::<PlanGrants>(&state, &auth, &id).await
 }
 
 #[utoipa::path(delete, path = "/billing/credits/plan-grants/{id}", tag = "credits", params(("id" = String, Path, description = "A plan credit grant id, `bcpg_…`")),
@@ -259,10 +256,10 @@ pub async fn delete_plan_grant(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.begin().await?;
-    if !store::delete_plan_grant(&mut tx, &id).await? {
+    let mut edit = Edit::<PlanGrants>::begin(&state, &auth).await?;
+    if !store::delete_plan_grant(&mut edit.tx, &id).await? {
         return Err(AppError::not_found("plan credit grant", &id));
     }
-    state.commit(tx, &[]).await?;
+    edit.commit(None, vec![]).await?;
     Ok(envelope::deleted())
 }

@@ -11,6 +11,7 @@ use crate::api::envelope;
 use crate::api::error::{AppError, AppResult};
 use crate::api::extract::{Json, Path, Query};
 use crate::api::openapi;
+use crate::api::resource::{self, Edit};
 use crate::api::AppState;
 use crate::changes::Change;
 use crate::store::catalog::{slugify, validate_key, validate_name};
@@ -63,14 +64,11 @@ impl From<CreditTypeRow> for CreditView {
     }
 }
 
-/// The credit type's view, or 404.
-async fn view(state: &AppState, id: &str) -> AppResult<CreditView> {
-    let mut conn = state.pool.acquire().await?;
-    store::credit_type(&mut conn, id)
-        .await?
-        .map(CreditView::from)
-        .ok_or_else(|| AppError::not_found("credit type", id))
-}
+resource::resource!(Credits: CreditView, "credit type", "credits", None,
+    |conn, _state, _auth, id| {
+        Ok(store::credit_type(conn, id).await?.map(CreditView::from))
+    }
+);
 
 #[utoipa::path(get, path = "/billing/credits", tag = "credits", params(openapi::PageParams, CreditListParams),
     responses((status = 200, description = "Credit types, newest first", body = openapi::Enveloped<Vec<CreditView>>), openapi::Errors))]
@@ -115,21 +113,20 @@ pub async fn create_credit(
         .unwrap_or_else(|| slugify(&name));
     validate_key("key", &key)?;
     let description = body.description.unwrap_or_default();
-    let mut tx = state.begin().await?;
-    let id = store::insert_credit_type(&mut tx, &key, &name, &description).await?;
-    state.commit(tx, &[Change::Catalog]).await?;
-    crate::metrics::WRITES.inc("credits");
-    Ok(envelope::ok_empty(view(&state, &id).await?))
+    let mut edit = Edit::<Credits>::begin(&state, &auth).await?;
+    let id = store::insert_credit_type(&mut edit.tx, &key, &name, &description).await?;
+    edit.commit(Some(&id), vec![Change::Catalog]).await?;
+    resource::show::<Credits>(&state, &auth, &id).await
 }
 
 #[utoipa::path(get, path = "/billing/credits/{id}", tag = "credits", params(("id" = String, Path, description = "A credit type id, `bcrd_…`")),
     responses((status = 200, description = "The credit type", body = openapi::Enveloped<CreditView>), openapi::Errors))]
 pub async fn get_credit(
     State(state): State<AppState>,
-    _auth: Auth,
+    auth: Auth,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    Ok(envelope::ok_empty(view(&state, &id).await?))
+    resource::show::<Credits>(&state, &auth, &id).await
 }
 
 #[utoipa::path(put, path = "/billing/credits/{id}", tag = "credits", request_body = CreditBody, params(("id" = String, Path, description = "A credit type id, `bcrd_…`")),
@@ -145,9 +142,9 @@ pub async fn update_credit(
     if let Some(n) = &body.name {
         validate_name("name", n)?;
     }
-    let mut tx = state.begin().await?;
+    let mut edit = Edit::<Credits>::begin(&state, &auth).await?;
     let found = store::update_credit_type(
-        &mut tx,
+        &mut edit.tx,
         &id,
         body.name.as_deref(),
         body.description.as_deref(),
@@ -157,8 +154,8 @@ pub async fn update_credit(
         return Err(AppError::not_found("credit type", &id));
     }
     // The snapshot holds whether credit types exist, not their names: nothing to publish.
-    state.commit(tx, &[]).await?;
-    Ok(envelope::ok_empty(view(&state, &id).await?))
+    edit.commit(Some(&id), vec![]).await?;
+    resource::show::<Credits>(&state, &auth, &id).await
 }
 
 #[utoipa::path(delete, path = "/billing/credits/{id}", tag = "credits", params(("id" = String, Path, description = "A credit type id, `bcrd_…`")),
@@ -170,10 +167,10 @@ pub async fn delete_credit(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.begin().await?;
-    if !store::delete_credit_type(&mut tx, &id).await? {
+    let mut edit = Edit::<Credits>::begin(&state, &auth).await?;
+    if !store::delete_credit_type(&mut edit.tx, &id).await? {
         return Err(AppError::not_found("credit type", &id));
     }
-    state.commit(tx, &[Change::Catalog]).await?;
+    edit.commit(None, vec![Change::Catalog]).await?;
     Ok(envelope::deleted())
 }
