@@ -42,7 +42,7 @@ pub async fn run_once(ctx: &JobContext, now: DateTime<Utc>) -> anyhow::Result<Su
         );
     }
     changes.dedup();
-    ctx.commit(tx, &changes).await?;
+    ctx.changes.commit(tx, &changes).await?;
     Ok(serde_json::json!({ "expired": expired.len() }))
 }
 

@@ -68,7 +68,9 @@ pub async fn run_once(ctx: &JobContext, now: DateTime<Utc>) -> anyhow::Result<Su
             }
         }
         let change = Change::credits(&d.environment_id, &d.company_id);
-        ctx.commit(tx, std::slice::from_ref(&change)).await?;
+        ctx.changes
+            .commit(tx, std::slice::from_ref(&change))
+            .await?;
         touched.insert((d.environment_id.clone(), d.company_id.clone()));
     }
 
@@ -101,7 +103,9 @@ async fn zero_each(
         let mut tx = crate::store::begin(&ctx.pool).await?;
         if let Some((env, company, _)) = credits::zero_out(&mut tx, id, reason).await? {
             let change = Change::credits(&env, &company);
-            ctx.commit(tx, std::slice::from_ref(&change)).await?;
+            ctx.changes
+                .commit(tx, std::slice::from_ref(&change))
+                .await?;
             touched.insert((env, company));
             n += 1;
         }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::Cache;
-use crate::changes::{Change, Publisher};
+use crate::changes::Publisher;
 use crate::config::Config;
 use crate::store::jobs;
 use crate::store::locks::SessionLock;
@@ -53,15 +53,6 @@ impl JobContext {
                 .map(|e| (e.environment.id.clone(), e.config.clone())),
             self.changes.clone(),
         )
-    }
-
-    /// Commits `tx` with `changes` published to every replica's snapshot.
-    pub async fn commit(
-        &self,
-        tx: sqlx::Transaction<'static, sqlx::Postgres>,
-        changes: &[Change],
-    ) -> crate::store::Result<()> {
-        self.changes.commit(tx, changes).await
     }
 }
 

@@ -143,7 +143,7 @@ pub async fn process_batch(state: &SyncContext, limit: usize) -> store::Result<B
     let started = std::time::Instant::now();
     let result = apply_batch(state, &mut tx, &items).await;
     let set_wise = match result {
-        Ok(changes) => match state.commit(tx, &changes).await {
+        Ok(changes) => match state.changes.commit(tx, &changes).await {
             Ok(()) => true,
             Err(e) if e.is_unavailable() => return Err(e),
             Err(e) => {

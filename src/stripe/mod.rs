@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::changes::{Change, Publisher};
+use crate::changes::Publisher;
 use crate::config::EnvironmentConfig;
 use client::{RateLimiter, StripeClient};
 
@@ -146,14 +146,5 @@ impl SyncContext {
 
     pub fn environment(&self, id: &str) -> Option<&EnvironmentConfig> {
         self.environments.get(id)
-    }
-
-    /// Commits `tx` with `changes` published to every replica's snapshot (and this one's).
-    pub async fn commit(
-        &self,
-        tx: sqlx::Transaction<'static, sqlx::Postgres>,
-        changes: &[Change],
-    ) -> crate::store::Result<()> {
-        self.changes.commit(tx, changes).await
     }
 }

@@ -552,7 +552,7 @@ impl Started {
                     id: company,
                 });
             }
-            sync.commit(tx, &changes).await?;
+            sync.changes.commit(tx, &changes).await?;
             tracing::info!(
                 object = object.name(),
                 deleted = ids.len(),
@@ -832,7 +832,7 @@ async fn apply_page(
         {
             changes.extend(super::messages::write(&mut tx, sync, env_id, a, None).await?);
         }
-        match sync.commit(tx, &changes).await {
+        match sync.changes.commit(tx, &changes).await {
             Ok(()) => {
                 tally(state, object, &results);
                 return Ok(());
@@ -855,7 +855,7 @@ async fn apply_page(
                 if let Some(a) = r.as_ref().filter(|a| !a.plan_changes.is_empty()) {
                     changes.extend(super::messages::write(&mut tx, sync, env_id, a, None).await?);
                 }
-                sync.commit(tx, &changes).await?;
+                sync.changes.commit(tx, &changes).await?;
                 tally(state, object, &[r]);
             }
             Err(ApplyError::Database(e)) if is_unavailable(&e) => return Err(e.into()),

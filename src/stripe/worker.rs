@@ -161,7 +161,7 @@ pub async fn process(
                 }
                 Outcome::Skipped | Outcome::Ignored => Vec::new(),
             };
-            state.commit(tx, &changes).await?;
+            state.changes.commit(tx, &changes).await?;
             tracing::info!(event_id = %event.id, event_type = %event.kind, status, "Stripe event processed");
             Ok(status)
         }
