@@ -18,6 +18,7 @@
 #
 #   DURATION=2 BURST=500 CUSTOMERS=100 benches/webhooks.sh   # a quick check that it runs
 #   ENTITLED_BIN=/path/to/other/entitled benches/webhooks.sh  # an A/B against the same baselines
+#   LOAD_BIN=/path/to/other/webhook_load benches/webhooks.sh  # another load generator
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-20}
@@ -32,7 +33,8 @@ command -v pgbench >/dev/null || { echo "pgbench is required (apt-get install po
 . benches/lib.sh
 
 release_build
-LOAD=$(bench_bin webhook_load)
+# LOAD_BIN runs another load generator (an A/B of the generator itself).
+LOAD=${LOAD_BIN:-$(bench_bin webhook_load)}
 BASELINE=$(bench_bin baseline_server)
 # ENTITLED_BIN runs another build (an A/B) against the same baselines.
 BIN=${ENTITLED_BIN:-$RELEASE_BIN}
