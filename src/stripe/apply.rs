@@ -204,6 +204,37 @@ pub fn parse<T: serde::de::DeserializeOwned>(what: &str, object: Value) -> Resul
     })
 }
 
+/// The typed `data.object` of an event's raw payload, read straight from the text (no JSON
+/// tree in between); errors as [`parse`]'s, their path relative to the object.
+pub fn parse_object<T: serde::de::DeserializeOwned>(
+    what: &str,
+    payload: &str,
+) -> Result<T, ApplyError> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<T> {
+        data: Data<T>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data<T> {
+        object: T,
+    }
+    let mut de = serde_json::Deserializer::from_str(payload);
+    serde_path_to_error::deserialize::<_, Envelope<T>>(&mut de)
+        .map(|e| e.data.object)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let path = match path.strip_prefix("data.object") {
+                Some("") => ".".to_string(),
+                Some(rest) => rest.trim_start_matches('.').to_string(),
+                None => path,
+            };
+            ApplyError::Rejected(format!(
+                "data.object is not a valid {what}: {path}: {}",
+                e.inner()
+            ))
+        })
+}
+
 fn time(field: &str, secs: i64) -> Result<chrono::DateTime<chrono::Utc>, ApplyError> {
     objects::time(field, secs).map_err(ApplyError::Rejected)
 }
@@ -655,5 +686,45 @@ pub async fn refetched(
             ..given
         }),
         Err(e) => Err(ApplyError::Stripe(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_object_reads_the_object_and_names_paths_inside_it() {
+        let ok: objects::Customer = parse_object(
+            "customer",
+            r#"{"id": "evt_1", "data": {"object": {"id": "cus_1", "name": "Acme"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.id.as_str(), ok.name.as_deref()),
+            ("cus_1", Some("Acme"))
+        );
+
+        let message =
+            |payload: &str| match parse_object::<objects::Subscription>("subscription", payload) {
+                Err(ApplyError::Rejected(m)) => m,
+                other => panic!("expected a rejection, got {:?}", other.map(|s| s.id)),
+            };
+        // The same wording as `parse` over the object: the path starts inside it.
+        let nested = message(
+            r#"{"data": {"object": {"id": "sub_1", "customer": "cus_1", "status": "active",
+                "items": {"data": [{"id": "si_1", "price": {"id": "price_1", "product": "prod_1"}, "quantity": "two"}]}}}}"#,
+        );
+        assert!(
+            nested.starts_with(
+                "data.object is not a valid subscription: items.data[0].quantity: invalid type"
+            ),
+            "{nested}"
+        );
+        let root = message(r#"{"data": {"object": 7}}"#);
+        assert!(
+            root.starts_with("data.object is not a valid subscription: .: invalid type"),
+            "{root}"
+        );
     }
 }

@@ -55,17 +55,53 @@ pub struct BatchOutcome {
 /// An event of a batch, with what grouping needs.
 struct Item {
     event: Claimed,
-    payload: Value,
     /// `None`: a type entitled does not act on.
     object_type: Option<&'static str>,
     object_id: String,
     partition: String,
 }
 
+/// What grouping reads of a payload: `data.object.id` and `data.object.customer`.
+#[derive(serde::Deserialize)]
+struct Head {
+    data: HeadData,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadData {
+    object: HeadObject,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadObject {
+    #[serde(default, deserialize_with = "string_or_none")]
+    id: Option<String>,
+    #[serde(default)]
+    customer: Option<Owner>,
+}
+
+/// A subscription's customer: its id, or the customer expanded.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Owner {
+    Id(String),
+    Object { id: String },
+}
+
+/// A string, or `None` for anything else (the event then takes the one-event path, where
+/// it fails with its own error).
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde::Deserialize::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
 /// Reads what the batch needs from an event; `Err` gives it back when it cannot be read
 /// (it is then applied on its own, where it fails with its own error).
 fn prepare(event: Claimed) -> Result<Item, Box<Claimed>> {
-    let Ok(payload) = serde_json::from_str::<Value>(&event.payload) else {
+    // Only the object's id and customer are read here; the rest is skipped, not built.
+    let Ok(head) = serde_json::from_str::<Head>(&event.payload) else {
         return Err(Box::new(event));
     };
     let kind = event.kind.as_str();
@@ -73,8 +109,8 @@ fn prepare(event: Claimed) -> Result<Item, Box<Claimed>> {
     if kind.starts_with("billing.meter.") {
         return Err(Box::new(event));
     }
-    let object = &payload["data"]["object"];
-    let Some(object_id) = object["id"].as_str().map(str::to_string) else {
+    let object = head.data.object;
+    let Some(object_id) = object.id else {
         return Err(Box::new(event));
     };
     let object_type = if !inbox::is_handled(kind) {
@@ -92,9 +128,9 @@ fn prepare(event: Claimed) -> Result<Item, Box<Claimed>> {
     };
     // A subscription belongs to its customer's partition.
     let owner = match object_type {
-        Some("subscription") => match &object["customer"] {
-            Value::String(id) => Some(id.as_str()),
-            other => other["id"].as_str(),
+        Some("subscription") => match &object.customer {
+            Some(Owner::Id(id)) | Some(Owner::Object { id }) => Some(id.as_str()),
+            None => None,
         },
         _ => Some(object_id.as_str()),
     };
@@ -104,7 +140,6 @@ fn prepare(event: Claimed) -> Result<Item, Box<Claimed>> {
     let partition = format!("{}:{owner}", event.environment_id);
     Ok(Item {
         event,
-        payload,
         object_type,
         object_id,
         partition,
@@ -312,7 +347,7 @@ async fn apply_environment(
             for &i in &kept {
                 let item = items[i];
                 let v = version(item);
-                let object = item.payload["data"]["object"].clone();
+                let object: Value = apply::parse_object("object", &item.event.payload)?;
                 results.push(
                     apply::apply_object(conn, &ctx, &item.event.kind, object, v, None).await?,
                 );
@@ -367,8 +402,14 @@ async fn apply_environment(
             }],
             ..Applied::default()
         };
-        if let Some(c) =
-            super::messages::write(&mut *conn, state, env_id, &applied, Some(&item.payload)).await?
+        if let Some(c) = super::messages::write(
+            &mut *conn,
+            state,
+            env_id,
+            &applied,
+            Some(&item.event.payload),
+        )
+        .await?
         {
             changes.push(c);
         }
@@ -393,7 +434,7 @@ async fn apply_customers(
 ) -> Result<Vec<Option<Applied>>, ApplyError> {
     let mut customers = Vec::with_capacity(kept.len());
     for &i in kept {
-        let c: Customer = apply::parse("customer", items[i].payload["data"]["object"].clone())?;
+        let c: Customer = apply::parse_object("customer", &items[i].event.payload)?;
         let deleted = items[i].event.kind == "customer.deleted" || c.deleted;
         customers.push((c, deleted));
     }
@@ -411,8 +452,7 @@ async fn apply_subscriptions(
 ) -> Result<Vec<Option<Applied>>, ApplyError> {
     let mut subscriptions = Vec::with_capacity(kept.len());
     for &i in kept {
-        let s: Subscription =
-            apply::parse("subscription", items[i].payload["data"]["object"].clone())?;
+        let s: Subscription = apply::parse_object("subscription", &items[i].event.payload)?;
         subscriptions.push(s);
     }
     if let Some(client) = ctx.refetch() {

@@ -18,7 +18,7 @@ pub async fn write(
     sync: &SyncContext,
     environment_id: &str,
     applied: &Applied,
-    event: Option<&Value>,
+    event: Option<&str>,
 ) -> store::Result<Option<Change>> {
     let wants = |t: &str| {
         sync.changes
@@ -43,7 +43,11 @@ pub async fn write(
             ));
         }
     }
-    if let Some(e) = event.filter(|_| wants("subscription.trial.ended")) {
+    // The payload is parsed only when the message is wanted.
+    let event = event
+        .filter(|_| wants("subscription.trial.ended"))
+        .and_then(|raw| serde_json::from_str::<Value>(raw).ok());
+    if let Some(e) = &event {
         let object = &e["data"]["object"];
         let was_trialing = e["data"]["previous_attributes"]["status"] == "trialing";
         let is_trialing = object["status"] == "trialing";

@@ -144,8 +144,6 @@ pub async fn process(
             inbox::finish(&mut tx, &event.environment_id, &event.id, status).await?;
             let changes = match outcome {
                 Outcome::Applied(applied) => {
-                    let payload: Option<serde_json::Value> =
-                        serde_json::from_str(&event.payload).ok();
                     let mut changes = applied.changes.clone();
                     changes.extend(
                         super::messages::write(
@@ -153,7 +151,7 @@ pub async fn process(
                             state,
                             &event.environment_id,
                             &applied,
-                            payload.as_ref(),
+                            Some(&event.payload),
                         )
                         .await?,
                     );
