@@ -12,7 +12,7 @@ use super::auth::Auth;
 use super::envelope;
 use super::extract::{Json, Page, Path, Query};
 use super::openapi::{Deleted, Enveloped, Errors};
-use super::resource::{self, Resource};
+use super::resource::{self, Edit, Resource};
 use super::views::{self, EntitlementView, KeyView, TraitView};
 use crate::api::error::{AppError, AppResult};
 use crate::api::AppState;
@@ -502,13 +502,16 @@ pub async fn upsert_company(
         add_on_ids: body.add_on_ids,
         update_only: body.update_only.unwrap_or(false),
     };
-    let mut tx = state.pool.begin().await?;
-    let watched = CompanyWatch::start(state, auth, &mut tx, &req.keys).await?;
-    let (id, created) = store::upsert(&mut tx, auth.env_id(), &req).await?;
+    let mut edit = Edit::<Companies>::begin(state, auth).await?;
+    let watched = CompanyWatch::start(state, auth, &mut edit.tx, &req.keys).await?;
+    let (id, created) = store::upsert(&mut edit.tx, auth.env_id(), &req).await?;
     let mut changes = vec![Change::company(auth.env_id(), &id)];
-    changes.extend(watched.finish(state, auth, &mut tx, &id, created).await?);
-    state.commit(tx, &changes).await?;
-    crate::metrics::WRITES.inc("companies");
+    changes.extend(
+        watched
+            .finish(state, auth, &mut edit.tx, &id, created)
+            .await?,
+    );
+    edit.commit(Some(&id), changes).await?;
     tracing::info!(company_id = %id, created, "company upserted");
     resource::one::<Companies>(state, auth, &id).await
 }
@@ -523,25 +526,24 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> AppResult<Response> {
     auth.require_write()?;
-    let mut tx = state.pool.begin().await?;
+    let mut edit = Edit::<Companies>::begin(&state, &auth).await?;
     let before = if state.wants(&auth, "company.deleted") {
-        Companies::find_in(&mut tx, &state, &auth, &id).await?
+        Companies::find_in(&mut edit.tx, &state, &auth, &id).await?
     } else {
         None
     };
-    if !store::delete(&mut tx, auth.env_id(), &id).await? {
+    if !store::delete(&mut edit.tx, auth.env_id(), &id).await? {
         return Err(AppError::not_found("company", &id));
     }
     let mut changes = vec![Change::company(auth.env_id(), &id)];
     if let Some(view) = before {
         changes.extend(
             state
-                .emit(&mut tx, &auth, &[Event::new("company.deleted", view)])
+                .emit(&mut edit.tx, &auth, &[Event::new("company.deleted", view)])
                 .await?,
         );
     }
-    state.commit(tx, &changes).await?;
-    crate::metrics::WRITES.inc("companies");
+    edit.commit(None, changes).await?;
     tracing::info!("company deleted");
     Ok(envelope::deleted())
 }

@@ -195,13 +195,15 @@ pub async fn apply_object(
 }
 
 pub fn parse<T: serde::de::DeserializeOwned>(what: &str, object: Value) -> Result<T, ApplyError> {
-    serde_path_to_error::deserialize(object).map_err(|e| {
-        ApplyError::Rejected(format!(
-            "data.object is not a valid {what}: {}: {}",
-            e.path(),
-            e.inner()
-        ))
-    })
+    serde_path_to_error::deserialize(object)
+        .map_err(|e| not_a_valid(what, &e.path().to_string(), e.inner()))
+}
+
+/// The rejection of an object that does not deserialise: `path` is inside the object.
+fn not_a_valid(what: &str, path: &str, error: &serde_json::Error) -> ApplyError {
+    ApplyError::Rejected(format!(
+        "data.object is not a valid {what}: {path}: {error}"
+    ))
 }
 
 /// The typed `data.object` of an event's raw payload, read straight from the text (no JSON
@@ -223,15 +225,12 @@ pub fn parse_object<T: serde::de::DeserializeOwned>(
         .map(|e| e.data.object)
         .map_err(|e| {
             let path = e.path().to_string();
-            let path = match path.strip_prefix("data.object") {
-                Some("") => ".".to_string(),
-                Some(rest) => rest.trim_start_matches('.').to_string(),
-                None => path,
+            let inside = match path.strip_prefix("data.object") {
+                Some("") => ".",
+                Some(rest) => rest.trim_start_matches('.'),
+                None => &path,
             };
-            ApplyError::Rejected(format!(
-                "data.object is not a valid {what}: {path}: {}",
-                e.inner()
-            ))
+            not_a_valid(what, inside, e.inner())
         })
 }
 
